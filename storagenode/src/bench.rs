@@ -1,0 +1,303 @@
+//! `vbs-storage bench`: drives the storage engine directly on a data directory and, on the same
+//! directory, the fastest durable 4 KiB write the disk offers (pwrite + fdatasync at depth 1 into
+//! preallocated, already-written space), so the two can be compared in one run.
+//!
+//! The two are measured in alternating rounds, so that a noisy neighbour or a drifting disk
+//! affects both alike.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use client::types::{Generation, Lba, SliceIndex, UnitId, VolumeId, BLOCK_BYTES};
+use hdrhistogram::Histogram;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::engine::{Device, DeviceOptions, Op, Unit};
+
+/// The unit the benchmark writes; removed when it ends.
+const BENCH_UNIT: UnitId = UnitId {
+    volume: VolumeId(u64::MAX),
+    slice: SliceIndex(0),
+};
+const ROUNDS: u64 = 5;
+/// Blocks in the raw test's preallocated file.
+const RAW_FILE_BLOCKS: u64 = 256;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Pattern {
+    /// Random block-aligned offsets across the unit.
+    Rand,
+    /// Sequential, wrapping at the end of the unit.
+    Seq,
+}
+
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub data_dir: PathBuf,
+    pub bs: u64,
+    pub iodepth: usize,
+    pub count: u64,
+    pub unit_bytes: u64,
+    pub pattern: Pattern,
+    pub sync: bool,
+    pub segment_bytes: u64,
+    pub seed: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub bs: u64,
+    pub iodepth: usize,
+    pub count: u64,
+    pub seed: u64,
+    pub iops: f64,
+    pub mbps: f64,
+    pub latency_us_p50: f64,
+    pub latency_us_p99: f64,
+    pub latency_us_max: f64,
+    pub raw_fdatasync_us_p50: f64,
+    pub raw_fdatasync_us_p99: f64,
+    /// Engine write latency p50 over raw fdatasync p50.
+    pub ratio_p50: f64,
+    pub batches: u64,
+    pub writes_per_batch: f64,
+    pub index_bytes_per_live_block: f64,
+    pub live_blocks: u64,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("static histogram bounds are valid")
+}
+
+fn micros(nanos: u64) -> f64 {
+    (nanos as f64 / 1000.0 * 10.0).round() / 10.0
+}
+
+pub fn run(options: &BenchOptions, progress: impl Fn(&str)) -> Result<BenchReport> {
+    if options.bs == 0 || options.bs % BLOCK_BYTES != 0 {
+        bail!(
+            "--bs {} is not a positive multiple of {BLOCK_BYTES}",
+            options.bs
+        );
+    }
+    if options.iodepth == 0 || options.iodepth > 1024 {
+        bail!("--iodepth {} must be between 1 and 1024", options.iodepth);
+    }
+    if options.unit_bytes < options.bs || options.unit_bytes % BLOCK_BYTES != 0 {
+        bail!(
+            "--size {} must be a multiple of {BLOCK_BYTES} of at least --bs",
+            options.unit_bytes
+        );
+    }
+    let per_round = options.count.div_ceil(ROUNDS).max(options.iodepth as u64);
+    let device_options = DeviceOptions {
+        segment_bytes: options.segment_bytes,
+        spare_segments: 2,
+        sync: options.sync,
+    };
+    let (device, _) = Device::open_dir(&options.data_dir, &device_options)
+        .with_context(|| format!("opening {}", options.data_dir.display()))?;
+    if device.unit(BENCH_UNIT).is_some() {
+        device
+            .remove_unit(BENCH_UNIT)
+            .context("removing a previous benchmark's unit")?;
+    }
+    let unit = device
+        .create_unit(BENCH_UNIT, options.unit_bytes)
+        .context("creating the benchmark unit")?;
+    wait_for_spares(&device)?;
+
+    let raw_path = options.data_dir.join("bench-raw.tmp");
+    let raw = RawFile::create(&raw_path)?;
+    let mut engine_latency = histogram();
+    let mut raw_latency = histogram();
+    let mut engine_time = Duration::ZERO;
+    let mut done = 0;
+    for round in 0..ROUNDS {
+        progress(&format!("round {}/{ROUNDS}: raw fdatasync", round + 1));
+        raw.run(per_round.min(2000), options.seed + round, &mut raw_latency)?;
+        progress(&format!("round {}/{ROUNDS}: engine", round + 1));
+        let seed = options.seed + round * 1000;
+        let (elapsed, latency) = drive(&unit, options, per_round, done, seed)?;
+        engine_time += elapsed;
+        engine_latency
+            .add(latency)
+            .expect("histograms share bounds");
+        done += per_round;
+    }
+    drop(raw);
+    std::fs::remove_file(&raw_path).with_context(|| format!("removing {}", raw_path.display()))?;
+
+    let stats = unit.stats();
+    drop(unit);
+    device
+        .remove_unit(BENCH_UNIT)
+        .context("removing the benchmark unit")?;
+    let ops = done as f64;
+    let secs = engine_time.as_secs_f64();
+    let p50 = micros(engine_latency.value_at_quantile(0.5));
+    let raw_p50 = micros(raw_latency.value_at_quantile(0.5));
+    let blocks_per_op = options.bs / BLOCK_BYTES;
+    Ok(BenchReport {
+        bs: options.bs,
+        iodepth: options.iodepth,
+        count: done,
+        seed: options.seed,
+        iops: (ops / secs).round(),
+        mbps: (ops * options.bs as f64 / secs / 1e6 * 10.0).round() / 10.0,
+        latency_us_p50: p50,
+        latency_us_p99: micros(engine_latency.value_at_quantile(0.99)),
+        latency_us_max: micros(engine_latency.max()),
+        raw_fdatasync_us_p50: raw_p50,
+        raw_fdatasync_us_p99: micros(raw_latency.value_at_quantile(0.99)),
+        ratio_p50: (p50 / raw_p50 * 100.0).round() / 100.0,
+        batches: stats.batches,
+        writes_per_batch: ((done * blocks_per_op) as f64 / stats.batches as f64 * 10.0).round()
+            / 10.0,
+        index_bytes_per_live_block: (stats.index_bytes as f64 / stats.written_blocks as f64 * 10.0)
+            .round()
+            / 10.0,
+        live_blocks: stats.written_blocks,
+    })
+}
+
+/// Waits (bounded) until the device has its spare segments written, so the measurement does not
+/// compete with the first ones being made.
+fn wait_for_spares(device: &Device) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while device.spare_segments() < 2 {
+        if Instant::now() > deadline {
+            bail!("spare segments were not ready after 60 s: is the disk full or very slow?");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+/// Runs `count` writes of `bs` at the given depth; returns the elapsed time and latencies.
+fn drive(
+    unit: &Arc<Unit>,
+    options: &BenchOptions,
+    count: u64,
+    first_op: u64,
+    seed: u64,
+) -> Result<(Duration, Histogram<u64>)> {
+    let blocks_per_op = options.bs / BLOCK_BYTES;
+    let slots = unit.blocks() / blocks_per_op;
+    let start = Instant::now();
+    let results: Vec<Result<Histogram<u64>>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..options.iodepth as u64)
+            .map(|worker| {
+                scope.spawn(move || -> Result<Histogram<u64>> {
+                    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (worker << 40));
+                    let mut latency = histogram();
+                    // Random data once; each write then differs in its first 16 bytes only, so the
+                    // benchmark spends its CPU on the engine rather than on making data.
+                    let mut data = vec![0u8; BLOCK_BYTES as usize];
+                    rng.fill(&mut data[..]);
+                    let mut op = worker;
+                    while op < count {
+                        let slot = match options.pattern {
+                            Pattern::Rand => rng.random_range(0..slots),
+                            Pattern::Seq => (first_op + op) % slots,
+                        };
+                        data[..8].copy_from_slice(&op.to_le_bytes());
+                        data[8..16].copy_from_slice(&slot.to_le_bytes());
+                        let ops = (0..blocks_per_op)
+                            .map(|i| Op::Write {
+                                lba: Lba(slot * blocks_per_op + i),
+                                data: Bytes::copy_from_slice(&data),
+                            })
+                            .collect();
+                        let began = Instant::now();
+                        unit.append(Generation(1), ops)?;
+                        latency
+                            .record(began.elapsed().as_nanos() as u64)
+                            .expect("within bounds");
+                        op += options.iodepth as u64;
+                    }
+                    Ok(latency)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("benchmark worker panicked"))
+            .collect()
+    });
+    let elapsed = start.elapsed();
+    let mut total = histogram();
+    for result in results {
+        total.add(result?).expect("histograms share bounds");
+    }
+    Ok((elapsed, total))
+}
+
+/// The baseline: 4 KiB pwrite + fdatasync into a small file that is already allocated and
+/// written, at depth 1.
+struct RawFile {
+    file: std::fs::File,
+}
+
+impl RawFile {
+    fn create(path: &Path) -> Result<RawFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        file.write_all_at(&vec![0u8; (RAW_FILE_BLOCKS * BLOCK_BYTES) as usize], 0)?;
+        file.sync_all()?;
+        Ok(RawFile { file })
+    }
+
+    fn run(&self, count: u64, seed: u64, latency: &mut Histogram<u64>) -> Result<()> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut data = vec![0u8; BLOCK_BYTES as usize];
+        for _ in 0..count {
+            rng.fill(&mut data[..]);
+            let offset = rng.random_range(0..RAW_FILE_BLOCKS) * BLOCK_BYTES;
+            let began = Instant::now();
+            self.file.write_all_at(&data, offset)?;
+            self.file.sync_data()?;
+            latency
+                .record(began.elapsed().as_nanos() as u64)
+                .expect("within bounds");
+        }
+        Ok(())
+    }
+}
+
+impl BenchReport {
+    pub fn print(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        writeln!(
+            out,
+            "engine   {:>8} IOPS  {:>7} MB/s  latency p50 {} us  p99 {} us  max {} us",
+            self.iops, self.mbps, self.latency_us_p50, self.latency_us_p99, self.latency_us_max
+        )?;
+        writeln!(
+            out,
+            "raw      pwrite+fdatasync 4k QD1 into written space: p50 {} us  p99 {} us",
+            self.raw_fdatasync_us_p50, self.raw_fdatasync_us_p99
+        )?;
+        writeln!(out, "ratio    engine p50 / raw p50 = {:.2}", self.ratio_p50)?;
+        writeln!(
+            out,
+            "commit   {} batches, {} blocks per batch",
+            self.batches, self.writes_per_batch
+        )?;
+        writeln!(
+            out,
+            "index    {} bytes per live block ({} live blocks)",
+            self.index_bytes_per_live_block, self.live_blocks
+        )
+    }
+}

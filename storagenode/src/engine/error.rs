@@ -1,0 +1,85 @@
+use std::io;
+
+use client::types::{Generation, Lba, UnitId, Vba};
+
+use super::segment::Vsid;
+
+/// Errors of the storage engine. The replication layer branches on `Hole`, `Conflict` and
+/// `StaleGeneration`; the rest are reported.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("unit {unit}: {context}: {source}")]
+    Io {
+        unit: UnitId,
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("device {device}: {context}: {source}")]
+    Device {
+        device: String,
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("unit {unit}, segment {vsid}, offset {offset}: corrupt log: {reason}")]
+    Corrupt {
+        unit: UnitId,
+        vsid: Vsid,
+        offset: u64,
+        reason: String,
+    },
+    #[error("unit {unit}: blocks {lba}..{end} are outside the unit's {blocks} blocks")]
+    OutOfRange {
+        unit: UnitId,
+        lba: Lba,
+        end: u64,
+        blocks: u64,
+    },
+    #[error("unit {unit}: VBA {got} leaves a hole: the next VBA expected is {expected}")]
+    Hole {
+        unit: UnitId,
+        expected: Vba,
+        got: Vba,
+    },
+    #[error("unit {unit}: VBA {vba} is already held with generation {held}, not {got}")]
+    Conflict {
+        unit: UnitId,
+        vba: Vba,
+        held: Generation,
+        got: Generation,
+    },
+    #[error("unit {unit}: VBA {vba} is already held with different content")]
+    ContentMismatch { unit: UnitId, vba: Vba },
+    #[error("unit {unit}: generation {got} is older than the unit's generation {current}")]
+    StaleGeneration {
+        unit: UnitId,
+        got: Generation,
+        current: Generation,
+    },
+    #[error("unit {unit}: cannot truncate after VBA {vba}: VBAs up to {stable} are acknowledged")]
+    TruncateStable { unit: UnitId, vba: Vba, stable: Vba },
+    #[error("unit {unit} stopped after a write error ({reason}); it must be reopened")]
+    Failed { unit: UnitId, reason: String },
+    #[error("unit {0} already exists")]
+    UnitExists(UnitId),
+    #[error("no unit {0} on this device")]
+    NoSuchUnit(UnitId),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// Wraps an io::Error with the unit and what was being done.
+pub(crate) fn io_err(
+    unit: UnitId,
+    context: impl Into<String>,
+) -> impl FnOnce(io::Error) -> EngineError {
+    let context = context.into();
+    move |source| EngineError::Io {
+        unit,
+        context,
+        source,
+    }
+}

@@ -1,0 +1,115 @@
+//! Small metadata files, written atomically as JSON: one per device (`device.json`) and one per
+//! unit (`unit.json`). Each carries a format version so that a newer layout is refused, not
+//! misread.
+
+use client::types::{Generation, UnitId, Vba};
+use serde::{Deserialize, Serialize};
+
+pub const DEVICE_META: &str = "device.json";
+pub const UNIT_META: &str = "unit.json";
+pub const DEVICE_FORMAT: u32 = 1;
+pub const UNIT_FORMAT: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceMeta {
+    pub format: u32,
+    /// Size of every log segment on the device, fixed when the device is first used.
+    pub segment_bytes: u64,
+}
+
+/// The first VBA written under a generation. A unit's history is the list of these: a record
+/// belongs to it only if its generation is the one in force at its VBA, which is how the records of
+/// a truncated tail are told apart from the new generation's records at the same VBAs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationStart {
+    pub generation: Generation,
+    pub first_vba: Vba,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitMeta {
+    pub format: u32,
+    #[serde(with = "unit_id_string")]
+    pub unit: UnitId,
+    pub size_bytes: u64,
+    pub generations: Vec<GenerationStart>,
+}
+
+impl UnitMeta {
+    /// The generation in force at `vba`, if any record can be there.
+    pub fn generation_at(&self, vba: Vba) -> Option<Generation> {
+        generation_at(&self.generations, vba)
+    }
+}
+
+pub fn generation_at(generations: &[GenerationStart], vba: Vba) -> Option<Generation> {
+    let after = generations.partition_point(|start| start.first_vba <= vba);
+    after.checked_sub(1).map(|i| generations[i].generation)
+}
+
+mod unit_id_string {
+    use client::types::UnitId;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(unit: &UnitId, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(unit)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<UnitId, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_in_force_at_a_vba() {
+        let generations = vec![
+            GenerationStart {
+                generation: Generation(1),
+                first_vba: Vba(1),
+            },
+            GenerationStart {
+                generation: Generation(3),
+                first_vba: Vba(10),
+            },
+            GenerationStart {
+                generation: Generation(4),
+                first_vba: Vba(10),
+            },
+            GenerationStart {
+                generation: Generation(6),
+                first_vba: Vba(25),
+            },
+        ];
+        assert_eq!(generation_at(&generations, Vba(0)), None);
+        assert_eq!(generation_at(&generations, Vba(9)), Some(Generation(1)));
+        // A generation that started and was replaced before writing anything is skipped.
+        assert_eq!(generation_at(&generations, Vba(10)), Some(Generation(4)));
+        assert_eq!(generation_at(&generations, Vba(24)), Some(Generation(4)));
+        assert_eq!(generation_at(&generations, Vba(1000)), Some(Generation(6)));
+    }
+
+    #[test]
+    fn unit_meta_is_readable_json() {
+        let meta = UnitMeta {
+            format: UNIT_FORMAT,
+            unit: UnitId::new(3, 1),
+            size_bytes: 1 << 30,
+            generations: vec![GenerationStart {
+                generation: Generation(2),
+                first_vba: Vba(1),
+            }],
+        };
+        let text = serde_json::to_string(&meta).unwrap();
+        assert!(text.contains("\"unit\":\"3.1\""), "{text}");
+        assert_eq!(serde_json::from_str::<UnitMeta>(&text).unwrap(), meta);
+    }
+}

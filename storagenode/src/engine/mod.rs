@@ -1,0 +1,35 @@
+//! The storage engine: per storage unit, an append-only VBA log of segment files and an in-memory
+//! `LBA -> VBA -> (VSID, offset)` index. See `docs/storage-engine.md`.
+//!
+//! - [`record`]: the on-disk record format;
+//! - [`segment`]: segment files, their headers and the scan that reads them back;
+//! - [`backend`]: where bytes live (`file`, `memory`);
+//! - [`pool`]: spare segments written ahead of need;
+//! - [`index`]: the in-memory maps;
+//! - [`unit`]: append (primary), apply (secondary), read, `records_after`; [`commit`]: group commit;
+//! - [`recovery`]: opening a unit, truncation; [`compaction`]: reclaiming overwritten space;
+//! - [`device`]: a data directory of units; [`check`]: offline verification.
+
+pub mod backend;
+pub mod check;
+mod commit;
+pub mod compaction;
+pub mod device;
+pub mod error;
+pub mod index;
+pub mod meta;
+pub mod pool;
+pub mod record;
+pub mod recovery;
+pub mod segment;
+pub mod unit;
+
+pub use backend::file::FileBackend;
+pub use backend::memory::MemoryBackend;
+pub use backend::Backend;
+pub use compaction::CompactionReport;
+pub use device::{Device, DeviceOptions};
+pub use error::{EngineError, Result};
+pub use record::Op;
+pub use recovery::RecoveryReport;
+pub use unit::{Applied, Record, Unit, UnitStats};

@@ -1,0 +1,226 @@
+//! The device's pool of spare segment files, written full of zeroes ahead of need.
+//!
+//! A 4 KiB write plus fdatasync into space that is already allocated and written costs about half
+//! of an append to a growing file (which must also commit the new size and extents), so log
+//! segments are never grown: a background thread keeps a few spare files of the full segment size
+//! ready, and segments freed by compaction come back here to be used again.
+
+use std::io;
+use std::sync::Arc;
+use std::thread;
+
+use parking_lot::{Condvar, Mutex};
+use tracing::{debug, info, warn};
+
+use super::backend::Backend;
+
+pub const SPARE_DIR: &str = "spare";
+const ZERO_CHUNK_BYTES: usize = 1 << 20;
+
+struct PoolState {
+    ready: Vec<String>,
+    next_id: u64,
+    stopping: bool,
+}
+
+struct Shared {
+    backend: Arc<dyn Backend>,
+    segment_bytes: u64,
+    target_spares: usize,
+    max_spares: usize,
+    state: Mutex<PoolState>,
+    wake: Condvar,
+}
+
+pub struct SegmentPool {
+    shared: Arc<Shared>,
+    filler: Mutex<Option<thread::JoinHandle<()>>>,
+}
+
+impl SegmentPool {
+    /// Opens the pool in `SPARE_DIR`, dropping half-written spares, and starts a thread that keeps
+    /// `target_spares` files ready.
+    pub fn open(
+        backend: Arc<dyn Backend>,
+        segment_bytes: u64,
+        target_spares: usize,
+    ) -> io::Result<SegmentPool> {
+        backend.create_dir(SPARE_DIR)?;
+        let mut ready = Vec::new();
+        let mut next_id = 0;
+        for name in backend.list(SPARE_DIR)? {
+            let path = format!("{SPARE_DIR}/{name}");
+            let id = name
+                .strip_suffix(".seg")
+                .and_then(|id| id.parse::<u64>().ok());
+            let whole = match id {
+                Some(_) => backend.open(&path)?.size()? == segment_bytes,
+                None => false,
+            };
+            if whole {
+                ready.push(path);
+            } else {
+                debug!(%path, "removing an unfinished spare segment");
+                backend.remove(&path)?;
+            }
+            next_id = next_id.max(id.unwrap_or(0) + 1);
+        }
+        let shared = Arc::new(Shared {
+            backend,
+            segment_bytes,
+            target_spares,
+            max_spares: target_spares.max(1) * 2,
+            state: Mutex::new(PoolState {
+                ready,
+                next_id,
+                stopping: false,
+            }),
+            wake: Condvar::new(),
+        });
+        let filler = {
+            let shared = shared.clone();
+            thread::Builder::new()
+                .name("vbs-segment-pool".into())
+                .spawn(move || shared.fill_forever())?
+        };
+        Ok(SegmentPool {
+            shared,
+            filler: Mutex::new(Some(filler)),
+        })
+    }
+
+    /// A pool that never writes: no spares are made and none are taken (for read-only checks).
+    pub fn inert(backend: Arc<dyn Backend>, segment_bytes: u64) -> SegmentPool {
+        let shared = Arc::new(Shared {
+            backend,
+            segment_bytes,
+            target_spares: 0,
+            max_spares: 0,
+            state: Mutex::new(PoolState {
+                ready: Vec::new(),
+                next_id: 0,
+                stopping: true,
+            }),
+            wake: Condvar::new(),
+        });
+        SegmentPool {
+            shared,
+            filler: Mutex::new(None),
+        }
+    }
+
+    pub fn segment_bytes(&self) -> u64 {
+        self.shared.segment_bytes
+    }
+
+    /// A spare segment's path, ready to be renamed into a unit. Writes one now if none is ready.
+    pub fn take(&self) -> io::Result<String> {
+        let spare = {
+            let mut state = self.shared.state.lock();
+            let spare = state.ready.pop();
+            self.shared.wake.notify_all();
+            spare
+        };
+        match spare {
+            Some(path) => Ok(path),
+            None if self.filler.lock().is_none() => {
+                Err(io::Error::other("this device was opened read-only"))
+            }
+            None => {
+                info!("no spare segment ready; writing one in the foreground");
+                self.shared.make_spare()
+            }
+        }
+    }
+
+    /// Takes back a segment file that a unit no longer needs. It is reused if it has the full
+    /// size and the pool is not full, and deleted otherwise.
+    pub fn give_back(&self, path: &str) -> io::Result<()> {
+        let backend = &self.shared.backend;
+        let reusable = backend.open(path)?.size()? == self.shared.segment_bytes;
+        let id = {
+            let mut state = self.shared.state.lock();
+            let keep = reusable && state.ready.len() < self.shared.max_spares;
+            if keep {
+                state.next_id += 1;
+                Some(state.next_id - 1)
+            } else {
+                None
+            }
+        };
+        match id {
+            Some(id) => {
+                let spare = format!("{SPARE_DIR}/{id}.seg");
+                backend.rename(path, &spare)?;
+                self.shared.state.lock().ready.push(spare);
+                Ok(())
+            }
+            None => backend.remove(path),
+        }
+    }
+
+    /// How many spares are ready now.
+    pub fn ready(&self) -> usize {
+        self.shared.state.lock().ready.len()
+    }
+}
+
+impl Shared {
+    /// Writes a new spare of `segment_bytes` zeroes, durable, under a temporary name that only
+    /// becomes a `.seg` once complete.
+    fn make_spare(&self) -> io::Result<String> {
+        let id = {
+            let mut state = self.state.lock();
+            state.next_id += 1;
+            state.next_id - 1
+        };
+        let temp = format!("{SPARE_DIR}/{id}.tmp");
+        let file = self.backend.create(&temp)?;
+        let zeroes = vec![0u8; ZERO_CHUNK_BYTES];
+        let mut offset = 0;
+        while offset < self.segment_bytes {
+            let n = (self.segment_bytes - offset).min(ZERO_CHUNK_BYTES as u64) as usize;
+            file.write_at(&zeroes[..n], offset)?;
+            offset += n as u64;
+        }
+        file.sync()?;
+        let path = format!("{SPARE_DIR}/{id}.seg");
+        self.backend.rename(&temp, &path)?;
+        Ok(path)
+    }
+
+    fn fill_forever(&self) {
+        let mut state = self.state.lock();
+        loop {
+            if state.stopping {
+                return;
+            }
+            if state.ready.len() >= self.target_spares {
+                self.wake.wait(&mut state);
+                continue;
+            }
+            let made = parking_lot::MutexGuard::unlocked(&mut state, || self.make_spare());
+            match made {
+                Ok(path) => state.ready.push(path),
+                Err(e) => {
+                    // Out of space or a failing disk: the foreground will get the error itself when
+                    // it needs a segment; retry later rather than spin.
+                    warn!(error = %e, "could not write a spare segment");
+                    self.wake
+                        .wait_for(&mut state, std::time::Duration::from_secs(5));
+                }
+            }
+            self.wake.notify_all();
+        }
+    }
+}
+
+impl Drop for SegmentPool {
+    fn drop(&mut self) {
+        self.shared.state.lock().stopping = true;
+        self.shared.wake.notify_all();
+        if let Some(filler) = self.filler.lock().take() {
+            let _ = filler.join();
+        }
+    }
+}

@@ -1,0 +1,388 @@
+//! The on-disk record: one write of one block, or one trim of a range, in a unit's VBA log.
+//!
+//! Layout (little-endian, [`HEADER_BYTES`] bytes, then `length` bytes of data for a write):
+//!
+//! | offset | field | |
+//! | --- | --- | --- |
+//! | 0 | magic `u32` | [`RECORD_MAGIC`] |
+//! | 4 | format version `u8` | [`RECORD_VERSION`] |
+//! | 5 | kind `u8` | 1 write, 2 trim |
+//! | 6 | flags `u16` | 0 |
+//! | 8 | crc32c `u32` | over the header (this field zeroed) and the data |
+//! | 12 | batch start `u32` | segment offset where this record's group-commit batch begins |
+//! | 16 | segment nonce `u64` | the incarnation of the segment file that holds the record |
+//! | 24 | generation `u64` | |
+//! | 32 | VBA `u64` | |
+//! | 40 | LBA `u64` | first block |
+//! | 48 | length `u64` | bytes written (one block) or trimmed |
+//! | 56 | reserved `u64` | 0 |
+//!
+//! The nonce ties a record to one life of its segment file, so records left over in a recycled file
+//! never read as valid. The batch start lets recovery tell a torn last batch (cut off) from
+//! corruption of data that was already durable (an error): see `segment::scan`.
+
+use bytes::Bytes;
+use client::types::{Generation, Lba, Vba, BLOCK_BYTES};
+
+pub const RECORD_MAGIC: u32 = 0x5253_4256; // "VBSR" when read as bytes
+pub const RECORD_VERSION: u8 = 1;
+pub const HEADER_BYTES: usize = 64;
+/// A write record always carries exactly one block.
+pub const WRITE_RECORD_BYTES: usize = HEADER_BYTES + BLOCK_BYTES as usize;
+
+const _: () = assert!(HEADER_BYTES % 8 == 0 && WRITE_RECORD_BYTES % 8 == 0);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    Write = 1,
+    Trim = 2,
+}
+
+/// What a record does, as the engine's callers give it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Write one block of [`BLOCK_BYTES`] at `lba`.
+    Write { lba: Lba, data: Bytes },
+    /// Trim `blocks` blocks from `lba`: they read as zeroes until written again.
+    Trim { lba: Lba, blocks: u64 },
+}
+
+impl Op {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Op::Write { .. } => Kind::Write,
+            Op::Trim { .. } => Kind::Trim,
+        }
+    }
+
+    pub fn lba(&self) -> Lba {
+        match self {
+            Op::Write { lba, .. } | Op::Trim { lba, .. } => *lba,
+        }
+    }
+
+    /// Blocks the op covers.
+    pub fn blocks(&self) -> u64 {
+        match self {
+            Op::Write { .. } => 1,
+            Op::Trim { blocks, .. } => *blocks,
+        }
+    }
+
+    pub fn data(&self) -> &[u8] {
+        match self {
+            Op::Write { data, .. } => data,
+            Op::Trim { .. } => &[],
+        }
+    }
+
+    /// Bytes the record takes in the log.
+    pub fn record_bytes(&self) -> usize {
+        HEADER_BYTES + self.data().len()
+    }
+
+    /// Checksum of the op's content (kind, LBA, length, data), independent of where and when it is
+    /// written: two records with the same VBA and the same content checksum are the same write.
+    pub fn content_crc(&self) -> u32 {
+        content_crc_of(self.kind(), self.lba(), self.blocks(), self.data())
+    }
+}
+
+/// The header fields of a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub kind: Kind,
+    pub crc: u32,
+    pub batch_start: u32,
+    pub nonce: u64,
+    pub generation: Generation,
+    pub vba: Vba,
+    pub lba: Lba,
+    /// Bytes of data that follow (write) or bytes trimmed (trim).
+    pub length: u64,
+}
+
+impl Header {
+    /// Bytes of data stored after the header.
+    pub fn data_bytes(&self) -> usize {
+        match self.kind {
+            Kind::Write => self.length as usize,
+            Kind::Trim => 0,
+        }
+    }
+
+    pub fn record_bytes(&self) -> usize {
+        HEADER_BYTES + self.data_bytes()
+    }
+
+    /// Blocks the record covers.
+    pub fn blocks(&self) -> u64 {
+        self.length / BLOCK_BYTES
+    }
+}
+
+/// Why bytes at some offset are not a valid record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Invalid {
+    /// Not even the magic: zeroes or bytes of something else (the end of the written log).
+    NoRecord,
+    /// A record of another incarnation of the segment file.
+    OtherNonce,
+    /// A header that claims a record but whose fields or checksum are wrong.
+    Corrupt(&'static str),
+    /// The header says the record runs past the bytes available.
+    Truncated,
+}
+
+/// Writes the record for `op` into `out` (which must be exactly `op.record_bytes()` long).
+pub fn encode(
+    out: &mut [u8],
+    op: &Op,
+    generation: Generation,
+    vba: Vba,
+    nonce: u64,
+    batch_start: u32,
+) {
+    assert_eq!(
+        out.len(),
+        op.record_bytes(),
+        "record buffer must fit the record exactly"
+    );
+    let length = match op {
+        Op::Write { data, .. } => {
+            assert_eq!(
+                data.len() as u64,
+                BLOCK_BYTES,
+                "a write record carries one block"
+            );
+            BLOCK_BYTES
+        }
+        Op::Trim { blocks, .. } => blocks * BLOCK_BYTES,
+    };
+    let (head, data) = out.split_at_mut(HEADER_BYTES);
+    head.fill(0);
+    head[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
+    head[4] = RECORD_VERSION;
+    head[5] = op.kind() as u8;
+    head[12..16].copy_from_slice(&batch_start.to_le_bytes());
+    head[16..24].copy_from_slice(&nonce.to_le_bytes());
+    head[24..32].copy_from_slice(&generation.0.to_le_bytes());
+    head[32..40].copy_from_slice(&vba.0.to_le_bytes());
+    head[40..48].copy_from_slice(&op.lba().0.to_le_bytes());
+    head[48..56].copy_from_slice(&length.to_le_bytes());
+    data.copy_from_slice(op.data());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(head), data);
+    head[8..12].copy_from_slice(&crc.to_le_bytes());
+    debug_assert_eq!(
+        decode(out, nonce).map(|h| h.vba),
+        Ok(vba),
+        "encoded record must decode"
+    );
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("slice of 8 bytes"))
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(bytes[at..at + 4].try_into().expect("slice of 4 bytes"))
+}
+
+/// Moves an encoded record to another segment file: sets its nonce and batch start and seals it
+/// with a new checksum. `bytes` holds exactly the record.
+pub fn reseal(bytes: &mut [u8], nonce: u64, batch_start: u32) {
+    bytes[12..16].copy_from_slice(&batch_start.to_le_bytes());
+    bytes[16..24].copy_from_slice(&nonce.to_le_bytes());
+    bytes[8..12].fill(0);
+    let crc = crc32c::crc32c_append(
+        crc32c::crc32c(&bytes[..HEADER_BYTES]),
+        &bytes[HEADER_BYTES..],
+    );
+    bytes[8..12].copy_from_slice(&crc.to_le_bytes());
+    debug_assert!(
+        decode(bytes, nonce).is_ok(),
+        "a resealed record must decode"
+    );
+}
+
+/// Parses and checks the header at the start of `bytes`, without looking at the data or the
+/// checksum. Used to learn how long a record claims to be before reading all of it.
+pub fn decode_header(bytes: &[u8], nonce: u64) -> Result<Header, Invalid> {
+    if bytes.len() < HEADER_BYTES {
+        return Err(if bytes.iter().all(|b| *b == 0) {
+            Invalid::NoRecord
+        } else {
+            Invalid::Truncated
+        });
+    }
+    if u32_at(bytes, 0) != RECORD_MAGIC {
+        return Err(Invalid::NoRecord);
+    }
+    if u64_at(bytes, 16) != nonce {
+        return Err(Invalid::OtherNonce);
+    }
+    if bytes[4] != RECORD_VERSION {
+        return Err(Invalid::Corrupt("unknown record format version"));
+    }
+    let kind = match bytes[5] {
+        1 => Kind::Write,
+        2 => Kind::Trim,
+        _ => return Err(Invalid::Corrupt("unknown record kind")),
+    };
+    let length = u64_at(bytes, 48);
+    let header = Header {
+        kind,
+        crc: u32_at(bytes, 8),
+        batch_start: u32_at(bytes, 12),
+        nonce,
+        generation: Generation(u64_at(bytes, 24)),
+        vba: Vba(u64_at(bytes, 32)),
+        lba: Lba(u64_at(bytes, 40)),
+        length,
+    };
+    let shape_ok = match kind {
+        Kind::Write => length == BLOCK_BYTES,
+        Kind::Trim => length > 0 && length % BLOCK_BYTES == 0,
+    };
+    if !shape_ok {
+        return Err(Invalid::Corrupt("record length does not fit its kind"));
+    }
+    if header.vba == Vba::ZERO {
+        return Err(Invalid::Corrupt("record has VBA 0"));
+    }
+    Ok(header)
+}
+
+/// Parses a whole record (header and data) and verifies its checksum.
+pub fn decode(bytes: &[u8], nonce: u64) -> Result<Header, Invalid> {
+    let header = decode_header(bytes, nonce)?;
+    let end = header.record_bytes();
+    if bytes.len() < end {
+        return Err(Invalid::Truncated);
+    }
+    let mut head = [0u8; HEADER_BYTES];
+    head.copy_from_slice(&bytes[..HEADER_BYTES]);
+    head[8..12].fill(0);
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&head), &bytes[HEADER_BYTES..end]);
+    if crc != header.crc {
+        return Err(Invalid::Corrupt("checksum mismatch"));
+    }
+    Ok(header)
+}
+
+/// The content checksum (see [`Op::content_crc`]) of a decoded record whose bytes are `bytes`.
+pub fn content_crc(header: &Header, bytes: &[u8]) -> u32 {
+    let data = &bytes[HEADER_BYTES..header.record_bytes()];
+    content_crc_of(header.kind, header.lba, header.blocks(), data)
+}
+
+fn content_crc_of(kind: Kind, lba: Lba, blocks: u64, data: &[u8]) -> u32 {
+    let mut head = [0u8; 17];
+    head[0] = kind as u8;
+    head[1..9].copy_from_slice(&lba.0.to_le_bytes());
+    head[9..17].copy_from_slice(&blocks.to_le_bytes());
+    crc32c::crc32c_append(crc32c::crc32c(&head), data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(fill: u8) -> Bytes {
+        Bytes::from(vec![fill; BLOCK_BYTES as usize])
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let ops = [
+            Op::Write {
+                lba: Lba(7),
+                data: block(0xab),
+            },
+            Op::Trim {
+                lba: Lba(3),
+                blocks: 1000,
+            },
+        ];
+        for op in ops {
+            let mut buf = vec![0u8; op.record_bytes()];
+            encode(&mut buf, &op, Generation(4), Vba(99), 0xfeed, 4096);
+            let header = decode(&buf, 0xfeed).expect("valid record");
+            assert_eq!(header.kind, op.kind());
+            assert_eq!(
+                (header.generation, header.vba, header.lba),
+                (Generation(4), Vba(99), op.lba())
+            );
+            assert_eq!(header.blocks(), op.blocks());
+            assert_eq!(header.batch_start, 4096);
+            assert_eq!(content_crc(&header, &buf), op.content_crc());
+        }
+    }
+
+    #[test]
+    fn every_flipped_bit_is_detected() {
+        let op = Op::Write {
+            lba: Lba(1),
+            data: block(0x5a),
+        };
+        let mut buf = vec![0u8; op.record_bytes()];
+        encode(&mut buf, &op, Generation(1), Vba(1), 1, 0);
+        for byte in (0..buf.len()).step_by(7) {
+            for bit in 0..8 {
+                let mut bad = buf.clone();
+                bad[byte] ^= 1 << bit;
+                assert!(
+                    decode(&bad, 1).is_err(),
+                    "flip of bit {bit} in byte {byte} went unnoticed"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_resealed_record_decodes_in_its_new_file_only() {
+        let op = Op::Write {
+            lba: Lba(1),
+            data: block(3),
+        };
+        let mut buf = vec![0u8; op.record_bytes()];
+        encode(&mut buf, &op, Generation(1), Vba(9), 111, 4096);
+        reseal(&mut buf, 222, 8192);
+        let header = decode(&buf, 222).expect("resealed record decodes");
+        assert_eq!((header.vba, header.batch_start), (Vba(9), 8192));
+        assert_eq!(decode(&buf, 111), Err(Invalid::OtherNonce));
+    }
+
+    #[test]
+    fn other_nonce_and_zeroes_are_not_records() {
+        let op = Op::Trim {
+            lba: Lba(0),
+            blocks: 1,
+        };
+        let mut buf = vec![0u8; op.record_bytes()];
+        encode(&mut buf, &op, Generation(1), Vba(1), 5, 0);
+        assert_eq!(decode(&buf, 6), Err(Invalid::OtherNonce));
+        assert_eq!(decode(&[0u8; 64], 5), Err(Invalid::NoRecord));
+        assert_eq!(decode(&buf[..30], 5), Err(Invalid::Truncated));
+    }
+
+    #[test]
+    fn content_checksum_ignores_placement() {
+        let op = Op::Write {
+            lba: Lba(2),
+            data: block(1),
+        };
+        let other = Op::Write {
+            lba: Lba(3),
+            data: block(1),
+        };
+        assert_ne!(op.content_crc(), other.content_crc());
+        let mut a = vec![0u8; op.record_bytes()];
+        let mut b = vec![0u8; op.record_bytes()];
+        encode(&mut a, &op, Generation(1), Vba(5), 10, 0);
+        encode(&mut b, &op, Generation(1), Vba(5), 11, 8192);
+        let (ha, hb) = (decode(&a, 10).unwrap(), decode(&b, 11).unwrap());
+        assert_eq!(content_crc(&ha, &a), content_crc(&hb, &b));
+    }
+}

@@ -1,0 +1,557 @@
+//! A storage unit: one copy of one slice, its VBA log and its index.
+//!
+//! The durability contract: [`Unit::append`] and [`Unit::apply`] return only once their records
+//! are durable (synced) and indexed; reads and [`Unit::records_after`] see only durable records.
+//! A record that was accepted but not yet synced is invisible to readers, so nothing a reader saw
+//! can be lost in a crash.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use client::types::{Generation, Lba, UnitId, Vba, BLOCK_BYTES};
+use parking_lot::{Mutex, MutexGuard};
+
+use super::backend::{Backend, BlockFile};
+use super::error::{io_err, EngineError, Result};
+use super::index::{Index, Location, Target};
+use super::meta::{self, GenerationStart, UnitMeta};
+use super::pool::SegmentPool;
+use super::record::{self, Kind, Op, HEADER_BYTES, WRITE_RECORD_BYTES};
+use super::segment::Vsid;
+
+/// How many times a read retries a record that moved under it (compaction) before calling it
+/// corrupt.
+const READ_ATTEMPTS: usize = 3;
+/// How long a new batch writer waits for the writers released by the last batch to queue their
+/// next records. Small beside a sync (~100 us), and only spent when the last batch was bigger
+/// than what is pending.
+const GATHER_WAIT: Duration = Duration::from_micros(30);
+
+/// A record as [`Unit::records_after`] returns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub vba: Vba,
+    pub generation: Generation,
+    pub op: Op,
+}
+
+/// What [`Unit::apply`] did with a replicated record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The record was the next VBA and is now durable.
+    Written,
+    /// The unit already held this VBA with the same generation and content.
+    Duplicate,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnitStats {
+    /// Every VBA up to this one is durable (or was compacted away as dead).
+    pub last_vba: Vba,
+    pub generation: Generation,
+    /// Blocks holding written data.
+    pub written_blocks: u64,
+    pub live_records: u64,
+    pub segments: usize,
+    /// Bytes of records in the log, live or not.
+    pub log_bytes: u64,
+    pub live_bytes: u64,
+    pub index_bytes: u64,
+    /// Group-commit batches written since the unit was opened (each one write call and one sync
+    /// per segment it touched).
+    pub batches: u64,
+}
+
+pub(super) struct Pending {
+    pub vba: Vba,
+    pub generation: Generation,
+    pub op: Op,
+}
+
+/// A segment the unit holds.
+pub(super) struct Segment {
+    pub file: Arc<dyn BlockFile>,
+    pub nonce: u64,
+    /// Offset just past the last record written to it.
+    pub end: u64,
+}
+
+/// The segment being appended to, owned by whichever thread is writing a batch.
+pub(super) struct Active {
+    pub vsid: Vsid,
+    pub file: Arc<dyn BlockFile>,
+    pub nonce: u64,
+    pub offset: u64,
+}
+
+/// The writer's position; taken out of the state by the thread that writes a batch, so only one
+/// thread writes at a time and the others keep using the state meanwhile.
+pub(super) struct Cursor {
+    pub active: Option<Active>,
+    pub next_log_vsid: u32,
+    /// Scratch space for encoding a batch.
+    pub buf: Vec<u8>,
+}
+
+pub(super) struct State {
+    pub index: Index,
+    pub segments: BTreeMap<Vsid, Segment>,
+    /// `None` while a batch is being written.
+    pub cursor: Option<Cursor>,
+    /// The VBA the next accepted record gets.
+    pub next_vba: Vba,
+    /// Every record up to this VBA is durable and indexed.
+    pub durable_vba: Vba,
+    /// Accepted records not yet written, in VBA order.
+    pub pending: VecDeque<Pending>,
+    /// Set when a write failed: the log's end is unknown until the unit is reopened.
+    pub failed: Option<String>,
+    pub generations: Vec<GenerationStart>,
+    /// No VBA up to this one will ever be truncated (every copy holds it).
+    pub stable_vba: Vba,
+    pub next_compacted_vsid: u32,
+    pub batches: u64,
+    pub last_batch_len: usize,
+}
+
+impl State {
+    pub fn generation(&self) -> Generation {
+        self.generations
+            .last()
+            .map_or(Generation(0), |start| start.generation)
+    }
+}
+
+pub struct Unit {
+    pub(super) id: UnitId,
+    pub(super) dir: String,
+    pub(super) backend: Arc<dyn Backend>,
+    pub(super) pool: Arc<SegmentPool>,
+    pub(super) sync: bool,
+    pub(super) size_bytes: u64,
+    pub(super) state: Mutex<State>,
+    /// Bumped (and waited on) whenever a batch completes or fails.
+    pub(super) batch_seq: AtomicU32,
+    /// `state.durable_vba`, readable without the lock.
+    pub(super) durable_vba: AtomicU64,
+    /// Held by compaction and truncation, which must not run at the same time.
+    pub(super) maintenance: Mutex<()>,
+}
+
+impl std::fmt::Debug for Unit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Unit({})", self.id)
+    }
+}
+
+impl Unit {
+    pub fn id(&self) -> UnitId {
+        self.id
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    pub fn blocks(&self) -> u64 {
+        self.size_bytes / BLOCK_BYTES
+    }
+
+    fn check_range(&self, lba: Lba, blocks: u64) -> Result<()> {
+        let end = lba.0.checked_add(blocks);
+        match end {
+            Some(end) if blocks > 0 && end <= self.blocks() => Ok(()),
+            _ => Err(EngineError::OutOfRange {
+                unit: self.id,
+                lba,
+                end: end.unwrap_or(u64::MAX),
+                blocks: self.blocks(),
+            }),
+        }
+    }
+
+    fn check_op(&self, op: &Op) -> Result<()> {
+        if let Op::Write { data, .. } = op {
+            if data.len() as u64 != BLOCK_BYTES {
+                return Err(EngineError::Invalid(format!(
+                    "a write record carries one block of {BLOCK_BYTES} bytes, not {}",
+                    data.len()
+                )));
+            }
+        }
+        self.check_range(op.lba(), op.blocks())
+    }
+
+    pub(super) fn check_failed(&self, state: &State) -> Result<()> {
+        match &state.failed {
+            Some(reason) => Err(EngineError::Failed {
+                unit: self.id,
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Accepts records of `generation`, which must not be older than the unit's, and starts the
+    /// generation in the unit's history if it is new. The history is persisted before any record
+    /// of the new generation is written.
+    fn enter_generation(&self, state: &mut State, generation: Generation) -> Result<()> {
+        let current = state.generation();
+        if generation < current {
+            return Err(EngineError::StaleGeneration {
+                unit: self.id,
+                got: generation,
+                current,
+            });
+        }
+        if generation > current || state.generations.is_empty() {
+            state.generations.push(GenerationStart {
+                generation,
+                first_vba: state.next_vba,
+            });
+            self.write_meta(&state.generations)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn write_meta(&self, generations: &[GenerationStart]) -> Result<()> {
+        let meta = UnitMeta {
+            format: meta::UNIT_FORMAT,
+            unit: self.id,
+            size_bytes: self.size_bytes,
+            generations: generations.to_vec(),
+        };
+        let json = serde_json::to_vec_pretty(&meta).expect("unit metadata serializes");
+        let path = format!("{}/{}", self.dir, meta::UNIT_META);
+        self.backend
+            .write_atomic(&path, &json)
+            .map_err(io_err(self.id, "writing unit.json"))
+    }
+
+    /// Primary: gives each op the next VBA, writes them, and returns the first VBA once all are
+    /// durable. Ops of one call get consecutive VBAs and share a group commit.
+    pub fn append(&self, generation: Generation, ops: Vec<Op>) -> Result<Vba> {
+        for op in &ops {
+            self.check_op(op)?;
+        }
+        let mut state = self.state.lock();
+        self.check_failed(&state)?;
+        self.enter_generation(&mut state, generation)?;
+        let first = state.next_vba;
+        for op in ops {
+            let vba = state.next_vba;
+            state.pending.push_back(Pending {
+                vba,
+                generation,
+                op,
+            });
+            state.next_vba = vba.next();
+        }
+        let last = Vba(state.next_vba.0 - 1);
+        self.wait_durable(state, last)?;
+        Ok(first)
+    }
+
+    /// Secondary: takes a record the primary numbered. Exactly the next VBA is written; a VBA the
+    /// unit already holds with the same generation and content is acknowledged again without
+    /// being written; a VBA further on is a [`EngineError::Hole`].
+    pub fn apply(&self, vba: Vba, generation: Generation, op: Op) -> Result<Applied> {
+        self.check_op(&op)?;
+        let mut state = self.state.lock();
+        self.check_failed(&state)?;
+        if vba > state.next_vba {
+            return Err(EngineError::Hole {
+                unit: self.id,
+                expected: state.next_vba,
+                got: vba,
+            });
+        }
+        if vba == state.next_vba {
+            self.enter_generation(&mut state, generation)?;
+            state.pending.push_back(Pending {
+                vba,
+                generation,
+                op,
+            });
+            state.next_vba = vba.next();
+            self.wait_durable(state, vba)?;
+            return Ok(Applied::Written);
+        }
+        let held = meta::generation_at(&state.generations, vba).unwrap_or(Generation(0));
+        if held != generation {
+            return Err(EngineError::Conflict {
+                unit: self.id,
+                vba,
+                held,
+                got: generation,
+            });
+        }
+        let same = match state.pending.iter().find(|p| p.vba == vba) {
+            Some(pending) => pending.op.content_crc() == op.content_crc(),
+            None => {
+                drop(state);
+                self.held_content_crc(vba)?
+                    .is_none_or(|crc| crc == op.content_crc())
+            }
+        };
+        if !same {
+            return Err(EngineError::ContentMismatch { unit: self.id, vba });
+        }
+        let state = self.state.lock();
+        self.wait_durable(state, vba)?;
+        Ok(Applied::Duplicate)
+    }
+
+    /// The content checksum of the record held at `vba`, if it is still live (a record that was
+    /// overwritten since is no longer looked up).
+    fn held_content_crc(&self, vba: Vba) -> Result<Option<u32>> {
+        Ok(self
+            .read_record(vba)?
+            .map(|(header, bytes)| record::content_crc(&header, &bytes)))
+    }
+
+    /// Reads `blocks` blocks from `lba`: the newest durable data, zeroes where never written or
+    /// trimmed.
+    pub fn read(&self, lba: Lba, blocks: u64) -> Result<Vec<u8>> {
+        self.check_range(lba, blocks)?;
+        let mut out = vec![0u8; (blocks * BLOCK_BYTES) as usize];
+        let mut buf = vec![0u8; WRITE_RECORD_BYTES];
+        for (i, block) in out.chunks_mut(BLOCK_BYTES as usize).enumerate() {
+            let lba = Lba(lba.0 + i as u64);
+            for attempt in 1..=READ_ATTEMPTS {
+                let (vba, location, file, nonce) = {
+                    let state = self.state.lock();
+                    match state.index.lookup(lba) {
+                        Target::Unwritten | Target::Trimmed(_) => break,
+                        Target::Written(vba, location) => {
+                            let segment = &state.segments[&location.vsid];
+                            (vba, location, segment.file.clone(), segment.nonce)
+                        }
+                    }
+                };
+                let read = file
+                    .read_exact_at(&mut buf, location.offset as u64)
+                    .map_err(io_err(
+                        self.id,
+                        format!("reading segment {}", location.vsid),
+                    ))
+                    .map(|()| record::decode(&buf, nonce));
+                match read {
+                    Ok(Ok(header)) if header.vba == vba && header.lba == lba => {
+                        block.copy_from_slice(&buf[HEADER_BYTES..]);
+                        break;
+                    }
+                    // The record may have moved (compaction) between the lookup and the read.
+                    _ if attempt < READ_ATTEMPTS && self.moved(lba, vba, location) => continue,
+                    Err(e) => return Err(e),
+                    Ok(found) => {
+                        return Err(EngineError::Corrupt {
+                            unit: self.id,
+                            vsid: location.vsid,
+                            offset: location.offset as u64,
+                            reason: format!("expected VBA {vba} for LBA {lba}, found {found:?}"),
+                        })
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn moved(&self, lba: Lba, vba: Vba, location: Location) -> bool {
+        self.state.lock().index.lookup(lba) != Target::Written(vba, location)
+    }
+
+    /// Reads the live record at `vba`, checked, with its bytes; `None` if no live record has it.
+    fn read_record(&self, vba: Vba) -> Result<Option<(record::Header, Vec<u8>)>> {
+        for attempt in 1..=READ_ATTEMPTS {
+            let (location, file, nonce) = {
+                let state = self.state.lock();
+                let Some(location) = state.index.location(vba) else {
+                    return Ok(None);
+                };
+                let segment = &state.segments[&location.vsid];
+                (location, segment.file.clone(), segment.nonce)
+            };
+            let context = || format!("reading segment {}", location.vsid);
+            let mut head = [0u8; HEADER_BYTES];
+            file.read_exact_at(&mut head, location.offset as u64)
+                .map_err(io_err(self.id, context()))?;
+            let length = record::decode_header(&head, nonce)
+                .ok()
+                .filter(|h| h.vba == vba)
+                .map(|h| h.record_bytes());
+            if let Some(length) = length {
+                let mut bytes = vec![0u8; length];
+                file.read_exact_at(&mut bytes, location.offset as u64)
+                    .map_err(io_err(self.id, context()))?;
+                if let Ok(header) = record::decode(&bytes, nonce) {
+                    return Ok(Some((header, bytes)));
+                }
+            }
+            let still_there = self.state.lock().index.location(vba) == Some(location);
+            if still_there || attempt == READ_ATTEMPTS {
+                return Err(EngineError::Corrupt {
+                    unit: self.id,
+                    vsid: location.vsid,
+                    offset: location.offset as u64,
+                    reason: format!("the record for VBA {vba} does not read back"),
+                });
+            }
+        }
+        unreachable!("the loop returns on its last attempt")
+    }
+
+    /// Every live record with a VBA above `after`, in VBA order: what a copy that holds everything
+    /// up to `after` needs to catch up. Records written while iterating are included.
+    pub fn records_after(&self, after: Vba) -> RecordsAfter<'_> {
+        RecordsAfter {
+            unit: self,
+            cursor: after,
+        }
+    }
+
+    /// Records that no VBA up to `vba` will be truncated: every copy holds them. Compaction may
+    /// then drop records superseded at or below it.
+    pub fn set_stable_vba(&self, vba: Vba) {
+        let mut state = self.state.lock();
+        state.stable_vba = state.stable_vba.max(vba.min(state.durable_vba));
+    }
+
+    pub fn last_vba(&self) -> Vba {
+        self.state.lock().durable_vba
+    }
+
+    pub fn generation(&self) -> Generation {
+        self.state.lock().generation()
+    }
+
+    pub fn stats(&self) -> UnitStats {
+        let state = self.state.lock();
+        let log_bytes = state
+            .segments
+            .values()
+            .map(|s| s.end - super::segment::SEGMENT_HEADER_BYTES);
+        UnitStats {
+            last_vba: state.durable_vba,
+            generation: state.generation(),
+            written_blocks: state.index.written_blocks(),
+            live_records: state.index.live_records() as u64,
+            segments: state.segments.len(),
+            log_bytes: log_bytes.sum(),
+            live_bytes: state
+                .segments
+                .keys()
+                .map(|v| state.index.live_bytes(*v))
+                .sum(),
+            index_bytes: state.index.memory_bytes() as u64,
+            batches: state.batches,
+        }
+    }
+
+    /// Waits until `vba` is durable, writing batches itself whenever no other thread is: the first
+    /// thread to find the writer free writes everything pending as one batch with one sync, and the
+    /// records that arrive meanwhile go in the next batch together (group commit without a
+    /// hand-off to another thread).
+    pub(super) fn wait_durable<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, State>,
+        vba: Vba,
+    ) -> Result<()> {
+        loop {
+            self.check_failed(&state)?;
+            if state.durable_vba >= vba {
+                return Ok(());
+            }
+            let Some(mut cursor) = state.cursor.take() else {
+                // Wait for the batch being written. Waiters sleep on a counter that the writer
+                // bumps and wakes all at once, and return without the state lock when their
+                // record is durable, so a batch's writers resume in parallel.
+                let seen = self.batch_seq.load(Ordering::Acquire);
+                drop(state);
+                atomic_wait::wait(&self.batch_seq, seen);
+                if self.durable_vba.load(Ordering::Acquire) >= vba.0 {
+                    return Ok(());
+                }
+                state = self.state.lock();
+                continue;
+            };
+            // The writers the last batch released are coming back with their next records; give
+            // them a moment to queue, so batches stay large instead of alternating big and small.
+            let expected = state.last_batch_len;
+            let gather_until = Instant::now() + GATHER_WAIT;
+            while state.pending.len() < expected && Instant::now() < gather_until {
+                MutexGuard::unlocked(&mut state, std::thread::yield_now);
+            }
+            let batch = take_batch(&mut state.pending);
+            state.last_batch_len = batch.len();
+            let written =
+                MutexGuard::unlocked(&mut state, || self.write_batch(&mut cursor, &batch));
+            state.cursor = Some(cursor);
+            state.batches += 1;
+            match written {
+                Ok(written) => self.publish(&mut state, batch, written),
+                Err(e) => state.failed = Some(e.to_string()),
+            }
+            self.batch_seq.fetch_add(1, Ordering::Release);
+            atomic_wait::wake_all(&self.batch_seq);
+        }
+    }
+}
+
+/// Takes pending records up to the batch size limit (at least one).
+fn take_batch(pending: &mut VecDeque<Pending>) -> Vec<Pending> {
+    let mut bytes = 0;
+    let mut count = 0;
+    for p in pending.iter() {
+        bytes += p.op.record_bytes();
+        if count > 0 && bytes > super::segment::MAX_BATCH_BYTES {
+            break;
+        }
+        count += 1;
+    }
+    pending.drain(..count).collect()
+}
+
+/// Iterator over [`Unit::records_after`].
+pub struct RecordsAfter<'a> {
+    unit: &'a Unit,
+    cursor: Vba,
+}
+
+impl Iterator for RecordsAfter<'_> {
+    type Item = Result<Record>;
+
+    fn next(&mut self) -> Option<Result<Record>> {
+        loop {
+            let next = self.unit.state.lock().index.next_live_after(self.cursor);
+            let (vba, _) = next?;
+            match self.unit.read_record(vba) {
+                // Overwritten between the lookup and the read: go on to the next one.
+                Ok(None) => self.cursor = vba,
+                Ok(Some((header, bytes))) => {
+                    self.cursor = vba;
+                    let op = match header.kind {
+                        Kind::Write => Op::Write {
+                            lba: header.lba,
+                            data: Bytes::copy_from_slice(&bytes[HEADER_BYTES..]),
+                        },
+                        Kind::Trim => Op::Trim {
+                            lba: header.lba,
+                            blocks: header.blocks(),
+                        },
+                    };
+                    return Some(Ok(Record {
+                        vba,
+                        generation: header.generation,
+                        op,
+                    }));
+                }
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}

@@ -1,0 +1,538 @@
+//! The storage engine's conformance suite: every case runs against every backend (`file` and
+//! `memory`), through the public API only.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use client::types::{Generation, Lba, UnitId, Vba, BLOCK_BYTES};
+use storagenode::engine::backend::Backend;
+use storagenode::engine::segment::SEGMENT_HEADER_BYTES;
+use storagenode::engine::{
+    Applied, Device, DeviceOptions, EngineError, FileBackend, MemoryBackend, Op, Record,
+};
+
+const UNIT: UnitId = UnitId {
+    volume: client::types::VolumeId(1),
+    slice: client::types::SliceIndex(0),
+};
+const UNIT_BYTES: u64 = 4 << 20;
+/// Small segments, so that a few dozen writes roll over several of them.
+const SEGMENT_BYTES: u64 = 64 << 10;
+const RECORD: u64 = 4160;
+const G1: Generation = Generation(1);
+
+pub trait Fixture {
+    fn backend(&self) -> Arc<dyn Backend>;
+}
+
+struct Memory(MemoryBackend);
+
+impl Fixture for Memory {
+    fn backend(&self) -> Arc<dyn Backend> {
+        Arc::new(self.0.clone())
+    }
+}
+
+struct Files(tempfile::TempDir);
+
+impl Fixture for Files {
+    fn backend(&self) -> Arc<dyn Backend> {
+        Arc::new(FileBackend::open(self.0.path()).expect("temp dir opens"))
+    }
+}
+
+fn memory() -> Memory {
+    Memory(MemoryBackend::new(1 << 30))
+}
+
+fn files() -> Files {
+    Files(tempfile::tempdir().expect("temp dir"))
+}
+
+fn options() -> DeviceOptions {
+    DeviceOptions {
+        segment_bytes: SEGMENT_BYTES,
+        spare_segments: 1,
+        sync: true,
+    }
+}
+
+fn open(fixture: &dyn Fixture) -> Device {
+    Device::open(fixture.backend(), &options())
+        .expect("device opens")
+        .0
+}
+
+/// A block that starts with `tag` and has no zero byte after it, so a wrong block is
+/// recognisable and any torn part of it is detectable.
+fn block(tag: u64) -> Bytes {
+    let mut data = tag.to_le_bytes().to_vec();
+    data.extend((8..BLOCK_BYTES).map(|j| ((tag + j) % 251 + 1) as u8));
+    Bytes::from(data)
+}
+
+fn tag_of(data: &[u8]) -> u64 {
+    u64::from_le_bytes(data[..8].try_into().unwrap())
+}
+
+fn write(lba: u64, tag: u64) -> Op {
+    Op::Write {
+        lba: Lba(lba),
+        data: block(tag),
+    }
+}
+
+/// What every block should read as: the tag of its newest write, 0 for zeroes.
+type Model = BTreeMap<u64, u64>;
+
+fn assert_reads(unit: &storagenode::engine::Unit, model: &Model, blocks: u64) {
+    let data = unit.read(Lba(0), blocks).expect("read");
+    for lba in 0..blocks {
+        let chunk = &data[(lba * BLOCK_BYTES) as usize..((lba + 1) * BLOCK_BYTES) as usize];
+        let want = model.get(&lba).copied().unwrap_or(0);
+        if want == 0 {
+            assert!(
+                chunk.iter().all(|b| *b == 0),
+                "LBA {lba} should read zeroes"
+            );
+        } else {
+            assert_eq!(
+                chunk,
+                &block(want)[..],
+                "LBA {lba} should hold tag {want}, has {}",
+                tag_of(chunk)
+            );
+        }
+    }
+}
+
+fn segment_path(vsid: u32) -> String {
+    format!("units/{UNIT}/{vsid:08x}.seg")
+}
+
+mod cases {
+    use super::*;
+
+    pub fn append_assigns_consecutive_vbas(fixture: &dyn Fixture) {
+        let device = open(fixture);
+        let unit = device.create_unit(UNIT, UNIT_BYTES).unwrap();
+        assert_eq!(unit.last_vba(), Vba(0));
+        assert_eq!(unit.append(G1, vec![write(3, 1)]).unwrap(), Vba(1));
+        assert_eq!(
+            unit.append(G1, vec![write(4, 2), write(5, 3), write(6, 4)])
+                .unwrap(),
+            Vba(2)
+        );
+        assert_eq!(unit.append(G1, vec![write(3, 5)]).unwrap(), Vba(5));
+        assert_eq!(unit.last_vba(), Vba(5));
+        let model = Model::from([(3, 5), (4, 2), (5, 3), (6, 4)]);
+        assert_reads(&unit, &model, 16);
+    }
+
+    pub fn overwrite_then_read_returns_the_newest(fixture: &dyn Fixture) {
+        let device = open(fixture);
+        let unit = device.create_unit(UNIT, UNIT_BYTES).unwrap();
+        let mut model = Model::new();
+        for tag in 1..=60u64 {
+            let lba = tag % 7;
+            unit.append(G1, vec![write(lba, tag)]).unwrap();
+            model.insert(lba, tag);
+        }
+        assert_reads(&unit, &model, 8);
+        assert_eq!(unit.stats().written_blocks, 7);
+    }
+
+    pub fn trims_read_as_zeroes_until_written_again(fixture: &dyn Fixture) {
+        let device = open(fixture);
+        let unit = device.create_unit(UNIT, UNIT_BYTES).unwrap();
+        unit.append(G1, (0..8).map(|lba| write(lba, lba + 1)).collect())
+            .unwrap();
+        unit.append(
+            G1,
+            vec![Op::Trim {
+                lba: Lba(2),
+                blocks: 4,
+            }],
+        )
+        .unwrap();
+        let mut model: Model = (0..8).map(|lba| (lba, lba + 1)).collect();
+        for lba in 2..6 {
+            model.remove(&lba);
+        }
+        assert_reads(&unit, &model, 8);
+        unit.append(G1, vec![write(3, 100)]).unwrap();
+        model.insert(3, 100);
+        assert_reads(&unit, &model, 8);
+        drop(unit);
+        drop(device);
+        let device = open(fixture);
+        assert_reads(&device.unit(UNIT).unwrap(), &model, 8);
+    }
+
+    pub fn apply_takes_only_the_next_vba(fixture: &dyn Fixture) {
+        let device = open(fixture);
+        let unit = device.create_unit(UNIT, UNIT_BYTES).unwrap();
+        assert_eq!(
+            unit.apply(Vba(1), G1, write(0, 1)).unwrap(),
+            Applied::Written
+        );
+        assert_eq!(
+            unit.apply(Vba(2), G1, write(1, 2)).unwrap(),
+            Applied::Written
+        );
+        match unit.apply(Vba(4), G1, write(2, 4)) {
+            Err(EngineError::Hole { expected, got, .. }) => {
+                assert_eq!((expected, got), (Vba(3), Vba(4)))
+            }
+            other => panic!("a VBA beyond the next one must be a hole, got {other:?}"),
+        }
+        // Idempotent: the same record again is acknowledged and not written twice.
+        let batches = unit.stats().batches;
+        assert_eq!(
+            unit.apply(Vba(2), G1, write(1, 2)).unwrap(),
+            Applied::Duplicate
+        );
+        assert_eq!(unit.stats().batches, batches);
+        assert!(matches!(
+            unit.apply(Vba(2), G1, write(1, 99)),
+            Err(EngineError::ContentMismatch { .. })
+        ));
+        assert!(matches!(
+            unit.apply(Vba(2), Generation(2), write(1, 2)),
+            Err(EngineError::Conflict { held: G1, .. })
+        ));
+        assert_eq!(
+            unit.apply(Vba(3), Generation(2), write(2, 3)).unwrap(),
+            Applied::Written
+        );
+        assert!(matches!(
+            unit.apply(Vba(4), G1, write(2, 4)),
+            Err(EngineError::StaleGeneration { .. })
+        ));
+        assert_eq!(unit.last_vba(), Vba(3));
+        assert_reads(&unit, &Model::from([(0, 1), (1, 2), (2, 3)]), 4);
+    }
+
+    pub fn records_after_streams_live_records_in_vba_order(fixture: &dyn Fixture) {
+        let device = open(fixture);
+        let unit = device.create_unit(UNIT, UNIT_BYTES).unwrap();
+        unit.append(G1, (0..10).map(|lba| write(lba, lba + 1)).collect())
+            .unwrap(); // VBA 1..=10
+        unit.append(G1, vec![write(2, 20)]).unwrap(); // VBA 11 kills VBA 3
+        unit.append(
+            G1,
+            vec![Op::Trim {
+                lba: Lba(5),
+                blocks: 2,
+            }],
+        )
+        .unwrap(); // VBA 12 kills 6, 7
+        unit.append(G1, vec![write(0, 30)]).unwrap(); // VBA 13 kills 1
+        let all: Vec<Record> = unit.records_after(Vba(0)).map(Result::unwrap).collect();
+        let vbas: Vec<u64> = all.iter().map(|r| r.vba.0).collect();
+        assert_eq!(vbas, vec![2, 4, 5, 8, 9, 10, 11, 12, 13]);
+        assert_eq!(all[6].op, write(2, 20));
+        assert_eq!(
+            all[7].op,
+            Op::Trim {
+                lba: Lba(5),
+                blocks: 2
+            }
+        );
+        let tail: Vec<u64> = unit
+            .records_after(Vba(9))
+            .map(|r| r.unwrap().vba.0)
+            .collect();
+        assert_eq!(tail, vec![10, 11, 12, 13]);
+        assert_eq!(unit.records_after(Vba(13)).count(), 0);
+    }
+
+    pub fn reopen_recovers_every_durable_write(fixture: &dyn Fixture) {
+        let mut model = Model::new();
+        {
+            let device = open(fixture);
+            let unit = device.create_unit(UNIT, UNIT_BYTES).unwrap();
+            for tag in 1..=100u64 {
+                let lba = (tag * 37) % 64;
+                unit.append(G1, vec![write(lba, tag)]).unwrap();
+                model.insert(lba, tag);
+            }
+            assert!(
+                unit.stats().segments > 3,
+                "the writes should span several segments"
+            );
+        }
+        let device = open(fixture);
+        let unit = device.unit(UNIT).expect("the unit is found again");
+        assert_eq!(unit.last_vba(), Vba(100));
+        assert_reads(&unit, &model, 64);
+        assert_eq!(unit.append(G1, vec![write(1, 101)]).unwrap(), Vba(101));
+    }
+
+    pub fn a_torn_last_record_is_cut_at_every_byte_offset(fixture: &dyn Fixture) {
+        let backend = fixture.backend();
+        // Three records in one segment; the third is torn at each offset in turn, either by the
+        // file ending there or by the rest of the record never reaching the disk (zeroes).
+        let last = SEGMENT_HEADER_BYTES + 2 * RECORD;
+        let template: Vec<u8> = {
+            let device = open(fixture);
+            let unit = device.create_unit(UNIT, UNIT_BYTES).unwrap();
+            for tag in 1..=3 {
+                unit.append(G1, vec![write(tag - 1, tag)]).unwrap();
+            }
+            backend.read_all(&segment_path(1)).unwrap()
+        };
+        let file = backend.open(&segment_path(1)).unwrap();
+        for cut in 0..RECORD {
+            for zeroed in [false, true] {
+                file.write_at(&template, 0).unwrap();
+                if zeroed {
+                    let rest = (RECORD - cut) as usize;
+                    file.write_at(&vec![0u8; rest], last + cut).unwrap();
+                } else {
+                    file.set_size(last + cut).unwrap();
+                }
+                file.sync().unwrap();
+                let (device, reports) = Device::open(backend.clone(), &options()).unwrap();
+                let unit = device.unit(UNIT).unwrap();
+                assert_eq!(
+                    unit.last_vba(),
+                    Vba(2),
+                    "cut at byte {cut} (zeroed: {zeroed})"
+                );
+                assert_reads(&unit, &Model::from([(0, 1), (1, 2)]), 4);
+                // A record zeroed before its nonce (byte 24) is not recognisable as one.
+                let recognisable = if zeroed { cut >= 24 } else { cut > 0 };
+                let torn = reports[0].torn_tail.is_some();
+                assert_eq!(
+                    torn, recognisable,
+                    "torn tail reported for cut {cut}, zeroed {zeroed}"
+                );
+                // The log goes on from the cut, and the old bytes never come back.
+                assert_eq!(unit.append(G1, vec![write(2, 33)]).unwrap(), Vba(3));
+                drop(unit);
+                drop(device);
+                let device = open(fixture);
+                assert_reads(
+                    &device.unit(UNIT).unwrap(),
+                    &Model::from([(0, 1), (1, 2), (2, 33)]),
+                    4,
+                );
+                drop(device);
+                file.set_size(SEGMENT_BYTES).unwrap();
+            }
+        }
+    }
+
+    pub fn corruption_inside_the_log_names_unit_segment_and_offset(fixture: &dyn Fixture) {
+        let backend = fixture.backend();
+        {
+            let device = open(fixture);
+            let unit = device.create_unit(UNIT, UNIT_BYTES).unwrap();
+            // 20 records: segment 1 is sealed with 14, segment 2 is the newest with 6.
+            for tag in 1..=20 {
+                unit.append(G1, vec![write(tag, tag)]).unwrap();
+            }
+        }
+        for (vsid, index) in [(1u32, 5u64), (2, 1)] {
+            let file = backend.open(&segment_path(vsid)).unwrap();
+            let offset = SEGMENT_HEADER_BYTES + index * RECORD;
+            let mut byte = [0u8; 1];
+            file.read_at(&mut byte, offset + 100).unwrap();
+            file.write_at(&[byte[0] ^ 0x40], offset + 100).unwrap();
+            file.sync().unwrap();
+            match Device::open(backend.clone(), &options()) {
+                Err(EngineError::Corrupt {
+                    unit,
+                    vsid: at,
+                    offset: found,
+                    ..
+                }) => {
+                    assert_eq!((unit, at.0, found), (UNIT, vsid, offset));
+                }
+                Err(other) => panic!("expected a corruption error, got {other}"),
+                Ok(_) => panic!("a damaged record inside segment {vsid} went unnoticed"),
+            }
+            file.write_at(&byte, offset + 100).unwrap();
+            file.sync().unwrap();
+        }
+        let device = open(fixture);
+        assert_eq!(device.unit(UNIT).unwrap().last_vba(), Vba(20));
+    }
+
+    pub fn compaction_keeps_every_live_block(fixture: &dyn Fixture) {
+        let mut model = Model::new();
+        let before;
+        {
+            let device = open(fixture);
+            let unit = device.create_unit(UNIT, UNIT_BYTES).unwrap();
+            let mut tag = 0;
+            for round in 0..6u64 {
+                for lba in 0..24u64 {
+                    if round > 0 && lba % 4 == 0 {
+                        continue; // these stay live in the first segments
+                    }
+                    tag += 1;
+                    unit.append(G1, vec![write(lba, tag)]).unwrap();
+                    model.insert(lba, tag);
+                }
+            }
+            unit.append(
+                G1,
+                vec![Op::Trim {
+                    lba: Lba(1),
+                    blocks: 2,
+                }],
+            )
+            .unwrap();
+            model.remove(&1);
+            model.remove(&2);
+            before = unit
+                .records_after(Vba(0))
+                .map(Result::unwrap)
+                .collect::<Vec<_>>();
+            let segments = unit.stats().segments;
+            unit.set_stable_vba(unit.last_vba());
+            let report = unit.compact(0.5).unwrap();
+            assert!(report.segments_freed >= 2, "{report:?}");
+            assert!(unit.stats().segments < segments);
+            assert_reads(&unit, &model, 32);
+            let after: Vec<Record> = unit.records_after(Vba(0)).map(Result::unwrap).collect();
+            assert_eq!(after, before, "live records keep their VBA, LBA and data");
+            // Writing goes on normally after compaction.
+            tag += 1;
+            unit.append(G1, vec![write(0, tag)]).unwrap();
+            model.insert(0, tag);
+        }
+        let device = open(fixture);
+        let unit = device.unit(UNIT).unwrap();
+        assert_reads(&unit, &model, 32);
+        assert_eq!(unit.records_after(Vba(0)).count(), before.len());
+    }
+
+    pub fn truncation_restores_what_the_tail_overwrote(fixture: &dyn Fixture) {
+        {
+            let device = open(fixture);
+            let unit = device.create_unit(UNIT, UNIT_BYTES).unwrap();
+            for tag in 1..=30u64 {
+                unit.apply(Vba(tag), G1, write(tag % 5, tag)).unwrap();
+            }
+            // Everything up to 20 is acknowledged; 21..=30 overwrote blocks of it.
+            unit.set_stable_vba(Vba(20));
+            unit.compact(1.0).unwrap();
+            assert!(matches!(
+                unit.truncate_after(Vba(19), Generation(2)),
+                Err(EngineError::TruncateStable { .. })
+            ));
+            assert_eq!(unit.truncate_after(Vba(22), Generation(2)).unwrap(), 8);
+            assert_eq!(unit.last_vba(), Vba(22));
+            let model: Model = (18..=22).map(|tag| (tag % 5, tag)).collect();
+            assert_reads(&unit, &model, 5);
+            let vbas: Vec<u64> = unit
+                .records_after(Vba(0))
+                .map(|r| r.unwrap().vba.0)
+                .collect();
+            assert_eq!(vbas, vec![18, 19, 20, 21, 22]);
+            // The new primary's records follow on.
+            assert_eq!(
+                unit.apply(Vba(23), Generation(2), write(0, 99)).unwrap(),
+                Applied::Written
+            );
+            assert!(matches!(
+                unit.apply(Vba(24), G1, write(0, 98)),
+                Err(EngineError::StaleGeneration { .. })
+            ));
+        }
+        let device = open(fixture);
+        let unit = device.unit(UNIT).unwrap();
+        assert_eq!(unit.last_vba(), Vba(23));
+        assert_eq!(unit.generation(), Generation(2));
+        let mut model: Model = (18..=22).map(|tag| (tag % 5, tag)).collect();
+        model.insert(0, 99);
+        assert_reads(&unit, &model, 5);
+    }
+
+    pub fn bad_requests_are_refused_whole(fixture: &dyn Fixture) {
+        let device = open(fixture);
+        let unit = device.create_unit(UNIT, UNIT_BYTES).unwrap();
+        let blocks = UNIT_BYTES / BLOCK_BYTES;
+        assert!(matches!(
+            unit.read(Lba(blocks), 1),
+            Err(EngineError::OutOfRange { .. })
+        ));
+        assert!(matches!(
+            unit.append(G1, vec![write(0, 1), write(blocks, 2)]),
+            Err(EngineError::OutOfRange { .. })
+        ));
+        assert_eq!(
+            unit.last_vba(),
+            Vba(0),
+            "nothing of a refused append is written"
+        );
+        let short = Op::Write {
+            lba: Lba(0),
+            data: Bytes::from(vec![1u8; 512]),
+        };
+        assert!(matches!(
+            unit.append(G1, vec![short]),
+            Err(EngineError::Invalid(_))
+        ));
+        assert!(matches!(
+            device.create_unit(UNIT, UNIT_BYTES),
+            Err(EngineError::UnitExists(_))
+        ));
+        assert!(matches!(
+            device.create_unit(UnitId::new(2, 0), 1000),
+            Err(EngineError::Invalid(_))
+        ));
+    }
+
+    pub fn removed_units_are_gone_and_their_segments_reused(fixture: &dyn Fixture) {
+        let device = open(fixture);
+        let unit = device.create_unit(UNIT, UNIT_BYTES).unwrap();
+        for tag in 1..=40 {
+            unit.append(G1, vec![write(tag, tag)]).unwrap();
+        }
+        drop(unit);
+        device.remove_unit(UNIT).unwrap();
+        assert!(device.unit(UNIT).is_none());
+        assert!(matches!(
+            device.remove_unit(UNIT),
+            Err(EngineError::NoSuchUnit(_))
+        ));
+        let unit = device.create_unit(UNIT, UNIT_BYTES).unwrap();
+        assert_eq!(unit.last_vba(), Vba(0));
+        assert_reads(&unit, &Model::new(), 48);
+        drop(unit);
+        drop(device);
+        let device = open(fixture);
+        assert_eq!(device.unit(UNIT).unwrap().last_vba(), Vba(0));
+    }
+}
+
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod memory_backend {
+            $( #[test] fn $case() { super::cases::$case(&super::memory()) } )*
+        }
+        mod file_backend {
+            $( #[test] fn $case() { super::cases::$case(&super::files()) } )*
+        }
+    };
+}
+
+conformance!(
+    append_assigns_consecutive_vbas,
+    overwrite_then_read_returns_the_newest,
+    trims_read_as_zeroes_until_written_again,
+    apply_takes_only_the_next_vba,
+    records_after_streams_live_records_in_vba_order,
+    reopen_recovers_every_durable_write,
+    a_torn_last_record_is_cut_at_every_byte_offset,
+    corruption_inside_the_log_names_unit_segment_and_offset,
+    compaction_keeps_every_live_block,
+    truncation_restores_what_the_tail_overwrote,
+    bad_requests_are_refused_whole,
+    removed_units_are_gone_and_their_segments_reused,
+);
