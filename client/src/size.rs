@@ -10,9 +10,13 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, suffix) = s.split_at(digits_end);
     if digits.is_empty() {
-        return Err(format!("size {text:?} does not start with a number (try 4k, 64M, 1G)"));
+        return Err(format!(
+            "size {text:?} does not start with a number (try 4k, 64M, 1G)"
+        ));
     }
-    let value: u64 = digits.parse().map_err(|_| format!("size {text:?} is too large"))?;
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("size {text:?} is too large"))?;
     let shift = match suffix.to_ascii_lowercase().as_str() {
         "" | "b" => 0,
         "k" | "kb" | "kib" => 10,
@@ -25,12 +29,19 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
             ))
         }
     };
-    value.checked_mul(1 << shift).ok_or_else(|| format!("size {text:?} is too large"))
+    value
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("size {text:?} is too large"))
 }
 
 /// Formats a byte count with the largest binary suffix that keeps it readable: `1.5G`, `64M`.
 pub fn format_size(bytes: u64) -> String {
-    const UNITS: [(&str, u64); 4] = [("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("k", 1 << 10)];
+    const UNITS: [(&str, u64); 4] = [
+        ("T", 1 << 40),
+        ("G", 1 << 30),
+        ("M", 1 << 20),
+        ("k", 1 << 10),
+    ];
     for (suffix, unit) in UNITS {
         if bytes >= unit {
             let value = bytes as f64 / unit as f64;
@@ -57,7 +68,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => Ok(Duration::from_millis(value)),
         "m" | "min" => Ok(Duration::from_secs(value * 60)),
         "h" => Ok(Duration::from_secs(value * 3600)),
-        _ => Err(format!("duration {text:?} has an unknown unit {suffix:?} (use ms, s, m or h)")),
+        _ => Err(format!(
+            "duration {text:?} has an unknown unit {suffix:?} (use ms, s, m or h)"
+        )),
     }
 }
 
@@ -79,8 +92,12 @@ mod tests {
     #[test]
     fn bad_sizes_say_what_is_wrong() {
         assert!(parse_size("1Gx").unwrap_err().contains("unknown suffix"));
-        assert!(parse_size("G").unwrap_err().contains("does not start with a number"));
-        assert!(parse_size("99999999999999T").unwrap_err().contains("too large"));
+        assert!(parse_size("G")
+            .unwrap_err()
+            .contains("does not start with a number"));
+        assert!(parse_size("99999999999999T")
+            .unwrap_err()
+            .contains("too large"));
     }
 
     #[test]

@@ -87,13 +87,21 @@ impl NodeId {
 /// with `.` or `-`.
 pub fn check_name(what: &str, name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 64 {
-        return Err(format!("{what} must be 1 to 64 characters, got {}", name.len()));
+        return Err(format!(
+            "{what} must be 1 to 64 characters, got {}",
+            name.len()
+        ));
     }
     if name.starts_with(['.', '-']) {
         return Err(format!("{what} {name:?} must not start with '.' or '-'"));
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || "_.-".contains(*c))) {
-        return Err(format!("{what} {name:?} has the character {c:?}; use letters, digits, '_', '.', '-'"));
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "_.-".contains(*c)))
+    {
+        return Err(format!(
+            "{what} {name:?} has the character {c:?}; use letters, digits, '_', '.', '-'"
+        ));
     }
     Ok(())
 }
@@ -107,7 +115,10 @@ pub struct UnitId {
 
 impl UnitId {
     pub fn new(volume: u64, slice: u32) -> UnitId {
-        UnitId { volume: VolumeId(volume), slice: SliceIndex(slice) }
+        UnitId {
+            volume: VolumeId(volume),
+            slice: SliceIndex(slice),
+        }
     }
 }
 
@@ -122,10 +133,15 @@ impl FromStr for UnitId {
     type Err = String;
 
     fn from_str(s: &str) -> Result<UnitId, String> {
-        let (volume, slice) =
-            s.split_once('.').ok_or_else(|| format!("unit id {s:?} is not VOLUME_ID.SLICE"))?;
-        let volume = volume.parse().map_err(|_| format!("unit id {s:?}: bad volume id"))?;
-        let slice = slice.parse().map_err(|_| format!("unit id {s:?}: bad slice index"))?;
+        let (volume, slice) = s
+            .split_once('.')
+            .ok_or_else(|| format!("unit id {s:?} is not VOLUME_ID.SLICE"))?;
+        let volume = volume
+            .parse()
+            .map_err(|_| format!("unit id {s:?}: bad volume id"))?;
+        let slice = slice
+            .parse()
+            .map_err(|_| format!("unit id {s:?}: bad slice index"))?;
         Ok(UnitId::new(volume, slice))
     }
 }

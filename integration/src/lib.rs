@@ -1,1 +1,19 @@
-//! placeholder
+//! A harness for tests that start real vbs processes on loopback and break them.
+//!
+//! # Layout
+//! - [`binaries`]: finds the workspace's binaries next to the test executable, building them
+//!   first when they are missing or older than the sources.
+//! - [`process`]: one child process with its log file, killed (SIGKILL) when dropped.
+//! - [`cluster`]: a set of processes (managers now, storage nodes later) with their own temp
+//!   dirs and free loopback ports, and HTTP helpers for the manager API.
+//! - [`wait`]: waiting on observable state with a deadline, never a fixed sleep.
+//!
+//! When a test panics, dropping its [`cluster::Cluster`] prints every process's log.
+
+pub mod binaries;
+pub mod cluster;
+pub mod process;
+pub mod wait;
+
+pub use cluster::{Cluster, ClusterOptions};
+pub use wait::wait_until;

@@ -1,0 +1,383 @@
+//! JSON bodies of the manager HTTP API (`vbs-manager`), shared by the manager, storage nodes, the
+//! client library and the CLI.
+//!
+//! Routes (all under the manager's `--listen` address):
+//!
+//! | route | request | response |
+//! | --- | --- | --- |
+//! | `GET /v1/status` | | [`ClusterStatus`] |
+//! | `POST /v1/nodes` | [`RegisterNodeRequest`] | [`NodeStatus`] |
+//! | `POST /v1/nodes/{id}/heartbeat` | [`HeartbeatRequest`] | [`HeartbeatResponse`] |
+//! | `POST /v1/notifications` | [`Notification`] | [`NotificationResponse`] |
+//! | `GET /v1/volumes` | | [`VolumeList`] |
+//! | `POST /v1/volumes` | [`CreateVolumeRequest`] | [`VolumeMap`] |
+//! | `GET /v1/volumes/{name}` | | [`VolumeMap`] |
+//! | `DELETE /v1/volumes/{name}` | | [`VolumeMap`] (the deleted volume) |
+//! | `POST /v1/managers` | [`AddManagerRequest`] | [`ClusterStatus`] |
+//! | `DELETE /v1/managers/{id}` | | [`ClusterStatus`] |
+//! | `GET /metrics` | | Prometheus text |
+//! | `GET /health` | | [`Health`] |
+//!
+//! Every error is a 4xx or 5xx with an [`ApiError`] body. Request types refuse unknown fields, so a
+//! misspelt field is an error rather than a silently ignored setting. Reads are linearizable unless
+//! the query string says `?local=true` (answer from the member's own, possibly lagging, state).
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{Generation, ManagerId, NodeId, SliceIndex, UnitId, Vba, VolumeId};
+
+/// Default number of copies of each slice when a create request does not say.
+pub const DEFAULT_REPLICAS: u32 = 3;
+/// Default slice size when a create request does not say: 1 GiB.
+pub const DEFAULT_SLICE_BYTES: u64 = 1 << 30;
+/// Most slices one volume may have, so a volume map stays a reasonable size.
+pub const MAX_SLICES_PER_VOLUME: u64 = 1 << 16;
+
+/// What went wrong, as a code a program can branch on; the `error` text says it to a person.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request was malformed or named impossible values (400).
+    BadRequest,
+    /// The named volume, node, unit or manager does not exist (404).
+    NotFound,
+    /// A volume with that name, or a manager with that id, already exists (409).
+    AlreadyExists,
+    /// The request named an older generation than the slice's: refresh the volume map (409).
+    StaleGeneration,
+    /// The request does not fit the current state, e.g. the source is not the slice's primary (409).
+    Conflict,
+    /// Too few storage nodes are up, or they lack free capacity, for the request (409).
+    InsufficientNodes,
+    /// The primary's lease has not run out yet; retry after `retry_after_ms` (503).
+    LeaseNotExpired,
+    /// No leader, no quorum, or a timeout inside the manager cluster; retry later (503).
+    Unavailable,
+    /// A bug or a local disk failure in the manager (500).
+    Internal,
+}
+
+/// The body of every error response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// One sentence for a person: what was wrong and, where it helps, what to do.
+    pub error: String,
+    pub code: ErrorCode,
+    /// For [`ErrorCode::LeaseNotExpired`] and [`ErrorCode::Unavailable`]: when to try again. Also
+    /// sent as the `Retry-After` header (in whole seconds, rounded up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+/// Operational status of a storage node, as judged by the leader's failure detector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    Up,
+    Down,
+}
+
+/// Update status of one copy of a slice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CopyStatus {
+    /// Holds every VBA the primary has acknowledged.
+    Current,
+    /// Missed writes; must catch up before it is current again.
+    Stale,
+    /// Catching up while also receiving new writes from the primary.
+    Syncing,
+    /// Its node is down.
+    Down,
+}
+
+impl CopyStatus {
+    pub const ALL: [CopyStatus; 4] = [
+        CopyStatus::Current,
+        CopyStatus::Stale,
+        CopyStatus::Syncing,
+        CopyStatus::Down,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CopyStatus::Current => "current",
+            CopyStatus::Stale => "stale",
+            CopyStatus::Syncing => "syncing",
+            CopyStatus::Down => "down",
+        }
+    }
+}
+
+/// Role of a copy within its slice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Primary,
+    Secondary,
+}
+
+/// `POST /v1/nodes`: a storage node announces itself (again after every restart). Registering an
+/// existing id updates its address and capacity and counts as a heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterNodeRequest {
+    pub id: NodeId,
+    /// Data-plane address (`host:port`) that primaries, secondaries and clients connect to.
+    pub addr: String,
+    pub capacity_bytes: u64,
+    /// Free bytes now; defaults to `capacity_bytes`.
+    #[serde(default)]
+    pub free_bytes: Option<u64>,
+}
+
+/// The last VBA a storage node holds for one of its units.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitReport {
+    pub unit: UnitId,
+    pub last_vba: Vba,
+}
+
+/// `POST /v1/nodes/{id}/heartbeat`, sent about once a second. Kept in the leader's memory only.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    /// Free bytes now; omitted when unchanged or unknown.
+    #[serde(default)]
+    pub free_bytes: Option<u64>,
+    /// One entry per unit the node holds.
+    #[serde(default)]
+    pub units: Vec<UnitReport>,
+}
+
+/// One copy of a slice as the volume map shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyInfo {
+    pub node: NodeId,
+    /// The node's data-plane address.
+    pub addr: String,
+    pub role: Role,
+    pub status: CopyStatus,
+    /// Highest VBA the node reported for this copy when its status last changed.
+    pub last_vba: Vba,
+}
+
+/// What a storage node must serve for one of its units, in a heartbeat reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignedUnit {
+    pub unit: UnitId,
+    pub volume_size_bytes: u64,
+    pub slice_bytes: u64,
+    /// Bytes of this slice: `slice_bytes`, or less for a volume's last slice.
+    pub unit_bytes: u64,
+    pub generation: Generation,
+    /// This node's role for the unit.
+    pub role: Role,
+    /// This node's copy status.
+    pub status: CopyStatus,
+    /// Only meaningful for [`Role::Primary`]: `true` when this reply renews the node's lease as the
+    /// unit's primary. `false` after a client reported the primary unresponsive: the primary keeps
+    /// serving only until the lease from earlier replies runs out, after which the database may
+    /// promote another copy.
+    pub lease_renewed: bool,
+    /// Every copy of the slice, this node's included, so a primary knows its secondaries.
+    pub copies: Vec<CopyInfo>,
+}
+
+/// Reply to a heartbeat; it always comes from the Raft leader.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    /// The lease. A primary counts it from the moment it *sent* the heartbeat this replies to, and
+    /// stops serving when it runs out without a renewing reply.
+    pub lease_ms: u64,
+    pub node_state: NodeState,
+    /// Every unit assigned to the node. A unit the node holds but that is not listed here was
+    /// deleted: the node may drop it.
+    pub units: Vec<AssignedUnit>,
+}
+
+/// A unit as named in a notification, with the generation the sender knows for its slice. A
+/// generation older than the slice's makes the database refuse the whole notification (fencing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitGeneration {
+    pub unit: UnitId,
+    pub generation: Generation,
+}
+
+/// Who sent a notification: `{"node": "n1"}` or `{"client": "host-7"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Source {
+    /// A storage node, by its id.
+    Node(NodeId),
+    /// A compute node (anything using the client library); the name is for logs only.
+    Client(String),
+}
+
+/// `POST /v1/notifications`, tagged by `kind`. Applied all or nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Notification {
+    /// The source node is not current for the listed units (it restarted, found a VBA hole it
+    /// cannot fill, or lost data): its copies become `stale`. A primary that says so is replaced
+    /// by a current copy when there is one.
+    NotCurrent {
+        source: NodeId,
+        units: Vec<UnitGeneration>,
+    },
+    /// `target` did not answer `source` for the listed units. From the slice's primary about a
+    /// secondary: that copy becomes `stale`. From a client about the primary: the slice fails over
+    /// to a current copy with `generation + 1`, once the old primary's lease has run out (until
+    /// then the reply is 503 `lease_not_expired` with `retry_after_ms`).
+    Unresponsive {
+        source: Source,
+        target: NodeId,
+        units: Vec<UnitGeneration>,
+    },
+}
+
+/// Reply to a notification: the slices it named, as they are after it was committed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationResponse {
+    pub slices: Vec<SliceMap>,
+}
+
+/// `POST /v1/volumes`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVolumeRequest {
+    pub name: String,
+    /// A positive multiple of 4096.
+    pub size_bytes: u64,
+    /// Copies of each slice, on distinct storage nodes; default [`DEFAULT_REPLICAS`].
+    #[serde(default)]
+    pub replicas: Option<u32>,
+    /// A positive multiple of 4096; default [`DEFAULT_SLICE_BYTES`]. The last slice may be shorter.
+    #[serde(default)]
+    pub slice_bytes: Option<u64>,
+}
+
+/// One slice of a volume: where its copies are and which one is primary.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SliceMap {
+    pub unit: UnitId,
+    pub index: SliceIndex,
+    pub generation: Generation,
+    pub primary: NodeId,
+    /// The primary first, then the secondaries.
+    pub copies: Vec<CopyInfo>,
+}
+
+/// The volume map a client needs: every slice's generation, primary and copies.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeMap {
+    pub id: VolumeId,
+    pub name: String,
+    pub size_bytes: u64,
+    pub block_bytes: u64,
+    pub slice_bytes: u64,
+    pub replicas: u32,
+    pub slices: Vec<SliceMap>,
+}
+
+/// `GET /v1/volumes`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeList {
+    pub volumes: Vec<VolumeMap>,
+}
+
+/// A storage node as `GET /v1/status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub id: NodeId,
+    pub addr: String,
+    pub state: NodeState,
+    pub capacity_bytes: u64,
+    pub free_bytes: u64,
+    /// Milliseconds since the leader last heard from the node; only the leader knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat_ms_ago: Option<u64>,
+    pub units: Vec<UnitId>,
+}
+
+/// A manager replica (Raft member).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManagerStatus {
+    pub id: ManagerId,
+    pub addr: String,
+    /// `false` for a learner still catching up before it becomes a voter.
+    pub voter: bool,
+}
+
+/// `GET /v1/status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The member that produced this answer.
+    pub answered_by: ManagerId,
+    pub leader: Option<ManagerId>,
+    pub term: u64,
+    /// Index of the last Raft entry applied to the answering member's state.
+    pub applied_index: u64,
+    pub managers: Vec<ManagerStatus>,
+    pub nodes: Vec<NodeStatus>,
+    pub volumes: Vec<VolumeMap>,
+}
+
+/// `POST /v1/managers`: add a manager replica; it joins as a learner, catches up, then votes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddManagerRequest {
+    pub id: ManagerId,
+    /// Address of its HTTP listener (`host:port`).
+    pub addr: String,
+}
+
+/// `GET /health`: whether this member is running and who it thinks leads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub id: ManagerId,
+    pub leader: Option<ManagerId>,
+    pub term: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notifications_are_tagged_by_kind() {
+        let json = r#"{"kind":"unresponsive","source":{"client":"host-1"},"target":"n2",
+            "units":[{"unit":{"volume":1,"slice":0},"generation":3}]}"#;
+        let n: Notification = serde_json::from_str(json).expect("valid notification");
+        assert_eq!(
+            n,
+            Notification::Unresponsive {
+                source: Source::Client("host-1".into()),
+                target: NodeId("n2".into()),
+                units: vec![UnitGeneration {
+                    unit: UnitId::new(1, 0),
+                    generation: Generation(3)
+                }],
+            }
+        );
+        let back = serde_json::to_value(&n).expect("serializes");
+        assert_eq!(back["kind"], "unresponsive");
+    }
+
+    #[test]
+    fn requests_refuse_unknown_fields() {
+        let err = serde_json::from_str::<CreateVolumeRequest>(
+            r#"{"name":"v","size_bytes":4096,"replica":2}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("replica"), "{err}");
+        let err = serde_json::from_str::<Notification>(
+            r#"{"kind":"not_current","source":"n1","units":[],"extra":1}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("extra"), "{err}");
+        assert!(serde_json::from_str::<Notification>(r#"{"kind":"gossip"}"#).is_err());
+    }
+}

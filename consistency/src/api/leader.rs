@@ -1,0 +1,114 @@
+//! Requests that must run on the leader: state changes, heartbeats (their reply grants a lease,
+//! which only the leader may do) and linearizable reads. A follower forwards them to the leader
+//! once and relays the answer; a request that was already forwarded is not forwarded again, so a
+//! stale view of who leads cannot make requests bounce between replicas.
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
+use axum::http::{header, request::Parts, HeaderValue};
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiFailure;
+use super::MAX_API_BODY_BYTES;
+use crate::manager::{Route, SharedManager};
+
+/// Names the replica that forwarded a request.
+pub const FORWARDED_HEADER: &str = "x-vbs-forwarded-by";
+/// Time the leader gets beyond the commit timeout before a forwarded request is given up.
+const FORWARD_SLACK: Duration = Duration::from_secs(2);
+
+/// Runs `local` with the request body on the leader; elsewhere forwards the request there.
+pub async fn on_leader<F, Fut>(manager: &SharedManager, request: Request, local: F) -> Response
+where
+    F: FnOnce(Bytes) -> Fut,
+    Fut: Future<Output = Result<Response, ApiFailure>>,
+{
+    let (parts, body) = request.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_API_BODY_BYTES).await {
+        Ok(body) => body,
+        Err(e) => {
+            let failure = ApiFailure::new(
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                client::api::ErrorCode::BadRequest,
+                format!("request body unreadable or over {MAX_API_BODY_BYTES} bytes: {e}"),
+            );
+            return failure.into_response();
+        }
+    };
+    match manager.route() {
+        Route::Local => local(body)
+            .await
+            .unwrap_or_else(IntoResponse::into_response),
+        Route::Forward { leader, addr } if !parts.headers.contains_key(FORWARDED_HEADER) => {
+            forward(manager, leader, &addr, &parts, body).await
+        }
+        Route::Forward { leader, .. } => ApiFailure::unavailable(format!(
+            "manager {} is not the leader (it believes manager {leader} is) and the request was \
+             already forwarded once; retry",
+            manager.id()
+        ))
+        .into_response(),
+        Route::NoLeader => ApiFailure::unavailable(format!(
+            "no leader is known to manager {}: an election is under way or fewer than a quorum \
+             of managers are reachable",
+            manager.id()
+        ))
+        .into_response(),
+    }
+}
+
+async fn forward(
+    manager: &SharedManager,
+    leader: u64,
+    addr: &str,
+    parts: &Parts,
+    body: Bytes,
+) -> Response {
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut request = manager
+        .forward_client
+        .request(parts.method.clone(), format!("http://{addr}{path}"))
+        .header(FORWARDED_HEADER, manager.id().to_string())
+        .timeout(manager.config.commit_timeout + FORWARD_SLACK)
+        .body(body);
+    if let Some(content_type) = parts.headers.get(header::CONTENT_TYPE) {
+        request = request.header(header::CONTENT_TYPE, content_type);
+    }
+    let response = match request.send().await {
+        Ok(response) => response,
+        Err(e) => {
+            return ApiFailure::unavailable(format!(
+                "the leader (manager {leader} at {addr}) did not answer the forwarded request: {e}"
+            ))
+            .into_response()
+        }
+    };
+    let status = response.status();
+    let mut headers = Vec::new();
+    for name in [header::CONTENT_TYPE, header::RETRY_AFTER] {
+        if let Some(value) = response.headers().get(&name) {
+            headers.push((name, value.clone()));
+        }
+    }
+    let bytes = match response.bytes().await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            return ApiFailure::unavailable(format!(
+                "the leader (manager {leader}) answer was cut off: {e}"
+            ))
+            .into_response()
+        }
+    };
+    let mut relayed = Response::new(Body::from(bytes));
+    *relayed.status_mut() = status;
+    for (name, value) in headers {
+        relayed.headers_mut().insert(name, value);
+    }
+    relayed
+        .headers_mut()
+        .insert("x-vbs-answered-by", HeaderValue::from(leader));
+    relayed
+}

@@ -1,0 +1,65 @@
+//! The HTTP API (axum): the public routes of [`client::api`] and the Raft RPC routes, on one
+//! listener.
+//!
+//! - [`error`]: error answers.
+//! - [`leader`]: running a request on the leader, or forwarding it there.
+//! - [`volumes`], [`nodes`], [`notifications`], [`managers`]: the routes that change state.
+//! - [`status`]: status, health and Prometheus metrics.
+//! - [`raft`]: the Raft RPC routes and the start-up probe.
+
+pub mod error;
+pub mod leader;
+pub mod managers;
+pub mod nodes;
+pub mod notifications;
+pub mod raft;
+pub mod status;
+pub mod volumes;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use serde::de::DeserializeOwned;
+
+use self::error::ApiFailure;
+use crate::manager::SharedManager;
+
+/// Largest body of a public API request.
+pub const MAX_API_BODY_BYTES: usize = 1 << 20;
+/// Largest body of a Raft RPC: an append batch or one snapshot chunk (1 MiB) with headroom.
+pub const MAX_RAFT_BODY_BYTES: usize = 32 << 20;
+
+/// Parses a JSON request body, naming what was wrong (unknown field, missing field, bad type).
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiFailure> {
+    serde_json::from_slice(body).map_err(|e| ApiFailure::bad_request(format!("request body: {e}")))
+}
+
+/// Every route of a manager replica.
+pub fn router(manager: SharedManager) -> Router {
+    let public = Router::new()
+        .route("/v1/status", get(status::status))
+        .route("/v1/nodes", post(nodes::register))
+        .route("/v1/nodes/{id}/heartbeat", post(nodes::heartbeat))
+        .route("/v1/notifications", post(notifications::notify))
+        .route("/v1/volumes", get(volumes::list).post(volumes::create))
+        .route(
+            "/v1/volumes/{name}",
+            get(volumes::show).delete(volumes::delete),
+        )
+        .route("/v1/managers", post(managers::add))
+        .route("/v1/managers/{id}", axum::routing::delete(managers::remove))
+        .route("/metrics", get(status::metrics))
+        .route("/health", get(status::health))
+        .layer(DefaultBodyLimit::max(MAX_API_BODY_BYTES));
+    let raft = Router::new()
+        .route(crate::network::APPEND_PATH, post(raft::append))
+        .route(crate::network::VOTE_PATH, post(raft::vote))
+        .route(crate::network::SNAPSHOT_PATH, post(raft::snapshot))
+        .route(raft::PROBE_PATH, get(raft::probe))
+        .layer(DefaultBodyLimit::max(MAX_RAFT_BODY_BYTES));
+    public.merge(raft).fallback(not_found).with_state(manager)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiFailure {
+    ApiFailure::not_found(format!("no route {}", uri.path()))
+}

@@ -1,0 +1,117 @@
+//! `POST /v1/nodes` (registration) and `POST /v1/nodes/{id}/heartbeat`.
+//!
+//! Both run on the leader: the heartbeat reply renews the node's lease, and only the leader's
+//! failure detector judges leases. A heartbeat is recorded in the leader's memory only; it is
+//! committed through Raft only when it changes something (a `down` node coming back).
+
+use std::time::Instant;
+
+use axum::extract::{Path, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use client::api::{HeartbeatRequest, HeartbeatResponse, NodeState, RegisterNodeRequest};
+use client::types::NodeId;
+
+use super::error::ApiFailure;
+use super::leader::on_leader;
+use super::parse_json;
+use crate::config::check_addr;
+use crate::manager::SharedManager;
+use crate::state::{Command, Outcome};
+
+fn parse_node_id(id: &str) -> Result<NodeId, ApiFailure> {
+    NodeId::parse(id).map_err(ApiFailure::bad_request)
+}
+
+fn refused(outcome: Outcome) -> Result<(), ApiFailure> {
+    match outcome {
+        Outcome::Refused(refusal) => Err(refusal.into()),
+        _ => Ok(()),
+    }
+}
+
+pub async fn register(State(manager): State<SharedManager>, request: Request) -> Response {
+    let m = manager.clone();
+    on_leader(&manager, request, |body| async move {
+        let request: RegisterNodeRequest = parse_json(&body)?;
+        let id = parse_node_id(&request.id.0)?;
+        check_addr(&request.addr).map_err(ApiFailure::bad_request)?;
+        if request.capacity_bytes == 0 {
+            return Err(ApiFailure::bad_request("capacity_bytes must be positive"));
+        }
+        let free_bytes = request.free_bytes.unwrap_or(request.capacity_bytes);
+        if free_bytes > request.capacity_bytes {
+            return Err(ApiFailure::bad_request(format!(
+                "free_bytes {free_bytes} exceeds capacity_bytes {}",
+                request.capacity_bytes
+            )));
+        }
+        let command = Command::RegisterNode {
+            id: id.clone(),
+            addr: request.addr.clone(),
+            capacity_bytes: request.capacity_bytes,
+            free_bytes,
+        };
+        refused(m.propose(command).await?)?;
+        let heard = HeartbeatRequest {
+            free_bytes: Some(free_bytes),
+            units: Vec::new(),
+        };
+        m.with_liveness(Instant::now(), |l| l.heard(&id, Instant::now(), &heard));
+        let status = m.read(|a| a.state.nodes.get(&id).map(|n| a.state.node_status(n)));
+        let status =
+            status.ok_or_else(|| ApiFailure::internal("node vanished after registering"))?;
+        Ok(Json(status).into_response())
+    })
+    .await
+}
+
+pub async fn heartbeat(
+    State(manager): State<SharedManager>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    let m = manager.clone();
+    on_leader(&manager, request, |body| async move {
+        // Read on the leader, after the node sent the heartbeat: the database's count of the
+        // lease starts no earlier than the node's, so it never ends first.
+        let received = Instant::now();
+        let id = parse_node_id(&id)?;
+        let request: HeartbeatRequest = parse_json(&body)?;
+        let node_state = m.read(|a| a.state.nodes.get(&id).map(|n| n.state));
+        let node_state = node_state.ok_or_else(|| {
+            ApiFailure::not_found(format!(
+                "storage node {id} is not registered; POST /v1/nodes first"
+            ))
+        })?;
+        m.with_liveness(received, |l| l.heard(&id, received, &request))
+            .ok_or_else(|| {
+                ApiFailure::unavailable("leadership moved while the heartbeat was read")
+            })?;
+        if node_state == NodeState::Down {
+            let last_vbas = request.units.clone();
+            let command = Command::SetNodeState {
+                node: id.clone(),
+                state: NodeState::Up,
+                last_vbas,
+            };
+            refused(m.propose(command).await?)?;
+            tracing::info!(node = %id, "storage node is back up");
+        }
+        let reply = m
+            .with_liveness(Instant::now(), |l| {
+                m.read(|a| HeartbeatResponse {
+                    lease_ms: l.config().lease.as_millis() as u64,
+                    node_state: a.state.nodes.get(&id).map_or(NodeState::Down, |n| n.state),
+                    units: a
+                        .state
+                        .assigned_units(&id, |unit, generation| l.lease_renewed(unit, generation)),
+                })
+            })
+            .ok_or_else(|| {
+                ApiFailure::unavailable("leadership moved while the heartbeat was answered")
+            })?;
+        Ok(Json(reply).into_response())
+    })
+    .await
+}

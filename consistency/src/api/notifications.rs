@@ -1,0 +1,64 @@
+//! `POST /v1/notifications`: `not_current` and `unresponsive` reports from storage nodes and
+//! clients, decided by [`crate::decide::notify`] on the leader.
+
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use client::api::{Notification, NotificationResponse};
+
+use super::error::ApiFailure;
+use super::leader::on_leader;
+use super::parse_json;
+use crate::decide::notify::{self, Decision};
+use crate::manager::SharedManager;
+use crate::state::{Outcome, Refusal};
+
+pub async fn notify(State(manager): State<SharedManager>, request: Request) -> Response {
+    let m = manager.clone();
+    on_leader(&manager, request, |body| async move {
+        let notification: Notification = parse_json(&body)?;
+        let now = Instant::now();
+        let decision = m
+            .with_liveness(now, |l| {
+                let decision = m.read(|a| notify::decide(&a.state, l, &notification, now))?;
+                if let Decision::Revoke { units, .. } = &decision {
+                    // Replies computed from here on stop renewing the primary's lease.
+                    for (unit, generation) in units {
+                        let primary = m.read(|a| a.state.slice(*unit).map(|s| s.primary.clone()));
+                        if let Some(primary) = primary {
+                            l.revoke(*unit, *generation, &primary);
+                        }
+                    }
+                }
+                Ok::<_, Refusal>(decision)
+            })
+            .ok_or_else(|| ApiFailure::unavailable("leadership moved while deciding"))??;
+        match decision {
+            Decision::Nothing => {}
+            Decision::Propose(command) => {
+                if let Outcome::Refused(refusal) = m.propose(command).await? {
+                    return Err(refusal.into());
+                }
+            }
+            Decision::Revoke { retry_after, .. } => {
+                let retry_after_ms = retry_after.as_millis().max(1) as u64;
+                return Err(Refusal::LeaseNotExpired { retry_after_ms }.into());
+            }
+        }
+        let units = match &notification {
+            Notification::NotCurrent { units, .. } | Notification::Unresponsive { units, .. } => {
+                units
+            }
+        };
+        let slices = m.read(|a| {
+            units
+                .iter()
+                .filter_map(|u| a.state.slice_map(u.unit))
+                .collect()
+        });
+        Ok(Json(NotificationResponse { slices }).into_response())
+    })
+    .await
+}

@@ -1,0 +1,267 @@
+//! The leader's memory of heartbeats and the lease arithmetic built on it.
+//!
+//! Heartbeats are not committed through Raft: only the status changes they cause are. The leader
+//! records when it *received* each node's last heartbeat; a storage node counts its lease from
+//! when it *sent* that heartbeat, which is earlier. So the database may act against a node (mark
+//! it down, promote another copy) only once `received + lease + clock_margin` has passed, the
+//! margin covering clocks that run at slightly different rates. A newly elected leader has heard
+//! nothing yet and cannot know what its predecessor granted, so it counts every node's lease from
+//! its own election.
+//!
+//! A client that reports a primary unresponsive while that primary still heartbeats revokes the
+//! primary's lease on those units: later heartbeat replies no longer renew it, and once the last
+//! renewal has run out the slice fails over.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use client::api::{HeartbeatRequest, NodeState};
+use client::types::{Generation, NodeId, UnitId, Vba};
+
+use crate::state::command::{CopyChange, SliceUpdate};
+use crate::state::{Command, State};
+
+/// Most unit reports kept from one heartbeat; a node holding more reports the rest next time.
+pub const MAX_UNITS_PER_HEARTBEAT: usize = 100_000;
+
+/// How long leases last and how much slack the database adds before acting on one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseConfig {
+    pub lease: Duration,
+    /// Added to the lease before the database acts: covers clock-rate differences between the
+    /// storage node's monotonic clock and the leader's.
+    pub clock_margin: Duration,
+}
+
+impl LeaseConfig {
+    /// How long after the last renewal the database waits before acting.
+    pub fn wait(&self) -> Duration {
+        self.lease + self.clock_margin
+    }
+}
+
+/// What the leader heard from one node.
+#[derive(Clone, Debug)]
+struct Heard {
+    at: Instant,
+    free_bytes: Option<u64>,
+    last_vbas: BTreeMap<UnitId, Vba>,
+}
+
+/// A primary lease that heartbeat replies no longer renew.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Revocation {
+    generation: Generation,
+    /// When the last heartbeat that renewed the lease was received.
+    last_renewal: Instant,
+}
+
+/// The leader's in-memory view of storage node liveness. Lost on a leader change, by design.
+#[derive(Debug)]
+pub struct Liveness {
+    config: LeaseConfig,
+    leader_since: Instant,
+    heard: HashMap<NodeId, Heard>,
+    revoked: BTreeMap<UnitId, Revocation>,
+}
+
+/// What the failure detector found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Verdicts {
+    /// Commands to commit: nodes silent past their lease go down; revoked primaries fail over.
+    pub commands: Vec<Command>,
+    /// Revocations to drop: the slice moved on, or no copy can take over, so the current primary
+    /// had better keep its lease.
+    pub cancel: Vec<UnitId>,
+}
+
+impl Liveness {
+    /// A fresh memory for a leader elected at `leader_since`.
+    pub fn new(config: LeaseConfig, leader_since: Instant) -> Liveness {
+        Liveness {
+            config,
+            leader_since,
+            heard: HashMap::new(),
+            revoked: BTreeMap::new(),
+        }
+    }
+
+    pub fn config(&self) -> LeaseConfig {
+        self.config
+    }
+
+    /// Records a heartbeat (or registration) from `node` received at `now`.
+    pub fn heard(&mut self, node: &NodeId, now: Instant, request: &HeartbeatRequest) {
+        let entry = self.heard.entry(node.clone()).or_insert_with(|| Heard {
+            at: now,
+            free_bytes: None,
+            last_vbas: BTreeMap::new(),
+        });
+        entry.at = entry.at.max(now);
+        if request.free_bytes.is_some() {
+            entry.free_bytes = request.free_bytes;
+        }
+        for report in request.units.iter().take(MAX_UNITS_PER_HEARTBEAT) {
+            entry.last_vbas.insert(report.unit, report.last_vba);
+        }
+    }
+
+    /// When the leader last heard from `node`, if it has since it was elected.
+    pub fn last_heard(&self, node: &NodeId) -> Option<Instant> {
+        self.heard.get(node).map(|h| h.at)
+    }
+
+    pub fn free_bytes(&self, node: &NodeId) -> Option<u64> {
+        self.heard.get(node).and_then(|h| h.free_bytes)
+    }
+
+    /// The free space every node last reported, for placement.
+    pub fn reported_free(&self) -> BTreeMap<NodeId, u64> {
+        self.heard
+            .iter()
+            .filter_map(|(n, h)| Some((n.clone(), h.free_bytes?)))
+            .collect()
+    }
+
+    pub fn last_vba(&self, node: &NodeId, unit: UnitId) -> Option<Vba> {
+        self.heard
+            .get(node)
+            .and_then(|h| h.last_vbas.get(&unit).copied())
+    }
+
+    /// Every VBA the leader heard from `node`, for committing with a status change.
+    pub fn last_vbas(&self, node: &NodeId) -> Vec<client::api::UnitReport> {
+        self.heard
+            .get(node)
+            .map(|h| {
+                h.last_vbas
+                    .iter()
+                    .map(|(unit, vba)| client::api::UnitReport {
+                        unit: *unit,
+                        last_vba: *vba,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The moment after which `node` can hold no lease granted by this leader or its
+    /// predecessors.
+    pub fn node_lease_expiry(&self, node: &NodeId) -> Instant {
+        let renewed = self
+            .last_heard(node)
+            .map_or(self.leader_since, |at| at.max(self.leader_since));
+        renewed + self.config.wait()
+    }
+
+    /// The moment after which `node` can no longer act as primary of `unit`: its node lease, or,
+    /// once the unit's lease was revoked, the last renewal before the revocation plus the wait.
+    pub fn primary_lease_expiry(&self, node: &NodeId, unit: UnitId) -> Instant {
+        match self.revoked.get(&unit) {
+            Some(r) => self
+                .node_lease_expiry(node)
+                .min(r.last_renewal + self.config.wait()),
+            None => self.node_lease_expiry(node),
+        }
+    }
+
+    /// Stops renewing the lease of `primary` on `unit` at `generation`. The last renewal is the
+    /// last heartbeat received so far: replies computed from now on do not renew.
+    pub fn revoke(&mut self, unit: UnitId, generation: Generation, primary: &NodeId) {
+        let last_renewal = self
+            .last_heard(primary)
+            .map_or(self.leader_since, |at| at.max(self.leader_since));
+        match self.revoked.get(&unit) {
+            Some(r) if r.generation == generation => {}
+            _ => {
+                self.revoked.insert(
+                    unit,
+                    Revocation {
+                        generation,
+                        last_renewal,
+                    },
+                );
+            }
+        }
+    }
+
+    pub fn cancel_revocation(&mut self, unit: UnitId) {
+        self.revoked.remove(&unit);
+    }
+
+    /// Whether a heartbeat reply renews the primary lease of `unit` at `generation`.
+    pub fn lease_renewed(&self, unit: UnitId, generation: Generation) -> bool {
+        self.revoked
+            .get(&unit)
+            .is_none_or(|r| r.generation != generation)
+    }
+
+    /// The failure detector: what to commit at `now`.
+    pub fn detect(&self, state: &State, now: Instant) -> Verdicts {
+        let mut verdicts = Verdicts::default();
+        for node in state.nodes.values() {
+            if node.state == NodeState::Up && now >= self.node_lease_expiry(&node.id) {
+                verdicts.commands.push(Command::SetNodeState {
+                    node: node.id.clone(),
+                    state: NodeState::Down,
+                    last_vbas: self.last_vbas(&node.id),
+                });
+            }
+        }
+        let mut failovers = Vec::new();
+        for (unit, revocation) in &self.revoked {
+            let Some(slice) = state.slice(*unit) else {
+                verdicts.cancel.push(*unit);
+                continue;
+            };
+            if slice.generation != revocation.generation {
+                verdicts.cancel.push(*unit);
+                continue;
+            }
+            if now < self.primary_lease_expiry(&slice.primary, *unit) {
+                continue;
+            }
+            match state.failover_candidate(slice) {
+                Some(candidate) => failovers.push(failover(self, state, *unit, &candidate)),
+                None => verdicts.cancel.push(*unit),
+            }
+        }
+        if !failovers.is_empty() {
+            verdicts
+                .commands
+                .push(Command::UpdateSlices { updates: failovers });
+        }
+        verdicts
+    }
+}
+
+/// The update that makes `candidate` the primary of `unit` and the deposed primary's copy
+/// `stale`: it may hold writes past the last acknowledged one, which the new primary does not.
+pub fn failover(
+    liveness: &Liveness,
+    state: &State,
+    unit: UnitId,
+    candidate: &NodeId,
+) -> SliceUpdate {
+    let slice = state.slice(unit).expect("the caller looked the slice up");
+    let old = &slice.primary;
+    let old_vba = slice.copy(old).map_or(Vba::ZERO, |c| c.last_vba);
+    let old_status = if state.node_is_up(old) {
+        client::api::CopyStatus::Stale
+    } else {
+        client::api::CopyStatus::Down
+    };
+    SliceUpdate {
+        unit,
+        expected_generation: slice.generation,
+        new_primary: Some(candidate.clone()),
+        copies: vec![CopyChange {
+            node: old.clone(),
+            status: old_status,
+            last_vba: liveness.last_vba(old, unit).unwrap_or(old_vba),
+        }],
+    }
+}
+
+#[cfg(test)]
+mod tests;

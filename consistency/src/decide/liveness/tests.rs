@@ -1,0 +1,168 @@
+use std::time::{Duration, Instant};
+
+use client::api::{HeartbeatRequest, NodeState, UnitReport};
+use client::types::{Generation, UnitId, Vba};
+
+use super::*;
+use crate::state::apply::Touched;
+use crate::state::fixtures::{cluster, node, volume_on};
+
+const LEASE: Duration = Duration::from_secs(5);
+const MARGIN: Duration = Duration::from_millis(500);
+
+fn liveness(leader_since: Instant) -> Liveness {
+    Liveness::new(
+        LeaseConfig {
+            lease: LEASE,
+            clock_margin: MARGIN,
+        },
+        leader_since,
+    )
+}
+
+fn heartbeat(units: &[(UnitId, u64)]) -> HeartbeatRequest {
+    HeartbeatRequest {
+        free_bytes: Some(1 << 20),
+        units: units
+            .iter()
+            .map(|(u, v)| UnitReport {
+                unit: *u,
+                last_vba: Vba(*v),
+            })
+            .collect(),
+    }
+}
+
+fn downed(verdicts: &Verdicts) -> Vec<String> {
+    verdicts
+        .commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::SetNodeState {
+                node,
+                state: NodeState::Down,
+                ..
+            } => Some(node.0.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_new_leader_gives_every_node_a_full_lease_before_judging() {
+    let state = cluster(&["n1", "n2"]);
+    let elected = Instant::now();
+    let memory = liveness(elected);
+    // Nothing heard at all: still nobody is down until lease + margin after the election.
+    assert!(memory.detect(&state, elected + LEASE).commands.is_empty());
+    assert!(memory
+        .detect(&state, elected + LEASE + MARGIN - Duration::from_millis(1))
+        .commands
+        .is_empty());
+    assert_eq!(
+        downed(&memory.detect(&state, elected + LEASE + MARGIN)),
+        ["n1", "n2"]
+    );
+}
+
+#[test]
+fn a_node_silent_past_lease_and_margin_goes_down_with_its_last_vbas() {
+    let mut state = cluster(&["n1", "n2", "n3"]);
+    volume_on(&mut state, "vol", &[&["n1", "n2"]]);
+    let t0 = Instant::now();
+    let mut memory = liveness(t0);
+    let t1 = t0 + Duration::from_secs(3);
+    memory.heard(&node("n1"), t1, &heartbeat(&[(UnitId::new(1, 0), 17)]));
+    memory.heard(&node("n2"), t1 + LEASE, &heartbeat(&[]));
+    memory.heard(&node("n3"), t1 + LEASE, &heartbeat(&[]));
+
+    // Counted from when the heartbeat was received, plus the margin.
+    assert!(downed(&memory.detect(&state, t1 + LEASE)).is_empty());
+    let verdicts = memory.detect(&state, t1 + LEASE + MARGIN);
+    assert_eq!(downed(&verdicts), ["n1"]);
+    match &verdicts.commands[0] {
+        Command::SetNodeState { last_vbas, .. } => {
+            assert_eq!(
+                last_vbas,
+                &[UnitReport {
+                    unit: UnitId::new(1, 0),
+                    last_vba: Vba(17)
+                }]
+            )
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+
+    // Applying the verdict fails the slice over to n2 and marks n1's copy down.
+    state.apply(&verdicts.commands[0], &mut Touched::default());
+    let slice = state.slice(UnitId::new(1, 0)).expect("slice");
+    assert_eq!(
+        (slice.primary.clone(), slice.generation),
+        (node("n2"), Generation(2))
+    );
+    let copy = slice.copy(&node("n1")).expect("copy");
+    assert_eq!(
+        (copy.status, copy.last_vba),
+        (client::api::CopyStatus::Down, Vba(17))
+    );
+    // A node already down is not judged again.
+    assert!(downed(&memory.detect(&state, t1 + LEASE + MARGIN)).is_empty());
+}
+
+#[test]
+fn a_revoked_primary_fails_over_once_its_last_renewal_runs_out() {
+    let mut state = cluster(&["n1", "n2"]);
+    volume_on(&mut state, "vol", &[&["n1", "n2"]]);
+    let unit = UnitId::new(1, 0);
+    let t0 = Instant::now();
+    let mut memory = liveness(t0);
+    let revoked_at = t0 + Duration::from_secs(10);
+    memory.heard(
+        &node("n1"),
+        revoked_at - Duration::from_secs(1),
+        &heartbeat(&[]),
+    );
+    memory.revoke(unit, Generation(1), &node("n1"));
+    assert!(!memory.lease_renewed(unit, Generation(1)));
+    // n1 keeps heartbeating; that no longer renews the unit's lease.
+    let later = revoked_at + LEASE + MARGIN;
+    memory.heard(&node("n1"), later, &heartbeat(&[]));
+    memory.heard(&node("n2"), later, &heartbeat(&[]));
+    let before = memory.detect(&state, revoked_at + Duration::from_secs(2));
+    assert!(before.commands.is_empty(), "{before:?}");
+    let verdicts = memory.detect(&state, revoked_at - Duration::from_secs(1) + LEASE + MARGIN);
+    assert_eq!(verdicts.commands.len(), 1, "{verdicts:?}");
+    state.apply(&verdicts.commands[0], &mut Touched::default());
+    let slice = state.slice(unit).expect("slice");
+    assert_eq!(
+        (slice.primary.clone(), slice.generation),
+        (node("n2"), Generation(2))
+    );
+    assert_eq!(
+        memory.detect(&state, later).cancel,
+        [unit],
+        "the revocation is spent"
+    );
+    // The new primary's lease is renewed: the revocation named the old generation.
+    assert!(memory.lease_renewed(unit, Generation(2)));
+}
+
+#[test]
+fn a_revocation_with_no_copy_to_take_over_is_cancelled() {
+    let mut state = cluster(&["n1"]);
+    volume_on(&mut state, "vol", &[&["n1"]]);
+    let unit = UnitId::new(1, 0);
+    let t0 = Instant::now();
+    let mut memory = liveness(t0);
+    memory.heard(&node("n1"), t0, &heartbeat(&[]));
+    memory.revoke(unit, Generation(1), &node("n1"));
+    memory.heard(&node("n1"), t0 + LEASE, &heartbeat(&[]));
+    let verdicts = memory.detect(&state, t0 + LEASE + MARGIN);
+    assert_eq!(
+        verdicts,
+        Verdicts {
+            commands: vec![],
+            cancel: vec![unit]
+        }
+    );
+}

@@ -1,0 +1,12 @@
+//! The database's decisions, as pure functions of (state, event, now) returning commands to
+//! commit. No Raft, sockets or clocks here: the IO shell ([`crate::manager`]) reads the clock,
+//! calls these, and proposes what they return; the unit tests call them directly.
+//!
+//! - [`placement`]: where the copies of a new volume's slices go.
+//! - [`liveness`]: the leader's memory of heartbeats, the lease arithmetic and the failure
+//!   detector's verdicts.
+//! - [`notify`]: what a `not_current` or `unresponsive` notification changes.
+
+pub mod liveness;
+pub mod notify;
+pub mod placement;

@@ -1,0 +1,264 @@
+//! Placement of a new volume: each slice's copies on distinct `up` storage nodes, spread by free
+//! capacity, the node with the most room first (it becomes the primary).
+
+use client::api::MAX_SLICES_PER_VOLUME;
+use client::api::{CreateVolumeRequest, NodeState, DEFAULT_REPLICAS, DEFAULT_SLICE_BYTES};
+use client::types::{check_name, NodeId, BLOCK_BYTES};
+
+use crate::state::{slice_count, Command, Node, Refusal, State};
+
+/// Most copies of one slice a volume may ask for.
+pub const MAX_REPLICAS: u32 = 5;
+
+/// A create request after validation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeSpec {
+    pub name: String,
+    pub size_bytes: u64,
+    pub slice_bytes: u64,
+    pub replicas: u32,
+}
+
+/// Checks a create request on its own, before looking at the cluster.
+pub fn validate(request: &CreateVolumeRequest) -> Result<VolumeSpec, Refusal> {
+    check_name("volume name", &request.name).map_err(Refusal::BadRequest)?;
+    let slice_bytes = request.slice_bytes.unwrap_or(DEFAULT_SLICE_BYTES);
+    let replicas = request.replicas.unwrap_or(DEFAULT_REPLICAS);
+    for (what, value) in [
+        ("size_bytes", request.size_bytes),
+        ("slice_bytes", slice_bytes),
+    ] {
+        if value == 0 || value % BLOCK_BYTES != 0 {
+            return Err(Refusal::BadRequest(format!(
+                "{what} must be a positive multiple of {BLOCK_BYTES}, got {value}"
+            )));
+        }
+    }
+    if slice_count(request.size_bytes, slice_bytes) > MAX_SLICES_PER_VOLUME {
+        return Err(Refusal::BadRequest(format!(
+            "a volume of {} bytes in slices of {slice_bytes} bytes has more than \
+             {MAX_SLICES_PER_VOLUME} slices; use larger slices",
+            request.size_bytes
+        )));
+    }
+    if !(1..=MAX_REPLICAS).contains(&replicas) {
+        return Err(Refusal::BadRequest(format!(
+            "replicas must be between 1 and {MAX_REPLICAS}, got {replicas}"
+        )));
+    }
+    Ok(VolumeSpec {
+        name: request.name.clone(),
+        size_bytes: request.size_bytes,
+        slice_bytes,
+        replicas,
+    })
+}
+
+/// Decides where every slice of `spec` goes. `reported_free(node)` is the free space the node
+/// last reported, when the leader has heard one.
+pub fn place(
+    state: &State,
+    spec: &VolumeSpec,
+    reported_free: impl Fn(&NodeId) -> Option<u64>,
+) -> Result<Command, Refusal> {
+    if state.volume_by_name(&spec.name).is_some() {
+        return Err(Refusal::AlreadyExists(format!(
+            "volume {:?} already exists",
+            spec.name
+        )));
+    }
+    let up: Vec<&Node> = state
+        .nodes
+        .values()
+        .filter(|n| n.state == NodeState::Up)
+        .collect();
+    if up.len() < spec.replicas as usize {
+        return Err(Refusal::InsufficientNodes(format!(
+            "{} replicas need {} storage nodes up, but {} are up",
+            spec.replicas,
+            spec.replicas,
+            up.len()
+        )));
+    }
+    // Updated as slices are placed so that the copies of one volume spread instead of piling on
+    // the emptiest node, and its primaries spread over the nodes chosen.
+    struct Candidate {
+        free_bytes: u64,
+        units: usize,
+        primaries: usize,
+        id: NodeId,
+    }
+    let mut candidates: Vec<Candidate> = up
+        .iter()
+        .map(|n| {
+            let unassigned = n.capacity_bytes.saturating_sub(state.assigned_bytes(n));
+            let free_bytes = reported_free(&n.id).unwrap_or(n.free_bytes).min(unassigned);
+            let primaries = n
+                .units
+                .iter()
+                .filter(|u| state.slice(**u).is_some_and(|s| s.primary == n.id))
+                .count();
+            Candidate {
+                free_bytes,
+                units: n.units.len(),
+                primaries,
+                id: n.id.clone(),
+            }
+        })
+        .collect();
+    let count = slice_count(spec.size_bytes, spec.slice_bytes);
+    let mut placement = Vec::with_capacity(count as usize);
+    for index in 0..count {
+        let unit_bytes = (spec.size_bytes - index * spec.slice_bytes).min(spec.slice_bytes);
+        candidates.sort_by(|a, b| {
+            b.free_bytes
+                .cmp(&a.free_bytes)
+                .then(a.units.cmp(&b.units))
+                .then(a.id.cmp(&b.id))
+        });
+        let chosen = &mut candidates[..spec.replicas as usize];
+        if let Some(short) = chosen.iter().find(|c| c.free_bytes < unit_bytes) {
+            return Err(Refusal::InsufficientNodes(format!(
+                "not enough free capacity: slice {index} needs {unit_bytes} bytes on {} distinct \
+                 nodes, and node {} (among the roomiest up nodes) has {}",
+                spec.replicas, short.id, short.free_bytes
+            )));
+        }
+        chosen.sort_by(|a, b| {
+            a.primaries
+                .cmp(&b.primaries)
+                .then(b.free_bytes.cmp(&a.free_bytes))
+                .then(a.id.cmp(&b.id))
+        });
+        chosen[0].primaries += 1;
+        for c in chosen.iter_mut() {
+            c.free_bytes -= unit_bytes;
+            c.units += 1;
+        }
+        placement.push(chosen.iter().map(|c| c.id.clone()).collect());
+    }
+    Ok(Command::CreateVolume {
+        name: spec.name.clone(),
+        size_bytes: spec.size_bytes,
+        slice_bytes: spec.slice_bytes,
+        replicas: spec.replicas,
+        placement,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::apply::Touched;
+    use crate::state::fixtures::{cluster, node};
+
+    fn request(size_bytes: u64, replicas: u32, slice_bytes: u64) -> CreateVolumeRequest {
+        CreateVolumeRequest {
+            name: "vol".into(),
+            size_bytes,
+            replicas: Some(replicas),
+            slice_bytes: Some(slice_bytes),
+        }
+    }
+
+    fn placement_of(command: Command) -> Vec<Vec<NodeId>> {
+        match command {
+            Command::CreateVolume { placement, .. } => placement,
+            other => panic!("not a create: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_requests_name_the_problem() {
+        let cases = [
+            (request(0, 2, 4096), "size_bytes"),
+            (request(4097, 2, 4096), "size_bytes"),
+            (request(8192, 2, 100), "slice_bytes"),
+            (request(8192, 0, 4096), "replicas"),
+            (request(8192, 9, 4096), "replicas"),
+            (
+                request(4096 * (MAX_SLICES_PER_VOLUME + 1), 1, 4096),
+                "slices",
+            ),
+            (
+                CreateVolumeRequest {
+                    name: "a/b".into(),
+                    ..request(4096, 1, 4096)
+                },
+                "volume name",
+            ),
+        ];
+        for (req, word) in cases {
+            let err = validate(&req).expect_err("must be refused");
+            assert!(matches!(err, Refusal::BadRequest(_)), "{err:?}");
+            assert!(
+                err.to_string().contains(word),
+                "{err} should mention {word}"
+            );
+        }
+    }
+
+    #[test]
+    fn copies_land_on_distinct_up_nodes_spread_by_free_space() {
+        let mut state = cluster(&["n1", "n2", "n3", "n4"]);
+        state.nodes.get_mut(&node("n4")).expect("n4").state = NodeState::Down;
+        let spec = validate(&request(6 * 4096, 2, 4096)).expect("valid");
+        let free = |id: &NodeId| (id == &node("n3")).then_some(1 << 20);
+        let placement = placement_of(place(&state, &spec, free).expect("placed"));
+        assert_eq!(placement.len(), 6);
+        for nodes in &placement {
+            assert_eq!(nodes.len(), 2);
+            assert_ne!(nodes[0], nodes[1], "copies of a slice on distinct nodes");
+            assert!(!nodes.contains(&node("n4")), "never on a down node");
+        }
+        // n3 reported much less free space, so the two roomy nodes take every slice.
+        assert!(
+            placement.iter().all(|s| !s.contains(&node("n3"))),
+            "{placement:?}"
+        );
+        let primaries_on_n1 = placement.iter().filter(|s| s[0] == node("n1")).count();
+        assert_eq!(
+            primaries_on_n1, 3,
+            "primaries spread over the chosen nodes: {placement:?}"
+        );
+    }
+
+    #[test]
+    fn too_few_up_nodes_or_too_little_space_is_refused_clearly() {
+        let mut state = cluster(&["n1", "n2", "n3"]);
+        state.nodes.get_mut(&node("n3")).expect("n3").state = NodeState::Down;
+        let spec = validate(&request(4096, 3, 4096)).expect("valid");
+        let err = place(&state, &spec, |_| None).expect_err("only two up");
+        assert!(err.to_string().contains("2 are up"), "{err}");
+
+        let spec = validate(&request(2 << 30, 2, 1 << 30)).expect("valid");
+        let err = place(&state, &spec, |_| None).expect_err("nodes hold 1 GiB each");
+        assert!(matches!(err, Refusal::InsufficientNodes(_)), "{err:?}");
+        assert!(err.to_string().contains("free capacity"), "{err}");
+    }
+
+    #[test]
+    fn placement_applies_and_counts_assigned_space() {
+        let mut state = cluster(&["n1", "n2"]);
+        let spec = validate(&request(1 << 29, 2, 1 << 29)).expect("valid");
+        let command = place(&state, &spec, |_| None).expect("placed");
+        state.apply(&command, &mut Touched::default());
+        state.check_invariants().expect("consistent");
+        let second = VolumeSpec {
+            name: "two".into(),
+            size_bytes: 1 << 30,
+            ..spec
+        };
+        let err = place(&state, &second, |_| None).expect_err("half of each node is taken");
+        assert!(matches!(err, Refusal::InsufficientNodes(_)), "{err:?}");
+        let taken = place(
+            &state,
+            &VolumeSpec {
+                name: "vol".into(),
+                ..second
+            },
+            |_| None,
+        );
+        assert!(matches!(taken, Err(Refusal::AlreadyExists(_))), "{taken:?}");
+    }
+}

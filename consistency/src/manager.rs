@@ -1,0 +1,160 @@
+//! The IO shell around Raft that every request handler and the failure detector share: where the
+//! leader is, proposing a command with a deadline, linearizable reads, and the leader's
+//! in-memory liveness table.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::ServerState;
+use parking_lot::Mutex;
+
+use crate::api::error::ApiFailure;
+use crate::config::Config;
+use crate::decide::liveness::Liveness;
+use crate::raft_types::{Raft, RaftId};
+use crate::state::{Command, Outcome};
+use crate::store::{Applied, LogStore, SharedState};
+
+/// Where a request that needs the leader should go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Local,
+    Forward { leader: RaftId, addr: String },
+    NoLeader,
+}
+
+/// The leader's liveness table, tagged with the term it was started in.
+struct LeaderMemory {
+    term: u64,
+    liveness: Liveness,
+}
+
+/// One manager replica's running state.
+pub struct Manager {
+    pub config: Config,
+    pub raft: Raft,
+    pub log: LogStore,
+    pub state: SharedState,
+    /// HTTP client for requests forwarded to the leader (Raft traffic has its own).
+    pub forward_client: reqwest::Client,
+    memory: Mutex<Option<LeaderMemory>>,
+    /// Serializes volume creation, so that two placements do not both count the same free space.
+    pub create_lock: tokio::sync::Mutex<()>,
+}
+
+impl Manager {
+    pub fn new(
+        config: Config,
+        raft: Raft,
+        log: LogStore,
+        state: SharedState,
+        forward_client: reqwest::Client,
+    ) -> Manager {
+        Manager {
+            config,
+            raft,
+            log,
+            state,
+            forward_client,
+            memory: Mutex::new(None),
+            create_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn id(&self) -> RaftId {
+        self.config.id
+    }
+
+    /// Whether this replica leads, and in which term.
+    pub fn leader_term(&self) -> Option<u64> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        (m.state == ServerState::Leader).then_some(m.current_term)
+    }
+
+    pub fn route(&self) -> Route {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        match m.current_leader {
+            Some(leader) if leader == self.id() && m.state == ServerState::Leader => Route::Local,
+            Some(leader) if leader != self.id() => {
+                match m.membership_config.membership().get_node(&leader) {
+                    Some(node) => Route::Forward {
+                        leader,
+                        addr: node.addr.clone(),
+                    },
+                    None => Route::NoLeader,
+                }
+            }
+            _ => Route::NoLeader,
+        }
+    }
+
+    /// Runs `f` on the leader's liveness table, starting a fresh one (every node gets a full
+    /// lease from now) when this replica has become leader since the table was made. `None` when
+    /// this replica does not lead.
+    pub fn with_liveness<T>(&self, now: Instant, f: impl FnOnce(&mut Liveness) -> T) -> Option<T> {
+        let term = self.leader_term()?;
+        let mut memory = self.memory.lock();
+        if memory.as_ref().is_none_or(|m| m.term != term) {
+            tracing::info!(
+                term,
+                "leading: every storage node gets a full lease before judging"
+            );
+            *memory = Some(LeaderMemory {
+                term,
+                liveness: Liveness::new(self.config.lease, now),
+            });
+        }
+        memory.as_mut().map(|m| f(&mut m.liveness))
+    }
+
+    /// Reads the applied state.
+    pub fn read<T>(&self, f: impl FnOnce(&Applied) -> T) -> T {
+        f(&self.state.read())
+    }
+
+    /// Commits `command` through Raft and returns what applying it returned. Fails with 503 when
+    /// it is not committed within the commit timeout: no quorum, or leadership lost. A command
+    /// that timed out may still be committed later; every command is safe to retry.
+    pub async fn propose(&self, command: Command) -> Result<Outcome, ApiFailure> {
+        let timeout = self.config.commit_timeout;
+        match tokio::time::timeout(timeout, self.raft.client_write(command)).await {
+            Err(_) => Err(ApiFailure::unavailable(format!(
+                "the change was not committed within {} ms: fewer than a quorum of managers \
+                 answer; it may still be applied, retry to find out",
+                timeout.as_millis()
+            ))),
+            Ok(Ok(response)) => Ok(response.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(ApiFailure::unavailable(format!(
+                    "leadership moved (new leader: {:?}) while the change was proposed; retry",
+                    f.leader_id
+                )))
+            }
+            Ok(Err(e)) => Err(ApiFailure::unavailable(format!(
+                "the change was not committed: {e}"
+            ))),
+        }
+    }
+
+    /// Waits until this leader's applied state reflects everything committed before the call,
+    /// confirmed by a quorum: a read after it is linearizable.
+    pub async fn linearizable(&self) -> Result<(), ApiFailure> {
+        let timeout = self.config.commit_timeout;
+        match tokio::time::timeout(timeout, self.raft.ensure_linearizable()).await {
+            Err(_) => Err(ApiFailure::unavailable(format!(
+                "a quorum of managers did not confirm this leader within {} ms; retry, or read \
+                 with ?local=true",
+                timeout.as_millis()
+            ))),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(ApiFailure::unavailable(format!(
+                "linearizable read failed: {e}"
+            ))),
+        }
+    }
+}
+
+pub type SharedManager = Arc<Manager>;

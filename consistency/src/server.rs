@@ -1,0 +1,107 @@
+//! Starting a manager replica: open the store, decide how to start, run Raft, the HTTP API and
+//! the failure detector until the shutdown future resolves.
+
+use std::future::{Future, IntoFuture};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use openraft::storage::RaftLogStorage;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::bootstrap::{self, Start};
+use crate::config::Config;
+use crate::manager::Manager;
+use crate::network::{raft_http_client, Network};
+use crate::raft_types::{ManagerNode, Raft};
+use crate::{api, detector, store};
+
+/// How long in-flight requests get to finish after the shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs a manager replica on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    config
+        .validate()
+        .map_err(anyhow::Error::msg)
+        .context("checking the configuration")?;
+    let dir = config.data_dir.clone();
+    let (mut log, state_machine) =
+        store::open(&dir).with_context(|| format!("opening the store in {}", dir.display()))?;
+    let empty =
+        log.read_vote().await?.is_none() && log.get_log_state().await?.last_log_id.is_none();
+
+    let forward_client = reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(1))
+        .build()
+        .context("building the HTTP client")?;
+    let replies = if empty {
+        bootstrap::probe_peers(config.id, &config.peers, &forward_client).await
+    } else {
+        Vec::new()
+    };
+    let start = bootstrap::decide(config.id, &config.peers, empty, &replies)
+        .map_err(anyhow::Error::msg)
+        .context("deciding how to start")?;
+    tracing::info!(id = config.id, ?start, data_dir = %dir.display(), "starting manager");
+
+    let raft_config = Arc::new(
+        config
+            .raft_config()
+            .context("building the Raft configuration")?,
+    );
+    let network = Network {
+        id: config.id,
+        client: raft_http_client(Duration::from_millis(500)).context("building the Raft client")?,
+    };
+    let state = state_machine.shared();
+    let raft = Raft::new(config.id, raft_config, network, log.clone(), state_machine)
+        .await
+        .context("starting Raft")?;
+    let members: std::collections::BTreeMap<u64, ManagerNode> = config
+        .peers
+        .iter()
+        .map(|(id, addr)| (*id, ManagerNode { addr: addr.clone() }))
+        .collect();
+    let manager = Arc::new(Manager::new(
+        config,
+        raft.clone(),
+        log,
+        state,
+        forward_client,
+    ));
+
+    let (stop, stopped) = watch::channel(false);
+    let detector = tokio::spawn(detector::run(manager.clone(), stopped.clone()));
+    let mut server_stopped = stopped.clone();
+    let server = axum::serve(listener, api::router(manager.clone()))
+        .with_graceful_shutdown(async move {
+            let _ = server_stopped.wait_for(|s| *s).await;
+        })
+        .into_future();
+    let server = tokio::spawn(server);
+
+    if start == Start::Initialize {
+        match raft.initialize(members).await {
+            Ok(()) => tracing::info!("initialized a new cluster"),
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::InitializeError::NotAllowed(e),
+            )) => tracing::info!(reason = %e, "cluster already initialized"),
+            Err(e) => return Err(e).context("initializing the cluster"),
+        }
+    }
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, server).await;
+    let _ = detector.await;
+    raft.shutdown().await.context("stopping Raft")?;
+    Ok(())
+}

@@ -1,0 +1,320 @@
+//! The transition function: applying one [`Command`] to the [`State`]. Pure and deterministic, so
+//! every replica reaches the same state; a refused command changes nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use client::api::{CopyStatus, NodeState};
+use client::types::{Generation, NodeId, SliceIndex, UnitId, Vba, VolumeId};
+
+use super::command::{Command, CopyChange, Outcome, Refusal, SliceUpdate};
+use super::{slice_count, Copy, Node, Slice, State, Volume};
+
+/// The keys a command changed, so the state machine can persist just those.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Touched {
+    pub nodes: BTreeSet<NodeId>,
+    /// Volumes created or deleted (their header and every slice).
+    pub volumes: BTreeSet<VolumeId>,
+    /// Slices changed in place.
+    pub slices: BTreeSet<UnitId>,
+    /// Slice counts of deleted volumes, so their slice records can be removed.
+    pub removed_slices: BTreeMap<VolumeId, u32>,
+    pub next_volume_id: bool,
+}
+
+impl State {
+    /// Applies `command`, recording in `touched` what changed.
+    pub fn apply(&mut self, command: &Command, touched: &mut Touched) -> Outcome {
+        let result = match command {
+            Command::RegisterNode {
+                id,
+                addr,
+                capacity_bytes,
+                free_bytes,
+            } => {
+                self.register_node(id, addr, *capacity_bytes, *free_bytes, touched);
+                Ok(Outcome::Done)
+            }
+            Command::SetNodeState {
+                node,
+                state,
+                last_vbas,
+            } => {
+                let vbas = last_vbas.iter().map(|r| (r.unit, r.last_vba)).collect();
+                self.set_node_state(node, *state, &vbas, touched)
+                    .map(|()| Outcome::Done)
+            }
+            Command::UpdateSlices { updates } => {
+                self.update_slices(updates, touched).map(|()| Outcome::Done)
+            }
+            Command::CreateVolume {
+                name,
+                size_bytes,
+                slice_bytes,
+                replicas,
+                placement,
+            } => self
+                .create_volume(
+                    name,
+                    *size_bytes,
+                    *slice_bytes,
+                    *replicas,
+                    placement,
+                    touched,
+                )
+                .map(Outcome::VolumeCreated),
+            Command::DeleteVolume { name } => self
+                .delete_volume(name, touched)
+                .map(Outcome::VolumeDeleted),
+        };
+        result.unwrap_or_else(Outcome::Refused)
+    }
+
+    fn register_node(
+        &mut self,
+        id: &NodeId,
+        addr: &str,
+        capacity_bytes: u64,
+        free_bytes: u64,
+        touched: &mut Touched,
+    ) {
+        let node = self.nodes.entry(id.clone()).or_insert_with(|| Node {
+            id: id.clone(),
+            addr: String::new(),
+            capacity_bytes: 0,
+            free_bytes: 0,
+            state: NodeState::Up,
+            units: BTreeSet::new(),
+        });
+        node.addr = addr.to_string();
+        node.capacity_bytes = capacity_bytes;
+        node.free_bytes = free_bytes;
+        let was_down = node.state == NodeState::Down;
+        touched.nodes.insert(id.clone());
+        if was_down {
+            // A registration is the node speaking, so it is up; same rule as a heartbeat.
+            let marked = self.set_node_state(id, NodeState::Up, &BTreeMap::new(), touched);
+            debug_assert!(marked.is_ok(), "the node was just looked up");
+        }
+    }
+
+    fn set_node_state(
+        &mut self,
+        id: &NodeId,
+        state: NodeState,
+        last_vbas: &BTreeMap<UnitId, Vba>,
+        touched: &mut Touched,
+    ) -> Result<(), Refusal> {
+        let node = self
+            .nodes
+            .get_mut(id)
+            .ok_or_else(|| Refusal::NotFound(format!("storage node {id} is not registered")))?;
+        if node.state == state {
+            return Ok(());
+        }
+        node.state = state;
+        touched.nodes.insert(id.clone());
+        let units: Vec<UnitId> = node.units.iter().copied().collect();
+        for unit in units {
+            let Some(slice) = self.slice(unit) else {
+                continue;
+            };
+            let mut slice = slice.clone();
+            let is_primary = slice.primary == *id;
+            if let Some(copy) = slice.copy_mut(id) {
+                if let Some(vba) = last_vbas.get(&unit) {
+                    copy.last_vba = *vba;
+                }
+                copy.status = match state {
+                    NodeState::Down => CopyStatus::Down,
+                    NodeState::Up if copy.status != CopyStatus::Down => copy.status,
+                    // Nothing can be acknowledged without the primary, so a primary that was not
+                    // replaced missed nothing.
+                    NodeState::Up if is_primary => CopyStatus::Current,
+                    NodeState::Up => CopyStatus::Stale,
+                };
+            }
+            if state == NodeState::Down && slice.primary == *id {
+                if let Some(candidate) = self.failover_candidate(&slice) {
+                    slice.primary = candidate;
+                    slice.generation = Generation(slice.generation.0 + 1);
+                }
+            }
+            if let Some(stored) = self.slice_mut(unit) {
+                *stored = slice;
+                touched.slices.insert(unit);
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks every update before changing anything, so a batch applies all or nothing.
+    fn check_slice_update(&self, update: &SliceUpdate) -> Result<(), Refusal> {
+        let unit = update.unit;
+        let slice = self
+            .slice(unit)
+            .ok_or_else(|| Refusal::NotFound(format!("unit {unit} does not exist")))?;
+        if update.expected_generation < slice.generation {
+            return Err(Refusal::StaleGeneration {
+                unit,
+                named: update.expected_generation,
+                current: slice.generation,
+            });
+        }
+        if update.expected_generation > slice.generation {
+            return Err(Refusal::Conflict(format!(
+                "unit {unit}: generation {} is newer than the slice's generation {}",
+                update.expected_generation, slice.generation
+            )));
+        }
+        let mut named = update
+            .copies
+            .iter()
+            .map(|c| &c.node)
+            .chain(update.new_primary.as_ref());
+        if let Some(node) = named.find(|n| slice.copy(n).is_none()) {
+            return Err(Refusal::Conflict(format!(
+                "unit {unit} has no copy on node {node}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn update_slices(
+        &mut self,
+        updates: &[SliceUpdate],
+        touched: &mut Touched,
+    ) -> Result<(), Refusal> {
+        for update in updates {
+            self.check_slice_update(update)?;
+        }
+        for update in updates {
+            let slice = self.slice_mut(update.unit).expect("checked above");
+            for CopyChange {
+                node,
+                status,
+                last_vba,
+            } in &update.copies
+            {
+                let copy = slice.copy_mut(node).expect("checked above");
+                copy.status = *status;
+                copy.last_vba = (*last_vba).max(copy.last_vba);
+            }
+            if let Some(primary) = &update.new_primary {
+                if *primary != slice.primary {
+                    slice.primary = primary.clone();
+                    slice.generation = Generation(slice.generation.0 + 1);
+                }
+            }
+            touched.slices.insert(update.unit);
+        }
+        Ok(())
+    }
+
+    fn create_volume(
+        &mut self,
+        name: &str,
+        size_bytes: u64,
+        slice_bytes: u64,
+        replicas: u32,
+        placement: &[Vec<NodeId>],
+        touched: &mut Touched,
+    ) -> Result<VolumeId, Refusal> {
+        if self.volume_by_name(name).is_some() {
+            return Err(Refusal::AlreadyExists(format!(
+                "volume {name:?} already exists"
+            )));
+        }
+        if slice_bytes == 0 || placement.len() as u64 != slice_count(size_bytes, slice_bytes) {
+            return Err(Refusal::BadRequest(format!(
+                "placement has {} slices for a volume of {size_bytes} bytes in slices of \
+                 {slice_bytes} bytes",
+                placement.len()
+            )));
+        }
+        for nodes in placement {
+            let distinct: BTreeSet<&NodeId> = nodes.iter().collect();
+            if nodes.is_empty() || distinct.len() != nodes.len() || nodes.len() != replicas as usize
+            {
+                return Err(Refusal::BadRequest(format!(
+                    "placement {nodes:?} is not {replicas} distinct nodes"
+                )));
+            }
+            if let Some(unknown) = nodes.iter().find(|n| !self.nodes.contains_key(*n)) {
+                return Err(Refusal::NotFound(format!(
+                    "storage node {unknown} is not registered"
+                )));
+            }
+        }
+        let id = VolumeId(self.next_volume_id);
+        self.next_volume_id += 1;
+        touched.next_volume_id = true;
+        let mut slices = Vec::with_capacity(placement.len());
+        for (index, nodes) in placement.iter().enumerate() {
+            let unit = UnitId {
+                volume: id,
+                slice: SliceIndex(index as u32),
+            };
+            let copies = nodes
+                .iter()
+                .map(|n| Copy {
+                    node: n.clone(),
+                    status: CopyStatus::Current,
+                    last_vba: Vba::ZERO,
+                })
+                .collect();
+            slices.push(Slice {
+                generation: Generation(1),
+                primary: nodes[0].clone(),
+                copies,
+            });
+            for node in nodes {
+                self.nodes
+                    .get_mut(node)
+                    .expect("checked above")
+                    .units
+                    .insert(unit);
+                touched.nodes.insert(node.clone());
+            }
+        }
+        let volume = Volume {
+            id,
+            name: name.to_string(),
+            size_bytes,
+            slice_bytes,
+            replicas,
+            slices,
+        };
+        self.volumes.insert(id, volume);
+        touched.volumes.insert(id);
+        Ok(id)
+    }
+
+    fn delete_volume(&mut self, name: &str, touched: &mut Touched) -> Result<VolumeId, Refusal> {
+        let id = self
+            .volume_by_name(name)
+            .map(|v| v.id)
+            .ok_or_else(|| Refusal::NotFound(format!("volume {name:?} does not exist")))?;
+        let volume = self.volumes.remove(&id).expect("found above");
+        for (index, slice) in volume.slices.iter().enumerate() {
+            let unit = UnitId {
+                volume: id,
+                slice: SliceIndex(index as u32),
+            };
+            for copy in &slice.copies {
+                if let Some(node) = self.nodes.get_mut(&copy.node) {
+                    node.units.remove(&unit);
+                    touched.nodes.insert(copy.node.clone());
+                }
+            }
+        }
+        touched.volumes.insert(id);
+        touched
+            .removed_slices
+            .insert(id, volume.slices.len() as u32);
+        Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests;

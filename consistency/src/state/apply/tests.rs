@@ -1,0 +1,242 @@
+use client::api::{CopyStatus, NodeState, UnitReport};
+use client::types::{Generation, NodeId, UnitId, Vba, VolumeId};
+
+use crate::state::command::{Command, CopyChange, Outcome, Refusal, SliceUpdate};
+use crate::state::fixtures::{cluster, node, volume_on};
+use crate::state::{apply::Touched, State};
+
+fn apply(state: &mut State, command: Command) -> Outcome {
+    let outcome = state.apply(&command, &mut Touched::default());
+    state
+        .check_invariants()
+        .expect("invariants hold after every command");
+    outcome
+}
+
+#[test]
+fn create_volume_assigns_units_and_fresh_ids() {
+    let mut state = cluster(&["n1", "n2", "n3"]);
+    let id = volume_on(&mut state, "vol", &[&["n1", "n2"], &["n2", "n3"]]);
+    assert_eq!(id, VolumeId(1));
+    assert!(state.nodes[&node("n2")].units.contains(&UnitId::new(1, 0)));
+    assert!(state.nodes[&node("n2")].units.contains(&UnitId::new(1, 1)));
+    let slice = state.slice(UnitId::new(1, 1)).expect("slice exists");
+    assert_eq!(
+        (slice.primary.clone(), slice.generation),
+        (node("n2"), Generation(1))
+    );
+
+    // The same name again is refused; deleted and re-created, it gets a new id.
+    let again = Command::CreateVolume {
+        name: "vol".into(),
+        size_bytes: 8192,
+        slice_bytes: 4096,
+        replicas: 2,
+        placement: vec![vec![node("n1"), node("n2")], vec![node("n2"), node("n3")]],
+    };
+    assert!(matches!(
+        apply(&mut state, again.clone()),
+        Outcome::Refused(Refusal::AlreadyExists(_))
+    ));
+    let deleted = apply(&mut state, Command::DeleteVolume { name: "vol".into() });
+    assert_eq!(deleted, Outcome::VolumeDeleted(VolumeId(1)));
+    assert!(state.nodes.values().all(|n| n.units.is_empty()));
+    assert_eq!(
+        apply(&mut state, again),
+        Outcome::VolumeCreated(VolumeId(2))
+    );
+}
+
+#[test]
+fn node_down_fails_primaries_over_and_marks_copies_down() {
+    let mut state = cluster(&["n1", "n2", "n3"]);
+    volume_on(
+        &mut state,
+        "vol",
+        &[&["n1", "n2", "n3"], &["n2", "n1", "n3"]],
+    );
+    let report = UnitReport {
+        unit: UnitId::new(1, 0),
+        last_vba: Vba(42),
+    };
+    let down = Command::SetNodeState {
+        node: node("n1"),
+        state: NodeState::Down,
+        last_vbas: vec![report],
+    };
+    assert_eq!(apply(&mut state, down), Outcome::Done);
+
+    let slice0 = state.slice(UnitId::new(1, 0)).expect("slice 0");
+    assert_eq!(
+        slice0.primary,
+        node("n2"),
+        "the first current copy on an up node takes over"
+    );
+    assert_eq!(slice0.generation, Generation(2));
+    let copy = slice0.copy(&node("n1")).expect("copy on n1");
+    assert_eq!((copy.status, copy.last_vba), (CopyStatus::Down, Vba(42)));
+
+    let slice1 = state.slice(UnitId::new(1, 1)).expect("slice 1");
+    assert_eq!(
+        (slice1.primary.clone(), slice1.generation),
+        (node("n2"), Generation(1))
+    );
+    assert_eq!(
+        slice1.copy(&node("n1")).map(|c| c.status),
+        Some(CopyStatus::Down)
+    );
+
+    // Back up: a copy that is no longer primary must catch up.
+    let up = Command::SetNodeState {
+        node: node("n1"),
+        state: NodeState::Up,
+        last_vbas: vec![],
+    };
+    apply(&mut state, up);
+    let slice0 = state.slice(UnitId::new(1, 0)).expect("slice 0");
+    assert_eq!(
+        slice0.copy(&node("n1")).map(|c| c.status),
+        Some(CopyStatus::Stale)
+    );
+}
+
+#[test]
+fn a_primary_with_no_current_copy_to_replace_it_stays_and_returns_current() {
+    let mut state = cluster(&["n1", "n2"]);
+    volume_on(&mut state, "vol", &[&["n1", "n2"]]);
+    let stale_n2 = SliceUpdate {
+        unit: UnitId::new(1, 0),
+        expected_generation: Generation(1),
+        new_primary: None,
+        copies: vec![CopyChange {
+            node: node("n2"),
+            status: CopyStatus::Stale,
+            last_vba: Vba(1),
+        }],
+    };
+    apply(
+        &mut state,
+        Command::UpdateSlices {
+            updates: vec![stale_n2],
+        },
+    );
+    let down = Command::SetNodeState {
+        node: node("n1"),
+        state: NodeState::Down,
+        last_vbas: vec![],
+    };
+    apply(&mut state, down);
+    let slice = state.slice(UnitId::new(1, 0)).expect("slice");
+    assert_eq!(
+        (slice.primary.clone(), slice.generation),
+        (node("n1"), Generation(1))
+    );
+
+    let up = Command::SetNodeState {
+        node: node("n1"),
+        state: NodeState::Up,
+        last_vbas: vec![],
+    };
+    apply(&mut state, up);
+    let slice = state.slice(UnitId::new(1, 0)).expect("slice");
+    assert_eq!(
+        slice.copy(&node("n1")).map(|c| c.status),
+        Some(CopyStatus::Current)
+    );
+}
+
+#[test]
+fn slice_updates_are_fenced_by_generation_and_all_or_nothing() {
+    let mut state = cluster(&["n1", "n2", "n3"]);
+    volume_on(&mut state, "vol", &[&["n1", "n2"], &["n2", "n3"]]);
+    let failover = SliceUpdate {
+        unit: UnitId::new(1, 0),
+        expected_generation: Generation(1),
+        new_primary: Some(node("n2")),
+        copies: vec![CopyChange {
+            node: node("n1"),
+            status: CopyStatus::Stale,
+            last_vba: Vba(0),
+        }],
+    };
+    let stale_old = SliceUpdate {
+        expected_generation: Generation(0),
+        ..failover.clone()
+    };
+    let other = SliceUpdate {
+        unit: UnitId::new(1, 1),
+        expected_generation: Generation(1),
+        new_primary: None,
+        copies: vec![CopyChange {
+            node: node("n3"),
+            status: CopyStatus::Stale,
+            last_vba: Vba(0),
+        }],
+    };
+    let before = state.clone();
+    let refused = apply(
+        &mut state,
+        Command::UpdateSlices {
+            updates: vec![other, stale_old],
+        },
+    );
+    assert!(
+        matches!(refused, Outcome::Refused(Refusal::StaleGeneration { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(state, before, "a refused batch changes nothing");
+
+    assert_eq!(
+        apply(
+            &mut state,
+            Command::UpdateSlices {
+                updates: vec![failover.clone()]
+            }
+        ),
+        Outcome::Done
+    );
+    let slice = state.slice(UnitId::new(1, 0)).expect("slice");
+    assert_eq!(
+        (slice.primary.clone(), slice.generation),
+        (node("n2"), Generation(2))
+    );
+    // Replaying the same decision (decided against generation 1) is now fenced off.
+    let replay = apply(
+        &mut state,
+        Command::UpdateSlices {
+            updates: vec![failover],
+        },
+    );
+    assert!(
+        matches!(replay, Outcome::Refused(Refusal::StaleGeneration { .. })),
+        "{replay:?}"
+    );
+}
+
+#[test]
+fn registering_a_down_node_brings_it_back_up() {
+    let mut state = cluster(&["n1", "n2"]);
+    volume_on(&mut state, "vol", &[&["n1", "n2"]]);
+    apply(
+        &mut state,
+        Command::SetNodeState {
+            node: node("n2"),
+            state: NodeState::Down,
+            last_vbas: vec![],
+        },
+    );
+    let again = Command::RegisterNode {
+        id: node("n2"),
+        addr: "127.0.0.1:9".into(),
+        capacity_bytes: 1 << 30,
+        free_bytes: 1 << 30,
+    };
+    apply(&mut state, again);
+    assert_eq!(state.nodes[&NodeId("n2".into())].state, NodeState::Up);
+    assert_eq!(state.nodes[&node("n2")].addr, "127.0.0.1:9");
+    let slice = state.slice(UnitId::new(1, 0)).expect("slice");
+    assert_eq!(
+        slice.copy(&node("n2")).map(|c| c.status),
+        Some(CopyStatus::Stale)
+    );
+}

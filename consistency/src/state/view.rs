@@ -1,0 +1,104 @@
+//! The state as the API shows it: volume maps, node status and what a heartbeat reply tells a
+//! storage node.
+
+use client::api::{AssignedUnit, CopyInfo, NodeStatus, Role, SliceMap, VolumeMap};
+use client::types::{Generation, NodeId, SliceIndex, UnitId, BLOCK_BYTES};
+
+use super::{Node, Slice, State, Volume};
+
+impl State {
+    fn copy_infos(&self, slice: &Slice) -> Vec<CopyInfo> {
+        // Primary first: clients and secondaries look for it there.
+        let mut copies: Vec<&super::Copy> = slice.copies.iter().collect();
+        copies.sort_by_key(|c| c.node != slice.primary);
+        copies
+            .into_iter()
+            .map(|c| CopyInfo {
+                node: c.node.clone(),
+                addr: self
+                    .nodes
+                    .get(&c.node)
+                    .map(|n| n.addr.clone())
+                    .unwrap_or_default(),
+                role: slice.role_of(&c.node),
+                status: c.status,
+                last_vba: c.last_vba,
+            })
+            .collect()
+    }
+
+    pub fn slice_map(&self, unit: UnitId) -> Option<SliceMap> {
+        let slice = self.slice(unit)?;
+        Some(SliceMap {
+            unit,
+            index: unit.slice,
+            generation: slice.generation,
+            primary: slice.primary.clone(),
+            copies: self.copy_infos(slice),
+        })
+    }
+
+    pub fn volume_map(&self, volume: &Volume) -> VolumeMap {
+        let slices = (0..volume.slices.len())
+            .filter_map(|i| {
+                self.slice_map(UnitId {
+                    volume: volume.id,
+                    slice: SliceIndex(i as u32),
+                })
+            })
+            .collect();
+        VolumeMap {
+            id: volume.id,
+            name: volume.name.clone(),
+            size_bytes: volume.size_bytes,
+            block_bytes: BLOCK_BYTES,
+            slice_bytes: volume.slice_bytes,
+            replicas: volume.replicas,
+            slices,
+        }
+    }
+
+    pub fn node_status(&self, node: &Node) -> NodeStatus {
+        NodeStatus {
+            id: node.id.clone(),
+            addr: node.addr.clone(),
+            state: node.state,
+            capacity_bytes: node.capacity_bytes,
+            free_bytes: node.free_bytes,
+            last_heartbeat_ms_ago: None,
+            units: node.units.iter().copied().collect(),
+        }
+    }
+
+    /// The units `node` must serve, as its heartbeat reply lists them. `lease_renewed(unit,
+    /// generation)` says whether this reply renews its lease as that unit's primary.
+    pub fn assigned_units(
+        &self,
+        node: &NodeId,
+        lease_renewed: impl Fn(UnitId, Generation) -> bool,
+    ) -> Vec<AssignedUnit> {
+        let Some(n) = self.nodes.get(node) else {
+            return Vec::new();
+        };
+        n.units
+            .iter()
+            .filter_map(|unit| {
+                let volume = self.volumes.get(&unit.volume)?;
+                let slice = volume.slice(unit.slice)?;
+                let copy = slice.copy(node)?;
+                let role = slice.role_of(node);
+                Some(AssignedUnit {
+                    unit: *unit,
+                    volume_size_bytes: volume.size_bytes,
+                    slice_bytes: volume.slice_bytes,
+                    unit_bytes: volume.unit_bytes(unit.slice),
+                    generation: slice.generation,
+                    role,
+                    status: copy.status,
+                    lease_renewed: role == Role::Primary && lease_renewed(*unit, slice.generation),
+                    copies: self.copy_infos(slice),
+                })
+            })
+            .collect()
+    }
+}
