@@ -162,11 +162,6 @@ impl Config {
         Ok(())
     }
 
-    /// The address peers and clients reach this replica at.
-    pub fn advertised_addr(&self) -> &str {
-        self.peers.get(&self.id).map_or("", String::as_str)
-    }
-
     pub fn raft_config(&self) -> Result<openraft::Config, Box<openraft::ConfigError>> {
         let ms = |d: Duration| d.as_millis() as u64;
         openraft::Config {

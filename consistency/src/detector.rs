@@ -1,13 +1,18 @@
 //! The failure detector loop on the leader: every tick it asks
-//! [`crate::decide::liveness::Liveness::detect`] for verdicts and commits them one at a time.
+//! [`crate::decide::liveness::Liveness::judge`] for verdicts and commits them one at a time.
+//!
+//! A verdict is awaited until Raft resolves it, with no deadline: a verdict that timed out could
+//! still commit later, and until it is resolved the node it judges down gets no lease renewal.
+//! Without a quorum nothing can commit anyway, so the loop simply waits.
 
 use std::time::{Duration, Instant};
 
+use client::api::NodeState;
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
 use crate::manager::SharedManager;
-use crate::state::Outcome;
+use crate::state::{Command, Outcome};
 
 /// How often the detector looks: a tenth of the lease, within bounds.
 pub fn tick(lease: Duration) -> Duration {
@@ -24,25 +29,41 @@ pub async fn run(manager: SharedManager, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => return,
         }
         let now = Instant::now();
-        let verdicts = manager.with_liveness(now, |l| {
-            let verdicts = manager.read(|a| l.detect(&a.state, now));
-            for unit in &verdicts.cancel {
-                l.cancel_revocation(*unit);
-            }
-            verdicts
-        });
+        let verdicts = manager.with_liveness(now, |l| manager.read(|a| l.judge(&a.state, now)));
         let Some(verdicts) = verdicts else { continue };
+        let mut failed = false;
         for command in verdicts.commands {
-            let summary = format!("{command:?}");
-            match manager.propose(command).await {
-                Ok(Outcome::Refused(refusal)) => {
-                    tracing::info!(%refusal, verdict = %summary, "failure detector verdict overtaken")
+            let judged = match &command {
+                Command::SetNodeState {
+                    node,
+                    state: NodeState::Down,
+                    ..
+                } => Some(node.clone()),
+                _ => None,
+            };
+            // After a failure the remaining verdicts are not proposed at all, so they are
+            // resolved too; a new tick judges afresh.
+            if !failed {
+                let summary = format!("{command:?}");
+                let result = tokio::select! {
+                    result = manager.commit(command) => result,
+                    _ = stop.changed() => return,
+                };
+                match result {
+                    Ok(Outcome::Refused(refusal)) => {
+                        tracing::info!(%refusal, verdict = %summary, "failure detector verdict overtaken")
+                    }
+                    Ok(_) => {
+                        tracing::warn!(verdict = %summary, "failure detector verdict committed")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e.body.error, verdict = %summary, "verdict not committed");
+                        failed = true;
+                    }
                 }
-                Ok(_) => tracing::warn!(verdict = %summary, "failure detector verdict committed"),
-                Err(e) => {
-                    tracing::warn!(error = %e.body.error, verdict = %summary, "verdict not committed");
-                    break;
-                }
+            }
+            if let Some(node) = judged {
+                manager.with_liveness(Instant::now(), |l| l.judged(&node));
             }
         }
     }

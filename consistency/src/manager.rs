@@ -2,6 +2,7 @@
 //! leader is, proposing a command with a deadline, linearizable reads, and the leader's
 //! in-memory liveness table.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -41,6 +42,9 @@ pub struct Manager {
     memory: Mutex<Option<LeaderMemory>>,
     /// Serializes volume creation, so that two placements do not both count the same free space.
     pub create_lock: tokio::sync::Mutex<()>,
+    /// The term in which this replica, leading, last saw its applied state catch up with
+    /// everything committed before that term (0: never).
+    caught_up_term: AtomicU64,
 }
 
 impl Manager {
@@ -59,6 +63,7 @@ impl Manager {
             forward_client,
             memory: Mutex::new(None),
             create_lock: tokio::sync::Mutex::new(()),
+            caught_up_term: AtomicU64::new(0),
         }
     }
 
@@ -120,20 +125,28 @@ impl Manager {
     /// that timed out may still be committed later; every command is safe to retry.
     pub async fn propose(&self, command: Command) -> Result<Outcome, ApiFailure> {
         let timeout = self.config.commit_timeout;
-        match tokio::time::timeout(timeout, self.raft.client_write(command)).await {
+        match tokio::time::timeout(timeout, self.commit(command)).await {
             Err(_) => Err(ApiFailure::unavailable(format!(
                 "the change was not committed within {} ms: fewer than a quorum of managers \
                  answer; it may still be applied, retry to find out",
                 timeout.as_millis()
             ))),
-            Ok(Ok(response)) => Ok(response.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+            Ok(result) => result,
+        }
+    }
+
+    /// Commits `command` through Raft with no deadline: returns once Raft has resolved it, so
+    /// that an error means it was not, and will not be, committed by this leader.
+    pub async fn commit(&self, command: Command) -> Result<Outcome, ApiFailure> {
+        match self.raft.client_write(command).await {
+            Ok(response) => Ok(response.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(ApiFailure::unavailable(format!(
                     "leadership moved (new leader: {:?}) while the change was proposed; retry",
                     f.leader_id
                 )))
             }
-            Ok(Err(e)) => Err(ApiFailure::unavailable(format!(
+            Err(e) => Err(ApiFailure::unavailable(format!(
                 "the change was not committed: {e}"
             ))),
         }
@@ -154,6 +167,25 @@ impl Manager {
                 "linearizable read failed: {e}"
             ))),
         }
+    }
+}
+
+impl Manager {
+    /// Waits, once per term, until this leader has applied everything committed before it was
+    /// elected. A new leader's applied state may lag what its predecessors committed: a node
+    /// brought back `up` (and granted a lease) would still look `down`, and a decision taken on
+    /// that view could skip the lease wait. Within its own term, a leader applies its own
+    /// changes before it answers for them, so later calls return at once.
+    pub async fn caught_up(&self) -> Result<(), ApiFailure> {
+        let term = self.leader_term();
+        if term.is_some_and(|t| t == self.caught_up_term.load(Ordering::Acquire)) {
+            return Ok(());
+        }
+        self.linearizable().await?;
+        if let Some(term) = term {
+            self.caught_up_term.store(term, Ordering::Release);
+        }
+        Ok(())
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use client::api::{ApiError, ErrorCode};
@@ -87,6 +87,54 @@ impl From<Refusal> for ApiFailure {
     }
 }
 
+/// Gives every error answer the API's JSON shape, including those axum makes itself: a method a
+/// route does not serve (405), a body over the limit (413), an unreadable path or query (400).
+/// Answers that already are JSON (ours, or a leader's relayed by a follower) pass unchanged.
+pub async fn json_errors(method: Method, uri: Uri, response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_PLAIN_ERROR_BYTES)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let error = if status == StatusCode::METHOD_NOT_ALLOWED {
+        format!("{method} is not allowed on {}", uri.path())
+    } else if text.is_empty() {
+        format!(
+            "{} {}: {}",
+            method,
+            uri.path(),
+            status.canonical_reason().unwrap_or("error")
+        )
+    } else {
+        text
+    };
+    let code = match status {
+        StatusCode::NOT_FOUND => ErrorCode::NotFound,
+        StatusCode::SERVICE_UNAVAILABLE => ErrorCode::Unavailable,
+        s if s.is_server_error() => ErrorCode::Internal,
+        _ => ErrorCode::BadRequest,
+    };
+    let mut answer = ApiFailure::new(status, code, error).into_response();
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        answer.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    answer
+}
+
+/// Most of a plain-text error body [`json_errors`] reads: axum's own messages are one line.
+const MAX_PLAIN_ERROR_BYTES: usize = 64 << 10;
+
 impl IntoResponse for ApiFailure {
     fn into_response(self) -> Response {
         let retry_after = self.body.retry_after_ms.map(|ms| ms.div_ceil(1000).max(1));
@@ -128,5 +176,64 @@ mod tests {
         assert_eq!(wait.body.retry_after_ms, Some(1500));
         let response = wait.into_response();
         assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+    }
+
+    #[tokio::test]
+    async fn errors_axum_makes_itself_are_json_too() {
+        use axum::extract::{DefaultBodyLimit, Query};
+        use axum::routing::post;
+
+        #[derive(serde::Deserialize)]
+        struct Id {
+            #[allow(dead_code)]
+            id: u64,
+        }
+        let app = axum::Router::new()
+            .route("/echo", post(|body: axum::body::Bytes| async move { body }))
+            .route("/query", axum::routing::get(|_: Query<Id>| async { "ok" }))
+            .layer(DefaultBodyLimit::max(16))
+            .layer(axum::middleware::map_response(json_errors));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client");
+        let cases = [
+            (
+                http.get(format!("http://{addr}/echo")),
+                405,
+                "GET is not allowed on /echo",
+            ),
+            (
+                http.post(format!("http://{addr}/echo"))
+                    .body(vec![b'x'; 17]),
+                413,
+                "",
+            ),
+            (http.get(format!("http://{addr}/query?id=x")), 400, "id"),
+        ];
+        for (request, status, words) in cases {
+            let response = request.send().await.expect("answered");
+            assert_eq!(response.status().as_u16(), status);
+            let body: ApiError = response.json().await.expect("a JSON error body");
+            assert!(body.error.contains(words), "{}", body.error);
+            assert_eq!(body.code, ErrorCode::BadRequest);
+        }
+        let ok = http
+            .post(format!("http://{addr}/echo"))
+            .body("hi")
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(
+            ok.text().await.expect("body"),
+            "hi",
+            "successes pass unchanged"
+        );
+        server.abort();
     }
 }

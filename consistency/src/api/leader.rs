@@ -60,6 +60,18 @@ where
     }
 }
 
+/// How long a follower waits for the leader's answer to a forwarded request: what the leader
+/// may take for it, plus slack. Membership changes wait for a new replica to catch up, far
+/// longer than a commit; giving up on them early would report a failure that is not one.
+fn forward_timeout(path: &str, commit_timeout: Duration) -> Duration {
+    let on_leader = if path.starts_with("/v1/managers") {
+        super::managers::longest_change(commit_timeout)
+    } else {
+        commit_timeout
+    };
+    on_leader + FORWARD_SLACK
+}
+
 async fn forward(
     manager: &SharedManager,
     leader: u64,
@@ -72,7 +84,10 @@ async fn forward(
         .forward_client
         .request(parts.method.clone(), format!("http://{addr}{path}"))
         .header(FORWARDED_HEADER, manager.id().to_string())
-        .timeout(manager.config.commit_timeout + FORWARD_SLACK)
+        .timeout(forward_timeout(
+            parts.uri.path(),
+            manager.config.commit_timeout,
+        ))
         .body(body);
     if let Some(content_type) = parts.headers.get(header::CONTENT_TYPE) {
         request = request.header(header::CONTENT_TYPE, content_type);
@@ -111,4 +126,23 @@ async fn forward(
         .headers_mut()
         .insert("x-vbs-answered-by", HeaderValue::from(leader));
     relayed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forwarded_membership_change_waits_as_long_as_the_leader_may_take() {
+        let commit = Duration::from_secs(3);
+        assert_eq!(
+            forward_timeout("/v1/volumes", commit),
+            commit + FORWARD_SLACK
+        );
+        let managers = forward_timeout("/v1/managers/4", commit);
+        assert!(
+            managers > super::super::managers::longest_change(commit),
+            "{managers:?}"
+        );
+    }
 }

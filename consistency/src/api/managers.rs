@@ -22,6 +22,16 @@ use crate::raft_types::{ManagerNode, RaftId};
 /// How long a new replica may take to catch up as a learner before the request gives up.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Longest a membership change request may run on the leader: catching up, then the change.
+pub fn longest_change(commit_timeout: Duration) -> Duration {
+    CATCH_UP_TIMEOUT + membership_timeout(commit_timeout)
+}
+
+/// A membership change commits two joint-consensus entries, each maybe after an election.
+fn membership_timeout(commit_timeout: Duration) -> Duration {
+    commit_timeout * 4
+}
+
 fn voters(manager: &SharedManager) -> BTreeSet<RaftId> {
     manager
         .raft
@@ -72,7 +82,7 @@ pub async fn add(State(manager): State<SharedManager>, request: Request) -> Resp
         members.insert(id);
         with_timeout(
             "the membership change",
-            m.config.commit_timeout * 4,
+            membership_timeout(m.config.commit_timeout),
             m.raft.change_membership(members, false),
         )
         .await?;
@@ -105,7 +115,7 @@ pub async fn remove(
         }
         with_timeout(
             "the membership change",
-            m.config.commit_timeout * 4,
+            membership_timeout(m.config.commit_timeout),
             m.raft.change_membership(members, false),
         )
         .await?;

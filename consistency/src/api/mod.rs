@@ -57,7 +57,11 @@ pub fn router(manager: SharedManager) -> Router {
         .route(crate::network::SNAPSHOT_PATH, post(raft::snapshot))
         .route(raft::PROBE_PATH, get(raft::probe))
         .layer(DefaultBodyLimit::max(MAX_RAFT_BODY_BYTES));
-    public.merge(raft).fallback(not_found).with_state(manager)
+    public
+        .merge(raft)
+        .fallback(not_found)
+        .layer(axum::middleware::map_response(error::json_errors))
+        .with_state(manager)
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiFailure {

@@ -78,16 +78,17 @@ pub async fn heartbeat(
         let received = Instant::now();
         let id = parse_node_id(&id)?;
         let request: HeartbeatRequest = parse_json(&body)?;
+        // Only a leader confirmed by a quorum *after* the heartbeat arrived may grant a lease: a
+        // deposed leader that has not noticed yet would otherwise renew leases that its
+        // successor does not know of and would not wait for. This also brings the applied state
+        // up to date with everything committed before the heartbeat arrived.
+        m.linearizable().await?;
         let node_state = m.read(|a| a.state.nodes.get(&id).map(|n| n.state));
         let node_state = node_state.ok_or_else(|| {
             ApiFailure::not_found(format!(
                 "storage node {id} is not registered; POST /v1/nodes first"
             ))
         })?;
-        m.with_liveness(received, |l| l.heard(&id, received, &request))
-            .ok_or_else(|| {
-                ApiFailure::unavailable("leadership moved while the heartbeat was read")
-            })?;
         if node_state == NodeState::Down {
             let last_vbas = request.units.clone();
             let command = Command::SetNodeState {
@@ -98,14 +99,17 @@ pub async fn heartbeat(
             refused(m.propose(command).await?)?;
             tracing::info!(node = %id, "storage node is back up");
         }
+        // Recorded only now, for registered nodes: the memory holds no names nobody registered,
+        // and the failure detector sees the heartbeat before any reply to it renews a lease.
         let reply = m
             .with_liveness(Instant::now(), |l| {
+                l.heard(&id, received, &request);
                 m.read(|a| HeartbeatResponse {
                     lease_ms: l.config().lease.as_millis() as u64,
                     node_state: a.state.nodes.get(&id).map_or(NodeState::Down, |n| n.state),
-                    units: a
-                        .state
-                        .assigned_units(&id, |unit, generation| l.lease_renewed(unit, generation)),
+                    units: a.state.assigned_units(&id, |unit, generation| {
+                        l.renews(&a.state, &id, unit, generation)
+                    }),
                 })
             })
             .ok_or_else(|| {

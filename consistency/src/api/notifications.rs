@@ -19,25 +19,31 @@ pub async fn notify(State(manager): State<SharedManager>, request: Request) -> R
     let m = manager.clone();
     on_leader(&manager, request, |body| async move {
         let notification: Notification = parse_json(&body)?;
+        // Decisions skip the lease wait for a primary whose node is `down`: that must not be a
+        // new leader's stale view of a node its predecessor brought back up.
+        m.caught_up().await?;
         let now = Instant::now();
         let decision = m
             .with_liveness(now, |l| {
-                let decision = m.read(|a| notify::decide(&a.state, l, &notification, now))?;
-                if let Decision::Revoke { units, .. } = &decision {
-                    // Replies computed from here on stop renewing the primary's lease.
-                    for (unit, generation) in units {
-                        let primary = m.read(|a| a.state.slice(*unit).map(|s| s.primary.clone()));
-                        if let Some(primary) = primary {
-                            l.revoke(*unit, *generation, &primary);
+                m.read(|a| {
+                    let decision = notify::decide(&a.state, l, &notification, now)?;
+                    if let Decision::Revoke { units, .. } | Decision::Failover { units, .. } =
+                        &decision
+                    {
+                        // Replies computed from here on stop renewing the primary's lease.
+                        for (unit, generation) in units {
+                            if let Some(slice) = a.state.slice(*unit) {
+                                l.revoke(*unit, *generation, &slice.primary);
+                            }
                         }
                     }
-                }
-                Ok::<_, Refusal>(decision)
+                    Ok::<_, Refusal>(decision)
+                })
             })
             .ok_or_else(|| ApiFailure::unavailable("leadership moved while deciding"))??;
         match decision {
             Decision::Nothing => {}
-            Decision::Propose(command) => {
+            Decision::Propose(command) | Decision::Failover { command, .. } => {
                 if let Outcome::Refused(refusal) = m.propose(command).await? {
                     return Err(refusal.into());
                 }
@@ -47,13 +53,8 @@ pub async fn notify(State(manager): State<SharedManager>, request: Request) -> R
                 return Err(Refusal::LeaseNotExpired { retry_after_ms }.into());
             }
         }
-        let units = match &notification {
-            Notification::NotCurrent { units, .. } | Notification::Unresponsive { units, .. } => {
-                units
-            }
-        };
         let slices = m.read(|a| {
-            units
+            notify::units_of(&notification)
                 .iter()
                 .filter_map(|u| a.state.slice_map(u.unit))
                 .collect()

@@ -2,12 +2,12 @@
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
 use serde::{Deserialize, Serialize};
 
+use super::error::ApiFailure;
 use crate::manager::SharedManager;
 use crate::network::decode_snapshot_chunk;
 use crate::raft_types::{RaftId, TypeConfig};
@@ -15,7 +15,7 @@ use crate::raft_types::{RaftId, TypeConfig};
 pub const PROBE_PATH: &str = "/raft/probe";
 
 fn bad_body(e: impl std::fmt::Display) -> Response {
-    (StatusCode::BAD_REQUEST, format!("Raft RPC body: {e}")).into_response()
+    ApiFailure::bad_request(format!("Raft RPC body: {e}")).into_response()
 }
 
 pub async fn append(State(manager): State<SharedManager>, body: Bytes) -> Response {

@@ -1,5 +1,6 @@
 //! `GET /v1/status`, `GET /health` and `GET /metrics`.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::time::Instant;
 
@@ -7,13 +8,14 @@ use axum::extract::{Query, Request, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use client::api::{ClusterStatus, CopyStatus, Health, ManagerStatus, NodeState};
-use client::types::ManagerId;
+use client::api::{ClusterStatus, CopyStatus, Health, ManagerStatus, NodeState, NodeStatus};
+use client::types::{ManagerId, NodeId};
 use serde::Deserialize;
 
 use super::error::ApiFailure;
 use super::leader::on_leader;
 use crate::manager::SharedManager;
+use crate::state::State as DbState;
 
 /// Query parameters of reads.
 #[derive(Debug, Default, Deserialize)]
@@ -31,6 +33,26 @@ impl ReadParams {
             .map(|q| q.0)
             .map_err(|e| ApiFailure::bad_request(format!("query string: {}", e.body_text())))
     }
+}
+
+/// Every node's status, with how long ago the leader heard from it. `heard` is keyed by node:
+/// it comes from another read of the state, which may list other nodes.
+fn node_statuses(
+    state: &DbState,
+    heard: &BTreeMap<NodeId, Instant>,
+    now: Instant,
+) -> Vec<NodeStatus> {
+    state
+        .nodes
+        .values()
+        .map(|n| {
+            let mut status = state.node_status(n);
+            status.last_heartbeat_ms_ago = heard
+                .get(&n.id)
+                .map(|at| now.saturating_duration_since(*at).as_millis() as u64);
+            status
+        })
+        .collect()
 }
 
 /// The status as this replica sees it.
@@ -55,33 +77,19 @@ pub(crate) fn cluster_status(manager: &SharedManager) -> ClusterStatus {
         })
         .collect();
     let now = Instant::now();
-    let heard = manager
+    let heard: BTreeMap<NodeId, Instant> = manager
         .with_liveness(now, |l| {
             manager.read(|a| {
                 a.state
                     .nodes
                     .keys()
-                    .map(|n| l.last_heard(n))
-                    .collect::<Vec<_>>()
+                    .filter_map(|n| Some((n.clone(), l.last_heard(n)?)))
+                    .collect()
             })
         })
         .unwrap_or_default();
     manager.read(|a| {
-        let nodes = a
-            .state
-            .nodes
-            .values()
-            .enumerate()
-            .map(|(i, n)| {
-                let mut status = a.state.node_status(n);
-                status.last_heartbeat_ms_ago = heard
-                    .get(i)
-                    .copied()
-                    .flatten()
-                    .map(|at| now.saturating_duration_since(at).as_millis() as u64);
-                status
-            })
-            .collect();
+        let nodes = node_statuses(&a.state, &heard, now);
         ClusterStatus {
             answered_by: ManagerId(manager.id()),
             leader: leader.map(ManagerId),
@@ -212,4 +220,34 @@ pub async fn metrics(State(manager): State<SharedManager>) -> Response {
     gauge("vbs_copies", "Copies of slices by update status.", &samples);
     gauge("vbs_volumes", "Volumes.", &[("", volumes as u64)]);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::fixtures::{cluster, node};
+    use std::time::Duration;
+
+    #[test]
+    fn heartbeat_ages_go_to_the_node_they_belong_to() {
+        // The liveness read saw n1 and n3; the state read also lists n2, registered in between.
+        let state = cluster(&["n1", "n2", "n3"]);
+        let now = Instant::now();
+        let heard = BTreeMap::from([
+            (node("n1"), now - Duration::from_millis(100)),
+            (node("n3"), now - Duration::from_millis(300)),
+        ]);
+        let ages: Vec<(String, Option<u64>)> = node_statuses(&state, &heard, now)
+            .into_iter()
+            .map(|s| (s.id.0, s.last_heartbeat_ms_ago))
+            .collect();
+        assert_eq!(
+            ages,
+            [
+                ("n1".to_string(), Some(100)),
+                ("n2".to_string(), None),
+                ("n3".to_string(), Some(300))
+            ]
+        );
+    }
 }

@@ -72,6 +72,8 @@ pub async fn create(State(manager): State<SharedManager>, request: Request) -> R
     on_leader(&manager, request, |body| async move {
         let request: CreateVolumeRequest = parse_json(&body)?;
         let spec = placement::validate(&request)?;
+        // Placement on a new leader's lagging view would count space already assigned as free.
+        m.caught_up().await?;
         let _serialized = m.create_lock.lock().await;
         let free = m
             .with_liveness(Instant::now(), |l| l.reported_free())
@@ -101,6 +103,9 @@ pub async fn delete(
 ) -> Response {
     let m = manager.clone();
     on_leader(&manager, request, |_| async move {
+        // A new leader may not have applied its predecessor's last changes yet: without this, a
+        // volume created just before the election would be "not found".
+        m.caught_up().await?;
         let map = m.read(|a| a.state.volume_by_name(&name).map(|v| a.state.volume_map(v)));
         let map = map.ok_or_else(|| {
             ApiFailure::from(Refusal::NotFound(format!("volume {name:?} does not exist")))

@@ -11,8 +11,13 @@
 //! A client that reports a primary unresponsive while that primary still heartbeats revokes the
 //! primary's lease on those units: later heartbeat replies no longer renew it, and once the last
 //! renewal has run out the slice fails over.
+//!
+//! A verdict takes a while to commit, and a heartbeat may arrive meanwhile. So from the moment the
+//! detector judges a node down until that verdict is resolved, replies to the node renew nothing
+//! ([`Liveness::judge`], [`Liveness::renews`]); otherwise the node could hold a fresh lease as
+//! primary when its slices fail over.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use client::api::{HeartbeatRequest, NodeState};
@@ -63,6 +68,8 @@ pub struct Liveness {
     leader_since: Instant,
     heard: HashMap<NodeId, Heard>,
     revoked: BTreeMap<UnitId, Revocation>,
+    /// Nodes judged down whose verdict is not resolved yet: their heartbeats renew no lease.
+    judging: BTreeSet<NodeId>,
 }
 
 /// What the failure detector found.
@@ -83,6 +90,7 @@ impl Liveness {
             leader_since,
             heard: HashMap::new(),
             revoked: BTreeMap::new(),
+            judging: BTreeSet::new(),
         }
     }
 
@@ -109,10 +117,6 @@ impl Liveness {
     /// When the leader last heard from `node`, if it has since it was elected.
     pub fn last_heard(&self, node: &NodeId) -> Option<Instant> {
         self.heard.get(node).map(|h| h.at)
-    }
-
-    pub fn free_bytes(&self, node: &NodeId) -> Option<u64> {
-        self.heard.get(node).and_then(|h| h.free_bytes)
     }
 
     /// The free space every node last reported, for placement.
@@ -194,6 +198,48 @@ impl Liveness {
         self.revoked
             .get(&unit)
             .is_none_or(|r| r.generation != generation)
+    }
+
+    /// Whether a heartbeat reply to `node`, computed from `state`, renews its lease as primary of
+    /// `unit` at `generation`. Never for a node that is `down` in the state (the database acts
+    /// against a down node without waiting for a lease: it must come back `up` first) or that
+    /// is being judged down.
+    pub fn renews(
+        &self,
+        state: &State,
+        node: &NodeId,
+        unit: UnitId,
+        generation: Generation,
+    ) -> bool {
+        state.node_is_up(node)
+            && !self.judging.contains(node)
+            && self.lease_renewed(unit, generation)
+    }
+
+    /// The failure detector's step at `now`: the verdicts to commit, with the revocations they
+    /// make pointless dropped, and every node judged down marked as being judged until
+    /// [`Liveness::judged`] is called for it.
+    pub fn judge(&mut self, state: &State, now: Instant) -> Verdicts {
+        let verdicts = self.detect(state, now);
+        for unit in &verdicts.cancel {
+            self.cancel_revocation(*unit);
+        }
+        for command in &verdicts.commands {
+            if let Command::SetNodeState {
+                node,
+                state: NodeState::Down,
+                ..
+            } = command
+            {
+                self.judging.insert(node.clone());
+            }
+        }
+        verdicts
+    }
+
+    /// The verdict on `node` is resolved: committed, refused, or abandoned with the leadership.
+    pub fn judged(&mut self, node: &NodeId) {
+        self.judging.remove(node);
     }
 
     /// The failure detector: what to commit at `now`.

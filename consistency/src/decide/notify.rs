@@ -3,6 +3,7 @@
 //! Every unit named must carry the slice's current generation: an older one is refused whole with
 //! [`Refusal::StaleGeneration`] and nothing changes, which is how a deposed primary is fenced.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use client::api::{CopyStatus, Notification, Source, UnitGeneration};
@@ -22,6 +23,14 @@ pub enum Decision {
     Propose(Command),
     /// The state already says what the notification asks: answer with the slices as they are.
     Nothing,
+    /// A client reported a primary whose lease has run out: stop renewing that lease for these
+    /// units, then commit the failover. Without the revocation a heartbeat answered while the
+    /// failover commits would hand the old primary a fresh lease on a slice that is no longer
+    /// its own.
+    Failover {
+        units: Vec<(UnitId, Generation)>,
+        command: Command,
+    },
     /// A client reported a primary whose lease may still hold: stop renewing that lease for these
     /// units and tell the client to retry after `retry_after`, when the slice can fail over.
     Revoke {
@@ -37,10 +46,7 @@ pub fn decide(
     notification: &Notification,
     now: Instant,
 ) -> Result<Decision, Refusal> {
-    let units = match notification {
-        Notification::NotCurrent { units, .. } | Notification::Unresponsive { units, .. } => units,
-    };
-    let slices = check_units(state, units)?;
+    let slices = check_units(state, units_of(notification))?;
     let updates = match notification {
         Notification::NotCurrent { source, .. } => not_current(state, liveness, source, &slices)?,
         Notification::Unresponsive {
@@ -63,6 +69,13 @@ pub fn decide(
     })
 }
 
+/// The units a notification names.
+pub fn units_of(notification: &Notification) -> &[UnitGeneration] {
+    match notification {
+        Notification::NotCurrent { units, .. } | Notification::Unresponsive { units, .. } => units,
+    }
+}
+
 /// Looks every unit up and checks its generation, before anything is decided.
 fn check_units<'s>(
     state: &'s State,
@@ -75,7 +88,13 @@ fn check_units<'s>(
         )));
     }
     let mut slices = Vec::with_capacity(units.len());
+    let mut seen = BTreeSet::new();
     for UnitGeneration { unit, generation } in units {
+        if !seen.insert(*unit) {
+            return Err(Refusal::BadRequest(format!(
+                "unit {unit} is named twice in one notification"
+            )));
+        }
         let slice = state
             .slice(*unit)
             .ok_or_else(|| Refusal::NotFound(format!("unit {unit} does not exist")))?;
@@ -226,17 +245,20 @@ fn primary_unresponsive(
         }
         updates.push(failover(liveness, state, *unit, &candidate));
     }
+    let units = slices
+        .iter()
+        .map(|(unit, slice)| (*unit, slice.generation))
+        .collect();
     if latest_expiry > now {
-        let units = slices
-            .iter()
-            .map(|(unit, slice)| (*unit, slice.generation))
-            .collect();
         return Ok(Decision::Revoke {
             units,
             retry_after: latest_expiry - now,
         });
     }
-    Ok(Decision::Propose(Command::UpdateSlices { updates }))
+    Ok(Decision::Failover {
+        units,
+        command: Command::UpdateSlices { updates },
+    })
 }
 
 #[cfg(test)]

@@ -126,6 +126,11 @@ impl State {
                     copy.last_vba = *vba;
                 }
                 copy.status = match state {
+                    // A primary that declared its own copy stale (and found no current copy to
+                    // take over) keeps saying so: `down` would turn into `current` on return.
+                    NodeState::Down if is_primary && copy.status == CopyStatus::Stale => {
+                        CopyStatus::Stale
+                    }
                     NodeState::Down => CopyStatus::Down,
                     NodeState::Up if copy.status != CopyStatus::Down => copy.status,
                     // Nothing can be acknowledged without the primary, so a primary that was not
@@ -177,6 +182,21 @@ impl State {
                 "unit {unit} has no copy on node {node}"
             )));
         }
+        // The failover was decided on an earlier view. Copy-status changes do not bump the
+        // generation, so the chosen copy may have been marked stale (by the primary, which may
+        // since have acknowledged writes without it) or its node marked down in between;
+        // promoting it then would lose acknowledged writes.
+        if let Some(new_primary) = update.new_primary.as_ref().filter(|n| **n != slice.primary) {
+            let current = slice
+                .copy(new_primary)
+                .is_some_and(|c| c.status == CopyStatus::Current);
+            if !current || !self.node_is_up(new_primary) {
+                return Err(Refusal::Conflict(format!(
+                    "unit {unit}: the copy on node {new_primary} is no longer a current copy on \
+                     an up node and cannot become primary; retry"
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -185,7 +205,16 @@ impl State {
         updates: &[SliceUpdate],
         touched: &mut Touched,
     ) -> Result<(), Refusal> {
+        let mut seen = BTreeSet::new();
         for update in updates {
+            // Each update is checked against the state before the batch: a second update of the
+            // same slice would be checked against a generation the first may have changed.
+            if !seen.insert(update.unit) {
+                return Err(Refusal::BadRequest(format!(
+                    "unit {} is updated twice in one batch",
+                    update.unit
+                )));
+            }
             self.check_slice_update(update)?;
         }
         for update in updates {
@@ -225,7 +254,10 @@ impl State {
                 "volume {name:?} already exists"
             )));
         }
-        if slice_bytes == 0 || placement.len() as u64 != slice_count(size_bytes, slice_bytes) {
+        if size_bytes == 0
+            || slice_bytes == 0
+            || placement.len() as u64 != slice_count(size_bytes, slice_bytes)
+        {
             return Err(Refusal::BadRequest(format!(
                 "placement has {} slices for a volume of {size_bytes} bytes in slices of \
                  {slice_bytes} bytes",
@@ -243,6 +275,13 @@ impl State {
             if let Some(unknown) = nodes.iter().find(|n| !self.nodes.contains_key(*n)) {
                 return Err(Refusal::NotFound(format!(
                     "storage node {unknown} is not registered"
+                )));
+            }
+            // Placement was decided on an earlier view: a node judged down since then would get
+            // `current` copies (and perhaps a primary) it never received.
+            if let Some(down) = nodes.iter().find(|n| !self.node_is_up(n)) {
+                return Err(Refusal::InsufficientNodes(format!(
+                    "storage node {down} went down while the volume was being placed; retry"
                 )));
             }
         }

@@ -20,10 +20,11 @@ pub enum Command {
         capacity_bytes: u64,
         free_bytes: u64,
     },
-    /// The failure detector's verdict. `Down`: every copy on the node becomes `down` and every
-    /// slice it was primary of fails over to a current copy on an up node, `generation + 1`.
-    /// `Up`: its `down` copies become `stale`, except where it is still the primary (no write can
-    /// have been acknowledged without it, so that copy is `current`).
+    /// The failure detector's verdict. `Down`: every copy on the node becomes `down` (except a
+    /// primary's copy it had itself reported stale, which stays `stale`) and every slice it was
+    /// primary of fails over to a current copy on an up node, `generation + 1`. `Up`: its `down`
+    /// copies become `stale`, except where it is still the primary (no write can have been
+    /// acknowledged without it, so that copy is `current`).
     SetNodeState {
         node: NodeId,
         state: NodeState,

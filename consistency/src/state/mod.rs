@@ -14,7 +14,7 @@ pub mod view;
 use std::collections::{BTreeMap, BTreeSet};
 
 use client::api::{CopyStatus, NodeState, Role};
-use client::types::{Generation, NodeId, SliceIndex, UnitId, Vba, VolumeId, BLOCK_BYTES};
+use client::types::{Generation, NodeId, SliceIndex, UnitId, Vba, VolumeId};
 use serde::{Deserialize, Serialize};
 
 pub use command::{Command, Outcome, Refusal};
@@ -81,10 +81,6 @@ pub struct Volume {
 }
 
 impl Volume {
-    pub fn block_bytes(&self) -> u64 {
-        BLOCK_BYTES
-    }
-
     /// Bytes of slice `index`: `slice_bytes`, except a shorter last slice.
     pub fn unit_bytes(&self, index: SliceIndex) -> u64 {
         let start = u64::from(index.0) * self.slice_bytes;

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -66,6 +66,12 @@ struct Inner {
     shared: SharedState,
     /// Distinguishes snapshots built at the same log id.
     snapshots_built: AtomicU64,
+    /// The last log id of the snapshot file; held while the file is replaced. openraft builds
+    /// snapshots in a task of their own, concurrently with installing one from the leader, so
+    /// without it the two could write the temporary file at once, or a snapshot built from an
+    /// older state could replace a newer installed one after the log was purged up to the
+    /// latter.
+    snapshot_file: Mutex<Option<LogId>>,
 }
 
 /// The state machine store; clones share it (openraft takes one as its snapshot builder).
@@ -165,7 +171,9 @@ impl StateMachine {
             .map_err(io::Error::other)?;
         let tree = db.open_tree(TREE).map_err(io::Error::other)?;
         let mut applied = load(&tree)?;
-        if let Some(stored) = snapshot::read(dir)? {
+        let stored = snapshot::read(dir)?;
+        let snapshot_file = stored.as_ref().and_then(|s| s.meta.last_log_id);
+        if let Some(stored) = stored {
             if stored.meta.last_log_id > applied.last_applied {
                 tracing::info!(
                     snapshot = ?stored.meta.last_log_id,
@@ -181,6 +189,7 @@ impl StateMachine {
             snapshot_dir: dir.to_path_buf(),
             shared: Arc::new(RwLock::new(applied)),
             snapshots_built: AtomicU64::new(0),
+            snapshot_file: Mutex::new(snapshot_file),
         };
         Ok(StateMachine {
             inner: Arc::new(inner),
@@ -190,6 +199,13 @@ impl StateMachine {
     /// The applied state, for readers.
     pub fn shared(&self) -> SharedState {
         self.inner.shared.clone()
+    }
+
+    /// Makes `stored` the snapshot file, unless the file already holds a newer snapshot. Returns
+    /// whether it was written. Blocking. For tests that interleave a build with an install.
+    #[cfg(test)]
+    pub(crate) fn save_snapshot(&self, stored: &StoredSnapshot) -> io::Result<bool> {
+        self.inner.save_snapshot(stored)
     }
 
     /// Writes the records `touched` named, and the applied id and membership, in one atomic
@@ -221,6 +237,23 @@ impl StateMachine {
         }
         put_meta(&mut batch, applied)?;
         self.inner.tree.apply_batch(batch).map_err(io::Error::other)
+    }
+}
+
+impl Inner {
+    fn save_snapshot(&self, stored: &StoredSnapshot) -> io::Result<bool> {
+        let mut on_file = self.snapshot_file.lock();
+        if stored.meta.last_log_id < *on_file {
+            tracing::info!(
+                built = ?stored.meta.last_log_id,
+                kept = ?*on_file,
+                "a newer snapshot was installed while this one was built; keeping the newer"
+            );
+            return Ok(false);
+        }
+        snapshot::write(&self.snapshot_dir, stored)?;
+        *on_file = stored.meta.last_log_id;
+        Ok(true)
     }
 }
 
@@ -332,9 +365,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             meta: meta.clone(),
             data,
         };
-        let dir = self.inner.snapshot_dir.clone();
+        let inner = self.inner.clone();
         let to_write = stored.clone();
-        tokio::task::spawn_blocking(move || snapshot::write(&dir, &to_write))
+        tokio::task::spawn_blocking(move || inner.save_snapshot(&to_write))
             .await
             .map_err(|e| sm_write_err(io::Error::other(e)))?
             .map_err(|e| {
@@ -410,7 +443,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         stored.state().map_err(read_err)?;
         let inner = self.inner.clone();
         let applied = tokio::task::spawn_blocking(move || {
-            snapshot::write(&inner.snapshot_dir, &stored)?;
+            inner.save_snapshot(&stored)?;
             let mut shared = inner.shared.write();
             let applied = replace_all(&inner.tree, &stored)?;
             *shared = applied.clone();

@@ -260,3 +260,57 @@ async fn slice_changes_and_deleted_volumes_survive_a_reopen_of_sled() {
     let (_log, sm) = open(dir.path()).expect("reopens");
     assert_eq!(state_of(&sm), expected);
 }
+
+#[tokio::test]
+async fn a_snapshot_built_from_an_older_state_never_replaces_a_newer_installed_one() {
+    let leader_dir = tempfile::tempdir().expect("temp dir");
+    let (_log, mut leader) = open(leader_dir.path()).expect("opens");
+    leader
+        .apply([
+            command_entry(1, 1, register("n1")),
+            command_entry(1, 2, register("n2")),
+            command_entry(1, 3, create("vol", &["n1", "n2"])),
+        ])
+        .await
+        .expect("applied");
+    let newer = leader
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("built");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_flog, mut follower) = open(dir.path()).expect("opens");
+    follower
+        .apply([command_entry(1, 1, register("n1"))])
+        .await
+        .expect("applied");
+    // The follower's own snapshot task copied its state (index 1) ...
+    let older = super::snapshot::StoredSnapshot {
+        meta: openraft::SnapshotMeta {
+            last_log_id: Some(log_id(1, 1, 1)),
+            last_membership: Default::default(),
+            snapshot_id: "1-1-1".into(),
+        },
+        data: super::snapshot::encode_state(&state_of(&follower)).expect("encodes"),
+    };
+    // ... then the leader's snapshot (index 3) was installed, and only then the task writes.
+    let newer_meta = newer.meta.clone();
+    follower
+        .install_snapshot(&newer.meta, newer.snapshot)
+        .await
+        .expect("installed");
+    assert!(!follower.save_snapshot(&older).expect("no error"));
+    let current = follower
+        .get_current_snapshot()
+        .await
+        .expect("read")
+        .expect("present");
+    assert_eq!(current.meta, newer_meta);
+    drop((_flog, follower));
+    // Even with sled lost entirely, the snapshot file restores the installed state.
+    std::fs::remove_dir_all(dir.path().join("state")).expect("sled removed");
+    let (_flog, follower) = open(dir.path()).expect("reopens");
+    assert_eq!(state_of(&follower), state_of(&leader));
+}

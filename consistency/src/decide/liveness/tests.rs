@@ -166,3 +166,37 @@ fn a_revocation_with_no_copy_to_take_over_is_cancelled() {
         }
     );
 }
+
+#[test]
+fn a_node_being_judged_down_gets_no_lease_until_the_verdict_is_resolved() {
+    let mut state = cluster(&["n1", "n2"]);
+    volume_on(&mut state, "vol", &[&["n1", "n2"]]);
+    let unit = UnitId::new(1, 0);
+    let t0 = Instant::now();
+    let mut memory = liveness(t0);
+    memory.heard(&node("n2"), t0 + LEASE, &heartbeat(&[]));
+    let verdicts = memory.judge(&state, t0 + LEASE + MARGIN);
+    assert_eq!(downed(&verdicts), ["n1"]);
+    // n1 heartbeats while its verdict commits: the reply must not renew its lease, since the
+    // verdict fails its slice over once committed.
+    memory.heard(&node("n1"), t0 + LEASE + MARGIN, &heartbeat(&[]));
+    assert!(!memory.renews(&state, &node("n1"), unit, Generation(1)));
+    assert!(memory
+        .judge(&state, t0 + LEASE + MARGIN)
+        .commands
+        .is_empty());
+
+    state.apply(&verdicts.commands[0], &mut Touched::default());
+    memory.judged(&node("n1"));
+    // Down in the state: still no renewal until the node is committed up again.
+    assert!(!memory.renews(&state, &node("n1"), unit, Generation(2)));
+    state.apply(
+        &Command::SetNodeState {
+            node: node("n1"),
+            state: NodeState::Up,
+            last_vbas: vec![],
+        },
+        &mut Touched::default(),
+    );
+    assert!(memory.renews(&state, &node("n1"), unit, Generation(2)));
+}

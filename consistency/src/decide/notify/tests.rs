@@ -42,7 +42,7 @@ fn at(unit: UnitId, generation: u64) -> UnitGeneration {
 
 fn commit(state: &mut State, decision: Decision) {
     match decision {
-        Decision::Propose(command) => {
+        Decision::Propose(command) | Decision::Failover { command, .. } => {
             assert_eq!(
                 state.apply(&command, &mut Touched::default()),
                 Outcome::Done
@@ -291,4 +291,46 @@ fn unknown_units_and_empty_lists_are_refused() {
         decide(&state, &memory, &n, t0),
         Err(Refusal::NotFound(_))
     ));
+}
+
+#[test]
+fn a_failover_after_the_lease_first_stops_renewing_the_old_primarys_lease() {
+    let (mut state, mut memory, t0) = setup();
+    let unit = UnitId::new(1, 0);
+    let n = Notification::Unresponsive {
+        source: Source::Client("host-1".into()),
+        target: node("n1"),
+        units: vec![at(unit, 1)],
+    };
+    // n1 has been silent for its whole lease, but is not judged down yet.
+    let decision = decide(&state, &memory, &n, t0 + LEASE + MARGIN).expect("accepted");
+    let Decision::Failover { units, command } = decision else {
+        panic!("expected a failover, got {decision:?}");
+    };
+    assert_eq!(units, [(unit, Generation(1))], "the lease to revoke first");
+    for (unit, generation) in &units {
+        memory.revoke(*unit, *generation, &node("n1"));
+    }
+    // A heartbeat from n1 answered while the failover commits renews nothing for the unit.
+    memory.heard(
+        &node("n1"),
+        t0 + LEASE + MARGIN,
+        &HeartbeatRequest::default(),
+    );
+    assert!(!memory.renews(&state, &node("n1"), unit, Generation(1)));
+    commit(&mut state, Decision::Propose(command));
+    assert_eq!(state.slice(unit).map(|s| s.generation), Some(Generation(2)));
+}
+
+#[test]
+fn a_unit_named_twice_is_refused() {
+    let (state, memory, t0) = setup();
+    let unit = UnitId::new(1, 0);
+    let n = Notification::NotCurrent {
+        source: node("n2"),
+        units: vec![at(unit, 1), at(unit, 1)],
+    };
+    let err = decide(&state, &memory, &n, t0).expect_err("named twice");
+    assert!(matches!(err, Refusal::BadRequest(_)), "{err:?}");
+    assert!(err.to_string().contains("twice"), "{err}");
 }

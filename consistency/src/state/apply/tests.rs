@@ -240,3 +240,181 @@ fn registering_a_down_node_brings_it_back_up() {
         Some(CopyStatus::Stale)
     );
 }
+
+fn failover_to(unit: UnitId, generation: u64, new_primary: &str, old: &str) -> SliceUpdate {
+    SliceUpdate {
+        unit,
+        expected_generation: Generation(generation),
+        new_primary: Some(node(new_primary)),
+        copies: vec![CopyChange {
+            node: node(old),
+            status: CopyStatus::Stale,
+            last_vba: Vba(0),
+        }],
+    }
+}
+
+#[test]
+fn a_failover_to_a_copy_marked_stale_meanwhile_is_refused() {
+    let mut state = cluster(&["n1", "n2", "n3"]);
+    volume_on(&mut state, "vol", &[&["n1", "n2", "n3"]]);
+    let unit = UnitId::new(1, 0);
+    // Decided while n2 was current: fail over from n1 to n2.
+    let failover = Command::UpdateSlices {
+        updates: vec![failover_to(unit, 1, "n2", "n1")],
+    };
+    // Committed first: n1, still primary, reports n2 unresponsive; n1 may now acknowledge
+    // writes that n2 does not hold. The generation does not change.
+    let stale_n2 = Command::UpdateSlices {
+        updates: vec![SliceUpdate {
+            unit,
+            expected_generation: Generation(1),
+            new_primary: None,
+            copies: vec![CopyChange {
+                node: node("n2"),
+                status: CopyStatus::Stale,
+                last_vba: Vba(3),
+            }],
+        }],
+    };
+    assert_eq!(apply(&mut state, stale_n2), Outcome::Done);
+    let before = state.clone();
+    let refused = apply(&mut state, failover);
+    assert!(
+        matches!(refused, Outcome::Refused(Refusal::Conflict(_))),
+        "{refused:?}"
+    );
+    assert_eq!(state, before, "nothing changes");
+}
+
+#[test]
+fn a_failover_to_a_node_marked_down_meanwhile_is_refused() {
+    let mut state = cluster(&["n1", "n2", "n3"]);
+    volume_on(&mut state, "vol", &[&["n1", "n2", "n3"]]);
+    let unit = UnitId::new(1, 0);
+    let failover = Command::UpdateSlices {
+        updates: vec![failover_to(unit, 1, "n2", "n1")],
+    };
+    apply(
+        &mut state,
+        Command::SetNodeState {
+            node: node("n2"),
+            state: NodeState::Down,
+            last_vbas: vec![],
+        },
+    );
+    let before = state.clone();
+    let refused = apply(&mut state, failover);
+    assert!(
+        matches!(refused, Outcome::Refused(Refusal::Conflict(_))),
+        "{refused:?}"
+    );
+    assert_eq!(state, before);
+    // To the other current copy on an up node it goes through.
+    let to_n3 = Command::UpdateSlices {
+        updates: vec![failover_to(unit, 1, "n3", "n1")],
+    };
+    assert_eq!(apply(&mut state, to_n3), Outcome::Done);
+    assert_eq!(state.slice(unit).map(|s| s.generation), Some(Generation(2)));
+}
+
+#[test]
+fn a_batch_naming_a_slice_twice_is_refused_whole() {
+    let mut state = cluster(&["n1", "n2", "n3"]);
+    volume_on(&mut state, "vol", &[&["n1", "n2", "n3"]]);
+    let unit = UnitId::new(1, 0);
+    let before = state.clone();
+    let twice = Command::UpdateSlices {
+        updates: vec![
+            failover_to(unit, 1, "n2", "n1"),
+            failover_to(unit, 1, "n3", "n1"),
+        ],
+    };
+    let refused = apply(&mut state, twice);
+    assert!(
+        matches!(refused, Outcome::Refused(Refusal::BadRequest(_))),
+        "{refused:?}"
+    );
+    assert_eq!(state, before);
+}
+
+#[test]
+fn a_placement_on_a_node_that_went_down_meanwhile_is_refused() {
+    let mut state = cluster(&["n1", "n2"]);
+    apply(
+        &mut state,
+        Command::SetNodeState {
+            node: node("n2"),
+            state: NodeState::Down,
+            last_vbas: vec![],
+        },
+    );
+    let before = state.clone();
+    let create = Command::CreateVolume {
+        name: "vol".into(),
+        size_bytes: 4096,
+        slice_bytes: 4096,
+        replicas: 2,
+        placement: vec![vec![node("n2"), node("n1")]],
+    };
+    let refused = apply(&mut state, create);
+    assert!(
+        matches!(refused, Outcome::Refused(Refusal::InsufficientNodes(_))),
+        "{refused:?}"
+    );
+    assert_eq!(state, before);
+    let empty = Command::CreateVolume {
+        name: "empty".into(),
+        size_bytes: 0,
+        slice_bytes: 4096,
+        replicas: 1,
+        placement: vec![],
+    };
+    assert!(matches!(
+        apply(&mut state, empty),
+        Outcome::Refused(Refusal::BadRequest(_))
+    ));
+}
+
+#[test]
+fn a_primary_that_declared_itself_stale_is_not_current_after_a_down_and_up() {
+    let mut state = cluster(&["n1", "n2"]);
+    volume_on(&mut state, "vol", &[&["n1", "n2"]]);
+    let unit = UnitId::new(1, 0);
+    // n2 fell behind; then n1, the primary, reports that it lost data itself. Nobody can take
+    // over, so n1 stays primary with a stale copy.
+    for stale in ["n2", "n1"] {
+        let update = SliceUpdate {
+            unit,
+            expected_generation: Generation(1),
+            new_primary: None,
+            copies: vec![CopyChange {
+                node: node(stale),
+                status: CopyStatus::Stale,
+                last_vba: Vba(0),
+            }],
+        };
+        apply(
+            &mut state,
+            Command::UpdateSlices {
+                updates: vec![update],
+            },
+        );
+    }
+    for node_state in [NodeState::Down, NodeState::Up] {
+        apply(
+            &mut state,
+            Command::SetNodeState {
+                node: node("n1"),
+                state: node_state,
+                last_vbas: vec![],
+            },
+        );
+    }
+    let slice = state.slice(unit).expect("slice");
+    assert_eq!(slice.primary, node("n1"));
+    assert_eq!(
+        slice.copy(&node("n1")).map(|c| c.status),
+        Some(CopyStatus::Stale)
+    );
+}
