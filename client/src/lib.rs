@@ -2,9 +2,20 @@
 //!
 //! # Layout
 //! - [`api`]: JSON bodies of the manager HTTP API (volumes, nodes, heartbeats, notifications, status).
+//! - [`proto`]: the data-plane protocol: binary frames, their encoding and decoding.
+//! - [`conn`]: pipelined data-plane connections to storage nodes, pooled by address.
+//! - [`managers`]: an HTTP client for the manager quorum, trying each member in turn.
 //! - [`types`]: newtypes for VBAs, LBAs, generations, ids (`Vba`, `Lba`, `Generation`, `UnitId`, ...).
 //! - [`size`]: parsing and printing of human sizes (`4k`, `64M`, `1G`) and durations.
+//! - [`volume`]: [`volume::Volume`], what compute nodes use: aligned reads, writes, trims and
+//!   flushes split across slices, routed to each slice's primary, retried across failovers.
+//!
+//! The `vbs` command (`src/main.rs`, `src/cli/`) is built on these; `docs/cli.md` describes both.
 
 pub mod api;
+pub mod conn;
+pub mod managers;
+pub mod proto;
 pub mod size;
 pub mod types;
+pub mod volume;

@@ -83,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
     let options = ClusterOptions {
         managers: 3,
         manager_args: vec!["--lease".into(), "10m".into()],
+        ..ClusterOptions::default()
     };
     let cluster = Cluster::start(options).context("starting managers")?;
     let ids = cluster.manager_ids();

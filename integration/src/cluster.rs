@@ -25,6 +25,10 @@ pub struct ClusterOptions {
     pub managers: u64,
     /// Extra `vbs-manager` arguments, e.g. `["--lease", "1s"]`.
     pub manager_args: Vec<String>,
+    /// Storage nodes, named `n1`, `n2`, ...
+    pub storage_nodes: u64,
+    /// Extra `vbs-storage` arguments.
+    pub storage_args: Vec<String>,
 }
 
 impl Default for ClusterOptions {
@@ -32,6 +36,9 @@ impl Default for ClusterOptions {
         ClusterOptions {
             managers: 3,
             manager_args: Vec::new(),
+            storage_nodes: 0,
+            // Small segments: tests write megabytes, not gigabytes.
+            storage_args: vec!["--segment-size".into(), "1M".into()],
         }
     }
 }
@@ -49,6 +56,8 @@ pub struct Cluster {
     pub http: reqwest::Client,
     managers: BTreeMap<u64, Process>,
     manager_addrs: BTreeMap<u64, String>,
+    storage: BTreeMap<String, Process>,
+    storage_addrs: BTreeMap<String, String>,
 }
 
 impl Cluster {
@@ -88,12 +97,118 @@ impl Cluster {
                 Process::start(&format!("manager-{id}"), &program, args, log)?,
             );
         }
-        Ok(Cluster {
+        let mut cluster = Cluster {
             dir,
             http,
             managers,
             manager_addrs,
+            storage: BTreeMap::new(),
+            storage_addrs: BTreeMap::new(),
+        };
+        for n in 1..=options.storage_nodes {
+            cluster.add_storage_node(&format!("n{n}"), &options.storage_args)?;
+        }
+        Ok(cluster)
+    }
+
+    /// Starts a storage node `name` on a free port with its own data directory.
+    pub fn add_storage_node(&mut self, name: &str, extra_args: &[String]) -> anyhow::Result<()> {
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        let mut args = vec![
+            "--id".to_string(),
+            name.to_string(),
+            "--listen".into(),
+            addr.clone(),
+            "--data-dir".into(),
+            self.storage_data_dir(name).display().to_string(),
+            "--managers".into(),
+            self.managers_arg(),
+        ];
+        args.extend(extra_args.iter().cloned());
+        let log = self.dir.path().join(format!("{name}.log"));
+        let process = Process::start(name, &binary("vbs-storage")?, args, log)?;
+        self.storage.insert(name.to_string(), process);
+        self.storage_addrs.insert(name.to_string(), addr);
+        Ok(())
+    }
+
+    pub fn storage_names(&self) -> Vec<String> {
+        self.storage_addrs.keys().cloned().collect()
+    }
+
+    pub fn storage_addr(&self, name: &str) -> &str {
+        &self.storage_addrs[name]
+    }
+
+    pub fn storage_data_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("storage-{name}"))
+    }
+
+    pub fn storage_node(&mut self, name: &str) -> anyhow::Result<&mut Process> {
+        self.storage
+            .get_mut(name)
+            .with_context(|| format!("no storage node {name}"))
+    }
+
+    /// Waits until every storage node is registered and `up` in the managers' view.
+    pub async fn wait_for_storage_up(&self, timeout: Duration) -> anyhow::Result<ClusterStatus> {
+        let names = self.storage_names();
+        wait_until("every storage node up", timeout, || async {
+            let status: ClusterStatus = self.status().await?;
+            let up = names.iter().all(|name| {
+                status
+                    .nodes
+                    .iter()
+                    .any(|n| n.id.0 == *name && n.state == client::api::NodeState::Up)
+            });
+            Ok::<_, anyhow::Error>(up.then_some(status))
         })
+        .await
+    }
+
+    /// `GET /v1/status` from any manager that answers (linearizable).
+    pub async fn status(&self) -> anyhow::Result<ClusterStatus> {
+        let mut last = None;
+        for id in self.manager_ids() {
+            match self.call(id, Method::GET, "/v1/status", None).await {
+                Ok(status) => return Ok(status),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no managers")))
+    }
+
+    /// Runs the `vbs` CLI against this cluster's managers and returns its output.
+    pub fn vbs(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        self.vbs_with_input(args, None)
+    }
+
+    /// Runs the `vbs` CLI with `input` on its stdin.
+    pub fn vbs_with_input(
+        &self,
+        args: &[&str],
+        input: Option<&[u8]>,
+    ) -> anyhow::Result<std::process::Output> {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(binary("vbs")?)
+            .arg("--managers")
+            .arg(self.managers_arg())
+            .args(args)
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting vbs")?;
+        if let Some(input) = input {
+            let mut stdin = child.stdin.take().context("vbs stdin")?;
+            stdin.write_all(input).context("writing to vbs")?;
+        }
+        child.wait_with_output().context("waiting for vbs")
     }
 
     pub fn manager_ids(&self) -> Vec<u64> {
@@ -235,7 +350,7 @@ impl Cluster {
 
     /// Prints the tail of every process log to stderr.
     pub fn print_logs(&self) {
-        for process in self.managers.values() {
+        for process in self.managers.values().chain(self.storage.values()) {
             eprintln!(
                 "----- {} ({}) -----",
                 process.name,
@@ -251,7 +366,7 @@ impl Drop for Cluster {
         if std::thread::panicking() {
             self.print_logs();
         }
-        for process in self.managers.values_mut() {
+        for process in self.managers.values_mut().chain(self.storage.values_mut()) {
             process.kill();
         }
     }

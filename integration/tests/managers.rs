@@ -15,6 +15,7 @@ fn start(managers: u64, args: &[&str]) -> Cluster {
     let options = ClusterOptions {
         managers,
         manager_args: args.iter().map(|s| s.to_string()).collect(),
+        ..ClusterOptions::default()
     };
     Cluster::start(options).expect("cluster starts")
 }

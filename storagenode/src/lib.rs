@@ -6,3 +6,5 @@
 
 pub mod bench;
 pub mod engine;
+pub mod node;
+pub mod replication;

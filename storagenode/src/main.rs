@@ -6,20 +6,65 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use client::size::parse_size;
+use client::size::{parse_duration, parse_size};
+use client::types::NodeId;
 use storagenode::bench::{self, BenchOptions, Pattern};
 use storagenode::engine::check::check_device;
-use storagenode::engine::FileBackend;
+use storagenode::engine::{DeviceOptions, FileBackend};
+use storagenode::node::{self, NodeConfig};
 
+/// Without a subcommand, `vbs-storage` runs the storage node (`serve`).
 #[derive(Parser)]
-#[command(name = "vbs-storage", version, about = "vbs storage node")]
+#[command(
+    name = "vbs-storage",
+    version,
+    about = "vbs storage node",
+    subcommand_negates_reqs = true
+)]
 struct Cli {
+    #[command(flatten)]
+    serve: ServeArgs,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+}
+
+#[derive(clap::Args, Clone)]
+struct ServeArgs {
+    /// This node's name, unique in the cluster (letters, digits, '_', '.', '-').
+    #[arg(long, required = true)]
+    id: Option<String>,
+    /// Data-plane address to listen on (HOST:PORT; port 0 picks a free one).
+    #[arg(long, required = true)]
+    listen: Option<String>,
+    /// Address other nodes and clients connect to, if not the listen address.
+    #[arg(long)]
+    advertise: Option<String>,
+    /// A storage device's directory; give it once per device.
+    #[arg(long = "data-dir", required = true)]
+    data_dirs: Vec<PathBuf>,
+    /// Manager addresses, HOST:PORT,HOST:PORT,...
+    #[arg(long, env = "VBS_MANAGERS", required = true)]
+    managers: Option<String>,
+    /// Capacity to announce (default: the devices' size), e.g. 100G.
+    #[arg(long, value_parser = parse_size)]
+    capacity: Option<u64>,
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    heartbeat_interval: std::time::Duration,
+    /// How long a primary waits for a secondary before reporting it unresponsive.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    write_timeout: std::time::Duration,
+    /// Segment size for data directories used for the first time.
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    segment_size: u64,
+    /// `data` syncs every write batch (the only durable mode); `none` never syncs (tests only).
+    #[arg(long, value_enum, default_value = "data")]
+    sync: SyncMode,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the storage node (the default).
+    Serve(ServeArgs),
     /// Measure the storage engine on a data directory, beside raw fdatasync on the same disk.
     Bench {
         #[arg(long)]
@@ -84,7 +129,12 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    match cli.command {
+    let command = cli.command.unwrap_or(Command::Serve(cli.serve));
+    match command {
+        Command::Serve(args) => {
+            serve(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench {
             data_dir,
             bs,
@@ -176,4 +226,39 @@ fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
     }
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    let required = |value: Option<String>, flag: &str| {
+        value.ok_or_else(|| anyhow::anyhow!("--{flag} is required to run the storage node"))
+    };
+    let id = NodeId::parse(&required(args.id, "id")?).map_err(anyhow::Error::msg)?;
+    let listen = required(args.listen, "listen")?;
+    let managers = required(args.managers, "managers")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        let advertise = match args.advertise {
+            Some(advertise) => advertise,
+            None => listener.local_addr()?.to_string(),
+        };
+        let mut config = NodeConfig::new(id, advertise, args.data_dirs, managers);
+        config.capacity_bytes = args.capacity;
+        config.heartbeat_interval = args.heartbeat_interval;
+        config.write_timeout = args.write_timeout;
+        config.device = DeviceOptions {
+            segment_bytes: args.segment_size,
+            sync: args.sync == SyncMode::Data,
+            ..DeviceOptions::default()
+        };
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        node::run(listener, config, shutdown).await
+    })
 }

@@ -453,6 +453,73 @@ mod cases {
         assert_reads(&unit, &model, 5);
     }
 
+    pub fn catch_up_streams_what_a_copy_missed(fixture: &dyn Fixture) {
+        let device = open(fixture);
+        let primary = device.create_unit(UNIT, UNIT_BYTES).unwrap();
+        let copy = device.create_unit(UnitId::new(2, 0), UNIT_BYTES).unwrap();
+        let mut sent = 0;
+        // Both hold VBAs 1..=10; then the copy misses 11..=40, with overwrites, a trim and a new
+        // generation among them.
+        for tag in 1..=40u64 {
+            let generation = if tag > 30 { Generation(2) } else { G1 };
+            let op = if tag == 38 {
+                Op::Trim {
+                    lba: Lba(2),
+                    blocks: 3,
+                }
+            } else {
+                write(tag % 9, tag)
+            };
+            primary.append(generation, vec![op.clone()]).unwrap();
+            if tag <= 10 {
+                copy.apply(Vba(tag), generation, op).unwrap();
+            }
+        }
+        let (records, bytes) = primary.live_after(Vba(10));
+        for record in primary.records_after(Vba(10)) {
+            let record = record.unwrap();
+            copy.begin_ingest(record.vba, record.generation, record.op)
+                .unwrap()
+                .wait()
+                .unwrap();
+            sent += 1;
+        }
+        assert_eq!(
+            sent, records,
+            "live_after counts what records_after streams"
+        );
+        assert!(records < 30, "overwritten records are not sent");
+        assert_eq!(
+            bytes,
+            (records - 1) * RECORD + 64,
+            "one trim and the rest writes"
+        );
+        assert_eq!(copy.last_vba(), Vba(40));
+        assert_eq!(copy.generation(), Generation(2));
+        let data = primary.read(Lba(0), 9).unwrap();
+        assert_eq!(copy.read(Lba(0), 9).unwrap(), data);
+        // Replication goes on strictly after a catch-up.
+        assert!(matches!(
+            copy.apply(Vba(42), Generation(2), write(1, 99)),
+            Err(EngineError::Hole { .. })
+        ));
+        assert_eq!(
+            copy.apply(Vba(41), Generation(2), write(1, 99)).unwrap(),
+            Applied::Written
+        );
+        assert!(copy
+            .begin_ingest(Vba(41), Generation(2), write(1, 99))
+            .is_err());
+        drop((primary, copy));
+        drop(device);
+        let device = open(fixture);
+        let copy = device.unit(UnitId::new(2, 0)).unwrap();
+        assert_eq!(copy.last_vba(), Vba(41));
+        let mut expected = data;
+        expected[4096..8192].copy_from_slice(&block(99));
+        assert_eq!(copy.read(Lba(0), 9).unwrap(), expected);
+    }
+
     pub fn bad_requests_are_refused_whole(fixture: &dyn Fixture) {
         let device = open(fixture);
         let unit = device.create_unit(UNIT, UNIT_BYTES).unwrap();
@@ -533,6 +600,7 @@ conformance!(
     corruption_inside_the_log_names_unit_segment_and_offset,
     compaction_keeps_every_live_block,
     truncation_restores_what_the_tail_overwrote,
+    catch_up_streams_what_a_copy_missed,
     bad_requests_are_refused_whole,
     removed_units_are_gone_and_their_segments_reused,
 );

@@ -228,6 +228,20 @@ impl VbaIndex {
         None
     }
 
+    /// How many live records have a VBA above `vba`.
+    pub fn live_count_after(&self, vba: Vba) -> usize {
+        let (first_chunk, first_pos) = self.seek(vba.next());
+        self.chunks
+            .iter()
+            .enumerate()
+            .skip(first_chunk)
+            .map(|(i, chunk)| {
+                let start = if i == first_chunk { first_pos } else { 0 };
+                chunk[start..].iter().filter(|e| e.vsid != DEAD).count()
+            })
+            .sum()
+    }
+
     /// Every live record of segment `vsid`, in VBA order.
     pub fn live_in(&self, vsid: Vsid) -> Vec<(Vba, Location)> {
         self.chunks
@@ -397,6 +411,17 @@ impl Index {
 
     pub fn live_in(&self, vsid: Vsid) -> Vec<(Vba, Location)> {
         self.vba.live_in(vsid)
+    }
+
+    /// Live records above `vba` and the log bytes they take: what a catch-up from `vba` sends.
+    pub fn live_after(&self, vba: Vba) -> (u64, u64) {
+        let records = self.vba.live_count_after(vba) as u64;
+        let trims = self.trims.keys().filter(|t| **t > vba).count() as u64;
+        let writes = records - trims;
+        (
+            records,
+            writes * WRITE_RECORD_BYTES as u64 + trims * HEADER_BYTES as u64,
+        )
     }
 
     /// Moves a record that compaction copied, if it is still live where it was.

@@ -32,4 +32,4 @@ pub use device::{Device, DeviceOptions};
 pub use error::{EngineError, Result};
 pub use record::Op;
 pub use recovery::RecoveryReport;
-pub use unit::{Applied, Record, Unit, UnitStats};
+pub use unit::{Applied, Record, Ticket, Unit, UnitStats};

@@ -234,6 +234,29 @@ impl Unit {
     /// Primary: gives each op the next VBA, writes them, and returns the first VBA once all are
     /// durable. Ops of one call get consecutive VBAs and share a group commit.
     pub fn append(&self, generation: Generation, ops: Vec<Op>) -> Result<Vba> {
+        let (first, last) = self.enqueue_append(generation, ops)?;
+        self.wait_durable(self.state.lock(), last)?;
+        Ok(first)
+    }
+
+    /// [`Unit::append`] in two steps: the VBAs are assigned now, in the order of calls, and
+    /// [`Ticket::wait`] waits for durability. Between the two the caller can send the records to
+    /// the secondaries, so the local write and the replication run in parallel.
+    pub fn begin_append(self: &Arc<Self>, generation: Generation, ops: Vec<Op>) -> Result<Ticket> {
+        let (first, last) = self.enqueue_append(generation, ops)?;
+        Ok(Ticket {
+            unit: self.clone(),
+            first,
+            last,
+        })
+    }
+
+    fn enqueue_append(&self, generation: Generation, ops: Vec<Op>) -> Result<(Vba, Vba)> {
+        if ops.is_empty() {
+            return Err(EngineError::Invalid(
+                "an append needs at least one op".into(),
+            ));
+        }
         for op in &ops {
             self.check_op(op)?;
         }
@@ -250,15 +273,38 @@ impl Unit {
             });
             state.next_vba = vba.next();
         }
-        let last = Vba(state.next_vba.0 - 1);
-        self.wait_durable(state, last)?;
-        Ok(first)
+        Ok((first, Vba(state.next_vba.0 - 1)))
     }
 
     /// Secondary: takes a record the primary numbered. Exactly the next VBA is written; a VBA the
     /// unit already holds with the same generation and content is acknowledged again without
     /// being written; a VBA further on is a [`EngineError::Hole`].
     pub fn apply(&self, vba: Vba, generation: Generation, op: Op) -> Result<Applied> {
+        let applied = self.enqueue_apply(vba, generation, op)?;
+        self.wait_durable(self.state.lock(), vba)?;
+        Ok(applied)
+    }
+
+    /// [`Unit::apply`] in two steps: the record is checked and queued now (so calls must come in
+    /// VBA order), [`Ticket::wait`] waits until it is durable.
+    pub fn begin_apply(
+        self: &Arc<Self>,
+        vba: Vba,
+        generation: Generation,
+        op: Op,
+    ) -> Result<(Applied, Ticket)> {
+        let applied = self.enqueue_apply(vba, generation, op)?;
+        Ok((
+            applied,
+            Ticket {
+                unit: self.clone(),
+                first: vba,
+                last: vba,
+            },
+        ))
+    }
+
+    fn enqueue_apply(&self, vba: Vba, generation: Generation, op: Op) -> Result<Applied> {
         self.check_op(&op)?;
         let mut state = self.state.lock();
         self.check_failed(&state)?;
@@ -277,7 +323,6 @@ impl Unit {
                 op,
             });
             state.next_vba = vba.next();
-            self.wait_durable(state, vba)?;
             return Ok(Applied::Written);
         }
         let held = meta::generation_at(&state.generations, vba).unwrap_or(Generation(0));
@@ -300,9 +345,56 @@ impl Unit {
         if !same {
             return Err(EngineError::ContentMismatch { unit: self.id, vba });
         }
-        let state = self.state.lock();
-        self.wait_durable(state, vba)?;
         Ok(Applied::Duplicate)
+    }
+
+    /// The VBA the next record will get (primary) or must have (secondary).
+    pub fn next_vba(&self) -> Vba {
+        self.state.lock().next_vba
+    }
+
+    /// Catch-up: takes a record the primary streams from its log. Unlike [`Unit::apply`], VBAs may
+    /// skip (the records in between are dead at the primary: overwritten by later records the
+    /// stream also carries), and a record keeps the generation it was written with. The VBA must
+    /// be beyond every VBA the unit holds.
+    pub fn begin_ingest(
+        self: &Arc<Self>,
+        vba: Vba,
+        generation: Generation,
+        op: Op,
+    ) -> Result<Ticket> {
+        self.check_op(&op)?;
+        let mut state = self.state.lock();
+        self.check_failed(&state)?;
+        if vba < state.next_vba {
+            return Err(EngineError::Invalid(format!(
+                "unit {}: catch-up record VBA {vba} is not beyond the unit's next VBA {}",
+                self.id, state.next_vba
+            )));
+        }
+        state.next_vba = vba;
+        self.enter_generation(&mut state, generation)?;
+        state.pending.push_back(Pending {
+            vba,
+            generation,
+            op,
+        });
+        state.next_vba = vba.next();
+        Ok(Ticket {
+            unit: self.clone(),
+            first: vba,
+            last: vba,
+        })
+    }
+
+    /// Live records above `vba` and the log bytes they take: the size of a catch-up from `vba`.
+    pub fn live_after(&self, vba: Vba) -> (u64, u64) {
+        self.state.lock().index.live_after(vba)
+    }
+
+    /// The unit's generation history: the first VBA written under each generation.
+    pub fn generations(&self) -> Vec<GenerationStart> {
+        self.state.lock().generations.clone()
     }
 
     /// The content checksum of the record held at `vba`, if it is still live (a record that was
@@ -514,6 +606,30 @@ fn take_batch(pending: &mut VecDeque<Pending>) -> Vec<Pending> {
         count += 1;
     }
     pending.drain(..count).collect()
+}
+
+/// Records accepted by [`Unit::begin_append`] or [`Unit::begin_apply`], not yet known durable.
+#[must_use = "a record is acknowledged only once its ticket's wait returns"]
+pub struct Ticket {
+    unit: Arc<Unit>,
+    first: Vba,
+    last: Vba,
+}
+
+impl Ticket {
+    pub fn first_vba(&self) -> Vba {
+        self.first
+    }
+
+    pub fn last_vba(&self) -> Vba {
+        self.last
+    }
+
+    /// Blocks until every record of the ticket is durable (or the unit failed). It may write a
+    /// batch itself (group commit), so call it from a thread that may block.
+    pub fn wait(self) -> Result<()> {
+        self.unit.wait_durable(self.unit.state.lock(), self.last)
+    }
 }
 
 /// Iterator over [`Unit::records_after`].

@@ -1,0 +1,491 @@
+//! A pipelined data-plane connection to a storage node, and a pool of them by address.
+//!
+//! Many calls share one connection: each gets a request id, its encoded frame is queued to a
+//! writer task, and a reader task hands each response to the call with the same id. The writer
+//! task owns the socket's write half, so a call that is cancelled (a timeout, a dropped future)
+//! can never leave half a frame on the wire; it also sends every frame queued meanwhile in one
+//! vectored write. At most [`MAX_IN_FLIGHT`] calls are in flight per connection; more wait for a
+//! slot, which also bounds the writer's queue. When the connection fails, every call in flight
+//! fails with [`DataError::Closed`] and the pool opens a new one for the next call.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, IoSlice};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::Instant;
+
+use crate::proto::{
+    self, Frame, Hello, PeerKind, ProtocolError, Request, Response, WireError, MAX_IN_FLIGHT,
+    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+};
+
+/// Errors of data-plane calls.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("cannot connect to storage node {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("connection to storage node {addr} closed: {reason}")]
+    Closed { addr: String, reason: String },
+    #[error("no answer from storage node {addr} within {timeout:?}")]
+    Timeout { addr: String, timeout: Duration },
+    /// The node answered with an error.
+    #[error("storage node {addr}: {error}")]
+    Remote { addr: String, error: WireError },
+}
+
+impl DataError {
+    /// The node's error, if it answered with one.
+    pub fn remote(&self) -> Option<&WireError> {
+        match self {
+            DataError::Remote { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+
+    /// Whether the node could not be reached or did not answer (rather than answering an error).
+    pub fn is_unreachable(&self) -> bool {
+        !matches!(self, DataError::Remote { .. })
+    }
+}
+
+type Waiters = HashMap<u64, oneshot::Sender<Response>>;
+
+/// Calls waiting for their response, or why the connection is closed.
+enum Pending {
+    Open(Waiters),
+    Closed(String),
+}
+
+struct Shared {
+    addr: String,
+    pending: std::sync::Mutex<Pending>,
+}
+
+impl Shared {
+    fn close(&self, reason: String) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if let Pending::Open(_) = *pending {
+            // Dropping the senders wakes every waiting call with "closed".
+            *pending = Pending::Closed(reason);
+        }
+    }
+
+    fn closed_reason(&self) -> Option<String> {
+        match &*self.pending.lock().unwrap_or_else(|p| p.into_inner()) {
+            Pending::Open(_) => None,
+            Pending::Closed(reason) => Some(reason.clone()),
+        }
+    }
+}
+
+/// Most frames the writer task hands to one vectored write.
+const MAX_FRAMES_PER_WRITE: usize = 64;
+
+pub struct Connection {
+    shared: Arc<Shared>,
+    /// Encoded frames for the writer task. Unbounded as a channel, bounded in fact by `slots`:
+    /// every queued frame holds an in-flight slot.
+    frames: mpsc::UnboundedSender<Bytes>,
+    next_id: AtomicU64,
+    slots: Arc<Semaphore>,
+    node: String,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // Replies still out (from `send`) would otherwise wait for their timeout: nobody reads.
+        self.shared.close("the connection was dropped".into());
+        self.reader.abort();
+        // The writer task ends by itself when `frames` is dropped, after sending what is queued.
+    }
+}
+
+impl Connection {
+    /// Connects to `addr` and shakes hands, within `timeout`.
+    pub async fn connect(
+        addr: &str,
+        peer: PeerKind,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Connection, DataError> {
+        let connect_err = |reason: String| DataError::Connect {
+            addr: addr.to_string(),
+            reason,
+        };
+        let handshake = async {
+            let mut stream = TcpStream::connect(addr)
+                .await
+                .map_err(|e| connect_err(e.to_string()))?;
+            stream
+                .set_nodelay(true)
+                .map_err(|e| connect_err(e.to_string()))?;
+            let hello = Hello {
+                min_version: MIN_PROTOCOL_VERSION,
+                max_version: PROTOCOL_VERSION,
+                peer,
+                name: name.to_string(),
+            };
+            let mut buf = BytesMut::new();
+            proto::encode(&mut buf, 0, &Frame::Hello(hello));
+            stream
+                .write_all(&buf)
+                .await
+                .map_err(|e| connect_err(e.to_string()))?;
+            buf.clear();
+            let frame = read_frame(&mut stream, &mut buf)
+                .await
+                .map_err(|e| connect_err(format!("during the handshake: {e}")))?;
+            match frame {
+                Some((_, Frame::HelloOk(ok))) => Ok((stream, buf, ok.node)),
+                Some((_, Frame::Response(Response::Error(error)))) => {
+                    Err(connect_err(format!("handshake refused: {}", error.message)))
+                }
+                Some(_) => Err(connect_err("unexpected frame in the handshake".into())),
+                None => Err(connect_err("closed during the handshake".into())),
+            }
+        };
+        let (stream, leftover, node) = tokio::time::timeout(timeout, handshake)
+            .await
+            .map_err(|_| connect_err(format!("no handshake within {timeout:?}")))??;
+        let (read, write) = stream.into_split();
+        let shared = Arc::new(Shared {
+            addr: addr.to_string(),
+            pending: std::sync::Mutex::new(Pending::Open(HashMap::new())),
+        });
+        let reader = tokio::spawn(read_responses(read, leftover, shared.clone()));
+        let (frames, queued) = mpsc::unbounded_channel();
+        tokio::spawn(write_frames(write, queued, shared.clone()));
+        Ok(Connection {
+            shared,
+            frames,
+            next_id: AtomicU64::new(1),
+            slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            node,
+            reader,
+        })
+    }
+
+    /// The storage node's id, from the handshake.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.shared.addr
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed_reason().is_some()
+    }
+
+    /// Sends `request` and waits up to `timeout` (in all: waiting for a slot, then for the
+    /// response) for its response. An error response becomes [`DataError::Remote`].
+    pub async fn call(&self, request: Request, timeout: Duration) -> Result<Response, DataError> {
+        let deadline = Instant::now() + timeout;
+        let reply = tokio::time::timeout_at(deadline, self.send(request))
+            .await
+            .map_err(|_| DataError::Timeout {
+                addr: self.shared.addr.clone(),
+                timeout,
+            })??;
+        reply.wait_until(deadline, timeout).await
+    }
+
+    /// Writes `request` and returns at once; the response is awaited with [`Reply::wait`]. Frames
+    /// go out in the order of `send` calls that were awaited one after another, which is how a
+    /// primary keeps replicated records in VBA order on the wire.
+    pub async fn send(&self, request: Request) -> Result<Reply, DataError> {
+        let slot = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match &mut *pending {
+                Pending::Open(waiters) => waiters.insert(id, tx),
+                Pending::Closed(reason) => {
+                    return Err(DataError::Closed {
+                        addr: self.shared.addr.clone(),
+                        reason: reason.clone(),
+                    })
+                }
+            };
+        }
+        let mut buf = BytesMut::new();
+        proto::encode(&mut buf, id, &Frame::Request(request));
+        // No await between registering and queueing: frames leave in the order of `send` calls.
+        if self.frames.send(buf.freeze()).is_err() {
+            self.shared.close("the writer task stopped".into());
+        }
+        Ok(Reply {
+            shared: self.shared.clone(),
+            id,
+            rx,
+            _slot: slot,
+        })
+    }
+}
+
+/// A response on its way: returned by [`Connection::send`].
+pub struct Reply {
+    shared: Arc<Shared>,
+    id: u64,
+    rx: oneshot::Receiver<Response>,
+    /// The request's in-flight slot, freed when the reply is done with.
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Reply {
+    /// Waits up to `timeout` for the response. An error response becomes [`DataError::Remote`].
+    pub async fn wait(self, timeout: Duration) -> Result<Response, DataError> {
+        self.wait_until(Instant::now() + timeout, timeout).await
+    }
+
+    /// Waits until `deadline`; `timeout` is what a [`DataError::Timeout`] reports.
+    async fn wait_until(self, deadline: Instant, timeout: Duration) -> Result<Response, DataError> {
+        let addr = || self.shared.addr.clone();
+        match tokio::time::timeout_at(deadline, self.rx).await {
+            Ok(Ok(Response::Error(error))) => Err(DataError::Remote {
+                addr: addr(),
+                error,
+            }),
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(_)) => Err(DataError::Closed {
+                addr: addr(),
+                reason: self
+                    .shared
+                    .closed_reason()
+                    .unwrap_or_else(|| "closed".into()),
+            }),
+            Err(_) => {
+                if let Pending::Open(waiters) = &mut *self
+                    .shared
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                {
+                    waiters.remove(&self.id);
+                }
+                Err(DataError::Timeout {
+                    addr: addr(),
+                    timeout,
+                })
+            }
+        }
+    }
+}
+
+/// Reads one frame, buffering in `buf`. `Ok(None)` at a clean end of stream.
+pub async fn read_frame<R: AsyncReadExt + Unpin>(
+    stream: &mut R,
+    buf: &mut BytesMut,
+) -> io::Result<Option<(u64, Frame)>> {
+    loop {
+        if let Some(frame) = proto::decode(buf).map_err(protocol_io)? {
+            return Ok(Some(frame));
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed mid-frame",
+                ))
+            };
+        }
+    }
+}
+
+/// Sends queued frames until the connection is dropped or a write fails.
+async fn write_frames(
+    mut write: OwnedWriteHalf,
+    mut queued: mpsc::UnboundedReceiver<Bytes>,
+    shared: Arc<Shared>,
+) {
+    let mut batch = VecDeque::new();
+    while let Some(frame) = queued.recv().await {
+        batch.push_back(frame);
+        // Whatever else is queued already goes out in the same system call: with many calls in
+        // flight this saves most of a syscall per request.
+        while batch.len() < MAX_FRAMES_PER_WRITE {
+            match queued.try_recv() {
+                Ok(frame) => batch.push_back(frame),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = write_all_vectored(&mut write, &mut batch).await {
+            shared.close(format!("write failed: {e}"));
+            return;
+        }
+    }
+}
+
+/// Writes every byte of `batch`, emptying it.
+async fn write_all_vectored(
+    write: &mut OwnedWriteHalf,
+    batch: &mut VecDeque<Bytes>,
+) -> io::Result<()> {
+    while !batch.is_empty() {
+        let mut written = {
+            let slices: Vec<IoSlice<'_>> = batch.iter().map(|frame| IoSlice::new(frame)).collect();
+            write.write_vectored(&slices).await?
+        };
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 {
+            let front = batch
+                .front_mut()
+                .expect("the kernel wrote no more than it was given");
+            if front.len() <= written {
+                written -= front.len();
+                batch.pop_front();
+            } else {
+                front.advance(written);
+                written = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn protocol_io(e: ProtocolError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+async fn read_responses(mut read: OwnedReadHalf, mut buf: BytesMut, shared: Arc<Shared>) {
+    let reason = loop {
+        match read_frame(&mut read, &mut buf).await {
+            Ok(Some((id, Frame::Response(response)))) => {
+                let waiter = match &mut *shared.pending.lock().unwrap_or_else(|p| p.into_inner()) {
+                    Pending::Open(waiters) => waiters.remove(&id),
+                    Pending::Closed(_) => None,
+                };
+                // A response to a call that timed out meanwhile has no one waiting: dropped.
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(response);
+                }
+            }
+            Ok(Some(_)) => break "the node sent a frame that is not a response".to_string(),
+            Ok(None) => break "closed by the node".to_string(),
+            Err(e) => break e.to_string(),
+        }
+    };
+    shared.close(reason);
+}
+
+/// One connection per storage node address, opened on first use and again after a failure.
+///
+/// Connecting is coalesced per address: calls that arrive while a connection is being opened wait
+/// for that attempt and share its result, so 32 concurrent first calls open one connection, and a
+/// node that does not answer costs them one connect timeout, not 32 in a row.
+pub struct Pool {
+    peer: PeerKind,
+    name: String,
+    connect_timeout: Duration,
+    entries: std::sync::Mutex<HashMap<String, PoolEntry>>,
+}
+
+#[derive(Default)]
+struct PoolEntry {
+    connection: Option<Arc<Connection>>,
+    /// Connect attempts finished so far, and how the last one failed.
+    attempts: u64,
+    last_error: Option<DataError>,
+    /// Held by the call that is connecting.
+    connecting: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl PoolEntry {
+    fn live(&self) -> Option<Arc<Connection>> {
+        self.connection.as_ref().filter(|c| !c.is_closed()).cloned()
+    }
+}
+
+impl Pool {
+    pub fn new(peer: PeerKind, name: &str, connect_timeout: Duration) -> Pool {
+        Pool {
+            peer,
+            name: name.to_string(),
+            connect_timeout,
+            entries: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, PoolEntry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A live connection to `addr`.
+    pub async fn get(&self, addr: &str) -> Result<Arc<Connection>, DataError> {
+        let (seen, connecting) = {
+            let mut entries = self.entries();
+            // The hot path (a live connection) looks up without allocating a key.
+            if let Some(connection) = entries.get(addr).and_then(PoolEntry::live) {
+                return Ok(connection);
+            }
+            let entry = entries.entry(addr.to_string()).or_default();
+            (entry.attempts, entry.connecting.clone())
+        };
+        let _connecting = connecting.lock().await;
+        if let Some(entry) = self.entries().get(addr) {
+            if entry.attempts > seen {
+                // Another call connected, or failed to, while this one waited: share its result.
+                if let Some(connection) = entry.live() {
+                    return Ok(connection);
+                }
+                if let Some(error) = &entry.last_error {
+                    return Err(error.clone());
+                }
+            }
+        }
+        let result = Connection::connect(addr, self.peer, &self.name, self.connect_timeout)
+            .await
+            .map(Arc::new);
+        let mut entries = self.entries();
+        let entry = entries.entry(addr.to_string()).or_default();
+        entry.attempts += 1;
+        match &result {
+            Ok(connection) => {
+                entry.connection = Some(connection.clone());
+                entry.last_error = None;
+            }
+            Err(error) => entry.last_error = Some(error.clone()),
+        }
+        result
+    }
+
+    /// Sends `request` to `addr` over the pooled connection.
+    pub async fn call(
+        &self,
+        addr: &str,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, DataError> {
+        self.get(addr).await?.call(request, timeout).await
+    }
+
+    /// Drops the connection to `addr` (after a timeout, say), so the next call opens a new one.
+    pub async fn forget(&self, addr: &str) {
+        if let Some(entry) = self.entries().get_mut(addr) {
+            entry.connection = None;
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! An HTTP client for the manager quorum's API, used by storage nodes, the client library and the
+//! CLI.
+//!
+//! Any member answers (followers forward changes to the leader), so a request goes to the member
+//! that answered last and moves on to the next one when a member cannot be reached or has no
+//! leader. A refusal (4xx, or 503 `lease_not_expired`) is returned at once: another member would
+//! give the same answer.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::api::{
+    ApiError, ClusterStatus, CreateVolumeRequest, ErrorCode, HeartbeatRequest, HeartbeatResponse,
+    NodeStatus, Notification, NotificationResponse, RegisterNodeRequest, VolumeList, VolumeMap,
+};
+use crate::types::NodeId;
+
+/// How long one request to one member may take by default.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How many times the whole member list is tried when no member has a leader.
+const ROUNDS: usize = 3;
+
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ManagerError {
+    /// No member could be reached, or none had a leader.
+    #[error("no manager answered ({tried}): {last}")]
+    Unreachable { tried: String, last: String },
+    /// A member answered with a refusal.
+    #[error("{}", .error.error)]
+    Api { status: u16, error: ApiError },
+}
+
+impl ManagerError {
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ManagerError::Api { error, .. } => Some(error.code),
+            ManagerError::Unreachable { .. } => None,
+        }
+    }
+}
+
+pub struct Managers {
+    addrs: Vec<String>,
+    http: reqwest::Client,
+    /// The member to try first: the one that answered last.
+    preferred: AtomicUsize,
+}
+
+impl std::fmt::Debug for Managers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Managers({})", self.addrs.join(","))
+    }
+}
+
+impl Managers {
+    /// `list` is `HOST:PORT[,HOST:PORT...]` (an `http://` prefix is allowed).
+    pub fn parse(list: &str, timeout: Duration) -> Result<Managers, String> {
+        let addrs: Vec<String> = list
+            .split(',')
+            .map(|a| {
+                a.trim()
+                    .trim_start_matches("http://")
+                    .trim_end_matches('/')
+                    .to_string()
+            })
+            .filter(|a| !a.is_empty())
+            .collect();
+        if addrs.is_empty() {
+            return Err(
+                "no manager addresses given (use --managers HOST:PORT,... or VBS_MANAGERS)".into(),
+            );
+        }
+        for addr in &addrs {
+            let port = addr.rsplit_once(':').map(|(_, port)| port.parse::<u16>());
+            if !matches!(port, Some(Ok(_))) {
+                return Err(format!("manager address {addr:?} is not HOST:PORT"));
+            }
+        }
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(2)))
+            .build()
+            .map_err(|e| format!("building the HTTP client: {e}"))?;
+        Ok(Managers {
+            addrs,
+            http,
+            preferred: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn addrs(&self) -> &[String] {
+        &self.addrs
+    }
+
+    async fn request<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ManagerError> {
+        let mut last = String::new();
+        let first = self.preferred.load(Ordering::Relaxed);
+        for round in 0..ROUNDS {
+            for i in 0..self.addrs.len() {
+                let index = (first + i) % self.addrs.len();
+                let addr = &self.addrs[index];
+                let mut request = self
+                    .http
+                    .request(method.clone(), format!("http://{addr}{path}"));
+                if let Some(body) = body {
+                    request = request.json(body);
+                }
+                let response = match request.send().await {
+                    Ok(response) => response,
+                    Err(e) => {
+                        last = format!("{addr}: {}", describe(&e));
+                        continue;
+                    }
+                };
+                let status = response.status();
+                let bytes = match response.bytes().await {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        last = format!("{addr}: {}", describe(&e));
+                        continue;
+                    }
+                };
+                if status.is_success() {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    return serde_json::from_slice(&bytes).map_err(|e| ManagerError::Unreachable {
+                        tried: addr.clone(),
+                        last: format!("unexpected answer to {method} {path}: {e}"),
+                    });
+                }
+                let error: ApiError = serde_json::from_slice(&bytes).unwrap_or_else(|_| ApiError {
+                    error: format!("{status}: {}", String::from_utf8_lossy(&bytes)),
+                    code: ErrorCode::Internal,
+                    retry_after_ms: None,
+                });
+                if status == StatusCode::SERVICE_UNAVAILABLE && error.code == ErrorCode::Unavailable
+                {
+                    last = format!("{addr}: {}", error.error);
+                    continue;
+                }
+                return Err(ManagerError::Api {
+                    status: status.as_u16(),
+                    error,
+                });
+            }
+            if round + 1 < ROUNDS {
+                // No member had a leader: an election may be under way.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+        Err(ManagerError::Unreachable {
+            tried: self.addrs.join(","),
+            last,
+        })
+    }
+
+    pub async fn status(&self) -> Result<ClusterStatus, ManagerError> {
+        self.request::<(), _>(Method::GET, "/v1/status", None).await
+    }
+
+    pub async fn volumes(&self) -> Result<VolumeList, ManagerError> {
+        self.request::<(), _>(Method::GET, "/v1/volumes", None)
+            .await
+    }
+
+    pub async fn volume(&self, name: &str) -> Result<VolumeMap, ManagerError> {
+        self.request::<(), _>(Method::GET, &format!("/v1/volumes/{name}"), None)
+            .await
+    }
+
+    pub async fn create_volume(
+        &self,
+        request: &CreateVolumeRequest,
+    ) -> Result<VolumeMap, ManagerError> {
+        self.request(Method::POST, "/v1/volumes", Some(request))
+            .await
+    }
+
+    pub async fn delete_volume(&self, name: &str) -> Result<VolumeMap, ManagerError> {
+        self.request::<(), _>(Method::DELETE, &format!("/v1/volumes/{name}"), None)
+            .await
+    }
+
+    pub async fn register_node(
+        &self,
+        request: &RegisterNodeRequest,
+    ) -> Result<NodeStatus, ManagerError> {
+        self.request(Method::POST, "/v1/nodes", Some(request)).await
+    }
+
+    pub async fn heartbeat(
+        &self,
+        node: &NodeId,
+        request: &HeartbeatRequest,
+    ) -> Result<HeartbeatResponse, ManagerError> {
+        self.request(
+            Method::POST,
+            &format!("/v1/nodes/{node}/heartbeat"),
+            Some(request),
+        )
+        .await
+    }
+
+    pub async fn notify(
+        &self,
+        notification: &Notification,
+    ) -> Result<NotificationResponse, ManagerError> {
+        self.request(Method::POST, "/v1/notifications", Some(notification))
+            .await
+    }
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".into()
+    } else if e.is_connect() {
+        "connection refused or unreachable".into()
+    } else {
+        e.to_string()
+    }
+}

@@ -1,0 +1,929 @@
+//! The data-plane protocol: binary, length-prefixed frames over TCP, pipelined (many requests in
+//! flight per connection, matched by request id), versioned by a handshake. `docs/protocol.md`
+//! describes every frame; this module is the only code that encodes or decodes them.
+//!
+//! Every frame is `length: u32` (bytes after this field) then `kind: u8`, `flags: u8` (0),
+//! `reserved: u16` (0), `request_id: u64`, and the kind's payload, all little-endian. A response
+//! carries the id of its request; responses may come back in any order.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::types::{Generation, Lba, SliceIndex, UnitId, Vba, VolumeId, BLOCK_BYTES};
+
+/// Bytes of `length` + the fixed frame header.
+pub const FRAME_HEADER_BYTES: usize = 4 + 12;
+/// The most data one read or write request may carry: 1 MiB. Larger IO is split by the client.
+pub const MAX_IO_BYTES: u64 = 1 << 20;
+/// The largest frame either side accepts. A frame over it closes the connection.
+pub const MAX_FRAME_BYTES: usize = 4 << 20;
+/// Records one replicate or records frame may carry.
+pub const MAX_RECORDS_PER_FRAME: usize = 1024;
+/// Requests one connection may have in flight; a client that sends more waits.
+pub const MAX_IN_FLIGHT: usize = 256;
+
+pub const PROTOCOL_MAGIC: [u8; 8] = *b"VBSDATA\0";
+/// Versions this build speaks. The handshake settles on the highest both sides know.
+pub const PROTOCOL_VERSION: u16 = 1;
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+const MAX_NAME_BYTES: usize = 255;
+
+const _: () = assert!(MAX_IO_BYTES as usize + 1024 <= MAX_FRAME_BYTES);
+const _: () = assert!(MAX_IO_BYTES % BLOCK_BYTES == 0);
+
+/// Frame kinds.
+mod kind {
+    pub const HELLO: u8 = 0x01;
+    pub const HELLO_OK: u8 = 0x02;
+    pub const READ: u8 = 0x10;
+    pub const WRITE: u8 = 0x11;
+    pub const FLUSH: u8 = 0x12;
+    pub const TRIM: u8 = 0x13;
+    pub const REPLICATE: u8 = 0x14;
+    pub const RESEND_RANGE: u8 = 0x15;
+    pub const CATCH_UP: u8 = 0x16;
+    pub const READ_OK: u8 = 0x90;
+    pub const WRITE_OK: u8 = 0x91;
+    pub const FLUSH_OK: u8 = 0x92;
+    pub const TRIM_OK: u8 = 0x93;
+    pub const REPLICATE_OK: u8 = 0x94;
+    pub const RECORDS: u8 = 0x95;
+    pub const ERROR: u8 = 0xff;
+}
+
+/// Who opens a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerKind {
+    /// A compute node (the client library).
+    Client = 1,
+    /// Another storage node (replication, resend, catch-up).
+    Node = 2,
+}
+
+/// The first frame on a connection, from the side that connected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    pub min_version: u16,
+    pub max_version: u16,
+    pub peer: PeerKind,
+    /// The connecting side's name (node id or client name), for logs.
+    pub name: String,
+}
+
+/// The server's answer to [`Hello`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HelloOk {
+    pub version: u16,
+    /// The storage node's id.
+    pub node: String,
+}
+
+/// One record of a unit's log, as replication, resend and catch-up carry it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WireRecord {
+    pub vba: Vba,
+    pub generation: Generation,
+    pub body: RecordBody,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecordBody {
+    /// One block.
+    Write {
+        lba: Lba,
+        data: Bytes,
+    },
+    Trim {
+        lba: Lba,
+        blocks: u64,
+    },
+}
+
+impl RecordBody {
+    fn wire_bytes(&self) -> usize {
+        match self {
+            RecordBody::Write { data, .. } => 8 + 8 + 1 + 8 + 8 + data.len(),
+            RecordBody::Trim { .. } => 8 + 8 + 1 + 8 + 8,
+        }
+    }
+}
+
+/// Requests. Every one names the unit and the generation of its slice the sender knows; a
+/// storage node refuses a generation older than its own (fencing).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Read `blocks` blocks from `lba` (client -> primary).
+    Read {
+        unit: UnitId,
+        generation: Generation,
+        lba: Lba,
+        blocks: u32,
+    },
+    /// Write whole blocks at `lba` (client -> primary). Acknowledged once durable on the primary
+    /// and on every current secondary.
+    Write {
+        unit: UnitId,
+        generation: Generation,
+        lba: Lba,
+        data: Bytes,
+    },
+    /// A barrier: answered once every write acknowledged before it is durable on every current
+    /// copy (which acknowledgement already implies) and the primary still holds its lease.
+    Flush {
+        unit: UnitId,
+        generation: Generation,
+    },
+    /// Trim `blocks` blocks from `lba` (client -> primary).
+    Trim {
+        unit: UnitId,
+        generation: Generation,
+        lba: Lba,
+        blocks: u64,
+    },
+    /// Records the primary numbered, in VBA order (primary -> secondary). `committed` is the VBA up
+    /// to which every copy holds the log (what the secondary may compact under).
+    Replicate {
+        unit: UnitId,
+        generation: Generation,
+        committed: Vba,
+        records: Vec<WireRecord>,
+    },
+    /// Every VBA in `(after, until]` (secondary -> primary, to fill a hole).
+    ResendRange {
+        unit: UnitId,
+        generation: Generation,
+        after: Vba,
+        until: Vba,
+    },
+    /// The live records after `after`, up to about `max_bytes` (a returning copy -> primary).
+    CatchUp {
+        unit: UnitId,
+        generation: Generation,
+        after: Vba,
+        max_bytes: u32,
+    },
+}
+
+impl Request {
+    pub fn unit(&self) -> UnitId {
+        match self {
+            Request::Read { unit, .. }
+            | Request::Write { unit, .. }
+            | Request::Flush { unit, .. }
+            | Request::Trim { unit, .. }
+            | Request::Replicate { unit, .. }
+            | Request::ResendRange { unit, .. }
+            | Request::CatchUp { unit, .. } => *unit,
+        }
+    }
+
+    pub fn generation(&self) -> Generation {
+        match self {
+            Request::Read { generation, .. }
+            | Request::Write { generation, .. }
+            | Request::Flush { generation, .. }
+            | Request::Trim { generation, .. }
+            | Request::Replicate { generation, .. }
+            | Request::ResendRange { generation, .. }
+            | Request::CatchUp { generation, .. } => *generation,
+        }
+    }
+}
+
+/// What went wrong, as the client must tell apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The request's generation is older than the slice's; `detail` is the current generation.
+    /// Refresh the volume map.
+    StaleGeneration = 1,
+    /// This node is not the slice's primary (or its lease ran out). Refresh the volume map.
+    NotPrimary = 2,
+    /// This copy is not current, so it must not serve.
+    NotCurrent = 3,
+    /// The blocks are outside the unit.
+    OutOfRange = 4,
+    /// The request is larger than the protocol allows.
+    TooLarge = 5,
+    /// Temporarily unable to serve (starting, unit not yet assigned here, manager unreachable).
+    /// Retry after a short wait.
+    Unavailable = 6,
+    /// A replicated VBA is beyond the next one expected; `detail` is the expected VBA.
+    Hole = 7,
+    /// A replicated VBA is already held with another generation or content.
+    Conflict = 8,
+    /// Malformed or impossible request.
+    BadRequest = 9,
+    /// This node does not hold the unit.
+    UnknownUnit = 10,
+    /// A failure inside the node (disk error).
+    Internal = 11,
+}
+
+impl ErrorCode {
+    fn from_u16(code: u16) -> Option<ErrorCode> {
+        use ErrorCode::*;
+        Some(match code {
+            1 => StaleGeneration,
+            2 => NotPrimary,
+            3 => NotCurrent,
+            4 => OutOfRange,
+            5 => TooLarge,
+            6 => Unavailable,
+            7 => Hole,
+            8 => Conflict,
+            9 => BadRequest,
+            10 => UnknownUnit,
+            11 => Internal,
+            _ => return None,
+        })
+    }
+}
+
+/// An error response.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct WireError {
+    pub code: ErrorCode,
+    /// Extra number the code defines (the current generation, the expected VBA), else 0.
+    pub detail: u64,
+    pub message: String,
+}
+
+impl WireError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> WireError {
+        WireError {
+            code,
+            detail: 0,
+            message: message.into(),
+        }
+    }
+
+    pub fn with_detail(mut self, detail: u64) -> WireError {
+        self.detail = detail;
+        self
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    Read {
+        data: Bytes,
+    },
+    /// The VBA given to the write's first block.
+    Write {
+        first_vba: Vba,
+    },
+    Flush,
+    Trim {
+        vba: Vba,
+    },
+    /// The highest VBA the secondary holds after applying the frame.
+    Replicate {
+        last_vba: Vba,
+    },
+    /// Records answering a resend or catch-up: every live record in `(after, through]`.
+    /// `last_vba` is the sender's highest durable VBA; `done` says `through` reached it.
+    Records {
+        through: Vba,
+        last_vba: Vba,
+        done: bool,
+        records: Vec<WireRecord>,
+    },
+    Error(WireError),
+}
+
+/// A frame as read off the wire.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    Hello(Hello),
+    HelloOk(HelloOk),
+    Request(Request),
+    Response(Response),
+}
+
+/// Why bytes are not a valid frame. The connection that sent them is closed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("frame of {0} bytes is over the {MAX_FRAME_BYTES}-byte limit")]
+    FrameTooLarge(usize),
+    #[error("unknown frame kind {0:#04x}")]
+    UnknownKind(u8),
+    #[error("frame kind {kind:#04x} is cut short or malformed: {what}")]
+    Malformed { kind: u8, what: &'static str },
+    #[error("not a vbs data-plane connection (bad magic)")]
+    BadMagic,
+}
+
+fn malformed(kind: u8, what: &'static str) -> ProtocolError {
+    ProtocolError::Malformed { kind, what }
+}
+
+/// Appends one encoded frame to `out`.
+pub fn encode(out: &mut BytesMut, id: u64, frame: &Frame) {
+    let start = out.len();
+    out.put_u32_le(0); // length, patched below
+    let kind = match frame {
+        Frame::Hello(_) => kind::HELLO,
+        Frame::HelloOk(_) => kind::HELLO_OK,
+        Frame::Request(request) => match request {
+            Request::Read { .. } => kind::READ,
+            Request::Write { .. } => kind::WRITE,
+            Request::Flush { .. } => kind::FLUSH,
+            Request::Trim { .. } => kind::TRIM,
+            Request::Replicate { .. } => kind::REPLICATE,
+            Request::ResendRange { .. } => kind::RESEND_RANGE,
+            Request::CatchUp { .. } => kind::CATCH_UP,
+        },
+        Frame::Response(response) => match response {
+            Response::Read { .. } => kind::READ_OK,
+            Response::Write { .. } => kind::WRITE_OK,
+            Response::Flush => kind::FLUSH_OK,
+            Response::Trim { .. } => kind::TRIM_OK,
+            Response::Replicate { .. } => kind::REPLICATE_OK,
+            Response::Records { .. } => kind::RECORDS,
+            Response::Error(_) => kind::ERROR,
+        },
+    };
+    out.put_u8(kind);
+    out.put_u8(0);
+    out.put_u16_le(0);
+    out.put_u64_le(id);
+    match frame {
+        Frame::Hello(hello) => {
+            out.put_slice(&PROTOCOL_MAGIC);
+            out.put_u16_le(hello.min_version);
+            out.put_u16_le(hello.max_version);
+            out.put_u8(hello.peer as u8);
+            put_name(out, &hello.name);
+        }
+        Frame::HelloOk(ok) => {
+            out.put_u16_le(ok.version);
+            put_name(out, &ok.node);
+        }
+        Frame::Request(request) => encode_request(out, request),
+        Frame::Response(response) => encode_response(out, response),
+    }
+    let length = out.len() - start - 4;
+    debug_assert!(
+        length + 4 <= MAX_FRAME_BYTES,
+        "encoded a frame over the limit"
+    );
+    out[start..start + 4].copy_from_slice(&(length as u32).to_le_bytes());
+}
+
+fn put_name(out: &mut BytesMut, name: &str) {
+    let bytes = &name.as_bytes()[..name.len().min(MAX_NAME_BYTES)];
+    out.put_u8(bytes.len() as u8);
+    out.put_slice(bytes);
+}
+
+fn put_unit(out: &mut BytesMut, unit: UnitId, generation: Generation) {
+    out.put_u64_le(unit.volume.0);
+    out.put_u32_le(unit.slice.0);
+    out.put_u64_le(generation.0);
+}
+
+fn put_records(out: &mut BytesMut, records: &[WireRecord]) {
+    out.put_u32_le(records.len() as u32);
+    for record in records {
+        out.put_u64_le(record.vba.0);
+        out.put_u64_le(record.generation.0);
+        match &record.body {
+            RecordBody::Write { lba, data } => {
+                out.put_u8(1);
+                out.put_u64_le(lba.0);
+                out.put_u64_le(data.len() as u64 / BLOCK_BYTES);
+                out.put_slice(data);
+            }
+            RecordBody::Trim { lba, blocks } => {
+                out.put_u8(2);
+                out.put_u64_le(lba.0);
+                out.put_u64_le(*blocks);
+            }
+        }
+    }
+}
+
+fn encode_request(out: &mut BytesMut, request: &Request) {
+    put_unit(out, request.unit(), request.generation());
+    match request {
+        Request::Read { lba, blocks, .. } => {
+            out.put_u64_le(lba.0);
+            out.put_u32_le(*blocks);
+        }
+        Request::Write { lba, data, .. } => {
+            out.put_u64_le(lba.0);
+            out.put_u32_le((data.len() as u64 / BLOCK_BYTES) as u32);
+            out.put_slice(data);
+        }
+        Request::Flush { .. } => {}
+        Request::Trim { lba, blocks, .. } => {
+            out.put_u64_le(lba.0);
+            out.put_u64_le(*blocks);
+        }
+        Request::Replicate {
+            committed, records, ..
+        } => {
+            out.put_u64_le(committed.0);
+            put_records(out, records);
+        }
+        Request::ResendRange { after, until, .. } => {
+            out.put_u64_le(after.0);
+            out.put_u64_le(until.0);
+        }
+        Request::CatchUp {
+            after, max_bytes, ..
+        } => {
+            out.put_u64_le(after.0);
+            out.put_u32_le(*max_bytes);
+        }
+    }
+}
+
+fn encode_response(out: &mut BytesMut, response: &Response) {
+    match response {
+        Response::Read { data } => out.put_slice(data),
+        Response::Write { first_vba } => out.put_u64_le(first_vba.0),
+        Response::Flush => {}
+        Response::Trim { vba } => out.put_u64_le(vba.0),
+        Response::Replicate { last_vba } => out.put_u64_le(last_vba.0),
+        Response::Records {
+            through,
+            last_vba,
+            done,
+            records,
+        } => {
+            out.put_u64_le(through.0);
+            out.put_u64_le(last_vba.0);
+            out.put_u8(u8::from(*done));
+            put_records(out, records);
+        }
+        Response::Error(error) => {
+            out.put_u16_le(error.code as u16);
+            out.put_u64_le(error.detail);
+            let message = &error.message.as_bytes()[..error.message.len().min(u16::MAX as usize)];
+            out.put_u16_le(message.len() as u16);
+            out.put_slice(message);
+        }
+    }
+}
+
+/// Bytes a frame of `records` takes, for callers that split records across frames.
+pub fn records_wire_bytes(records: &[WireRecord]) -> usize {
+    FRAME_HEADER_BYTES + 64 + records.iter().map(|r| r.body.wire_bytes()).sum::<usize>()
+}
+
+/// Takes one whole frame off the front of `buf`, if one is there. `Ok(None)`: more bytes are
+/// needed. A frame over [`MAX_FRAME_BYTES`] is an error as soon as its length is read.
+pub fn decode(buf: &mut BytesMut) -> Result<Option<(u64, Frame)>, ProtocolError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let length = u32::from_le_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
+    if length + 4 > MAX_FRAME_BYTES {
+        return Err(ProtocolError::FrameTooLarge(length + 4));
+    }
+    if length < FRAME_HEADER_BYTES - 4 {
+        return Err(malformed(0, "frame shorter than its header"));
+    }
+    if buf.len() < 4 + length {
+        buf.reserve(4 + length - buf.len());
+        return Ok(None);
+    }
+    buf.advance(4);
+    let mut body = buf.split_to(length).freeze();
+    let kind = body.get_u8();
+    let _flags = body.get_u8();
+    let _reserved = body.get_u16_le();
+    let id = body.get_u64_le();
+    let frame = decode_body(kind, &mut body)?;
+    if body.has_remaining() {
+        return Err(malformed(kind, "trailing bytes"));
+    }
+    Ok(Some((id, frame)))
+}
+
+/// A cursor over a frame body whose every read is checked.
+struct Reader<'a> {
+    kind: u8,
+    body: &'a mut Bytes,
+}
+
+impl Reader<'_> {
+    fn need(&self, n: usize, what: &'static str) -> Result<(), ProtocolError> {
+        if self.body.remaining() < n {
+            Err(malformed(self.kind, what))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn u8(&mut self, what: &'static str) -> Result<u8, ProtocolError> {
+        self.need(1, what)?;
+        Ok(self.body.get_u8())
+    }
+
+    fn u16(&mut self, what: &'static str) -> Result<u16, ProtocolError> {
+        self.need(2, what)?;
+        Ok(self.body.get_u16_le())
+    }
+
+    fn u32(&mut self, what: &'static str) -> Result<u32, ProtocolError> {
+        self.need(4, what)?;
+        Ok(self.body.get_u32_le())
+    }
+
+    fn u64(&mut self, what: &'static str) -> Result<u64, ProtocolError> {
+        self.need(8, what)?;
+        Ok(self.body.get_u64_le())
+    }
+
+    fn bytes(&mut self, n: usize, what: &'static str) -> Result<Bytes, ProtocolError> {
+        self.need(n, what)?;
+        Ok(self.body.split_to(n))
+    }
+
+    fn name(&mut self) -> Result<String, ProtocolError> {
+        let n = self.u8("name length")? as usize;
+        let bytes = self.bytes(n, "name")?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| malformed(self.kind, "name is not UTF-8"))
+    }
+
+    fn unit(&mut self) -> Result<(UnitId, Generation), ProtocolError> {
+        let volume = self.u64("volume id")?;
+        let slice = self.u32("slice index")?;
+        let generation = self.u64("generation")?;
+        Ok((
+            UnitId {
+                volume: VolumeId(volume),
+                slice: SliceIndex(slice),
+            },
+            Generation(generation),
+        ))
+    }
+
+    /// A block count and that many blocks of data.
+    fn blocks(&mut self, blocks: u64) -> Result<Bytes, ProtocolError> {
+        let bytes = blocks
+            .checked_mul(BLOCK_BYTES)
+            .filter(|b| *b <= MAX_IO_BYTES)
+            .ok_or(malformed(self.kind, "data larger than the IO limit"))?;
+        self.bytes(bytes as usize, "block data")
+    }
+
+    fn records(&mut self) -> Result<Vec<WireRecord>, ProtocolError> {
+        let count = self.u32("record count")? as usize;
+        if count > MAX_RECORDS_PER_FRAME {
+            return Err(malformed(self.kind, "too many records"));
+        }
+        let mut records = Vec::with_capacity(count);
+        for _ in 0..count {
+            let vba = Vba(self.u64("record VBA")?);
+            let generation = Generation(self.u64("record generation")?);
+            let body = match self.u8("record kind")? {
+                1 => {
+                    let lba = Lba(self.u64("record LBA")?);
+                    let blocks = self.u64("record blocks")?;
+                    if blocks != 1 {
+                        return Err(malformed(self.kind, "a write record carries one block"));
+                    }
+                    RecordBody::Write {
+                        lba,
+                        data: self.blocks(blocks)?,
+                    }
+                }
+                2 => RecordBody::Trim {
+                    lba: Lba(self.u64("record LBA")?),
+                    blocks: self.u64("blocks")?,
+                },
+                _ => return Err(malformed(self.kind, "unknown record kind")),
+            };
+            records.push(WireRecord {
+                vba,
+                generation,
+                body,
+            });
+        }
+        Ok(records)
+    }
+}
+
+fn decode_body(kind: u8, body: &mut Bytes) -> Result<Frame, ProtocolError> {
+    let mut r = Reader { kind, body };
+    let frame = match kind {
+        kind::HELLO => {
+            let magic = r.bytes(PROTOCOL_MAGIC.len(), "magic")?;
+            if magic[..] != PROTOCOL_MAGIC {
+                return Err(ProtocolError::BadMagic);
+            }
+            let min_version = r.u16("min version")?;
+            let max_version = r.u16("max version")?;
+            let peer = match r.u8("peer kind")? {
+                1 => PeerKind::Client,
+                2 => PeerKind::Node,
+                _ => return Err(malformed(kind, "unknown peer kind")),
+            };
+            Frame::Hello(Hello {
+                min_version,
+                max_version,
+                peer,
+                name: r.name()?,
+            })
+        }
+        kind::HELLO_OK => {
+            let version = r.u16("version")?;
+            Frame::HelloOk(HelloOk {
+                version,
+                node: r.name()?,
+            })
+        }
+        kind::READ
+        | kind::WRITE
+        | kind::FLUSH
+        | kind::TRIM
+        | kind::REPLICATE
+        | kind::RESEND_RANGE
+        | kind::CATCH_UP => {
+            let (unit, generation) = r.unit()?;
+            Frame::Request(match kind {
+                kind::READ => {
+                    let lba = Lba(r.u64("LBA")?);
+                    let blocks = r.u32("blocks")?;
+                    Request::Read {
+                        unit,
+                        generation,
+                        lba,
+                        blocks,
+                    }
+                }
+                kind::WRITE => {
+                    let lba = Lba(r.u64("LBA")?);
+                    let blocks = r.u32("blocks")? as u64;
+                    Request::Write {
+                        unit,
+                        generation,
+                        lba,
+                        data: r.blocks(blocks)?,
+                    }
+                }
+                kind::FLUSH => Request::Flush { unit, generation },
+                kind::TRIM => {
+                    let lba = Lba(r.u64("LBA")?);
+                    Request::Trim {
+                        unit,
+                        generation,
+                        lba,
+                        blocks: r.u64("blocks")?,
+                    }
+                }
+                kind::REPLICATE => {
+                    let committed = Vba(r.u64("committed VBA")?);
+                    Request::Replicate {
+                        unit,
+                        generation,
+                        committed,
+                        records: r.records()?,
+                    }
+                }
+                kind::RESEND_RANGE => {
+                    let after = Vba(r.u64("after")?);
+                    Request::ResendRange {
+                        unit,
+                        generation,
+                        after,
+                        until: Vba(r.u64("until")?),
+                    }
+                }
+                _ => {
+                    let after = Vba(r.u64("after")?);
+                    Request::CatchUp {
+                        unit,
+                        generation,
+                        after,
+                        max_bytes: r.u32("max bytes")?,
+                    }
+                }
+            })
+        }
+        kind::READ_OK => {
+            let n = r.body.remaining();
+            Frame::Response(Response::Read {
+                data: r.bytes(n, "data")?,
+            })
+        }
+        kind::WRITE_OK => Frame::Response(Response::Write {
+            first_vba: Vba(r.u64("VBA")?),
+        }),
+        kind::FLUSH_OK => Frame::Response(Response::Flush),
+        kind::TRIM_OK => Frame::Response(Response::Trim {
+            vba: Vba(r.u64("VBA")?),
+        }),
+        kind::REPLICATE_OK => Frame::Response(Response::Replicate {
+            last_vba: Vba(r.u64("VBA")?),
+        }),
+        kind::RECORDS => {
+            let through = Vba(r.u64("through")?);
+            let last_vba = Vba(r.u64("last VBA")?);
+            let done = r.u8("done")? != 0;
+            Frame::Response(Response::Records {
+                through,
+                last_vba,
+                done,
+                records: r.records()?,
+            })
+        }
+        kind::ERROR => {
+            let code = r.u16("error code")?;
+            let code = ErrorCode::from_u16(code).ok_or(malformed(kind, "unknown error code"))?;
+            let detail = r.u64("error detail")?;
+            let n = r.u16("message length")? as usize;
+            let message = String::from_utf8_lossy(&r.bytes(n, "message")?).into_owned();
+            Frame::Response(Response::Error(WireError {
+                code,
+                detail,
+                message,
+            }))
+        }
+        other => return Err(ProtocolError::UnknownKind(other)),
+    };
+    Ok(frame)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(frame: Frame) {
+        let mut buf = BytesMut::new();
+        encode(&mut buf, 42, &frame);
+        let whole = buf.clone();
+        // Every prefix is "need more bytes", never an error or a wrong frame.
+        for cut in 0..whole.len() {
+            let mut partial = BytesMut::from(&whole[..cut]);
+            assert_eq!(decode(&mut partial), Ok(None), "prefix of {cut} bytes");
+        }
+        assert_eq!(decode(&mut buf), Ok(Some((42, frame))));
+        assert!(buf.is_empty());
+    }
+
+    fn unit() -> UnitId {
+        UnitId::new(7, 3)
+    }
+
+    #[test]
+    fn every_frame_round_trips() {
+        let block = Bytes::from(vec![9u8; BLOCK_BYTES as usize]);
+        let records = vec![
+            WireRecord {
+                vba: Vba(5),
+                generation: Generation(2),
+                body: RecordBody::Write {
+                    lba: Lba(1),
+                    data: block.clone(),
+                },
+            },
+            WireRecord {
+                vba: Vba(6),
+                generation: Generation(2),
+                body: RecordBody::Trim {
+                    lba: Lba(0),
+                    blocks: 1 << 20,
+                },
+            },
+        ];
+        let g = Generation(2);
+        for frame in [
+            Frame::Hello(Hello {
+                min_version: 1,
+                max_version: 1,
+                peer: PeerKind::Node,
+                name: "n1".into(),
+            }),
+            Frame::HelloOk(HelloOk {
+                version: 1,
+                node: "n2".into(),
+            }),
+            Frame::Request(Request::Read {
+                unit: unit(),
+                generation: g,
+                lba: Lba(3),
+                blocks: 2,
+            }),
+            Frame::Request(Request::Write {
+                unit: unit(),
+                generation: g,
+                lba: Lba(3),
+                data: block.clone(),
+            }),
+            Frame::Request(Request::Flush {
+                unit: unit(),
+                generation: g,
+            }),
+            Frame::Request(Request::Trim {
+                unit: unit(),
+                generation: g,
+                lba: Lba(3),
+                blocks: 9,
+            }),
+            Frame::Request(Request::Replicate {
+                unit: unit(),
+                generation: g,
+                committed: Vba(4),
+                records: records.clone(),
+            }),
+            Frame::Request(Request::ResendRange {
+                unit: unit(),
+                generation: g,
+                after: Vba(1),
+                until: Vba(9),
+            }),
+            Frame::Request(Request::CatchUp {
+                unit: unit(),
+                generation: g,
+                after: Vba(1),
+                max_bytes: 1 << 20,
+            }),
+            Frame::Response(Response::Read {
+                data: block.clone(),
+            }),
+            Frame::Response(Response::Write { first_vba: Vba(77) }),
+            Frame::Response(Response::Flush),
+            Frame::Response(Response::Trim { vba: Vba(78) }),
+            Frame::Response(Response::Replicate { last_vba: Vba(79) }),
+            Frame::Response(Response::Records {
+                through: Vba(9),
+                last_vba: Vba(12),
+                done: false,
+                records,
+            }),
+            Frame::Response(Response::Error(
+                WireError::new(ErrorCode::StaleGeneration, "slice 7.3 is at generation 4")
+                    .with_detail(4),
+            )),
+        ] {
+            round_trip(frame);
+        }
+    }
+
+    #[test]
+    fn oversized_and_malformed_frames_are_refused() {
+        let mut huge = BytesMut::new();
+        huge.put_u32_le(MAX_FRAME_BYTES as u32);
+        assert!(matches!(
+            decode(&mut huge),
+            Err(ProtocolError::FrameTooLarge(_))
+        ));
+
+        let mut unknown = BytesMut::new();
+        unknown.put_u32_le(12);
+        unknown.put_u8(0x77);
+        unknown.put_slice(&[0u8; 11]);
+        assert_eq!(decode(&mut unknown), Err(ProtocolError::UnknownKind(0x77)));
+
+        // A write that claims more blocks than it carries.
+        let mut buf = BytesMut::new();
+        let write = Request::Write {
+            unit: unit(),
+            generation: Generation(1),
+            lba: Lba(0),
+            data: Bytes::from(vec![1u8; 4096]),
+        };
+        encode(&mut buf, 1, &Frame::Request(write));
+        let blocks_at = FRAME_HEADER_BYTES + 20 + 8;
+        buf[blocks_at..blocks_at + 4].copy_from_slice(&2u32.to_le_bytes());
+        assert!(matches!(
+            decode(&mut buf),
+            Err(ProtocolError::Malformed { .. })
+        ));
+
+        let mut hello = BytesMut::new();
+        encode(
+            &mut hello,
+            0,
+            &Frame::Hello(Hello {
+                min_version: 1,
+                max_version: 1,
+                peer: PeerKind::Client,
+                name: "c".into(),
+            }),
+        );
+        hello[FRAME_HEADER_BYTES] = b'X';
+        assert_eq!(decode(&mut hello), Err(ProtocolError::BadMagic));
+    }
+
+    #[test]
+    fn write_data_over_the_io_limit_is_refused() {
+        let mut buf = BytesMut::new();
+        buf.put_u32_le(0);
+        buf.put_u8(kind::WRITE);
+        buf.put_slice(&[0u8; 11]);
+        put_unit(&mut buf, unit(), Generation(1));
+        buf.put_u64_le(0);
+        buf.put_u32_le((MAX_IO_BYTES / BLOCK_BYTES + 1) as u32);
+        let length = (buf.len() - 4) as u32;
+        buf[..4].copy_from_slice(&length.to_le_bytes());
+        assert!(matches!(
+            decode(&mut buf),
+            Err(ProtocolError::Malformed { .. })
+        ));
+    }
+}

@@ -1,0 +1,341 @@
+//! The cached volume map: each slice's generation and primary, refreshed from the managers when a
+//! storage node says the cache is out of date.
+//!
+//! Refreshes are coalesced: every failure carries the version of the map it was routed by, and a
+//! refresh asked for with a version that has already been replaced returns the newer map without
+//! asking the managers again. So 32 requests that fail together cost one `GET`, not 32.
+//!
+//! A slice's entry never moves back to an older generation: an answer that was overtaken by a
+//! failover (a slow `GET` racing a notification's reply) cannot undo it.
+
+use std::sync::{Arc, RwLock};
+
+use crate::api::{ErrorCode, Role, SliceMap, VolumeMap, MAX_SLICES_PER_VOLUME};
+use crate::managers::Managers;
+use crate::types::{Generation, NodeId, SliceIndex, UnitId, VolumeId, BLOCK_BYTES};
+
+use super::error::ClientError;
+use super::plan::Geometry;
+
+/// Where requests for one slice go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub unit: UnitId,
+    pub generation: Generation,
+    pub primary: NodeId,
+    /// The primary's data-plane address.
+    pub addr: String,
+}
+
+/// One version of the map, with a route for every slice.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Bumped by every refresh and every merge, whether or not anything changed.
+    pub version: u64,
+    pub map: Arc<VolumeMap>,
+    routes: Vec<Route>,
+}
+
+impl Snapshot {
+    /// The route of `slice`, which must be inside the volume (plans only make such slices).
+    pub fn route(&self, slice: SliceIndex) -> &Route {
+        &self.routes[slice.0 as usize]
+    }
+}
+
+pub struct MapCache {
+    name: String,
+    id: VolumeId,
+    geometry: Geometry,
+    current: RwLock<Arc<Snapshot>>,
+    /// Held while asking the managers, so that refreshes queue behind one another and find the
+    /// map already refreshed.
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+impl MapCache {
+    /// A cache starting from `map`, checked first.
+    pub fn new(map: VolumeMap) -> Result<MapCache, ClientError> {
+        let invalid = |reason| ClientError::InvalidMap {
+            volume: map.name.clone(),
+            reason,
+        };
+        let geometry = geometry(&map).map_err(invalid)?;
+        let routes = routes(&map).map_err(invalid)?;
+        Ok(MapCache {
+            name: map.name.clone(),
+            id: map.id,
+            geometry,
+            current: RwLock::new(Arc::new(Snapshot {
+                version: 0,
+                map: Arc::new(map),
+                routes,
+            })),
+            refreshing: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn id(&self) -> VolumeId {
+        self.id
+    }
+
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A map newer than version `seen`: the managers' answer, or a refresh that finished while
+    /// this one waited its turn.
+    pub async fn refresh(
+        &self,
+        managers: &Managers,
+        seen: u64,
+    ) -> Result<Arc<Snapshot>, ClientError> {
+        let _refreshing = self.refreshing.lock().await;
+        let current = self.snapshot();
+        if current.version > seen {
+            return Ok(current);
+        }
+        let fresh = managers.volume(&self.name).await.map_err(|e| {
+            if e.code() == Some(ErrorCode::NotFound) {
+                self.deleted()
+            } else {
+                ClientError::Managers(e)
+            }
+        })?;
+        if fresh.id != self.id {
+            return Err(self.deleted());
+        }
+        let reason = match geometry(&fresh) {
+            Ok(geometry) if geometry == self.geometry => return self.install(fresh.slices),
+            Ok(_) => "the volume's size or slice size changed".to_string(),
+            Err(reason) => reason,
+        };
+        Err(ClientError::InvalidMap {
+            volume: self.name.clone(),
+            reason,
+        })
+    }
+
+    /// Takes in slices the managers sent with another answer (a notification's reply).
+    pub fn merge(&self, slices: Vec<SliceMap>) -> Result<Arc<Snapshot>, ClientError> {
+        self.install(slices)
+    }
+
+    fn deleted(&self) -> ClientError {
+        ClientError::VolumeDeleted {
+            name: self.name.clone(),
+            id: self.id.0,
+        }
+    }
+
+    /// Makes a new snapshot from the current one and `slices`, keeping for each slice whichever
+    /// has the newer generation (the incoming one on a tie: copy statuses change without a new
+    /// generation).
+    fn install(&self, slices: Vec<SliceMap>) -> Result<Arc<Snapshot>, ClientError> {
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let mut map = VolumeMap::clone(&current.map);
+        for slice in slices {
+            let Some(old) = map.slices.get_mut(slice.index.0 as usize) else {
+                continue;
+            };
+            if slice.unit == old.unit && slice.generation >= old.generation {
+                *old = slice;
+            }
+        }
+        let routes = routes(&map).map_err(|reason| ClientError::InvalidMap {
+            volume: self.name.clone(),
+            reason,
+        })?;
+        let snapshot = Arc::new(Snapshot {
+            version: current.version + 1,
+            map: Arc::new(map),
+            routes,
+        });
+        *current = snapshot.clone();
+        Ok(snapshot)
+    }
+}
+
+/// The volume's shape, if the map's numbers are consistent.
+fn geometry(map: &VolumeMap) -> Result<Geometry, String> {
+    if map.block_bytes != BLOCK_BYTES {
+        return Err(format!(
+            "block size {} is not the {BLOCK_BYTES} bytes this client speaks",
+            map.block_bytes
+        ));
+    }
+    if map.size_bytes == 0 || map.size_bytes % BLOCK_BYTES != 0 {
+        return Err(format!(
+            "size {} is not a positive multiple of {BLOCK_BYTES}",
+            map.size_bytes
+        ));
+    }
+    if map.slice_bytes == 0 || map.slice_bytes % BLOCK_BYTES != 0 {
+        return Err(format!(
+            "slice size {} is not a positive multiple of {BLOCK_BYTES}",
+            map.slice_bytes
+        ));
+    }
+    let geometry = Geometry {
+        size_bytes: map.size_bytes,
+        slice_bytes: map.slice_bytes,
+    };
+    let expected = geometry.slice_count();
+    if expected > MAX_SLICES_PER_VOLUME || map.slices.len() as u64 != expected {
+        return Err(format!(
+            "{} slices listed for {expected} slices of {} bytes",
+            map.slices.len(),
+            map.slice_bytes
+        ));
+    }
+    Ok(geometry)
+}
+
+/// A route for every slice, in slice order.
+fn routes(map: &VolumeMap) -> Result<Vec<Route>, String> {
+    map.slices
+        .iter()
+        .enumerate()
+        .map(|(index, slice)| {
+            let unit = UnitId {
+                volume: map.id,
+                slice: SliceIndex(index as u32),
+            };
+            if slice.index.0 as usize != index || slice.unit != unit {
+                return Err(format!(
+                    "slice {index} is listed as slice {} (unit {})",
+                    slice.index, slice.unit
+                ));
+            }
+            let primary = slice
+                .copies
+                .iter()
+                .find(|copy| copy.node == slice.primary)
+                .or_else(|| slice.copies.iter().find(|copy| copy.role == Role::Primary))
+                .ok_or_else(|| {
+                    format!(
+                        "slice {index}: primary {} is not among its copies",
+                        slice.primary
+                    )
+                })?;
+            Ok(Route {
+                unit,
+                generation: slice.generation,
+                primary: primary.node.clone(),
+                addr: primary.addr.clone(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::api::{CopyInfo, CopyStatus};
+    use crate::types::Vba;
+
+    pub fn copy(node: &str, role: Role) -> CopyInfo {
+        CopyInfo {
+            node: NodeId(node.into()),
+            addr: format!("{node}:7100"),
+            role,
+            status: CopyStatus::Current,
+            last_vba: Vba::ZERO,
+        }
+    }
+
+    pub fn slice(volume: u64, index: u32, generation: u64, primary: &str) -> SliceMap {
+        let other = if primary == "n1" { "n2" } else { "n1" };
+        SliceMap {
+            unit: UnitId::new(volume, index),
+            index: SliceIndex(index),
+            generation: Generation(generation),
+            primary: NodeId(primary.into()),
+            copies: vec![copy(primary, Role::Primary), copy(other, Role::Secondary)],
+        }
+    }
+
+    /// Volume 7, "v": 10 MiB in slices of 4 MiB, every primary on n1 at generation 1.
+    pub fn volume_map() -> VolumeMap {
+        VolumeMap {
+            id: VolumeId(7),
+            name: "v".into(),
+            size_bytes: 10 << 20,
+            block_bytes: BLOCK_BYTES,
+            slice_bytes: 4 << 20,
+            replicas: 2,
+            slices: (0..3).map(|i| slice(7, i, 1, "n1")).collect(),
+        }
+    }
+
+    #[test]
+    fn routes_point_at_each_slice_primary() {
+        let cache = MapCache::new(volume_map()).expect("valid map");
+        let snapshot = cache.snapshot();
+        let route = snapshot.route(SliceIndex(2));
+        assert_eq!(route.unit, UnitId::new(7, 2));
+        assert_eq!(route.primary, NodeId("n1".into()));
+        assert_eq!(route.addr, "n1:7100");
+        assert_eq!(route.generation, Generation(1));
+    }
+
+    #[test]
+    fn inconsistent_maps_are_refused() {
+        let mut map = volume_map();
+        map.slices.pop();
+        assert!(matches!(
+            MapCache::new(map),
+            Err(ClientError::InvalidMap { .. })
+        ));
+
+        let mut map = volume_map();
+        map.slices[1].copies.retain(|c| c.role != Role::Primary);
+        let error = MapCache::new(map).err().expect("no primary copy");
+        assert!(error.to_string().contains("primary n1"), "{error}");
+
+        let mut map = volume_map();
+        map.block_bytes = 512;
+        assert!(MapCache::new(map).is_err());
+
+        let mut map = volume_map();
+        map.slices.swap(0, 1);
+        assert!(MapCache::new(map).is_err());
+    }
+
+    #[test]
+    fn merges_keep_the_newest_generation_of_each_slice() {
+        let cache = MapCache::new(volume_map()).expect("valid map");
+        let merged = cache
+            .merge(vec![slice(7, 1, 2, "n2")])
+            .expect("valid slices");
+        assert_eq!(merged.version, 1);
+        assert_eq!(merged.route(SliceIndex(1)).primary, NodeId("n2".into()));
+        assert_eq!(merged.route(SliceIndex(1)).addr, "n2:7100");
+        assert_eq!(merged.route(SliceIndex(0)).primary, NodeId("n1".into()));
+
+        // An older answer arriving late does not undo the failover.
+        let late = cache
+            .merge(vec![slice(7, 1, 1, "n1")])
+            .expect("valid slices");
+        assert_eq!(late.version, 2);
+        assert_eq!(late.route(SliceIndex(1)).generation, Generation(2));
+        assert_eq!(late.route(SliceIndex(1)).primary, NodeId("n2".into()));
+
+        // Slices of other volumes, or beyond this one, are ignored.
+        let other = cache
+            .merge(vec![slice(8, 0, 9, "n2"), slice(7, 5, 9, "n2")])
+            .expect("ignored");
+        assert_eq!(other.route(SliceIndex(0)).generation, Generation(1));
+    }
+}

@@ -1,0 +1,351 @@
+//! A volume as a compute node uses it: `read`, `write`, `trim`, `flush` at byte offsets, routed to
+//! each slice's primary.
+//!
+//! # Layout
+//! - `plan`: checking an operation and cutting it into per-slice requests of at most
+//!   [`MAX_IO_BYTES`].
+//! - `map`: the cached volume map and its coalesced refresh.
+//! - `retry`: what each failure calls for (refresh, back off, report the primary, give up).
+//! - `call`: the retry loop around one request, and reporting an unresponsive primary.
+//! - `flight`: coalescing identical work in progress (one report for 32 failed requests).
+//! - `error`: the typed [`ClientError`] callers branch on.
+//!
+//! Every method takes `&self` and holds no lock across an await, so N concurrent calls keep N
+//! requests in flight on the pipelined connections of a shared [`Pool`].
+
+mod call;
+mod error;
+mod flight;
+mod map;
+mod plan;
+mod retry;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::{stream, StreamExt, TryStreamExt};
+use tokio::time::Instant;
+
+use crate::api::{ErrorCode as ApiCode, VolumeMap};
+use crate::conn::Pool;
+use crate::managers::Managers;
+use crate::proto::{PeerKind, Request, Response, MAX_IO_BYTES};
+use crate::types::{Generation, SliceIndex, VolumeId, BLOCK_BYTES};
+
+pub use error::{ClientError, Op};
+pub use plan::{Geometry, Part};
+pub use retry::{classify, classify_code, Action};
+
+use flight::Flights;
+use map::MapCache;
+use retry::ReportOutcome;
+
+/// Requests of one call in flight at once (a 64 MiB read is 64 requests): enough to keep every
+/// slice's primary busy without queueing a whole large buffer's worth of frames at once.
+const MAX_PARTS_IN_FLIGHT: usize = 64;
+/// A trim carries no data, so one request per slice.
+const MAX_TRIM_PART_BYTES: u64 = u64::MAX - u64::MAX % BLOCK_BYTES;
+
+/// How a [`Volume`] behaves; `VolumeOptions::default()` suits most callers.
+#[derive(Clone)]
+pub struct VolumeOptions {
+    /// How long one request (and one connection attempt) may take before the primary is deemed
+    /// unresponsive and reported to the managers.
+    pub io_timeout: Duration,
+    /// How long one operation keeps retrying before it fails with [`ClientError::GaveUp`].
+    pub retry_deadline: Duration,
+    /// The name this client gives storage nodes and managers (logs, notifications).
+    pub client_name: String,
+    /// A pool to share with other volumes; by default each volume opens its own.
+    pub pool: Option<Arc<Pool>>,
+}
+
+impl Default for VolumeOptions {
+    fn default() -> VolumeOptions {
+        VolumeOptions {
+            io_timeout: Duration::from_secs(5),
+            retry_deadline: Duration::from_secs(30),
+            client_name: default_client_name(),
+            pool: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for VolumeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VolumeOptions")
+            .field("io_timeout", &self.io_timeout)
+            .field("retry_deadline", &self.retry_deadline)
+            .field("client_name", &self.client_name)
+            .field("shared_pool", &self.pool.is_some())
+            .finish()
+    }
+}
+
+/// `client-HOSTNAME-PID`: unique per process, and says where a notification came from.
+pub fn default_client_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".into());
+    format!("client-{host}-{}", std::process::id())
+}
+
+/// An open volume. Cheap to share: wrap it in an `Arc` and call it from many tasks.
+pub struct Volume {
+    managers: Arc<Managers>,
+    pool: Arc<Pool>,
+    io_timeout: Duration,
+    retry_deadline: Duration,
+    client_name: String,
+    map: MapCache,
+    /// One report per slice and generation at a time, however many requests timed out.
+    reports: Flights<(SliceIndex, Generation), ReportOutcome>,
+    /// Slices written or trimmed since the last flush began: what `flush` must cover.
+    dirty: Mutex<BTreeSet<SliceIndex>>,
+}
+
+impl std::fmt::Debug for Volume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Volume({:?}, id {})", self.map.name(), self.map.id())
+    }
+}
+
+impl Volume {
+    /// Looks the volume up on the managers and checks its map.
+    pub async fn open(
+        managers: Arc<Managers>,
+        name: &str,
+        options: VolumeOptions,
+    ) -> Result<Volume, ClientError> {
+        let map = managers.volume(name).await.map_err(|e| {
+            if e.code() == Some(ApiCode::NotFound) {
+                ClientError::VolumeNotFound { name: name.into() }
+            } else {
+                ClientError::Managers(e)
+            }
+        })?;
+        let map = MapCache::new(map)?;
+        let pool = options.pool.unwrap_or_else(|| {
+            Arc::new(Pool::new(
+                PeerKind::Client,
+                &options.client_name,
+                options.io_timeout,
+            ))
+        });
+        Ok(Volume {
+            managers,
+            pool,
+            io_timeout: options.io_timeout,
+            retry_deadline: options.retry_deadline,
+            client_name: options.client_name,
+            map,
+            reports: Flights::new(),
+            dirty: Mutex::new(BTreeSet::new()),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        self.map.name()
+    }
+
+    pub fn id(&self) -> VolumeId {
+        self.map.id()
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.map.geometry().size_bytes
+    }
+
+    pub fn geometry(&self) -> Geometry {
+        self.map.geometry()
+    }
+
+    /// The volume map as last cached (refreshed when nodes say it is out of date).
+    pub fn map(&self) -> Arc<VolumeMap> {
+        self.map.snapshot().map.clone()
+    }
+
+    /// Reads `len` bytes at `offset`, both multiples of 4096. Blocks never written read as zeroes.
+    pub async fn read(&self, offset: u64, len: u64) -> Result<Bytes, ClientError> {
+        let parts = self.plan(offset, len, MAX_IO_BYTES)?;
+        let deadline = self.deadline();
+        if let [part] = parts[..] {
+            return self.read_part(part, deadline).await;
+        }
+        let size = usize::try_from(len).expect("the volume's size fits in memory addresses");
+        let mut out = BytesMut::zeroed(size);
+        let mut reads = stream::iter(parts)
+            .map(|part| async move { (part, self.read_part(part, deadline).await) })
+            .buffer_unordered(MAX_PARTS_IN_FLIGHT);
+        while let Some((part, data)) = reads.next().await {
+            let data = data?;
+            let start = part.buf_offset as usize;
+            out[start..start + data.len()].copy_from_slice(&data);
+        }
+        Ok(out.freeze())
+    }
+
+    /// Writes `data` (a multiple of 4096 bytes) at `offset`. Succeeds only when every part is
+    /// acknowledged, that is durable on the primary and on every current copy of its slice; on
+    /// error some parts may have been written and others not.
+    pub async fn write(&self, offset: u64, data: Bytes) -> Result<(), ClientError> {
+        let parts = self.plan(offset, data.len() as u64, MAX_IO_BYTES)?;
+        let deadline = self.deadline();
+        self.run_parts(parts, |part| {
+            let start = part.buf_offset as usize;
+            let chunk = data.slice(start..start + part.len_bytes as usize);
+            self.write_part(part, chunk, deadline)
+        })
+        .await
+    }
+
+    /// Discards `len` bytes at `offset`: they read as zeroes afterwards.
+    pub async fn trim(&self, offset: u64, len: u64) -> Result<(), ClientError> {
+        let parts = self.plan(offset, len, MAX_TRIM_PART_BYTES)?;
+        let deadline = self.deadline();
+        self.run_parts(parts, |part| self.trim_part(part, deadline))
+            .await
+    }
+
+    /// A barrier: returns once every write and trim this `Volume` completed before the call is
+    /// durable on every current copy and each primary involved still holds its lease. (An
+    /// acknowledged write is already durable; the flush confirms no primary was deposed since.)
+    pub async fn flush(&self) -> Result<(), ClientError> {
+        let slices = std::mem::take(&mut *self.lock_dirty());
+        let deadline = self.deadline();
+        let flushes = slices
+            .iter()
+            .map(|slice| self.flush_slice(*slice, deadline));
+        let result = stream::iter(flushes)
+            .buffer_unordered(MAX_PARTS_IN_FLIGHT)
+            .try_collect::<()>()
+            .await;
+        if result.is_err() {
+            // Whatever is unconfirmed stays owed to the next flush.
+            self.lock_dirty().extend(slices);
+        }
+        result
+    }
+
+    fn plan(&self, offset: u64, len: u64, max_part_bytes: u64) -> Result<Vec<Part>, ClientError> {
+        let geometry = self.map.geometry();
+        geometry.check(self.map.name(), offset, len)?;
+        Ok(geometry.split(offset, len, max_part_bytes))
+    }
+
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.retry_deadline
+    }
+
+    fn lock_dirty(&self) -> std::sync::MutexGuard<'_, BTreeSet<SliceIndex>> {
+        self.dirty.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn run_parts<F, Fut>(&self, parts: Vec<Part>, run: F) -> Result<(), ClientError>
+    where
+        F: Fn(Part) -> Fut,
+        Fut: std::future::Future<Output = Result<(), ClientError>>,
+    {
+        if let [part] = parts[..] {
+            return run(part).await;
+        }
+        stream::iter(parts.into_iter().map(run))
+            .buffer_unordered(MAX_PARTS_IN_FLIGHT)
+            .try_collect::<()>()
+            .await
+    }
+
+    async fn read_part(&self, part: Part, deadline: Instant) -> Result<Bytes, ClientError> {
+        let blocks = u32::try_from(part.blocks()).expect("a part is at most MAX_IO_BYTES");
+        self.call(
+            Op::Read,
+            part.slice,
+            deadline,
+            |route| Request::Read {
+                unit: route.unit,
+                generation: route.generation,
+                lba: part.lba,
+                blocks,
+            },
+            |response| match response {
+                Response::Read { data } if data.len() as u64 == part.len_bytes => Ok(data),
+                Response::Read { data } => Err(format!(
+                    "{} bytes for a read of {}",
+                    data.len(),
+                    part.len_bytes
+                )),
+                other => Err(format!("{other:?} for a read")),
+            },
+        )
+        .await
+    }
+
+    async fn write_part(
+        &self,
+        part: Part,
+        data: Bytes,
+        deadline: Instant,
+    ) -> Result<(), ClientError> {
+        self.call(
+            Op::Write,
+            part.slice,
+            deadline,
+            |route| Request::Write {
+                unit: route.unit,
+                generation: route.generation,
+                lba: part.lba,
+                data: data.clone(),
+            },
+            |response| match response {
+                Response::Write { .. } => Ok(()),
+                other => Err(format!("{other:?} for a write")),
+            },
+        )
+        .await?;
+        self.lock_dirty().insert(part.slice);
+        Ok(())
+    }
+
+    async fn trim_part(&self, part: Part, deadline: Instant) -> Result<(), ClientError> {
+        self.call(
+            Op::Trim,
+            part.slice,
+            deadline,
+            |route| Request::Trim {
+                unit: route.unit,
+                generation: route.generation,
+                lba: part.lba,
+                blocks: part.blocks(),
+            },
+            |response| match response {
+                Response::Trim { .. } => Ok(()),
+                other => Err(format!("{other:?} for a trim")),
+            },
+        )
+        .await?;
+        self.lock_dirty().insert(part.slice);
+        Ok(())
+    }
+
+    async fn flush_slice(&self, slice: SliceIndex, deadline: Instant) -> Result<(), ClientError> {
+        self.call(
+            Op::Flush,
+            slice,
+            deadline,
+            |route| Request::Flush {
+                unit: route.unit,
+                generation: route.generation,
+            },
+            |response| match response {
+                Response::Flush => Ok(()),
+                other => Err(format!("{other:?} for a flush")),
+            },
+        )
+        .await
+    }
+}

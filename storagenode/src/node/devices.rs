@@ -1,0 +1,87 @@
+//! The storage devices of a node (`--data-dir`, once per device): where units live, and the
+//! capacity the node reports.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use client::types::UnitId;
+
+use crate::engine::{Device, DeviceOptions, EngineError, RecoveryReport, Unit};
+
+pub struct Devices {
+    devices: Vec<Device>,
+}
+
+impl Devices {
+    /// Opens every data directory, recovering the units on each. A unit found on two devices is an
+    /// error: the node would not know which copy to serve.
+    pub fn open(
+        dirs: &[PathBuf],
+        options: &DeviceOptions,
+    ) -> anyhow::Result<(Devices, Vec<RecoveryReport>)> {
+        if dirs.is_empty() {
+            bail!("at least one --data-dir is needed");
+        }
+        let mut devices = Vec::new();
+        let mut reports = Vec::new();
+        for dir in dirs {
+            let (device, found) = Device::open_dir(dir, options)
+                .with_context(|| format!("opening data directory {}", dir.display()))?;
+            devices.push(device);
+            reports.extend(found);
+        }
+        let mut seen = std::collections::BTreeMap::new();
+        for (i, device) in devices.iter().enumerate() {
+            for unit in device.units() {
+                if let Some(other) = seen.insert(unit.id(), i) {
+                    bail!(
+                        "unit {} is on both {} and {}",
+                        unit.id(),
+                        dirs[other].display(),
+                        dirs[i].display()
+                    );
+                }
+            }
+        }
+        Ok((Devices { devices }, reports))
+    }
+
+    pub fn units(&self) -> Vec<Arc<Unit>> {
+        self.devices.iter().flat_map(Device::units).collect()
+    }
+
+    /// Creates a unit on the device with the most free space.
+    pub fn create_unit(&self, id: UnitId, size_bytes: u64) -> Result<Arc<Unit>, EngineError> {
+        let mut best: Option<(u64, &Device)> = None;
+        for device in &self.devices {
+            let free = device.space()?.free_bytes;
+            if best.is_none_or(|(most, _)| free > most) {
+                best = Some((free, device));
+            }
+        }
+        let (_, device) = best.expect("a node has at least one device");
+        device.create_unit(id, size_bytes)
+    }
+
+    pub fn remove_unit(&self, id: UnitId) -> Result<(), EngineError> {
+        for device in &self.devices {
+            if device.unit(id).is_some() {
+                return device.remove_unit(id);
+            }
+        }
+        Err(EngineError::NoSuchUnit(id))
+    }
+
+    /// Total and free bytes over all devices.
+    pub fn space(&self) -> Result<(u64, u64), EngineError> {
+        let mut total = 0;
+        let mut free = 0;
+        for device in &self.devices {
+            let space = device.space()?;
+            total += space.total_bytes;
+            free += space.free_bytes;
+        }
+        Ok((total, free))
+    }
+}

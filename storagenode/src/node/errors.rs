@@ -1,0 +1,35 @@
+//! Engine errors as the data plane reports them.
+
+use client::proto::{ErrorCode, WireError};
+
+use crate::engine::EngineError;
+
+pub fn from_engine(error: EngineError) -> WireError {
+    let code = match &error {
+        EngineError::OutOfRange { .. } => ErrorCode::OutOfRange,
+        EngineError::StaleGeneration { current, .. } => {
+            let current = current.0;
+            return WireError::new(ErrorCode::StaleGeneration, error.to_string())
+                .with_detail(current);
+        }
+        EngineError::Hole { expected, .. } => {
+            let expected = expected.0;
+            return WireError::new(ErrorCode::Hole, error.to_string()).with_detail(expected);
+        }
+        EngineError::Conflict { .. } | EngineError::ContentMismatch { .. } => ErrorCode::Conflict,
+        EngineError::TruncateStable { .. } => ErrorCode::Conflict,
+        EngineError::Invalid(_) => ErrorCode::BadRequest,
+        EngineError::NoSuchUnit(_) => ErrorCode::UnknownUnit,
+        EngineError::UnitExists(_) => ErrorCode::Internal,
+        EngineError::Io { .. }
+        | EngineError::Device { .. }
+        | EngineError::Corrupt { .. }
+        | EngineError::Failed { .. } => ErrorCode::Internal,
+    };
+    WireError::new(code, error.to_string())
+}
+
+/// A blocking engine call that panicked or was cancelled.
+pub fn from_join(error: tokio::task::JoinError) -> WireError {
+    WireError::new(ErrorCode::Internal, format!("storage task failed: {error}"))
+}

@@ -1,0 +1,241 @@
+//! The node's side of the consistency database: registration, heartbeats (about once a second,
+//! with each unit's last VBA), the lease they renew, and applying the assignments each reply
+//! carries: units to create, roles and generations to take, units to drop.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use client::api::{
+    CopyStatus, ErrorCode, HeartbeatRequest, HeartbeatResponse, Notification, RegisterNodeRequest,
+    Role, UnitGeneration, UnitReport,
+};
+use client::managers::ManagerError;
+use client::types::Vba;
+use tracing::{debug, error, info, warn};
+
+use super::unit::{Assignment, UnitRuntime};
+use super::Node;
+
+/// Runs for the life of the node: registers, then heartbeats.
+pub async fn run(node: Arc<Node>) {
+    register(&node).await;
+    let mut ticks = tokio::time::interval(node.config.heartbeat_interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = node.refresh.notified() => {}
+        }
+        match heartbeat(&node).await {
+            Ok(()) => {
+                if let Some(since) = failing_since.take() {
+                    info!(after = ?since.elapsed(), "heartbeats answered again");
+                }
+            }
+            Err(ManagerError::Api { error, .. }) if error.code == ErrorCode::NotFound => {
+                warn!("the managers do not know this node; registering again");
+                register(&node).await;
+            }
+            Err(e) => {
+                // Logged once per outage, not once per beat.
+                if failing_since.is_none() {
+                    warn!(error = %e, "heartbeat not answered; primaries stop serving when their lease runs out");
+                    failing_since = Some(Instant::now());
+                }
+            }
+        }
+    }
+}
+
+fn capacity(node: &Node) -> (u64, u64) {
+    let (total, free) = node.devices.space().unwrap_or_else(|e| {
+        error!(error = %e, "cannot read the devices' free space");
+        (0, 0)
+    });
+    let capacity = node.config.capacity_bytes.unwrap_or(total).max(1);
+    let assigned: u64 = node.units().iter().map(|u| u.engine.size_bytes()).sum();
+    (capacity, free.min(capacity.saturating_sub(assigned)))
+}
+
+/// Registers until the managers answer.
+async fn register(node: &Node) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let (capacity_bytes, free_bytes) = capacity(node);
+        let request = RegisterNodeRequest {
+            id: node.id.clone(),
+            addr: node.config.advertise.clone(),
+            capacity_bytes,
+            free_bytes: Some(free_bytes),
+        };
+        match node.managers.register_node(&request).await {
+            Ok(_) => {
+                info!(node = %node.id, addr = %request.addr, capacity_bytes, "registered with the managers");
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, "registration not answered; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+async fn heartbeat(node: &Arc<Node>) -> Result<(), ManagerError> {
+    let units = node
+        .units()
+        .iter()
+        .map(|u| UnitReport {
+            unit: u.id,
+            last_vba: u.engine.last_vba(),
+        })
+        .collect();
+    let (_, free_bytes) = capacity(node);
+    let request = HeartbeatRequest {
+        free_bytes: Some(free_bytes),
+        units,
+    };
+    let sent = Instant::now();
+    let reply = node.managers.heartbeat(&node.id, &request).await?;
+    apply(node, sent, reply).await;
+    Ok(())
+}
+
+/// Brings the node's units in line with the database's assignments.
+async fn apply(node: &Arc<Node>, sent: Instant, reply: HeartbeatResponse) {
+    let lease = Duration::from_millis(reply.lease_ms);
+    let mut assigned = BTreeSet::new();
+    for unit in &reply.units {
+        assigned.insert(unit.unit);
+        let runtime = match node.unit(unit.unit) {
+            Some(runtime) => runtime,
+            None => match create(node, unit.unit, unit.unit_bytes).await {
+                Some(runtime) => {
+                    // A copy the database believes current but which this node has to create
+                    // empty was lost (a wiped or replaced disk): it must not serve as current.
+                    let written = unit.copies.iter().any(|c| c.last_vba > Vba::ZERO);
+                    if unit.status == CopyStatus::Current && written {
+                        runtime.lost.store(true, Ordering::Relaxed);
+                    }
+                    runtime
+                }
+                None => continue,
+            },
+        };
+        if runtime.engine.size_bytes() != unit.unit_bytes {
+            error!(unit = %unit.unit, local = runtime.engine.size_bytes(), assigned = unit.unit_bytes,
+                "the unit here has another size than the database's; not serving it");
+            continue;
+        }
+        let before = runtime.assignment();
+        let assignment = Assignment::from_assigned(unit);
+        if before.as_ref() != Some(&assignment) {
+            debug!(unit = %unit.unit, role = ?unit.role, status = ?unit.status, generation = %unit.generation, "assignment");
+            if before.as_ref().is_some_and(|b| b.role != Role::Primary)
+                && unit.role == Role::Primary
+            {
+                info!(unit = %unit.unit, generation = %unit.generation, last_vba = %runtime.engine.last_vba(),
+                    "became the primary");
+            }
+        }
+        runtime.assign(assignment);
+        if unit.role == Role::Primary && unit.lease_renewed {
+            runtime.renew_lease(sent, lease);
+        }
+    }
+    for runtime in node.units() {
+        if !assigned.contains(&runtime.id) {
+            drop_unit(node, &runtime).await;
+        }
+    }
+    let lost: Vec<UnitGeneration> = reply
+        .units
+        .iter()
+        .filter(|u| {
+            node.unit(u.unit)
+                .is_some_and(|r| r.lost.load(Ordering::Relaxed))
+        })
+        .map(|u| UnitGeneration {
+            unit: u.unit,
+            generation: u.generation,
+        })
+        .collect();
+    if !lost.is_empty() {
+        report_not_current(node, lost).await;
+    }
+}
+
+async fn create(
+    node: &Arc<Node>,
+    unit: client::types::UnitId,
+    bytes: u64,
+) -> Option<Arc<UnitRuntime>> {
+    let created = {
+        let node = node.clone();
+        tokio::task::spawn_blocking(move || node.devices.create_unit(unit, bytes)).await
+    };
+    match created {
+        Ok(Ok(engine)) => {
+            info!(%unit, bytes, "created unit");
+            let runtime = Arc::new(UnitRuntime::new(engine, node.id.clone()));
+            node.units
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(unit, runtime.clone());
+            Some(runtime)
+        }
+        Ok(Err(e)) => {
+            error!(%unit, error = %e, "cannot create an assigned unit");
+            None
+        }
+        Err(e) => {
+            error!(%unit, error = %e, "creating an assigned unit failed");
+            None
+        }
+    }
+}
+
+async fn drop_unit(node: &Arc<Node>, runtime: &UnitRuntime) {
+    let unit = runtime.id;
+    node.units
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&unit);
+    let removed = {
+        let node = node.clone();
+        tokio::task::spawn_blocking(move || node.devices.remove_unit(unit)).await
+    };
+    match removed {
+        Ok(Ok(())) => info!(%unit, "dropped a unit no longer assigned here"),
+        Ok(Err(e)) => error!(%unit, error = %e, "cannot drop a unit"),
+        Err(e) => error!(%unit, error = %e, "dropping a unit failed"),
+    }
+}
+
+/// Reports units this node lost as not current; until that is committed they do not serve.
+async fn report_not_current(node: &Node, units: Vec<UnitGeneration>) {
+    let notification = Notification::NotCurrent {
+        source: node.id.clone(),
+        units: units.clone(),
+    };
+    match node.managers.notify(&notification).await {
+        Ok(_) => {
+            for unit in &units {
+                if let Some(runtime) = node.unit(unit.unit) {
+                    runtime.lost.store(false, Ordering::Relaxed);
+                }
+            }
+            info!(
+                units = units.len(),
+                "reported units that had to be created empty as not current"
+            );
+        }
+        Err(e) => {
+            warn!(error = %e, "could not report lost units as not current; retrying at the next beat")
+        }
+    }
+}

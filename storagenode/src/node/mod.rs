@@ -1,0 +1,149 @@
+//! The storage node (`vbs-storage serve`): registers with the managers, heartbeats, serves its
+//! units over the data plane, and replicates.
+//!
+//! - [`devices`]: the node's data directories and where new units go;
+//! - [`unit`]: a unit as served: engine, assignment, lease, replication state;
+//! - [`membership`]: registration, heartbeats, and applying the database's assignments;
+//! - [`server`]: the data-plane listener: handshake, limits, dispatch;
+//! - [`primary`]: client IO on the primary: ordering, replication, acknowledgement;
+//! - [`replica`]: the secondary side, and the primary's answers to resend and catch-up requests.
+
+pub mod devices;
+mod errors;
+pub mod membership;
+pub mod primary;
+pub mod replica;
+pub mod server;
+pub mod unit;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use client::conn::Pool;
+use client::managers::Managers;
+use client::proto::PeerKind;
+use client::types::{NodeId, UnitId};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tracing::info;
+
+use crate::engine::DeviceOptions;
+use devices::Devices;
+use unit::UnitRuntime;
+
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    /// The data-plane address announced to the managers (what others connect to).
+    pub advertise: String,
+    pub data_dirs: Vec<PathBuf>,
+    pub managers: String,
+    /// Capacity to announce; default: the devices' total size.
+    pub capacity_bytes: Option<u64>,
+    pub heartbeat_interval: Duration,
+    /// How long a primary waits for a secondary before reporting it unresponsive.
+    pub write_timeout: Duration,
+    /// How long a secondary waits for records that were overtaken before asking for a resend.
+    pub reorder_wait: Duration,
+    pub device: DeviceOptions,
+}
+
+impl NodeConfig {
+    pub fn new(
+        id: NodeId,
+        advertise: String,
+        data_dirs: Vec<PathBuf>,
+        managers: String,
+    ) -> NodeConfig {
+        NodeConfig {
+            id,
+            advertise,
+            data_dirs,
+            managers,
+            capacity_bytes: None,
+            heartbeat_interval: Duration::from_secs(1),
+            write_timeout: Duration::from_secs(2),
+            reorder_wait: Duration::from_millis(100),
+            device: DeviceOptions::default(),
+        }
+    }
+}
+
+pub struct Node {
+    pub id: NodeId,
+    pub config: NodeConfig,
+    devices: Devices,
+    units: RwLock<HashMap<UnitId, Arc<UnitRuntime>>>,
+    pub managers: Managers,
+    /// Connections to other storage nodes.
+    pub peers: Pool,
+    /// Wakes the heartbeat loop early, e.g. when a request names a unit not yet known here.
+    pub refresh: Notify,
+}
+
+impl Node {
+    pub fn unit(&self, id: UnitId) -> Option<Arc<UnitRuntime>> {
+        self.units
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    pub fn units(&self) -> Vec<Arc<UnitRuntime>> {
+        self.units
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+/// Runs a storage node on `listener` until `shutdown` completes.
+pub async fn run(
+    listener: TcpListener,
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let (devices, reports) = {
+        let (dirs, options) = (config.data_dirs.clone(), config.device.clone());
+        tokio::task::spawn_blocking(move || Devices::open(&dirs, &options)).await??
+    };
+    let managers = Managers::parse(&config.managers, Duration::from_secs(2))
+        .map_err(anyhow::Error::msg)
+        .context("--managers")?;
+    let peers = Pool::new(PeerKind::Node, &config.id.0, Duration::from_secs(1));
+    let mut units = HashMap::new();
+    for engine in devices.units() {
+        units.insert(
+            engine.id(),
+            Arc::new(UnitRuntime::new(engine, config.id.clone())),
+        );
+    }
+    info!(
+        node = %config.id,
+        listen = %listener.local_addr()?,
+        units = units.len(),
+        torn_tails = reports.iter().filter(|r| r.torn_tail.is_some()).count(),
+        "storage node starting"
+    );
+    let node = Arc::new(Node {
+        id: config.id.clone(),
+        config,
+        devices,
+        units: RwLock::new(units),
+        managers,
+        peers,
+        refresh: Notify::new(),
+    });
+    let membership = tokio::spawn(membership::run(node.clone()));
+    let served = server::serve(node.clone(), listener, shutdown).await;
+    membership.abort();
+    info!(node = %node.id, "storage node stopped");
+    served
+}

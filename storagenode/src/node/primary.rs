@@ -1,0 +1,337 @@
+//! Client IO on the primary. A write goes through the five steps of the design:
+//!
+//! 1. check generation, role, status and lease (`UnitRuntime::serving_primary`);
+//! 2. number the records: `Unit::begin_append` assigns the next VBAs;
+//! 3. the engine appends them to the log (group commit) ...
+//! 4. ... while, in the same VBA order, they are sent to every current and syncing secondary;
+//! 5. acknowledge once the local append is durable and every current secondary has acknowledged
+//!    or been marked stale by a committed notification (`replication::progress`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use client::api::{CopyInfo, Notification, Source, UnitGeneration};
+use client::conn::{DataError, Reply as Pending};
+use client::managers::ManagerError;
+use client::proto::{
+    ErrorCode, RecordBody, Request, Response, WireError, WireRecord, MAX_IO_BYTES,
+};
+use client::types::{Generation, Lba, NodeId, Vba, BLOCK_BYTES};
+use futures::stream::{FuturesUnordered, StreamExt};
+use tracing::{info, warn};
+
+use super::errors::{from_engine, from_join};
+use super::unit::UnitRuntime;
+use super::Node;
+use crate::engine::Op;
+use crate::replication::progress::{Failure, Marked, Reply, Step, WriteProgress};
+
+pub async fn read(
+    runtime: &Arc<UnitRuntime>,
+    generation: Generation,
+    lba: Lba,
+    blocks: u32,
+) -> Result<Response, WireError> {
+    runtime.serving_primary(generation)?;
+    if u64::from(blocks) * BLOCK_BYTES > MAX_IO_BYTES {
+        return Err(WireError::new(
+            ErrorCode::TooLarge,
+            format!("a read of {blocks} blocks"),
+        ));
+    }
+    let engine = runtime.engine.clone();
+    let data = tokio::task::spawn_blocking(move || engine.read(lba, u64::from(blocks)))
+        .await
+        .map_err(from_join)?
+        .map_err(from_engine)?;
+    Ok(Response::Read {
+        data: Bytes::from(data),
+    })
+}
+
+pub async fn write(
+    node: &Arc<Node>,
+    runtime: &Arc<UnitRuntime>,
+    generation: Generation,
+    lba: Lba,
+    data: Bytes,
+) -> Result<Response, WireError> {
+    if data.is_empty() || data.len() as u64 % BLOCK_BYTES != 0 {
+        return Err(WireError::new(
+            ErrorCode::BadRequest,
+            "a write carries whole blocks",
+        ));
+    }
+    let ops = (0..data.len() as u64 / BLOCK_BYTES)
+        .map(|i| {
+            let block = data.slice((i * BLOCK_BYTES) as usize..((i + 1) * BLOCK_BYTES) as usize);
+            Op::Write {
+                lba: Lba(lba.0 + i),
+                data: block,
+            }
+        })
+        .collect();
+    let first = replicated_append(node, runtime, generation, ops).await?;
+    Ok(Response::Write { first_vba: first })
+}
+
+pub async fn trim(
+    node: &Arc<Node>,
+    runtime: &Arc<UnitRuntime>,
+    generation: Generation,
+    lba: Lba,
+    blocks: u64,
+) -> Result<Response, WireError> {
+    let vba = replicated_append(node, runtime, generation, vec![Op::Trim { lba, blocks }]).await?;
+    Ok(Response::Trim { vba })
+}
+
+fn to_wire(vba: Vba, generation: Generation, op: &Op) -> WireRecord {
+    let body = match op {
+        Op::Write { lba, data } => RecordBody::Write {
+            lba: *lba,
+            data: data.clone(),
+        },
+        Op::Trim { lba, blocks } => RecordBody::Trim {
+            lba: *lba,
+            blocks: *blocks,
+        },
+    };
+    WireRecord {
+        vba,
+        generation,
+        body,
+    }
+}
+
+/// Appends `ops` on this primary and on its secondaries; returns the first VBA once the write may
+/// be acknowledged.
+async fn replicated_append(
+    node: &Arc<Node>,
+    runtime: &Arc<UnitRuntime>,
+    generation: Generation,
+    ops: Vec<Op>,
+) -> Result<Vba, WireError> {
+    let assignment = runtime.serving_primary(generation)?;
+    let targets = assignment.forward_targets(&node.id);
+    let required = assignment.current_secondaries(&node.id);
+    let deadline = Instant::now() + node.config.write_timeout;
+
+    // Connections first, outside the sequencer: a secondary that cannot be reached must not hold
+    // up the others' writes while its connection attempt times out.
+    let mut connections = Vec::with_capacity(targets.len());
+    for target in &targets {
+        connections.push(node.peers.get(&target.addr).await);
+    }
+
+    let sequenced = runtime.sequencer.lock().await;
+    if runtime
+        .window
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .is_full()
+    {
+        return Err(WireError::new(
+            ErrorCode::Unavailable,
+            "too many writes wait for slow secondaries; retry shortly",
+        ));
+    }
+    let records: Vec<WireRecord> = {
+        let first = runtime.engine.next_vba();
+        ops.iter()
+            .enumerate()
+            .map(|(i, op)| to_wire(Vba(first.0 + i as u64), generation, op))
+            .collect()
+    };
+    let ticket = runtime
+        .engine
+        .begin_append(generation, ops)
+        .map_err(from_engine)?;
+    debug_assert_eq!(
+        ticket.first_vba(),
+        records[0].vba,
+        "VBAs are assigned under the sequencer"
+    );
+    let committed = {
+        let mut window = runtime.window.lock().unwrap_or_else(|p| p.into_inner());
+        window.push(&records);
+        window.committed()
+    };
+    let mut sent = Vec::with_capacity(targets.len());
+    for (target, connection) in targets.iter().zip(connections) {
+        let request = Request::Replicate {
+            unit: runtime.id,
+            generation,
+            committed,
+            records: records.clone(),
+        };
+        let pending = match connection {
+            Ok(connection) => connection.send(request).await,
+            Err(e) => Err(e),
+        };
+        sent.push((target.clone(), pending));
+    }
+    drop(sequenced);
+
+    let first = ticket.first_vba();
+    let last = ticket.last_vba();
+    // The local append, on this thread (no hand-off to another one: at queue depth 1 this thread
+    // writes and syncs the batch itself). Meanwhile the secondaries' answers arrive on their
+    // connections and wait in their channels.
+    let local = tokio::task::block_in_place(|| ticket.wait()).map_err(|e| e.to_string());
+    if local.is_ok() {
+        runtime
+            .window
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .local_durable(last);
+    }
+    let mut progress = WriteProgress::new(required);
+    let mut step = progress.local_done(local);
+    let mut replies: FuturesUnordered<_> = sent
+        .into_iter()
+        .map(|(target, pending)| {
+            let records = records.clone();
+            async move {
+                let reply = replicate_to(
+                    node, runtime, &target, pending, records, committed, deadline,
+                )
+                .await;
+                (target.node, reply)
+            }
+        })
+        .collect();
+    let mut marks = FuturesUnordered::new();
+    loop {
+        match step {
+            Step::Wait => {}
+            Step::MarkStale(target) => marks.push(async move {
+                let marked = mark_stale(node, runtime, &target, generation).await;
+                (target, marked)
+            }),
+            Step::Acknowledge => return Ok(first),
+            Step::Fail(failure) => return Err(refusal(runtime, failure)),
+        }
+        step = tokio::select! {
+            Some((target, reply)) = replies.next() => progress.replied(&target, reply),
+            Some((target, marked)) = marks.next() => progress.marked(&target, marked),
+            else => unreachable!("a progress that waits has a reply or a marking outstanding"),
+        };
+    }
+}
+
+fn refusal(runtime: &UnitRuntime, failure: Failure) -> WireError {
+    match failure {
+        Failure::Deposed(generation) => WireError::new(
+            ErrorCode::StaleGeneration,
+            format!("slice {} moved on to generation {generation}", runtime.id),
+        )
+        .with_detail(generation.0),
+        Failure::Unavailable(reason) => WireError::new(ErrorCode::Unavailable, reason),
+        Failure::Local(reason) => WireError::new(ErrorCode::Internal, reason),
+    }
+}
+
+/// Waits for one secondary's answer to the records, sending them again (they are idempotent)
+/// when the connection broke or the secondary was not ready, until `deadline`.
+async fn replicate_to(
+    node: &Node,
+    runtime: &UnitRuntime,
+    target: &CopyInfo,
+    mut pending: Result<Pending, DataError>,
+    records: Vec<WireRecord>,
+    committed: Vba,
+    deadline: Instant,
+) -> Reply {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let result = match pending {
+            Ok(pending) => pending.wait(remaining).await,
+            Err(e) => Err(e),
+        };
+        let retry = match result {
+            Ok(Response::Replicate { last_vba }) => {
+                let mut window = runtime.window.lock().unwrap_or_else(|p| p.into_inner());
+                window.acked(&target.node, last_vba);
+                return Reply::Acked;
+            }
+            Ok(other) => return Reply::Failed(format!("unexpected answer {other:?}")),
+            Err(DataError::Remote { error, .. }) => match error.code {
+                ErrorCode::StaleGeneration => return Reply::Deposed(Generation(error.detail)),
+                ErrorCode::UnknownUnit | ErrorCode::Unavailable => error.message,
+                _ => return Reply::Failed(error.message),
+            },
+            Err(e @ DataError::Timeout { .. }) => return Reply::Failed(e.to_string()),
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() + backoff >= deadline {
+            return Reply::Failed(retry);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(200));
+        let request = Request::Replicate {
+            unit: runtime.id,
+            generation: records[0].generation,
+            committed,
+            records: records.clone(),
+        };
+        pending = match node.peers.get(&target.addr).await {
+            Ok(connection) => connection.send(request).await,
+            Err(e) => Err(e),
+        };
+    }
+}
+
+/// Reports `target` unresponsive for this slice and waits for the database to commit it stale.
+async fn mark_stale(
+    node: &Node,
+    runtime: &UnitRuntime,
+    target: &NodeId,
+    generation: Generation,
+) -> Marked {
+    let _one_at_a_time = runtime.marking.lock().await;
+    let still_current = runtime
+        .assignment()
+        .is_some_and(|a| a.current_secondaries(&node.id).contains(target));
+    if !still_current {
+        return Marked::Stale;
+    }
+    let notification = Notification::Unresponsive {
+        source: Source::Node(node.id.clone()),
+        target: target.clone(),
+        units: vec![UnitGeneration {
+            unit: runtime.id,
+            generation,
+        }],
+    };
+    match node.managers.notify(&notification).await {
+        Ok(reply) => {
+            for slice in &reply.slices {
+                if slice.unit == runtime.id {
+                    runtime.update_slice(slice);
+                }
+            }
+            let now_current = runtime
+                .assignment()
+                .is_some_and(|a| a.current_secondaries(&node.id).contains(target));
+            if now_current {
+                Marked::Failed(format!("the database still lists {target} as current"))
+            } else {
+                info!(unit = %runtime.id, %target, "marked an unresponsive secondary stale");
+                Marked::Stale
+            }
+        }
+        Err(ManagerError::Api { error, .. })
+            if error.code == client::api::ErrorCode::StaleGeneration =>
+        {
+            node.refresh.notify_one();
+            Marked::Deposed(Generation(generation.0 + 1))
+        }
+        Err(e) => {
+            warn!(unit = %runtime.id, %target, error = %e, "could not report an unresponsive secondary");
+            Marked::Failed(e.to_string())
+        }
+    }
+}

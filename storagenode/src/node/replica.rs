@@ -1,0 +1,282 @@
+//! The secondary side of replication, and the primary's answers to resend and catch-up requests.
+//!
+//! A secondary applies records strictly in VBA order. A frame that overtook an earlier one waits
+//! up to `reorder_wait` for it; after that the gap is a hole, and the secondary asks the primary
+//! to resend it (from the primary's window of unacknowledged records). A record that meets an
+//! older generation's record at the same VBA truncates that unacknowledged tail first, as a Raft
+//! follower does on a term conflict.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use client::api::Role;
+use client::proto::{ErrorCode, RecordBody, Request, Response, WireError, WireRecord};
+use client::types::{Generation, Vba};
+use tracing::{info, warn};
+
+use super::errors::{from_engine, from_join};
+use super::unit::UnitRuntime;
+use super::Node;
+use crate::engine::{EngineError, Op, Ticket};
+use crate::replication::order::{consecutive, place, Placement};
+
+fn to_op(body: RecordBody) -> Op {
+    match body {
+        RecordBody::Write { lba, data } => Op::Write { lba, data },
+        RecordBody::Trim { lba, blocks } => Op::Trim { lba, blocks },
+    }
+}
+
+fn to_wire(record: crate::engine::Record) -> WireRecord {
+    let body = match record.op {
+        Op::Write { lba, data } => RecordBody::Write { lba, data },
+        Op::Trim { lba, blocks } => RecordBody::Trim { lba, blocks },
+    };
+    WireRecord {
+        vba: record.vba,
+        generation: record.generation,
+        body,
+    }
+}
+
+pub async fn replicate(
+    node: &Arc<Node>,
+    runtime: &Arc<UnitRuntime>,
+    generation: Generation,
+    committed: Vba,
+    records: Vec<WireRecord>,
+) -> Result<Response, WireError> {
+    if records.is_empty() || !consecutive(records.iter().map(|r| r.vba)) {
+        return Err(WireError::new(
+            ErrorCode::BadRequest,
+            "replicated records must be consecutive",
+        ));
+    }
+    if records.iter().any(|r| r.generation != generation) {
+        return Err(WireError::new(
+            ErrorCode::BadRequest,
+            "replicated records carry the frame's generation",
+        ));
+    }
+    let assignment = runtime.assignment().ok_or_else(|| {
+        WireError::new(
+            ErrorCode::Unavailable,
+            format!("unit {} is not assigned here yet", runtime.id),
+        )
+    })?;
+    if assignment.role == Role::Primary && generation <= assignment.generation {
+        return Err(WireError::new(
+            ErrorCode::Conflict,
+            format!(
+                "this node is the primary of slice {} at generation {}",
+                runtime.id, assignment.generation
+            ),
+        ));
+    }
+    let first = records[0].vba;
+    match place(
+        assignment.generation,
+        runtime.engine.next_vba(),
+        generation,
+        first,
+    ) {
+        Placement::Refuse { current } => {
+            return Err(WireError::new(
+                ErrorCode::StaleGeneration,
+                format!(
+                    "slice {} is at generation {current}, not {generation}",
+                    runtime.id
+                ),
+            )
+            .with_detail(current.0))
+        }
+        Placement::Apply => {}
+        Placement::Gap { .. } => {
+            if !wait_for_turn(runtime, first, node.config.reorder_wait).await {
+                fill_gap(node, runtime, generation, first).await?;
+            }
+        }
+    }
+    apply_in_order(runtime, records).await?;
+    runtime.engine.set_stable_vba(committed);
+    Ok(Response::Replicate {
+        last_vba: runtime.engine.last_vba(),
+    })
+}
+
+/// Waits until the engine expects `first` (the frames before it arrived), for at most `wait`.
+async fn wait_for_turn(runtime: &UnitRuntime, first: Vba, wait: Duration) -> bool {
+    let mut expected = runtime.expected.subscribe();
+    tokio::time::timeout(wait, expected.wait_for(|next| *next >= first))
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
+/// Asks the primary for the records before `first` this copy does not hold, and applies them.
+async fn fill_gap(
+    node: &Node,
+    runtime: &Arc<UnitRuntime>,
+    generation: Generation,
+    first: Vba,
+) -> Result<(), WireError> {
+    let after = Vba(runtime.engine.next_vba().0 - 1);
+    let hole = |why: String| {
+        WireError::new(
+            ErrorCode::Hole,
+            format!(
+                "VBAs {}..{first} of unit {} are missing: {why}",
+                after.next(),
+                runtime.id
+            ),
+        )
+        .with_detail(after.next().0)
+    };
+    let primary = runtime
+        .assignment()
+        .and_then(|a| a.primary().map(|p| p.addr.clone()))
+        .ok_or_else(|| hole("the primary is not known".into()))?;
+    let request = Request::ResendRange {
+        unit: runtime.id,
+        generation,
+        after,
+        until: Vba(first.0 - 1),
+    };
+    let response = node
+        .peers
+        .call(&primary, request, node.config.write_timeout)
+        .await
+        .map_err(|e| hole(e.to_string()))?;
+    let Response::Records {
+        records, through, ..
+    } = response
+    else {
+        return Err(hole("unexpected answer to a resend".into()));
+    };
+    info!(unit = %runtime.id, from = %after.next(), %through, "filled a hole from the primary");
+    if !records.is_empty() {
+        apply_in_order(runtime, records).await?;
+    }
+    if runtime.engine.next_vba() < first {
+        return Err(hole(format!("the primary resent up to VBA {through} only")));
+    }
+    Ok(())
+}
+
+/// Queues the records to the engine in VBA order and waits until they are durable.
+async fn apply_in_order(
+    runtime: &Arc<UnitRuntime>,
+    records: Vec<WireRecord>,
+) -> Result<(), WireError> {
+    let applying = runtime.applying.lock().await;
+    let mut last: Option<Ticket> = None;
+    for record in records {
+        let (vba, generation, op) = (record.vba, record.generation, to_op(record.body));
+        let ticket = match runtime.engine.begin_apply(vba, generation, op.clone()) {
+            Ok((_, ticket)) => ticket,
+            Err(EngineError::Conflict { held, got, .. }) if got > held => {
+                // A new primary's records meet an unacknowledged tail of the old generation.
+                let engine = runtime.engine.clone();
+                let after = Vba(vba.0 - 1);
+                let dropped =
+                    tokio::task::spawn_blocking(move || engine.truncate_after(after, got))
+                        .await
+                        .map_err(from_join)?
+                        .map_err(from_engine)?;
+                warn!(unit = %runtime.id, %after, dropped, generation = %got, "truncated an old generation's tail");
+                runtime
+                    .engine
+                    .begin_apply(vba, generation, op)
+                    .map_err(from_engine)?
+                    .1
+            }
+            Err(e) => return Err(from_engine(e)),
+        };
+        last = Some(ticket);
+    }
+    runtime.expected.send_replace(runtime.engine.next_vba());
+    drop(applying);
+    if let Some(ticket) = last {
+        // On this thread: it may write the batch itself, with no hand-off (group commit).
+        tokio::task::block_in_place(|| ticket.wait()).map_err(from_engine)?;
+    }
+    Ok(())
+}
+
+/// Primary: every VBA in `(after, until]` a secondary is missing, from the window.
+pub fn resend(
+    runtime: &UnitRuntime,
+    generation: Generation,
+    after: Vba,
+    until: Vba,
+) -> Result<Response, WireError> {
+    primary_at(runtime, generation)?;
+    let resend = runtime
+        .window
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .resend(after, until);
+    Ok(Response::Records {
+        through: resend.through,
+        last_vba: runtime.engine.last_vba(),
+        done: resend.through >= until,
+        records: resend.records,
+    })
+}
+
+/// Primary: the live records after `after`, up to about `max_bytes`, from the log.
+pub async fn catch_up(
+    runtime: &UnitRuntime,
+    generation: Generation,
+    after: Vba,
+    max_bytes: u32,
+) -> Result<Response, WireError> {
+    primary_at(runtime, generation)?;
+    let engine = runtime.engine.clone();
+    let budget = (max_bytes as usize).clamp(64 << 10, client::proto::MAX_IO_BYTES as usize);
+    tokio::task::spawn_blocking(move || {
+        let last_vba = engine.last_vba();
+        let mut records = Vec::new();
+        let mut bytes = 0;
+        let mut through = last_vba;
+        for record in engine.records_after(after) {
+            let record = record.map_err(from_engine)?;
+            if record.vba > last_vba {
+                break;
+            }
+            let size = 64 + record.op.data().len();
+            if bytes + size > budget || records.len() == client::proto::MAX_RECORDS_PER_FRAME {
+                through = records.last().map_or(after, |r: &WireRecord| r.vba);
+                break;
+            }
+            bytes += size;
+            records.push(to_wire(record));
+        }
+        Ok(Response::Records {
+            through,
+            last_vba,
+            done: through >= last_vba,
+            records,
+        })
+    })
+    .await
+    .map_err(from_join)?
+}
+
+fn primary_at(runtime: &UnitRuntime, generation: Generation) -> Result<(), WireError> {
+    let assignment = runtime.assignment();
+    match assignment {
+        Some(a) if a.role == Role::Primary && a.generation == generation => Ok(()),
+        Some(a) if generation < a.generation => Err(WireError::new(
+            ErrorCode::StaleGeneration,
+            format!("slice {} is at generation {}", runtime.id, a.generation),
+        )
+        .with_detail(a.generation.0)),
+        _ => Err(WireError::new(
+            ErrorCode::NotPrimary,
+            format!(
+                "this node is not the primary of slice {} at generation {generation}",
+                runtime.id
+            ),
+        )),
+    }
+}

@@ -1,0 +1,201 @@
+//! The data-plane listener: one task per connection reads frames, runs each request in a task of
+//! its own (so requests are pipelined and answered in any order), and writes responses whole.
+//!
+//! Limits: a connection has at most [`MAX_IN_FLIGHT`] requests being served; past that it is not
+//! read until one finishes (backpressure, not an error). A frame over [`proto::MAX_FRAME_BYTES`],
+//! a malformed frame, or a handshake that fails closes that connection with a logged reason;
+//! nothing a peer sends can stop the process.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use client::conn::read_frame;
+use client::proto::{
+    self, ErrorCode, Frame, HelloOk, Request, Response, WireError, MAX_IN_FLIGHT,
+    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Mutex, Semaphore};
+use tracing::{debug, warn};
+
+use super::{primary, replica, Node};
+
+/// How long a new connection has to send its hello.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub async fn serve(
+    node: Arc<Node>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => return Ok(()),
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let node = node.clone();
+                tokio::spawn(async move {
+                    if let Err(reason) = connection(node, stream, peer).await {
+                        warn!(%peer, %reason, "closed a data-plane connection");
+                    }
+                });
+            }
+            // Out of file descriptors and the like: keep serving the connections we have.
+            Err(e) => {
+                warn!(error = %e, "accepting a data-plane connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn write_frame(
+    writer: &Mutex<OwnedWriteHalf>,
+    id: u64,
+    frame: &Frame,
+) -> std::io::Result<()> {
+    let mut buf = BytesMut::new();
+    proto::encode(&mut buf, id, frame);
+    writer.lock().await.write_all(&buf).await
+}
+
+/// Serves one connection. Returns why it was closed when that was not a clean end.
+async fn connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) -> Result<(), String> {
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let (mut read, write) = stream.into_split();
+    let writer = Arc::new(Mutex::new(write));
+    let mut buf = BytesMut::new();
+
+    let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut read, &mut buf))
+        .await
+        .map_err(|_| "no hello within the handshake timeout".to_string())?
+        .map_err(|e| format!("handshake: {e}"))?;
+    let hello = match hello {
+        Some((_, Frame::Hello(hello))) => hello,
+        Some(_) => return Err("the first frame was not a hello".into()),
+        None => return Ok(()),
+    };
+    let version = hello.max_version.min(PROTOCOL_VERSION);
+    if version < hello.min_version.max(MIN_PROTOCOL_VERSION) {
+        let refusal = WireError::new(
+            ErrorCode::BadRequest,
+            format!(
+                "protocol versions {}..={} are not among the {MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION} this node speaks",
+                hello.min_version, hello.max_version
+            ),
+        );
+        let _ = write_frame(&writer, 0, &Frame::Response(Response::Error(refusal))).await;
+        return Err(format!(
+            "{} speaks no protocol version this node does",
+            hello.name
+        ));
+    }
+    let ok = HelloOk {
+        version,
+        node: node.id.0.clone(),
+    };
+    write_frame(&writer, 0, &Frame::HelloOk(ok))
+        .await
+        .map_err(|e| e.to_string())?;
+    debug!(%peer, name = %hello.name, ?hello.peer, "data-plane connection");
+
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    loop {
+        let frame = match read_frame(&mut read, &mut buf).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(e.to_string()),
+        };
+        let (id, request) = match frame {
+            (id, Frame::Request(request)) => (id, request),
+            (_, other) => return Err(format!("expected a request, got {}", frame_name(&other))),
+        };
+        let slot = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let (node, writer) = (node.clone(), writer.clone());
+        tokio::spawn(async move {
+            let response = match handle(&node, request).await {
+                Ok(response) => response,
+                Err(error) => Response::Error(error),
+            };
+            if let Err(e) = write_frame(&writer, id, &Frame::Response(response)).await {
+                debug!(%peer, error = %e, "could not send a response");
+            }
+            drop(slot);
+        });
+    }
+}
+
+fn frame_name(frame: &Frame) -> &'static str {
+    match frame {
+        Frame::Hello(_) => "a second hello",
+        Frame::HelloOk(_) => "a hello answer",
+        Frame::Request(_) => "a request",
+        Frame::Response(_) => "a response",
+    }
+}
+
+async fn handle(node: &Arc<Node>, request: Request) -> Result<Response, WireError> {
+    let unit = request.unit();
+    let Some(runtime) = node.unit(unit) else {
+        // Perhaps assigned a moment ago: learn the assignment now rather than at the next beat.
+        node.refresh.notify_one();
+        return Err(WireError::new(
+            ErrorCode::UnknownUnit,
+            format!("storage node {} holds no unit {unit}", node.id),
+        ));
+    };
+    match request {
+        Request::Read {
+            generation,
+            lba,
+            blocks,
+            ..
+        } => primary::read(&runtime, generation, lba, blocks).await,
+        Request::Write {
+            generation,
+            lba,
+            data,
+            ..
+        } => primary::write(node, &runtime, generation, lba, data).await,
+        Request::Trim {
+            generation,
+            lba,
+            blocks,
+            ..
+        } => primary::trim(node, &runtime, generation, lba, blocks).await,
+        Request::Flush { generation, .. } => {
+            runtime.serving_primary(generation)?;
+            Ok(Response::Flush)
+        }
+        Request::Replicate {
+            generation,
+            committed,
+            records,
+            ..
+        } => replica::replicate(node, &runtime, generation, committed, records).await,
+        Request::ResendRange {
+            generation,
+            after,
+            until,
+            ..
+        } => replica::resend(&runtime, generation, after, until),
+        Request::CatchUp {
+            generation,
+            after,
+            max_bytes,
+            ..
+        } => replica::catch_up(&runtime, generation, after, max_bytes).await,
+    }
+}

@@ -1,0 +1,203 @@
+//! What a primary waits for before it acknowledges a write: its own durable append, and every
+//! current secondary either acknowledging the records or being marked stale by a committed
+//! notification. A secondary that cannot be reached is reported; if the report cannot be
+//! committed, the write fails rather than being acknowledged with fewer copies.
+
+use std::collections::BTreeSet;
+
+use client::types::{Generation, NodeId};
+
+/// How one secondary answered the replicated records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// It holds them, durably.
+    Acked,
+    /// No answer, a broken connection, or a refusal that says the copy cannot take them: it must
+    /// be marked stale before the write can be acknowledged.
+    Failed(String),
+    /// It knows a newer generation of the slice: this primary was deposed.
+    Deposed(Generation),
+}
+
+/// The outcome of asking the database to mark a copy stale.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Marked {
+    /// Committed: the copy is stale and no longer counts.
+    Stale,
+    /// The database refused: this primary's generation is old.
+    Deposed(Generation),
+    /// The database could not be reached or did not commit.
+    Failed(String),
+}
+
+/// What to do next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    Wait,
+    /// Report this secondary unresponsive and feed the outcome back with [`WriteProgress::marked`].
+    MarkStale(NodeId),
+    /// Everything needed is durable: acknowledge the write.
+    Acknowledge,
+    /// The write is not acknowledged.
+    Fail(Failure),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The slice has a newer generation: the client must refresh its map.
+    Deposed(Generation),
+    /// The write may be on some copies but cannot be acknowledged; the client retries.
+    Unavailable(String),
+    /// The local append failed (a disk error).
+    Local(String),
+}
+
+#[derive(Debug)]
+pub struct WriteProgress {
+    local: Option<Result<(), String>>,
+    /// Current secondaries whose answer is still awaited (or whose marking is under way).
+    waiting: BTreeSet<NodeId>,
+    failure: Option<Failure>,
+}
+
+impl WriteProgress {
+    /// A write replicated to the current secondaries `required`.
+    pub fn new(required: impl IntoIterator<Item = NodeId>) -> WriteProgress {
+        WriteProgress {
+            local: None,
+            waiting: required.into_iter().collect(),
+            failure: None,
+        }
+    }
+
+    pub fn local_done(&mut self, result: Result<(), String>) -> Step {
+        if let Err(e) = &result {
+            self.failure.get_or_insert(Failure::Local(e.clone()));
+        }
+        self.local = Some(result);
+        self.next()
+    }
+
+    pub fn replied(&mut self, node: &NodeId, reply: Reply) -> Step {
+        if !self.waiting.contains(node) {
+            return self.next();
+        }
+        match reply {
+            Reply::Acked => {
+                self.waiting.remove(node);
+                self.next()
+            }
+            Reply::Deposed(generation) => {
+                self.waiting.remove(node);
+                self.failure.get_or_insert(Failure::Deposed(generation));
+                self.next()
+            }
+            Reply::Failed(_) if self.failure.is_some() => {
+                self.waiting.remove(node);
+                self.next()
+            }
+            Reply::Failed(_) => Step::MarkStale(node.clone()),
+        }
+    }
+
+    pub fn marked(&mut self, node: &NodeId, marked: Marked) -> Step {
+        self.waiting.remove(node);
+        match marked {
+            Marked::Stale => {}
+            Marked::Deposed(generation) => {
+                self.failure.get_or_insert(Failure::Deposed(generation));
+            }
+            Marked::Failed(reason) => {
+                self.failure.get_or_insert(Failure::Unavailable(format!(
+                    "secondary {node} did not answer and could not be marked stale: {reason}"
+                )));
+            }
+        }
+        self.next()
+    }
+
+    fn next(&self) -> Step {
+        if !self.waiting.is_empty() || self.local.is_none() {
+            return Step::Wait;
+        }
+        match &self.failure {
+            Some(failure) => Step::Fail(failure.clone()),
+            None => Step::Acknowledge,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(name: &str) -> NodeId {
+        NodeId(name.into())
+    }
+
+    #[test]
+    fn acknowledged_once_local_and_every_current_secondary_hold_it() {
+        let mut p = WriteProgress::new([n("b"), n("c")]);
+        assert_eq!(p.replied(&n("b"), Reply::Acked), Step::Wait);
+        assert_eq!(p.local_done(Ok(())), Step::Wait);
+        assert_eq!(p.replied(&n("c"), Reply::Acked), Step::Acknowledge);
+    }
+
+    #[test]
+    fn an_unresponsive_secondary_is_marked_stale_before_the_ack() {
+        let mut p = WriteProgress::new([n("b")]);
+        assert_eq!(p.local_done(Ok(())), Step::Wait);
+        assert_eq!(
+            p.replied(&n("b"), Reply::Failed("timeout".into())),
+            Step::MarkStale(n("b"))
+        );
+        assert_eq!(p.marked(&n("b"), Marked::Stale), Step::Acknowledge);
+    }
+
+    #[test]
+    fn without_the_database_the_write_fails() {
+        let mut p = WriteProgress::new([n("b")]);
+        p.local_done(Ok(()));
+        p.replied(&n("b"), Reply::Failed("timeout".into()));
+        let step = p.marked(&n("b"), Marked::Failed("no manager answered".into()));
+        assert!(
+            matches!(step, Step::Fail(Failure::Unavailable(_))),
+            "{step:?}"
+        );
+    }
+
+    #[test]
+    fn a_deposed_primary_never_acknowledges() {
+        let mut p = WriteProgress::new([n("b"), n("c")]);
+        p.local_done(Ok(()));
+        p.replied(&n("b"), Reply::Deposed(Generation(5)));
+        assert_eq!(
+            p.replied(&n("c"), Reply::Acked),
+            Step::Fail(Failure::Deposed(Generation(5)))
+        );
+
+        let mut p = WriteProgress::new([n("b")]);
+        p.local_done(Ok(()));
+        p.replied(&n("b"), Reply::Failed("timeout".into()));
+        assert_eq!(
+            p.marked(&n("b"), Marked::Deposed(Generation(4))),
+            Step::Fail(Failure::Deposed(Generation(4)))
+        );
+    }
+
+    #[test]
+    fn a_local_failure_fails_the_write_even_if_copies_hold_it() {
+        let mut p = WriteProgress::new([n("b")]);
+        p.replied(&n("b"), Reply::Acked);
+        assert_eq!(
+            p.local_done(Err("EIO".into())),
+            Step::Fail(Failure::Local("EIO".into()))
+        );
+    }
+
+    #[test]
+    fn with_no_current_secondary_the_local_append_is_enough() {
+        let mut p = WriteProgress::new([]);
+        assert_eq!(p.local_done(Ok(())), Step::Acknowledge);
+    }
+}

@@ -1,0 +1,198 @@
+//! The primary's window of replicated records: every record not yet held by every current
+//! secondary stays here, so that a secondary that lost a frame (a broken connection) can have the
+//! gap resent exactly, dead or not, without the primary reading its log. What every current copy
+//! holds is the *committed* VBA: secondaries may compact under it and never truncate below it.
+
+use std::collections::BTreeMap;
+
+use client::proto::{RecordBody, WireRecord};
+use client::types::{NodeId, Vba};
+
+/// The most record bytes a window holds; past it, new writes wait (refused as unavailable) until
+/// slow secondaries acknowledge or are marked stale.
+pub const MAX_WINDOW_BYTES: usize = 256 << 20;
+
+#[derive(Default)]
+pub struct Window {
+    records: BTreeMap<Vba, WireRecord>,
+    bytes: usize,
+    /// Current secondaries and the highest VBA each has acknowledged. A secondary applies VBAs in
+    /// order, so its acknowledgement of a VBA covers every VBA before it.
+    acked: BTreeMap<NodeId, Vba>,
+    /// Highest VBA durable on the primary itself.
+    local: Vba,
+}
+
+fn record_bytes(record: &WireRecord) -> usize {
+    match &record.body {
+        RecordBody::Write { data, .. } => 64 + data.len(),
+        RecordBody::Trim { .. } => 64,
+    }
+}
+
+/// Records answering a resend: every VBA in `(after, through]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resend {
+    pub records: Vec<WireRecord>,
+    pub through: Vba,
+}
+
+impl Window {
+    pub fn new(local: Vba) -> Window {
+        Window {
+            local,
+            ..Window::default()
+        }
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.bytes >= MAX_WINDOW_BYTES
+    }
+
+    /// Records just numbered and sent.
+    pub fn push(&mut self, records: &[WireRecord]) {
+        for record in records {
+            self.bytes += record_bytes(record);
+            self.records.insert(record.vba, record.clone());
+        }
+        self.prune();
+    }
+
+    pub fn local_durable(&mut self, vba: Vba) {
+        self.local = self.local.max(vba);
+        self.prune();
+    }
+
+    pub fn acked(&mut self, node: &NodeId, vba: Vba) {
+        if let Some(acked) = self.acked.get_mut(node) {
+            *acked = (*acked).max(vba);
+        }
+        self.prune();
+    }
+
+    /// The current secondaries. One that was not current before starts from nothing acknowledged;
+    /// one that is no longer current stops holding records back.
+    pub fn set_current(&mut self, nodes: &[NodeId]) {
+        self.acked.retain(|node, _| nodes.contains(node));
+        for node in nodes {
+            self.acked.entry(node.clone()).or_insert(Vba::ZERO);
+        }
+        self.prune();
+    }
+
+    /// Every VBA up to this one is durable on the primary and on every current secondary.
+    pub fn committed(&self) -> Vba {
+        self.acked
+            .values()
+            .copied()
+            .min()
+            .map_or(self.local, |acked| acked.min(self.local))
+    }
+
+    fn prune(&mut self) {
+        let committed = self.committed();
+        while let Some(entry) = self.records.first_entry() {
+            if *entry.key() > committed {
+                break;
+            }
+            self.bytes -= record_bytes(entry.get());
+            entry.remove();
+        }
+    }
+
+    /// The records of `(after, until]` the window holds, from `after + 1` on without a gap.
+    /// `through` is the last VBA covered: less than `until` when some were never sent, or when
+    /// `after + 1` is already committed (the asker claims to miss what it acknowledged).
+    pub fn resend(&self, after: Vba, until: Vba) -> Resend {
+        let mut records = Vec::new();
+        let mut through = after;
+        for (vba, record) in self.records.range(after.next()..=until) {
+            if *vba != through.next() {
+                break;
+            }
+            records.push(record.clone());
+            through = *vba;
+        }
+        Resend { records, through }
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use client::types::{Generation, Lba};
+
+    fn record(vba: u64) -> WireRecord {
+        WireRecord {
+            vba: Vba(vba),
+            generation: Generation(1),
+            body: RecordBody::Write {
+                lba: Lba(vba),
+                data: Bytes::from(vec![vba as u8; 4096]),
+            },
+        }
+    }
+
+    fn node(name: &str) -> NodeId {
+        NodeId(name.into())
+    }
+
+    #[test]
+    fn records_stay_until_every_current_copy_holds_them() {
+        let mut window = Window::new(Vba(0));
+        window.set_current(&[node("b"), node("c")]);
+        window.push(&(1..=4).map(record).collect::<Vec<_>>());
+        window.local_durable(Vba(4));
+        assert_eq!(window.committed(), Vba(0));
+        window.acked(&node("b"), Vba(4));
+        window.acked(&node("c"), Vba(2));
+        assert_eq!(window.committed(), Vba(2));
+        assert_eq!(window.len(), 2);
+        // c is marked stale: it no longer holds records back.
+        window.set_current(&[node("b")]);
+        assert_eq!(window.committed(), Vba(4));
+        assert!(window.is_empty());
+    }
+
+    #[test]
+    fn committed_never_passes_the_primary_itself() {
+        let mut window = Window::new(Vba(0));
+        window.set_current(&[node("b")]);
+        window.push(&[record(1), record(2)]);
+        window.acked(&node("b"), Vba(2));
+        assert_eq!(window.committed(), Vba(0));
+        window.local_durable(Vba(2));
+        assert_eq!(window.committed(), Vba(2));
+        // With no secondary at all, the primary's own log is the whole story.
+        let mut alone = Window::new(Vba(7));
+        alone.set_current(&[]);
+        assert_eq!(alone.committed(), Vba(7));
+    }
+
+    #[test]
+    fn a_resend_covers_the_gap_without_holes() {
+        let mut window = Window::new(Vba(0));
+        window.set_current(&[node("b")]);
+        window.push(&(1..=6).map(record).collect::<Vec<_>>());
+        let resend = window.resend(Vba(2), Vba(5));
+        assert_eq!(resend.through, Vba(5));
+        let vbas: Vec<u64> = resend.records.iter().map(|r| r.vba.0).collect();
+        assert_eq!(vbas, vec![3, 4, 5]);
+        // Asking past what was sent covers what there is.
+        assert_eq!(window.resend(Vba(5), Vba(9)).through, Vba(6));
+        // Asking for committed VBAs covers nothing: the asker acknowledged them already.
+        window.local_durable(Vba(6));
+        window.acked(&node("b"), Vba(3));
+        let stale = window.resend(Vba(1), Vba(5));
+        assert_eq!((stale.through, stale.records.len()), (Vba(1), 0));
+    }
+}
