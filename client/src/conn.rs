@@ -92,7 +92,7 @@ pub struct Connection {
     shared: Arc<Shared>,
     /// Encoded frames for the writer task. Unbounded as a channel, bounded in fact by `slots`:
     /// every queued frame holds an in-flight slot.
-    frames: mpsc::UnboundedSender<Bytes>,
+    frames: FrameWriter,
     next_id: AtomicU64,
     slots: Arc<Semaphore>,
     node: String,
@@ -161,8 +161,10 @@ impl Connection {
             pending: std::sync::Mutex::new(Pending::Open(HashMap::new())),
         });
         let reader = tokio::spawn(read_responses(read, leftover, shared.clone()));
-        let (frames, queued) = mpsc::unbounded_channel();
-        tokio::spawn(write_frames(write, queued, shared.clone()));
+        let frames = {
+            let shared = shared.clone();
+            FrameWriter::spawn(write, move |e| shared.close(format!("write failed: {e}")))
+        };
         Ok(Connection {
             shared,
             frames,
@@ -227,10 +229,8 @@ impl Connection {
                 }
             };
         }
-        let mut buf = BytesMut::new();
-        proto::encode(&mut buf, id, &Frame::Request(request));
         // No await between registering and queueing: frames leave in the order of `send` calls.
-        if self.frames.send(buf.freeze()).is_err() {
+        if !self.frames.queue(id, &Frame::Request(request)) {
             self.shared.close("the writer task stopped".into());
         }
         Ok(Reply {
@@ -313,31 +313,50 @@ pub async fn read_frame<R: AsyncReadExt + Unpin>(
     }
 }
 
-/// Sends queued frames until the connection is dropped or a write fails.
-async fn write_frames(
-    mut write: OwnedWriteHalf,
-    mut queued: mpsc::UnboundedReceiver<Bytes>,
-    shared: Arc<Shared>,
-) {
-    let mut batch = VecDeque::new();
-    while let Some(frame) = queued.recv().await {
-        batch.push_back(frame);
-        // Whatever else is queued already goes out in the same system call: with many calls in
-        // flight this saves most of a syscall per request.
-        while batch.len() < MAX_FRAMES_PER_WRITE {
-            match queued.try_recv() {
-                Ok(frame) => batch.push_back(frame),
-                Err(_) => break,
+/// Frames queued for one socket and written by one task, as many per system call as are queued.
+/// Queueing never waits, and a caller that goes away can never leave half a frame on the wire.
+/// Frames leave in the order they were queued.
+pub struct FrameWriter {
+    frames: mpsc::UnboundedSender<Bytes>,
+}
+
+impl FrameWriter {
+    /// Starts the writer task; `on_error` runs once if a write fails (the task then stops). The
+    /// task ends by itself when the `FrameWriter` is dropped, after sending what is queued.
+    pub fn spawn(
+        mut write: OwnedWriteHalf,
+        on_error: impl FnOnce(io::Error) + Send + 'static,
+    ) -> FrameWriter {
+        let (frames, mut queued) = mpsc::unbounded_channel::<Bytes>();
+        tokio::spawn(async move {
+            let mut batch = VecDeque::new();
+            while let Some(frame) = queued.recv().await {
+                batch.push_back(frame);
+                // Whatever else is queued already goes out in the same system call: with many
+                // requests in flight this saves most of a syscall per frame.
+                while batch.len() < MAX_FRAMES_PER_WRITE {
+                    match queued.try_recv() {
+                        Ok(frame) => batch.push_back(frame),
+                        Err(_) => break,
+                    }
+                }
+                if let Err(e) = write_all_vectored(&mut write, &mut batch).await {
+                    on_error(e);
+                    return;
+                }
             }
-        }
-        if let Err(e) = write_all_vectored(&mut write, &mut batch).await {
-            shared.close(format!("write failed: {e}"));
-            return;
-        }
+        });
+        FrameWriter { frames }
+    }
+
+    /// Encodes `frame` and queues it. `false` when the writer has stopped (a write failed).
+    pub fn queue(&self, id: u64, frame: &Frame) -> bool {
+        let mut buf = BytesMut::new();
+        proto::encode(&mut buf, id, frame);
+        self.frames.send(buf.freeze()).is_ok()
     }
 }
 
-/// Writes every byte of `batch`, emptying it.
 async fn write_all_vectored(
     write: &mut OwnedWriteHalf,
     batch: &mut VecDeque<Bytes>,

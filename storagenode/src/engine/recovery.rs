@@ -337,6 +337,7 @@ impl Unit {
             }),
             batch_seq: AtomicU32::new(0),
             durable_vba: AtomicU64::new(loaded.next_vba.0 - 1),
+            durable_watch: tokio::sync::watch::Sender::new(Vba(loaded.next_vba.0 - 1)),
             maintenance: Mutex::new(()),
         }
     }
@@ -422,6 +423,7 @@ impl Unit {
         state.next_vba = vba.next();
         state.durable_vba = vba;
         self.durable_vba.store(vba.0, Ordering::Release);
+        self.durable_watch.send_replace(vba);
         Ok(dropped)
     }
 }

@@ -137,6 +137,8 @@ pub struct Unit {
     pub(super) batch_seq: AtomicU32,
     /// `state.durable_vba`, readable without the lock.
     pub(super) durable_vba: AtomicU64,
+    /// `state.durable_vba` again, for async waiters; also sent when the unit fails.
+    pub(super) durable_watch: tokio::sync::watch::Sender<Vba>,
     /// Held by compaction and truncation, which must not run at the same time.
     pub(super) maintenance: Mutex<()>,
 }
@@ -558,7 +560,7 @@ impl Unit {
             if state.durable_vba >= vba {
                 return Ok(());
             }
-            let Some(mut cursor) = state.cursor.take() else {
+            let Some(cursor) = state.cursor.take() else {
                 // Wait for the batch being written. Waiters sleep on a counter that the writer
                 // bumps and wakes all at once, and return without the state lock when their
                 // record is durable, so a batch's writers resume in parallel.
@@ -579,17 +581,78 @@ impl Unit {
                 MutexGuard::unlocked(&mut state, std::thread::yield_now);
             }
             let batch = take_batch(&mut state.pending);
-            state.last_batch_len = batch.len();
-            let written =
-                MutexGuard::unlocked(&mut state, || self.write_batch(&mut cursor, &batch));
-            state.cursor = Some(cursor);
-            state.batches += 1;
-            match written {
-                Ok(written) => self.publish(&mut state, batch, written),
-                Err(e) => state.failed = Some(e.to_string()),
+            state = self.write_and_publish(state, cursor, batch);
+        }
+    }
+
+    /// Writes one batch (without the state lock: the caller took the cursor, so no one else
+    /// writes meanwhile), publishes it, and wakes every waiter, blocking and async.
+    fn write_and_publish<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, State>,
+        mut cursor: Cursor,
+        batch: Vec<Pending>,
+    ) -> MutexGuard<'a, State> {
+        state.last_batch_len = batch.len();
+        let written = MutexGuard::unlocked(&mut state, || self.write_batch(&mut cursor, &batch));
+        state.cursor = Some(cursor);
+        state.batches += 1;
+        match written {
+            Ok(written) => self.publish(&mut state, batch, written),
+            Err(e) => state.failed = Some(e.to_string()),
+        }
+        self.batch_seq.fetch_add(1, Ordering::Release);
+        atomic_wait::wake_all(&self.batch_seq);
+        self.durable_watch.send_replace(state.durable_vba);
+        state
+    }
+
+    /// [`Unit::wait_durable`] for async callers: waiting does not hold a thread. The first
+    /// caller to find the writer free writes the next batch on its own thread (in
+    /// `block_in_place`), so at queue depth 1 there is still no hand-off; under load one batch
+    /// is written at a time while every other caller waits as a task.
+    async fn wait_durable_async(&self, vba: Vba) -> Result<()> {
+        enum Next {
+            Done,
+            Gather,
+            Wait,
+        }
+        let mut durable = self.durable_watch.subscribe();
+        let mut gathered = false;
+        loop {
+            // Decide under the lock; await only once it is released.
+            let next = {
+                let mut state = self.state.lock();
+                self.check_failed(&state)?;
+                if state.durable_vba >= vba {
+                    Next::Done
+                } else if state.cursor.is_none() {
+                    Next::Wait
+                } else if !gathered && state.pending.len() < state.last_batch_len {
+                    Next::Gather
+                } else {
+                    let cursor = state.cursor.take().expect("checked just above");
+                    let batch = take_batch(&mut state.pending);
+                    tokio::task::block_in_place(|| {
+                        drop(self.write_and_publish(state, cursor, batch))
+                    });
+                    continue;
+                }
+            };
+            match next {
+                Next::Done => return Ok(()),
+                // Let the other tasks that are ready queue their records first.
+                Next::Gather => {
+                    gathered = true;
+                    tokio::task::yield_now().await;
+                }
+                Next::Wait => {
+                    durable
+                        .changed()
+                        .await
+                        .expect("the unit, which owns the sender, outlives its tickets");
+                }
             }
-            self.batch_seq.fetch_add(1, Ordering::Release);
-            atomic_wait::wake_all(&self.batch_seq);
         }
     }
 }
@@ -629,6 +692,11 @@ impl Ticket {
     /// batch itself (group commit), so call it from a thread that may block.
     pub fn wait(self) -> Result<()> {
         self.unit.wait_durable(self.unit.state.lock(), self.last)
+    }
+
+    /// Waits until every record of the ticket is durable, from a multi-threaded tokio runtime.
+    pub async fn wait_async(self) -> Result<()> {
+        self.unit.wait_durable_async(self.last).await
     }
 }
 

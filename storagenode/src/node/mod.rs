@@ -4,12 +4,14 @@
 //! - [`devices`]: the node's data directories and where new units go;
 //! - [`unit`]: a unit as served: engine, assignment, lease, replication state;
 //! - [`membership`]: registration, heartbeats, and applying the database's assignments;
+//! - [`maintenance`]: background compaction of the units' logs;
 //! - [`server`]: the data-plane listener: handshake, limits, dispatch;
 //! - [`primary`]: client IO on the primary: ordering, replication, acknowledgement;
 //! - [`replica`]: the secondary side, and the primary's answers to resend and catch-up requests.
 
 pub mod devices;
 mod errors;
+pub mod maintenance;
 pub mod membership;
 pub mod primary;
 pub mod replica;
@@ -142,8 +144,10 @@ pub async fn run(
         refresh: Notify::new(),
     });
     let membership = tokio::spawn(membership::run(node.clone()));
+    let maintenance = tokio::spawn(maintenance::run(node.clone()));
     let served = server::serve(node.clone(), listener, shutdown).await;
     membership.abort();
+    maintenance.abort();
     info!(node = %node.id, "storage node stopped");
     served
 }

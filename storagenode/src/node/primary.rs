@@ -176,10 +176,9 @@ async fn replicated_append(
 
     let first = ticket.first_vba();
     let last = ticket.last_vba();
-    // The local append, on this thread (no hand-off to another one: at queue depth 1 this thread
-    // writes and syncs the batch itself). Meanwhile the secondaries' answers arrive on their
-    // connections and wait in their channels.
-    let local = tokio::task::block_in_place(|| ticket.wait()).map_err(|e| e.to_string());
+    // The local append (at queue depth 1 this task writes and syncs the batch itself, with no
+    // hand-off). Meanwhile the secondaries' answers arrive on their connections and wait.
+    let local = ticket.wait_async().await.map_err(|e| e.to_string());
     if local.is_ok() {
         runtime
             .window
@@ -210,7 +209,17 @@ async fn replicated_append(
                 let marked = mark_stale(node, runtime, &target, generation).await;
                 (target, marked)
             }),
-            Step::Acknowledge => return Ok(first),
+            Step::Acknowledge => {
+                // Every current copy holds the log up to the committed VBA: compaction may drop
+                // what is superseded below it.
+                let committed = runtime
+                    .window
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .committed();
+                runtime.engine.set_stable_vba(committed);
+                return Ok(first);
+            }
             Step::Fail(failure) => return Err(refusal(runtime, failure)),
         }
         step = tokio::select! {

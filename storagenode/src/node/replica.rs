@@ -196,8 +196,7 @@ async fn apply_in_order(
     runtime.expected.send_replace(runtime.engine.next_vba());
     drop(applying);
     if let Some(ticket) = last {
-        // On this thread: it may write the batch itself, with no hand-off (group commit).
-        tokio::task::block_in_place(|| ticket.wait()).map_err(from_engine)?;
+        ticket.wait_async().await.map_err(from_engine)?;
     }
     Ok(())
 }

@@ -12,15 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use client::conn::read_frame;
+use client::conn::{read_frame, FrameWriter};
 use client::proto::{
-    self, ErrorCode, Frame, HelloOk, Request, Response, WireError, MAX_IN_FLIGHT,
-    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    ErrorCode, Frame, HelloOk, Request, Response, WireError, MAX_IN_FLIGHT, MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
 };
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use super::{primary, replica, Node};
@@ -57,21 +55,15 @@ pub async fn serve(
     }
 }
 
-async fn write_frame(
-    writer: &Mutex<OwnedWriteHalf>,
-    id: u64,
-    frame: &Frame,
-) -> std::io::Result<()> {
-    let mut buf = BytesMut::new();
-    proto::encode(&mut buf, id, frame);
-    writer.lock().await.write_all(&buf).await
-}
-
 /// Serves one connection. Returns why it was closed when that was not a clean end.
 async fn connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) -> Result<(), String> {
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     let (mut read, write) = stream.into_split();
-    let writer = Arc::new(Mutex::new(write));
+    // Responses are queued to one writer task, which sends every response ready at once in one
+    // system call.
+    let writer = Arc::new(FrameWriter::spawn(write, move |e| {
+        debug!(%peer, error = %e, "could not send responses");
+    }));
     let mut buf = BytesMut::new();
 
     let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut read, &mut buf))
@@ -92,7 +84,7 @@ async fn connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) -> Res
                 hello.min_version, hello.max_version
             ),
         );
-        let _ = write_frame(&writer, 0, &Frame::Response(Response::Error(refusal))).await;
+        writer.queue(0, &Frame::Response(Response::Error(refusal)));
         return Err(format!(
             "{} speaks no protocol version this node does",
             hello.name
@@ -102,9 +94,7 @@ async fn connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) -> Res
         version,
         node: node.id.0.clone(),
     };
-    write_frame(&writer, 0, &Frame::HelloOk(ok))
-        .await
-        .map_err(|e| e.to_string())?;
+    writer.queue(0, &Frame::HelloOk(ok));
     debug!(%peer, name = %hello.name, ?hello.peer, "data-plane connection");
 
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -129,9 +119,7 @@ async fn connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) -> Res
                 Ok(response) => response,
                 Err(error) => Response::Error(error),
             };
-            if let Err(e) = write_frame(&writer, id, &Frame::Response(response)).await {
-                debug!(%peer, error = %e, "could not send a response");
-            }
+            writer.queue(id, &Frame::Response(response));
             drop(slot);
         });
     }

@@ -1,0 +1,186 @@
+//! The replicated write path beside its floor, in one run on one machine:
+//!
+//! 1. `shared/tools/floor.py` (when present): raw fdatasync, loopback round trip, and the floor for a
+//!    durable two-copy 4 KiB write (`rf2_floor_us`);
+//! 2. `vbs-storage bench` at iodepth 1 and 32: the single-node engine on the same disk;
+//! 3. `vbs bench --rw randwrite --bs 4k` at iodepth 1 and 32 against a real cluster (3 managers,
+//!    3 storage nodes, a volume with 2 replicas), all on loopback.
+//!
+//! Run: `cargo bench -p integration --bench write_path` (release build). `VBS_BENCH_RUNTIME`
+//! sets the seconds per `vbs bench` run (default 10).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use integration::binaries::{binary, workspace_root};
+use integration::{Cluster, ClusterOptions};
+use serde_json::Value;
+
+fn run_json(command: &mut Command) -> anyhow::Result<Value> {
+    let out = command
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{command:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .context("no JSON line")?;
+    serde_json::from_str(line).with_context(|| format!("parsing {line}"))
+}
+
+fn floor(dir: &Path) -> anyhow::Result<Option<Value>> {
+    let script = workspace_root().join("../shared/tools/floor.py");
+    if !script.exists() {
+        return Ok(None);
+    }
+    run_json(Command::new("python3").arg(script).arg("--dir").arg(dir)).map(Some)
+}
+
+fn engine(dir: &Path, iodepth: u32, count: u32) -> anyhow::Result<Value> {
+    run_json(
+        Command::new(binary("vbs-storage")?)
+            .args([
+                "bench",
+                "--json",
+                "--iodepth",
+                &iodepth.to_string(),
+                "--count",
+                &count.to_string(),
+            ])
+            .arg("--data-dir")
+            .arg(dir),
+    )
+}
+
+fn f(value: &Value, key: &str) -> f64 {
+    value[key].as_f64().unwrap_or(f64::NAN)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let runtime: u64 = std::env::var("VBS_BENCH_RUNTIME")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let options = ClusterOptions {
+        storage_nodes: 3,
+        storage_args: Vec::new(),
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start(options).context("starting the cluster")?;
+    cluster.wait_for_storage_up(Duration::from_secs(60)).await?;
+    let engine_dir = cluster.dir.path().join("engine-bench");
+    std::fs::create_dir_all(&engine_dir)?;
+
+    let floor = floor(cluster.dir.path())?;
+    let engine_1 = engine(&engine_dir, 1, 10_000)?;
+    let engine_32 = engine(&engine_dir, 32, 100_000)?;
+
+    let out = cluster.vbs(&[
+        "volume",
+        "create",
+        "bench",
+        "--size",
+        "1G",
+        "--replicas",
+        "2",
+        "--slice-size",
+        "256M",
+    ])?;
+    if !out.status.success() {
+        bail!("volume create: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut vbs = Vec::new();
+    for iodepth in [1, 32] {
+        let runtime = format!("{runtime}s");
+        let depth = iodepth.to_string();
+        let args = [
+            "bench",
+            "bench",
+            "--rw",
+            "randwrite",
+            "--bs",
+            "4k",
+            "--iodepth",
+            &depth,
+            "--runtime",
+            &runtime,
+            "--json",
+        ];
+        let out = cluster.vbs(&args)?;
+        if !out.status.success() {
+            bail!("vbs bench: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .context("vbs bench printed no JSON")?;
+        vbs.push(serde_json::from_str::<Value>(line)?);
+    }
+
+    println!("| what | IOPS | p50 us | p99 us |");
+    println!("| --- | --- | --- | --- |");
+    for (name, v) in [
+        ("engine, iodepth 1", &engine_1),
+        ("engine, iodepth 32", &engine_32),
+    ] {
+        println!(
+            "| {name} | {:.0} | {} | {} |",
+            f(v, "iops"),
+            f(v, "latency_us_p50"),
+            f(v, "latency_us_p99")
+        );
+    }
+    for (name, v) in [
+        ("vbs, replicas 2, iodepth 1", &vbs[0]),
+        ("vbs, replicas 2, iodepth 32", &vbs[1]),
+    ] {
+        println!(
+            "| {name} | {:.0} | {} | {} |",
+            f(v, "iops"),
+            f(v, "latency_us_p50"),
+            f(v, "latency_us_p99")
+        );
+    }
+    println!();
+    println!(
+        "raw fdatasync p50 (beside the engine): {} us",
+        f(&engine_1, "raw_fdatasync_us_p50")
+    );
+    println!(
+        "engine p50 / raw fdatasync p50 at iodepth 1: {:.2}",
+        f(&engine_1, "ratio_p50")
+    );
+    println!(
+        "engine IOPS iodepth 32 / iodepth 1: {:.1}",
+        f(&engine_32, "iops") / f(&engine_1, "iops")
+    );
+    println!(
+        "vbs IOPS iodepth 32 / engine IOPS iodepth 32: {:.2}",
+        f(&vbs[1], "iops") / f(&engine_32, "iops")
+    );
+    match floor {
+        Some(floor) => {
+            println!("floor: {floor}");
+            println!(
+                "vbs p50 at iodepth 1 / rf2_floor_us: {:.2}",
+                f(&vbs[0], "latency_us_p50") / f(&floor, "rf2_floor_us")
+            );
+        }
+        None => {
+            println!("floor: shared/tools/floor.py not found next to the workspace; not measured")
+        }
+    }
+    Ok(())
+}

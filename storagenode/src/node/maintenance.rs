@@ -1,0 +1,41 @@
+//! Background upkeep of the node's units: compacting logs that are mostly overwritten, so that
+//! space is reclaimed and freed segments return to the spare pool (where new log segments then
+//! come from without being written with zeroes first).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{debug, warn};
+
+use super::Node;
+
+/// How often units are looked at.
+const INTERVAL: Duration = Duration::from_secs(5);
+/// A log is compacted once it holds more than this many times its live bytes ...
+const GARBAGE_FACTOR: u64 = 2;
+/// ... and at least this many bytes of records (small logs are not worth the IO).
+const MIN_LOG_BYTES: u64 = 128 << 20;
+/// Segments whose live share is at most this are compacted.
+const MAX_LIVE_RATIO: f64 = 0.5;
+
+pub async fn run(node: Arc<Node>) {
+    let mut ticks = tokio::time::interval(INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        for runtime in node.units() {
+            let stats = runtime.engine.stats();
+            if stats.log_bytes < MIN_LOG_BYTES
+                || stats.log_bytes < GARBAGE_FACTOR * stats.live_bytes
+            {
+                continue;
+            }
+            let engine = runtime.engine.clone();
+            match tokio::task::spawn_blocking(move || engine.compact(MAX_LIVE_RATIO)).await {
+                Ok(Ok(report)) => debug!(unit = %runtime.id, ?report, "compacted"),
+                Ok(Err(e)) => warn!(unit = %runtime.id, error = %e, "compaction failed"),
+                Err(e) => warn!(unit = %runtime.id, error = %e, "compaction task failed"),
+            }
+        }
+    }
+}
