@@ -8,6 +8,7 @@
 //! | `GET /v1/status` | | [`ClusterStatus`] |
 //! | `POST /v1/nodes` | [`RegisterNodeRequest`] | [`NodeStatus`] |
 //! | `POST /v1/nodes/{id}/heartbeat` | [`HeartbeatRequest`] | [`HeartbeatResponse`] |
+//! | `POST /v1/nodes/{id}/drain` | (no body) | [`NodeStatus`] |
 //! | `POST /v1/notifications` | [`Notification`] | [`NotificationResponse`] |
 //! | `GET /v1/volumes` | | [`VolumeList`] |
 //! | `POST /v1/volumes` | [`CreateVolumeRequest`] | [`VolumeMap`] |
@@ -161,6 +162,9 @@ pub struct CopyInfo {
     pub status: CopyStatus,
     /// Highest VBA the node reported for this copy when its status last changed.
     pub last_vba: Vba,
+    /// The copy's resync, while one runs and after the last one finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resync: Option<ResyncStatus>,
 }
 
 /// What a storage node must serve for one of its units, in a heartbeat reply.
@@ -177,9 +181,9 @@ pub struct AssignedUnit {
     /// This node's copy status.
     pub status: CopyStatus,
     /// Only meaningful for [`Role::Primary`]: `true` when this reply renews the node's lease as the
-    /// unit's primary. `false` after a client reported the primary unresponsive: the primary keeps
-    /// serving only until the lease from earlier replies runs out, after which the database may
-    /// promote another copy.
+    /// unit's primary. `false` after a client reported the primary unresponsive, or while the
+    /// slice is handed over from a draining node: the primary keeps serving only until the lease
+    /// from earlier replies runs out, after which the database may promote another copy.
     pub lease_renewed: bool,
     /// Every copy of the slice, this node's included, so a primary knows its secondaries.
     pub copies: Vec<CopyInfo>,
@@ -236,6 +240,63 @@ pub enum Notification {
         target: NodeId,
         units: Vec<UnitGeneration>,
     },
+    /// The source node starts catching up its `stale` copies of the listed units: they become
+    /// `syncing`. Refused (409 `conflict`) for a copy that is `current` or `down`, for the
+    /// slice's primary, and for a node holding no copy; a copy already `syncing` is left as it
+    /// is, so a retried report succeeds.
+    Syncing {
+        source: NodeId,
+        units: Vec<UnitGeneration>,
+    },
+    /// From the slice's primary: `target`'s `syncing` copy holds every VBA the primary has
+    /// acknowledged, and the primary has waited for it on every write since, so it becomes
+    /// `current`. Refused (409 `conflict`) unless `source` is the slice's primary with a
+    /// `current` copy and the target copy is `syncing` (a `stale` target missed writes: start
+    /// over); a target already `current` is left as it is, so a retried report succeeds.
+    CaughtUp {
+        source: NodeId,
+        target: NodeId,
+        units: Vec<UnitGeneration>,
+    },
+    /// How far the source's resync of one unit has got. Kept in the leader's memory (not
+    /// committed) and shown per copy in the status and volume maps, with a rate and the time
+    /// left; the last report stays visible after the copy is `current` again.
+    ResyncProgress {
+        source: NodeId,
+        unit: UnitGeneration,
+        progress: ResyncProgress,
+    },
+}
+
+/// A resync's progress as the copy reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResyncProgress {
+    /// Records received and applied so far.
+    pub records_done: u64,
+    /// Records the primary had to send when the resync started, plus any found since.
+    pub records_total: u64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    /// A full resync (every live block, into an empty copy) rather than an incremental one.
+    pub full: bool,
+    /// The copy holds everything and has been handed over to the primary.
+    pub finished: bool,
+}
+
+/// A resync as the status shows it: the last report, with the rate the leader computed from the
+/// reports it received.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResyncStatus {
+    #[serde(flatten)]
+    pub progress: ResyncProgress,
+    /// Bytes per second over the resync so far.
+    pub bytes_per_sec: u64,
+    /// Seconds left at that rate; absent when unknown or finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_secs: Option<u64>,
+    /// Milliseconds since the resync started, as the leader saw it.
+    pub elapsed_ms: u64,
 }
 
 /// Reply to a notification: the slices it named, as they are after it was committed.
@@ -300,6 +361,10 @@ pub struct NodeStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_heartbeat_ms_ago: Option<u64>,
     pub units: Vec<UnitId>,
+    /// Every copy on the node is being moved to other nodes (`POST /v1/nodes/{id}/drain`); the
+    /// drain is over when `units` is empty. A draining node gets no new copies.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// A manager replica (Raft member).

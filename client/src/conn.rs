@@ -353,7 +353,12 @@ impl FrameWriter {
     pub fn queue(&self, id: u64, frame: &Frame) -> bool {
         let mut buf = BytesMut::new();
         proto::encode(&mut buf, id, frame);
-        self.frames.send(buf.freeze()).is_ok()
+        self.queue_bytes(buf.freeze())
+    }
+
+    /// Queues bytes already encoded (another protocol's messages, say).
+    pub fn queue_bytes(&self, bytes: Bytes) -> bool {
+        self.frames.send(bytes).is_ok()
     }
 }
 

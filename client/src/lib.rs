@@ -5,6 +5,7 @@
 //! - [`proto`]: the data-plane protocol: binary frames, their encoding and decoding.
 //! - [`conn`]: pipelined data-plane connections to storage nodes, pooled by address.
 //! - [`managers`]: an HTTP client for the manager quorum, trying each member in turn.
+//! - [`nbd`]: an NBD server exporting a volume to standard block tools.
 //! - [`types`]: newtypes for VBAs, LBAs, generations, ids (`Vba`, `Lba`, `Generation`, `UnitId`, ...).
 //! - [`size`]: parsing and printing of human sizes (`4k`, `64M`, `1G`) and durations.
 //! - [`volume`]: [`volume::Volume`], what compute nodes use: aligned reads, writes, trims and
@@ -15,6 +16,7 @@
 pub mod api;
 pub mod conn;
 pub mod managers;
+pub mod nbd;
 pub mod proto;
 pub mod size;
 pub mod types;

@@ -210,6 +210,12 @@ impl Managers {
         .await
     }
 
+    /// Starts moving every copy off `node` (`POST /v1/nodes/{id}/drain`); idempotent.
+    pub async fn drain_node(&self, node: &NodeId) -> Result<NodeStatus, ManagerError> {
+        self.request::<(), _>(Method::POST, &format!("/v1/nodes/{node}/drain"), None)
+            .await
+    }
+
     pub async fn notify(
         &self,
         notification: &Notification,

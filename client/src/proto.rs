@@ -155,11 +155,18 @@ pub enum Request {
         until: Vba,
     },
     /// The live records after `after`, up to about `max_bytes` (a returning copy -> primary).
+    /// `after_generation` is the generation the copy holds at `after` (0 when `after` is 0): a
+    /// primary whose history differs there answers `Conflict` with its committed VBA as `detail`.
+    /// With `join`, a copy that is nearly caught up asks for the rest at once: the primary stops
+    /// numbering writes, sends everything up to its last VBA, and from then on forwards every new
+    /// write to the copy and waits for it (`Records::joined`).
     CatchUp {
         unit: UnitId,
         generation: Generation,
         after: Vba,
+        after_generation: Generation,
         max_bytes: u32,
+        join: bool,
     },
 }
 
@@ -282,10 +289,15 @@ pub enum Response {
     },
     /// Records answering a resend or catch-up: every live record in `(after, through]`.
     /// `last_vba` is the sender's highest durable VBA; `done` says `through` reached it.
+    /// `remaining_*` count the live records after `through` (catch-up only). `joined`: the copy
+    /// was joined (see [`Request::CatchUp`]).
     Records {
         through: Vba,
         last_vba: Vba,
         done: bool,
+        remaining_records: u64,
+        remaining_bytes: u64,
+        joined: bool,
         records: Vec<WireRecord>,
     },
     Error(WireError),
@@ -431,10 +443,16 @@ fn encode_request(out: &mut BytesMut, request: &Request) {
             out.put_u64_le(until.0);
         }
         Request::CatchUp {
-            after, max_bytes, ..
+            after,
+            after_generation,
+            max_bytes,
+            join,
+            ..
         } => {
             out.put_u64_le(after.0);
+            out.put_u64_le(after_generation.0);
             out.put_u32_le(*max_bytes);
+            out.put_u8(u8::from(*join));
         }
     }
 }
@@ -450,11 +468,17 @@ fn encode_response(out: &mut BytesMut, response: &Response) {
             through,
             last_vba,
             done,
+            remaining_records,
+            remaining_bytes,
+            joined,
             records,
         } => {
             out.put_u64_le(through.0);
             out.put_u64_le(last_vba.0);
             out.put_u8(u8::from(*done));
+            out.put_u64_le(*remaining_records);
+            out.put_u64_le(*remaining_bytes);
+            out.put_u8(u8::from(*joined));
             put_records(out, records);
         }
         Response::Error(error) => {
@@ -695,11 +719,15 @@ fn decode_body(kind: u8, body: &mut Bytes) -> Result<Frame, ProtocolError> {
                 }
                 _ => {
                     let after = Vba(r.u64("after")?);
+                    let after_generation = Generation(r.u64("after generation")?);
+                    let max_bytes = r.u32("max bytes")?;
                     Request::CatchUp {
                         unit,
                         generation,
                         after,
-                        max_bytes: r.u32("max bytes")?,
+                        after_generation,
+                        max_bytes,
+                        join: r.u8("join")? != 0,
                     }
                 }
             })
@@ -724,10 +752,16 @@ fn decode_body(kind: u8, body: &mut Bytes) -> Result<Frame, ProtocolError> {
             let through = Vba(r.u64("through")?);
             let last_vba = Vba(r.u64("last VBA")?);
             let done = r.u8("done")? != 0;
+            let remaining_records = r.u64("remaining records")?;
+            let remaining_bytes = r.u64("remaining bytes")?;
+            let joined = r.u8("joined")? != 0;
             Frame::Response(Response::Records {
                 through,
                 last_vba,
                 done,
+                remaining_records,
+                remaining_bytes,
+                joined,
                 records: r.records()?,
             })
         }
@@ -840,7 +874,9 @@ mod tests {
                 unit: unit(),
                 generation: g,
                 after: Vba(1),
+                after_generation: Generation(1),
                 max_bytes: 1 << 20,
+                join: true,
             }),
             Frame::Response(Response::Read {
                 data: block.clone(),
@@ -853,6 +889,9 @@ mod tests {
                 through: Vba(9),
                 last_vba: Vba(12),
                 done: false,
+                remaining_records: 3,
+                remaining_bytes: 12480,
+                joined: true,
                 records,
             }),
             Frame::Response(Response::Error(

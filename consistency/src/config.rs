@@ -50,7 +50,15 @@ pub struct Args {
     /// How long a state change waits to be committed before the request fails with 503.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     pub commit_timeout: Duration,
+    /// How long a storage node stays down (after its lease ran out) before its copies are
+    /// re-created on other nodes.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub grace: Duration,
 }
+
+/// Default of `--grace`: long enough to ride out a reboot or a short maintenance without copying
+/// whole units, short enough that a dead node does not leave slices short of copies for long.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(600);
 
 /// Parses `1=127.0.0.1:7001,2=127.0.0.1:7002`.
 pub fn parse_peers(text: &str) -> Result<BTreeMap<RaftId, String>, String> {
@@ -98,6 +106,8 @@ pub struct Config {
     pub snapshot_every: u64,
     pub lease: LeaseConfig,
     pub commit_timeout: Duration,
+    /// How long a node stays down before its copies are re-created elsewhere.
+    pub grace: Duration,
 }
 
 impl Args {
@@ -117,6 +127,7 @@ impl Args {
                 clock_margin: self.clock_margin,
             },
             commit_timeout: self.commit_timeout,
+            grace: self.grace,
         };
         config.validate()?;
         Ok(config)
@@ -140,6 +151,7 @@ impl Config {
                 clock_margin: Duration::from_millis(500),
             },
             commit_timeout: Duration::from_secs(3),
+            grace: DEFAULT_GRACE,
         }
     }
 

@@ -4,15 +4,27 @@
 //! A verdict is awaited until Raft resolves it, with no deadline: a verdict that timed out could
 //! still commit later, and until it is resolved the node it judges down gets no lease renewal.
 //! Without a quorum nothing can commit anyway, so the loop simply waits.
+//!
+//! After the verdicts, each round runs the repairs ([`crate::decide::repair`]): re-replication
+//! of copies on nodes down past the grace period, and drains. Those are ordinary changes with a
+//! commit deadline: one that times out and commits later is fenced off by the slice generation
+//! if the next round decided it again.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use client::api::NodeState;
+use client::types::UnitId;
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
+use crate::decide::repair::{self, Conditions, MAX_REPAIRS_PER_ROUND};
 use crate::manager::SharedManager;
 use crate::state::{Command, Outcome};
+
+/// Most slices newly waiting for a node that one round names in the log; a node failure can
+/// leave thousands waiting at once.
+const MAX_WAITING_LOGGED: usize = 10;
 
 /// How often the detector looks: a tenth of the lease, within bounds.
 pub fn tick(lease: Duration) -> Duration {
@@ -23,6 +35,8 @@ pub fn tick(lease: Duration) -> Duration {
 pub async fn run(manager: SharedManager, mut stop: watch::Receiver<bool>) {
     let mut interval = tokio::time::interval(tick(manager.config.lease.lease));
     interval.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    // Slices reported as waiting for a node, so that each is logged once, not every round.
+    let mut waiting = BTreeSet::new();
     loop {
         tokio::select! {
             _ = interval.tick() => {}
@@ -66,5 +80,78 @@ pub async fn run(manager: SharedManager, mut stop: watch::Receiver<bool>) {
                 manager.with_liveness(Instant::now(), |l| l.judged(&node));
             }
         }
+        if !failed {
+            tokio::select! {
+                () = repair_round(&manager, &mut waiting) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}
+
+/// One round of re-replication and drains on the leader.
+async fn repair_round(manager: &SharedManager, waiting: &mut BTreeSet<UnitId>) {
+    // Lost nodes and free space are judged on the applied state: not on a new leader's lagging
+    // view, and not while a placement counts the same free space.
+    if manager.caught_up().await.is_err() {
+        return;
+    }
+    let _placing = manager.placement_lock.lock().await;
+    let now = Instant::now();
+    let grace = manager.config.grace;
+    let repairs = manager.with_liveness(now, |l| {
+        manager.read(|a| {
+            let lost = l.down_past(&a.state, now, grace);
+            let draining = a.state.draining_nodes();
+            let reported_free = l.reported_free();
+            let conditions = Conditions {
+                lost: &lost,
+                draining: &draining,
+                reported_free: &reported_free,
+                limit: MAX_REPAIRS_PER_ROUND,
+            };
+            let repairs = repair::plan(&a.state, &conditions);
+            for handover in &repairs.handovers {
+                // The failure detector fails the slice over once the lease has run out.
+                l.revoke(handover.unit, handover.generation, &handover.primary);
+            }
+            repairs
+        })
+    });
+    let Some(repairs) = repairs else { return };
+    let new: Vec<_> = repairs
+        .waiting
+        .iter()
+        .filter(|w| !waiting.contains(&w.unit))
+        .collect();
+    for w in new.iter().take(MAX_WAITING_LOGGED) {
+        tracing::warn!(unit = %w.unit, "{}; retrying every round", w.reason);
+    }
+    if new.len() > MAX_WAITING_LOGGED {
+        tracing::warn!(
+            more = new.len() - MAX_WAITING_LOGGED,
+            "more slices wait for a node to take a copy"
+        );
+    }
+    *waiting = repairs.waiting.iter().map(|w| w.unit).collect();
+    let Some(command) = repairs.command() else {
+        return;
+    };
+    match manager.propose(command).await {
+        Ok(Outcome::Refused(refusal)) => {
+            tracing::info!(%refusal, "repair overtaken by another change; deciding again")
+        }
+        Ok(_) => {
+            for update in &repairs.updates {
+                tracing::info!(
+                    unit = %update.unit,
+                    added = ?update.add,
+                    removed = ?update.remove,
+                    new_primary = ?update.new_primary,
+                    "slice copies moved"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e.body.error, "repair not committed"),
     }
 }

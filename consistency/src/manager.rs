@@ -14,6 +14,7 @@ use crate::api::error::ApiFailure;
 use crate::config::Config;
 use crate::decide::liveness::Liveness;
 use crate::raft_types::{Raft, RaftId};
+use crate::state::view::{no_resyncs, Resyncs};
 use crate::state::{Command, Outcome};
 use crate::store::{Applied, LogStore, SharedState};
 
@@ -40,8 +41,9 @@ pub struct Manager {
     /// HTTP client for requests forwarded to the leader (Raft traffic has its own).
     pub forward_client: reqwest::Client,
     memory: Mutex<Option<LeaderMemory>>,
-    /// Serializes volume creation, so that two placements do not both count the same free space.
-    pub create_lock: tokio::sync::Mutex<()>,
+    /// Serializes the decisions that place copies (volume creation, drains, re-replication), so
+    /// that two of them do not both count the same free space.
+    pub placement_lock: tokio::sync::Mutex<()>,
     /// The term in which this replica, leading, last saw its applied state catch up with
     /// everything committed before that term (0: never).
     caught_up_term: AtomicU64,
@@ -62,7 +64,7 @@ impl Manager {
             state,
             forward_client,
             memory: Mutex::new(None),
-            create_lock: tokio::sync::Mutex::new(()),
+            placement_lock: tokio::sync::Mutex::new(()),
             caught_up_term: AtomicU64::new(0),
         }
     }
@@ -113,6 +115,21 @@ impl Manager {
             });
         }
         memory.as_mut().map(|m| f(&mut m.liveness))
+    }
+
+    /// Reads the applied state together with the resync progress the leader remembers (none
+    /// when this replica does not lead), for views that show it at `now`.
+    pub fn read_with_resyncs<T>(&self, now: Instant, f: impl FnOnce(&Applied, Resyncs) -> T) -> T {
+        let mut f = Some(f);
+        let led = self.with_liveness(now, |l| {
+            let f = f.take().expect("with_liveness runs its closure once");
+            self.read(|a| f(a, &|unit, copy| l.resyncs.status(unit, copy, now)))
+        });
+        if let Some(value) = led {
+            return value;
+        }
+        let f = f.expect("with_liveness runs its closure only when it returns a value");
+        self.read(|a| f(a, &no_resyncs))
     }
 
     /// Reads the applied state.

@@ -178,6 +178,48 @@ impl Cluster {
         Err(last.unwrap_or_else(|| anyhow::anyhow!("no managers")))
     }
 
+    /// `vbs-storage check --json` of storage node `name`'s data directory, which must be
+    /// consistent (the node must not be running).
+    pub fn storage_check(&self, name: &str) -> anyhow::Result<Value> {
+        let out = std::process::Command::new(binary("vbs-storage")?)
+            .args(["check", "--json", "--data-dir"])
+            .arg(self.storage_data_dir(name))
+            .output()
+            .context("running vbs-storage check")?;
+        if !out.status.success() {
+            bail!("check of {name}: {}", String::from_utf8_lossy(&out.stdout));
+        }
+        serde_json::from_slice(&out.stdout).context("check prints JSON")
+    }
+
+    /// The last VBA of every unit in storage node `name`'s data directory, read offline.
+    pub fn unit_last_vbas(&self, name: &str) -> anyhow::Result<BTreeMap<String, u64>> {
+        let report = self.storage_check(name)?;
+        let units = report["units"].as_array().context("check lists units")?;
+        units
+            .iter()
+            .map(|u| {
+                let unit = u["unit"].as_str().context("unit name")?.to_string();
+                let last = u["last_vba"].as_u64().context("last VBA")?;
+                Ok((unit, last))
+            })
+            .collect()
+    }
+
+    /// (last VBA, content digest) of `unit` in storage node `name`'s data directory, read offline:
+    /// two copies with equal pairs hold the same log end and the same blocks.
+    pub fn unit_check(&self, name: &str, unit: &str) -> anyhow::Result<(u64, String)> {
+        let report = self.storage_check(name)?;
+        let units = report["units"].as_array().context("check lists units")?;
+        let found = units
+            .iter()
+            .find(|u| u["unit"] == unit)
+            .with_context(|| format!("{name} holds no unit {unit}"))?;
+        let last = found["last_vba"].as_u64().context("last VBA")?;
+        let digest = found["digest"].as_str().context("digest")?.to_string();
+        Ok((last, digest))
+    }
+
     /// Runs the `vbs` CLI against this cluster's managers and returns its output.
     pub fn vbs(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
         self.vbs_with_input(args, None)

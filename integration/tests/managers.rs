@@ -399,3 +399,78 @@ async fn a_member_that_lost_its_data_is_refused_then_rejoins_as_documented() {
         .expect("caught up");
     assert_eq!(rejoined.volumes, vec![created]);
 }
+
+#[tokio::test]
+async fn vbs_node_drain_starts_a_drain_or_refuses_it_whole() {
+    let cluster = start(3, &["--grace", "1h"]);
+    let ids = cluster.manager_ids();
+    let leader = cluster
+        .wait_for_leader(&ids, ELECTION)
+        .await
+        .expect("leader elected");
+    register_nodes(&cluster, leader, &["n1", "n2", "n3"]).await;
+    let body = json!({"name": "wide", "size_bytes": 4096, "slice_bytes": 4096, "replicas": 3});
+    let _: VolumeMap = cluster
+        .call(leader, Method::POST, "/v1/volumes", Some(&body))
+        .await
+        .expect("volume created");
+    let text = |out: &std::process::Output| {
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    // Every node holds a copy of the 3-replica slice: n1's has nowhere to go.
+    let refused = cluster.vbs(&["node", "drain", "n1"]).expect("vbs runs");
+    let (_, stderr) = text(&refused);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("cannot drain node n1"), "{stderr}");
+    let unknown = cluster.vbs(&["node", "drain", "zz"]).expect("vbs runs");
+    assert!(
+        text(&unknown).1.contains("not registered"),
+        "{:?}",
+        text(&unknown)
+    );
+    let status: ClusterStatus = cluster
+        .call(leader, Method::GET, "/v1/status", None)
+        .await
+        .expect("status");
+    assert!(
+        status.nodes.iter().all(|n| !n.draining),
+        "nothing half-applied"
+    );
+
+    // A fourth node can take the copy (registered just now, so it is up).
+    register_nodes(&cluster, leader, &["n4"]).await;
+    let started = cluster.vbs(&["node", "drain", "n1"]).expect("vbs runs");
+    let (stdout, stderr) = text(&started);
+    assert!(started.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("draining storage node n1: 1 unit to move"),
+        "{stdout}"
+    );
+    let again = cluster.vbs(&["node", "drain", "n1"]).expect("vbs runs");
+    assert!(
+        again.status.success(),
+        "draining twice is fine: {:?}",
+        text(&again)
+    );
+    let list = cluster.vbs(&["node", "list"]).expect("vbs runs");
+    let (stdout, _) = text(&list);
+    let n1 = stdout
+        .lines()
+        .find(|l| l.starts_with("n1 "))
+        .expect("n1 listed");
+    assert!(n1.contains("draining"), "{stdout}");
+    let json = cluster.vbs(&["node", "list", "--json"]).expect("vbs runs");
+    let nodes: Vec<client::api::NodeStatus> =
+        serde_json::from_slice(&json.stdout).expect("the nodes as JSON");
+    let drained: Vec<&str> = nodes
+        .iter()
+        .filter(|n| n.draining)
+        .map(|n| n.id.0.as_str())
+        .collect();
+    assert_eq!(drained, ["n1"]);
+}

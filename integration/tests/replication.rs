@@ -10,7 +10,6 @@ use client::proto::{ErrorCode, PeerKind, Request};
 use client::types::{Generation, Lba};
 use integration::{wait_until, Cluster, ClusterOptions};
 use rand::{Rng, RngCore, SeedableRng};
-use serde_json::Value;
 
 const STARTUP: Duration = Duration::from_secs(30);
 
@@ -56,32 +55,6 @@ async fn volume_map(cluster: &Cluster, name: &str) -> VolumeMap {
         .into_iter()
         .find(|v| v.name == name)
         .expect("volume exists")
-}
-
-/// The last VBA of every unit in a storage node's data directory, read offline.
-fn last_vbas(cluster: &Cluster, node: &str) -> BTreeMap<String, u64> {
-    let out = std::process::Command::new(integration::binaries::binary("vbs-storage").unwrap())
-        .args(["check", "--json", "--data-dir"])
-        .arg(cluster.storage_data_dir(node))
-        .output()
-        .expect("vbs-storage check runs");
-    assert!(
-        out.status.success(),
-        "check of {node}: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).expect("check prints JSON");
-    report["units"]
-        .as_array()
-        .expect("units")
-        .iter()
-        .map(|u| {
-            (
-                u["unit"].as_str().unwrap().to_string(),
-                u["last_vba"].as_u64().unwrap(),
-            )
-        })
-        .collect()
 }
 
 #[tokio::test]
@@ -191,7 +164,7 @@ async fn data_written_through_the_cli_reads_back_and_every_copy_ends_at_the_same
     }
     let mut per_node = BTreeMap::new();
     for name in cluster.storage_names() {
-        per_node.insert(name.clone(), last_vbas(&cluster, &name));
+        per_node.insert(name.clone(), cluster.unit_last_vbas(&name).unwrap());
     }
     for slice in &map.slices {
         let unit = slice.unit.to_string();

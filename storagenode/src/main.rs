@@ -56,6 +56,10 @@ struct ServeArgs {
     /// Segment size for data directories used for the first time.
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     segment_size: u64,
+    /// The most bytes per second one unit's resync pulls, so catching up does not starve
+    /// client IO.
+    #[arg(long, default_value = "100M", value_parser = parse_size)]
+    resync_rate: u64,
     /// `data` syncs every write batch (the only durable mode); `none` never syncs (tests only).
     #[arg(long, value_enum, default_value = "data")]
     sync: SyncMode,
@@ -251,6 +255,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         config.capacity_bytes = args.capacity;
         config.heartbeat_interval = args.heartbeat_interval;
         config.write_timeout = args.write_timeout;
+        config.resync_rate_bytes = args.resync_rate.max(1);
         config.device = DeviceOptions {
             segment_bytes: args.segment_size,
             sync: args.sync == SyncMode::Data,

@@ -1,5 +1,6 @@
 //! Figures as people read them: sizes, latencies, ages.
 
+use client::api::ResyncProgress;
 use client::size::format_size;
 
 /// `4k`, `1G`, or plain bytes below 1 KiB.
@@ -29,9 +30,47 @@ pub fn age_ms(ms: u64) -> String {
     }
 }
 
+/// How far a resync has got, by bytes (by records when it reports no bytes): `45%`. Rounded
+/// down, so `100%` means done.
+pub fn percent(progress: &ResyncProgress) -> String {
+    let (done, total) = if progress.bytes_total > 0 {
+        (progress.bytes_done, progress.bytes_total)
+    } else {
+        (progress.records_done, progress.records_total)
+    };
+    let percent = if total == 0 {
+        if progress.finished {
+            100
+        } else {
+            0
+        }
+    } else {
+        (u128::from(done) * 100 / u128::from(total)).min(100)
+    };
+    format!("{percent}%")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resync_progress_reads_as_a_percentage_rounded_down() {
+        let progress =
+            |bytes_done, bytes_total, records_done, records_total, finished| ResyncProgress {
+                records_done,
+                records_total,
+                bytes_done,
+                bytes_total,
+                full: false,
+                finished,
+            };
+        assert_eq!(percent(&progress(999, 1000, 0, 0, false)), "99%");
+        assert_eq!(percent(&progress(0, 0, 3, 4, false)), "75%");
+        assert_eq!(percent(&progress(0, 0, 0, 0, false)), "0%");
+        assert_eq!(percent(&progress(0, 0, 0, 0, true)), "100%");
+        assert_eq!(percent(&progress(u64::MAX, 10, 0, 0, false)), "100%");
+    }
 
     #[test]
     fn latencies_pick_a_readable_unit() {

@@ -4,13 +4,17 @@
 //! # Layout
 //! - `status`: `vbs status`.
 //! - `volume`: `vbs volume create|list|show|delete`.
+//! - `node`: `vbs node list|drain`.
 //! - `io`: `vbs write` and `vbs read`.
 //! - `bench`: `vbs bench`.
+//! - `nbd`: `vbs nbd`, an NBD server for a volume.
 //! - `table`, `format`: aligned text tables and human figures.
 
 mod bench;
 mod format;
 mod io;
+mod nbd;
+mod node;
 mod status;
 mod table;
 mod volume;
@@ -65,12 +69,17 @@ enum Command {
     /// Create, list, show and delete volumes
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
+    /// List storage nodes, drain one
+    #[command(subcommand)]
+    Node(node::NodeCommand),
     /// Write a file (or stdin) to a volume
     Write(io::WriteArgs),
     /// Read from a volume to a file (or stdout)
     Read(io::ReadArgs),
     /// Measure IOPS, throughput and latency of a volume
     Bench(bench::BenchArgs),
+    /// Serve a volume over NBD (for qemu, nbd-client and other block tools)
+    Nbd(nbd::NbdArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -106,9 +115,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Status(args) => status::run(&*managers()?, args).await,
         Command::Volume(command) => volume::run(&*managers()?, command).await,
+        Command::Node(command) => node::run(&*managers()?, command).await,
         Command::Write(args) => io::write(managers()?, args).await,
         Command::Read(args) => io::read(managers()?, args).await,
         Command::Bench(args) => bench::run(managers()?, args).await,
+        Command::Nbd(args) => nbd::run(managers()?, args).await,
     }
 }
 
@@ -198,6 +209,9 @@ mod tests {
 
         let line = parse_error(&["vbs", "stauts"]);
         assert!(line.contains("stauts"), "{line}");
+
+        let line = parse_error(&["vbs", "node", "drain", "a/b"]);
+        assert!(line.contains("node id"), "{line}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! `vbs status`: the whole cluster at a glance.
+//! `vbs status`: the whole cluster at a glance, with the resyncs under way and draining nodes.
 
-use client::api::{ClusterStatus, NodeState, VolumeMap};
+use client::api::{ClusterStatus, CopyInfo, CopyStatus, NodeState, NodeStatus, VolumeMap};
 use client::managers::Managers;
 
 use super::format;
@@ -51,31 +51,7 @@ pub fn render(status: &ClusterStatus) -> String {
     out.push_str(&managers.render());
 
     out.push_str("\nSTORAGE NODES\n");
-    let mut nodes = Table::new(&[
-        "ID",
-        "ADDRESS",
-        "STATE",
-        "CAPACITY",
-        "FREE",
-        "UNITS",
-        "HEARTBEAT",
-    ]);
-    for node in &status.nodes {
-        nodes.row(vec![
-            node.id.to_string(),
-            node.addr.clone(),
-            match node.state {
-                NodeState::Up => "up".into(),
-                NodeState::Down => "down".into(),
-            },
-            format::size(node.capacity_bytes),
-            format::size(node.free_bytes),
-            node.units.len().to_string(),
-            node.last_heartbeat_ms_ago
-                .map_or("-".into(), |ms| format!("{} ago", format::age_ms(ms))),
-        ]);
-    }
-    out.push_str(&or_none(&nodes));
+    out.push_str(&or_none(&nodes_table(&status.nodes)));
 
     out.push_str("\nVOLUMES\n");
     out.push_str(&or_none(&volumes_table(&status.volumes)));
@@ -93,14 +69,118 @@ pub fn render(status: &ClusterStatus) -> String {
                 slice
                     .copies
                     .iter()
-                    .map(|copy| format!("{} {}", copy.node, copy.status.as_str()))
+                    .map(|copy| format!("{} {}", copy.node, copy_status(copy)))
                     .collect::<Vec<_>>()
                     .join(", "),
             ]);
         }
     }
     out.push_str(&or_none(&slices));
+    let resyncs = resyncs_table(&status.volumes);
+    if !resyncs.is_empty() {
+        out.push_str("\nRESYNCS\n");
+        out.push_str(&resyncs.render());
+    }
     out
+}
+
+/// One row per storage node.
+pub fn nodes_table(nodes: &[NodeStatus]) -> Table {
+    let mut table = Table::new(&[
+        "ID",
+        "ADDRESS",
+        "STATE",
+        "CAPACITY",
+        "FREE",
+        "UNITS",
+        "HEARTBEAT",
+    ]);
+    for node in nodes {
+        let state = match node.state {
+            NodeState::Up => "up",
+            NodeState::Down => "down",
+        };
+        table.row(vec![
+            node.id.to_string(),
+            node.addr.clone(),
+            if node.draining && node.units.is_empty() {
+                format!("{state}, drained")
+            } else if node.draining {
+                format!("{state}, draining")
+            } else {
+                state.into()
+            },
+            format::size(node.capacity_bytes),
+            format::size(node.free_bytes),
+            node.units.len().to_string(),
+            node.last_heartbeat_ms_ago
+                .map_or("-".into(), |ms| format!("{} ago", format::age_ms(ms))),
+        ]);
+    }
+    table
+}
+
+/// Whether the copy's resync is under way: reported, not finished, and the copy still behind.
+fn resync_running(copy: &CopyInfo) -> bool {
+    copy.resync.is_some_and(|r| !r.progress.finished)
+        && matches!(copy.status, CopyStatus::Stale | CopyStatus::Syncing)
+}
+
+/// A copy's status, with its resync's progress while one runs: `syncing 45%`.
+pub fn copy_status(copy: &CopyInfo) -> String {
+    match copy.resync {
+        Some(resync) if resync_running(copy) => {
+            format!(
+                "{} {}",
+                copy.status.as_str(),
+                format::percent(&resync.progress)
+            )
+        }
+        _ => copy.status.as_str().into(),
+    }
+}
+
+/// One row per copy with a resync report: the resyncs under way, and the last one of copies
+/// that are current again.
+fn resyncs_table(volumes: &[VolumeMap]) -> Table {
+    let mut table = Table::new(&[
+        "VOLUME", "SLICE", "NODE", "STATUS", "KIND", "PROGRESS", "RECORDS", "BYTES", "RATE", "ETA",
+        "ELAPSED",
+    ]);
+    for volume in volumes {
+        for slice in &volume.slices {
+            for copy in &slice.copies {
+                let Some(resync) = copy.resync else { continue };
+                let p = resync.progress;
+                let running = resync_running(copy);
+                table.row(vec![
+                    volume.name.clone(),
+                    slice.index.to_string(),
+                    copy.node.to_string(),
+                    copy.status.as_str().into(),
+                    if p.full { "full" } else { "incremental" }.into(),
+                    if p.finished {
+                        "done".into()
+                    } else {
+                        format::percent(&p)
+                    },
+                    format!("{}/{}", p.records_done, p.records_total),
+                    format!(
+                        "{}/{}",
+                        format::size(p.bytes_done),
+                        format::size(p.bytes_total)
+                    ),
+                    format!("{}/s", format::size(resync.bytes_per_sec)),
+                    match resync.eta_secs {
+                        Some(secs) if running => format::age_ms(secs.saturating_mul(1000)),
+                        _ => "-".into(),
+                    },
+                    format::age_ms(resync.elapsed_ms),
+                ]);
+            }
+        }
+    }
+    table
 }
 
 /// One row per volume, with a one-word health of its copies.
@@ -138,7 +218,7 @@ fn or_none(table: &Table) -> String {
 
 #[cfg(test)]
 mod tests {
-    use client::api::{CopyInfo, CopyStatus, ManagerStatus, NodeStatus, Role, SliceMap};
+    use client::api::{ManagerStatus, Role, SliceMap};
     use client::types::{Generation, ManagerId, NodeId, SliceIndex, UnitId, Vba, VolumeId};
 
     use super::*;
@@ -150,6 +230,7 @@ mod tests {
             role,
             status,
             last_vba: Vba(12),
+            resync: None,
         }
     }
 
@@ -174,6 +255,7 @@ mod tests {
                 free_bytes: 9 << 30,
                 last_heartbeat_ms_ago: Some(420),
                 units: vec![UnitId::new(1, 0)],
+                draining: false,
             }],
             volumes: vec![VolumeMap {
                 id: VolumeId(1),
@@ -242,5 +324,73 @@ db      1      1.1   2           n1       n1 current, n2 stale
         assert!(text.starts_with("MANAGERS (no leader,"), "{text}");
         assert!(text.contains("STORAGE NODES\n(none)\n"), "{text}");
         assert!(text.contains("VOLUMES\n(none)\n"), "{text}");
+    }
+}
+
+#[cfg(test)]
+mod resync_tests {
+    use client::api::{ResyncProgress, ResyncStatus};
+
+    use super::tests::cluster;
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn resyncs_and_drains_show_with_rate_and_time_left() {
+        let mut status = cluster();
+        status.nodes[0].draining = true;
+        let running = ResyncStatus {
+            progress: ResyncProgress {
+                records_done: 300,
+                records_total: 700,
+                bytes_done: 12 * MIB,
+                bytes_total: 28 * MIB,
+                full: false,
+                finished: false,
+            },
+            bytes_per_sec: 8 * MIB,
+            eta_secs: Some(2),
+            elapsed_ms: 1500,
+        };
+        let slices = &mut status.volumes[0].slices;
+        slices[1].copies[1].status = CopyStatus::Syncing;
+        slices[1].copies[1].resync = Some(running);
+        // The last resync of a copy that is current again stays visible, as done.
+        slices[0].copies[1].resync = Some(ResyncStatus {
+            progress: ResyncProgress {
+                records_done: 700,
+                records_total: 700,
+                bytes_done: 28 * MIB,
+                bytes_total: 28 * MIB,
+                full: true,
+                finished: true,
+            },
+            eta_secs: None,
+            ..running
+        });
+        let text = render(&status);
+        assert!(
+            text.contains("n1  127.0.0.1:7101  up, draining  10G"),
+            "{text}"
+        );
+        assert!(text.contains("n1 current, n2 syncing 42%"), "{text}");
+        assert!(text.contains("n1 current, n2 current\n"), "{text}");
+        let resyncs = text.split("RESYNCS\n").nth(1).expect("a resync section");
+        assert_eq!(
+            resyncs,
+            "\
+VOLUME  SLICE  NODE  STATUS   KIND         PROGRESS  RECORDS  BYTES    RATE  ETA   ELAPSED
+db      0      n2    current  full         done      700/700  28M/28M  8M/s  -     1.5s
+db      1      n2    syncing  incremental  42%       300/700  12M/28M  8M/s  2.0s  1.5s
+"
+        );
+        status.nodes[0].units.clear();
+        assert!(render(&status).contains("up, drained"));
+    }
+
+    #[test]
+    fn without_resync_reports_there_is_no_resync_section() {
+        assert!(!render(&cluster()).contains("RESYNCS"));
     }
 }

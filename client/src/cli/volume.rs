@@ -5,7 +5,7 @@ use client::api::{CopyStatus, CreateVolumeRequest, Role, VolumeMap};
 use client::managers::Managers;
 
 use super::format;
-use super::status::volumes_table;
+use super::status::{copy_status, volumes_table};
 use super::table::Table;
 
 #[derive(Debug, clap::Subcommand)]
@@ -151,7 +151,7 @@ pub fn render(map: &VolumeMap) -> String {
                     Role::Primary => "primary".into(),
                     Role::Secondary => "secondary".into(),
                 },
-                copy.status.as_str().into(),
+                copy_status(copy),
                 copy.last_vba.to_string(),
             ]);
         }
@@ -175,6 +175,7 @@ mod tests {
             role,
             status,
             last_vba: Vba(7),
+            resync: None,
         };
         let map = VolumeMap {
             id: VolumeId(3),

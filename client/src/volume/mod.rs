@@ -218,9 +218,13 @@ impl Volume {
     pub async fn flush(&self) -> Result<(), ClientError> {
         let slices = std::mem::take(&mut *self.lock_dirty());
         let deadline = self.deadline();
-        let flushes = slices
+        // Owned indexes: a closure over `&SliceIndex` would make this future not `Send` for
+        // callers that spawn it (a limitation of how async closures over borrows are typed).
+        let flushes: Vec<_> = slices
             .iter()
-            .map(|slice| self.flush_slice(*slice, deadline));
+            .copied()
+            .map(|slice| self.flush_slice(slice, deadline))
+            .collect();
         let result = stream::iter(flushes)
             .buffer_unordered(MAX_PARTS_IN_FLIGHT)
             .try_collect::<()>()

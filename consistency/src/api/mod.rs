@@ -40,6 +40,7 @@ pub fn router(manager: SharedManager) -> Router {
         .route("/v1/status", get(status::status))
         .route("/v1/nodes", post(nodes::register))
         .route("/v1/nodes/{id}/heartbeat", post(nodes::heartbeat))
+        .route("/v1/nodes/{id}/drain", post(nodes::drain))
         .route("/v1/notifications", post(notifications::notify))
         .route("/v1/volumes", get(volumes::list).post(volumes::create))
         .route(

@@ -1,8 +1,11 @@
-//! `POST /v1/nodes` (registration) and `POST /v1/nodes/{id}/heartbeat`.
+//! `POST /v1/nodes` (registration), `POST /v1/nodes/{id}/heartbeat` and
+//! `POST /v1/nodes/{id}/drain`.
 //!
-//! Both run on the leader: the heartbeat reply renews the node's lease, and only the leader's
+//! All run on the leader: the heartbeat reply renews the node's lease, and only the leader's
 //! failure detector judges leases. A heartbeat is recorded in the leader's memory only; it is
-//! committed through Raft only when it changes something (a `down` node coming back).
+//! committed through Raft only when it changes something (a `down` node coming back). A drain
+//! commits only the node's `draining` mark; the failure detector moves the copies
+//! ([`crate::decide::repair`]).
 
 use std::time::Instant;
 
@@ -12,12 +15,21 @@ use axum::Json;
 use client::api::{HeartbeatRequest, HeartbeatResponse, NodeState, RegisterNodeRequest};
 use client::types::NodeId;
 
+use serde::Deserialize;
+
 use super::error::ApiFailure;
 use super::leader::on_leader;
 use super::parse_json;
 use crate::config::check_addr;
+use crate::decide::repair;
 use crate::manager::SharedManager;
 use crate::state::{Command, Outcome};
+
+/// The body of a drain request, if any: nothing to say yet, but a misspelt option is refused
+/// rather than ignored.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrainRequest {}
 
 fn parse_node_id(id: &str) -> Result<NodeId, ApiFailure> {
     NodeId::parse(id).map_err(ApiFailure::bad_request)
@@ -107,15 +119,48 @@ pub async fn heartbeat(
                 m.read(|a| HeartbeatResponse {
                     lease_ms: l.config().lease.as_millis() as u64,
                     node_state: a.state.nodes.get(&id).map_or(NodeState::Down, |n| n.state),
-                    units: a.state.assigned_units(&id, |unit, generation| {
-                        l.renews(&a.state, &id, unit, generation)
-                    }),
+                    units: a.state.assigned_units(
+                        &id,
+                        |unit, generation| l.renews(&a.state, &id, unit, generation),
+                        &|unit, copy| l.resyncs.status(unit, copy, received),
+                    ),
                 })
             })
             .ok_or_else(|| {
                 ApiFailure::unavailable("leadership moved while the heartbeat was answered")
             })?;
         Ok(Json(reply).into_response())
+    })
+    .await
+}
+
+/// Starts moving every copy off a node. Refused with 409 `insufficient_nodes`, changing nothing,
+/// when some copy would find no other node; draining a draining node again is fine.
+pub async fn drain(
+    State(manager): State<SharedManager>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    let m = manager.clone();
+    on_leader(&manager, request, |body| async move {
+        let id = parse_node_id(&id)?;
+        if !body.iter().all(u8::is_ascii_whitespace) {
+            let _: DrainRequest = parse_json(&body)?;
+        }
+        // The feasibility check counts free space: not on a new leader's lagging view, and not
+        // at the same time as a placement.
+        m.caught_up().await?;
+        let _placing = m.placement_lock.lock().await;
+        let free = m
+            .with_liveness(Instant::now(), |l| l.reported_free())
+            .unwrap_or_default();
+        if let Some(command) = m.read(|a| repair::drain(&a.state, &id, &free))? {
+            refused(m.propose(command).await?)?;
+            tracing::info!(node = %id, "draining storage node");
+        }
+        let status = m.read(|a| a.state.nodes.get(&id).map(|n| a.state.node_status(n)));
+        let status = status.ok_or_else(|| ApiFailure::internal("node vanished while draining"))?;
+        Ok(Json(status).into_response())
     })
     .await
 }

@@ -1,5 +1,6 @@
-//! `POST /v1/notifications`: `not_current` and `unresponsive` reports from storage nodes and
-//! clients, decided by [`crate::decide::notify`] on the leader.
+//! `POST /v1/notifications`: reports from storage nodes and clients, decided by
+//! [`crate::decide::notify`] on the leader. Resync progress reports are only remembered in the
+//! leader's memory; every other kind that changes something is committed.
 
 use std::time::Instant;
 
@@ -27,22 +28,34 @@ pub async fn notify(State(manager): State<SharedManager>, request: Request) -> R
             .with_liveness(now, |l| {
                 m.read(|a| {
                     let decision = notify::decide(&a.state, l, &notification, now)?;
-                    if let Decision::Revoke { units, .. } | Decision::Failover { units, .. } =
-                        &decision
-                    {
-                        // Replies computed from here on stop renewing the primary's lease.
-                        for (unit, generation) in units {
-                            if let Some(slice) = a.state.slice(*unit) {
-                                l.revoke(*unit, *generation, &slice.primary);
+                    match &decision {
+                        Decision::Revoke { units, .. } | Decision::Failover { units, .. } => {
+                            // Replies computed from here on stop renewing the primary's lease.
+                            for (unit, generation) in units {
+                                if let Some(slice) = a.state.slice(*unit) {
+                                    l.revoke(*unit, *generation, &slice.primary);
+                                }
                             }
                         }
+                        Decision::Remember {
+                            unit,
+                            node,
+                            progress,
+                            status,
+                        } => {
+                            let exists =
+                                |u, n: &_| a.state.slice(u).is_some_and(|s| s.copy(n).is_some());
+                            l.resyncs
+                                .record(*unit, node, *progress, *status, now, exists)?;
+                        }
+                        Decision::Nothing | Decision::Propose(_) => {}
                     }
                     Ok::<_, Refusal>(decision)
                 })
             })
             .ok_or_else(|| ApiFailure::unavailable("leadership moved while deciding"))??;
         match decision {
-            Decision::Nothing => {}
+            Decision::Nothing | Decision::Remember { .. } => {}
             Decision::Propose(command) | Decision::Failover { command, .. } => {
                 if let Outcome::Refused(refusal) = m.propose(command).await? {
                     return Err(refusal.into());
@@ -53,10 +66,10 @@ pub async fn notify(State(manager): State<SharedManager>, request: Request) -> R
                 return Err(Refusal::LeaseNotExpired { retry_after_ms }.into());
             }
         }
-        let slices = m.read(|a| {
+        let slices = m.read_with_resyncs(Instant::now(), |a, resyncs| {
             notify::units_of(&notification)
                 .iter()
-                .filter_map(|u| a.state.slice_map(u.unit))
+                .filter_map(|u| a.state.slice_map(u.unit, resyncs))
                 .collect()
         });
         Ok(Json(NotificationResponse { slices }).into_response())

@@ -88,7 +88,7 @@ pub(crate) fn cluster_status(manager: &SharedManager) -> ClusterStatus {
             })
         })
         .unwrap_or_default();
-    manager.read(|a| {
+    manager.read_with_resyncs(now, |a, resyncs| {
         let nodes = node_statuses(&a.state, &heard, now);
         ClusterStatus {
             answered_by: ManagerId(manager.id()),
@@ -101,7 +101,7 @@ pub(crate) fn cluster_status(manager: &SharedManager) -> ClusterStatus {
                 .state
                 .volumes
                 .values()
-                .map(|v| a.state.volume_map(v))
+                .map(|v| a.state.volume_map(v, resyncs))
                 .collect(),
         }
     })
@@ -149,13 +149,14 @@ pub async fn metrics(State(manager): State<SharedManager>) -> Response {
         )
     };
     let committed = manager.log.committed_index();
-    let (up, down, copies, volumes) = manager.read(|a| {
+    let (up, down, draining, copies, volumes) = manager.read(|a| {
         let up = a
             .state
             .nodes
             .values()
             .filter(|n| n.state == NodeState::Up)
             .count();
+        let draining = a.state.nodes.values().filter(|n| n.draining).count();
         let mut copies = [0usize; CopyStatus::ALL.len()];
         for volume in a.state.volumes.values() {
             for copy in volume.slices.iter().flat_map(|s| &s.copies) {
@@ -165,8 +166,22 @@ pub async fn metrics(State(manager): State<SharedManager>) -> Response {
                     .unwrap_or(0)] += 1;
             }
         }
-        (up, a.state.nodes.len() - up, copies, a.state.volumes.len())
+        let nodes = a.state.nodes.len();
+        (up, nodes - up, draining, copies, a.state.volumes.len())
     });
+    // Only the leader hears progress reports; elsewhere these read 0.
+    let resyncs = manager
+        .with_liveness(Instant::now(), |l| {
+            manager.read(|a| {
+                l.resyncs.running(|unit, node| {
+                    a.state
+                        .slice(unit)
+                        .and_then(|s| s.copy(node))
+                        .map(|c| c.status)
+                })
+            })
+        })
+        .unwrap_or_default();
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, samples: &[(&str, u64)]| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
@@ -217,7 +232,22 @@ pub async fn metrics(State(manager): State<SharedManager>) -> Response {
         .zip(copies)
         .map(|(l, n)| (l.as_str(), n as u64))
         .collect();
+    gauge(
+        "vbs_storage_nodes_draining",
+        "Storage nodes being drained.",
+        &[("", draining as u64)],
+    );
     gauge("vbs_copies", "Copies of slices by update status.", &samples);
+    gauge(
+        "vbs_resyncs_running",
+        "Resyncs under way, as reported to the leader (0 on other managers).",
+        &[("", resyncs.count)],
+    );
+    gauge(
+        "vbs_resync_bytes_remaining",
+        "Bytes the resyncs under way still have to copy, as last reported to the leader.",
+        &[("", resyncs.bytes_remaining)],
+    );
     gauge("vbs_volumes", "Volumes.", &[("", volumes as u64)]);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

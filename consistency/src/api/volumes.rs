@@ -14,6 +14,7 @@ use super::parse_json;
 use super::status::ReadParams;
 use crate::decide::placement;
 use crate::manager::SharedManager;
+use crate::state::view::no_resyncs;
 use crate::state::{Command, Outcome, Refusal};
 
 pub async fn list(State(manager): State<SharedManager>, request: Request) -> Response {
@@ -22,12 +23,12 @@ pub async fn list(State(manager): State<SharedManager>, request: Request) -> Res
         Err(failure) => return failure.into_response(),
     };
     let read = |m: &SharedManager| {
-        m.read(|a| VolumeList {
+        m.read_with_resyncs(Instant::now(), |a, resyncs| VolumeList {
             volumes: a
                 .state
                 .volumes
                 .values()
-                .map(|v| a.state.volume_map(v))
+                .map(|v| a.state.volume_map(v, resyncs))
                 .collect(),
         })
     };
@@ -52,9 +53,13 @@ pub async fn show(
         Err(failure) => return failure.into_response(),
     };
     let read = move |m: &SharedManager| -> Result<Response, ApiFailure> {
-        m.read(|a| a.state.volume_by_name(&name).map(|v| a.state.volume_map(v)))
-            .map(|map| Json(map).into_response())
-            .ok_or_else(|| ApiFailure::not_found(format!("volume {name:?} does not exist")))
+        m.read_with_resyncs(Instant::now(), |a, resyncs| {
+            a.state
+                .volume_by_name(&name)
+                .map(|v| a.state.volume_map(v, resyncs))
+        })
+        .map(|map| Json(map).into_response())
+        .ok_or_else(|| ApiFailure::not_found(format!("volume {name:?} does not exist")))
     };
     if params.local {
         return read(&manager).unwrap_or_else(IntoResponse::into_response);
@@ -74,14 +79,19 @@ pub async fn create(State(manager): State<SharedManager>, request: Request) -> R
         let spec = placement::validate(&request)?;
         // Placement on a new leader's lagging view would count space already assigned as free.
         m.caught_up().await?;
-        let _serialized = m.create_lock.lock().await;
+        let _serialized = m.placement_lock.lock().await;
         let free = m
             .with_liveness(Instant::now(), |l| l.reported_free())
             .unwrap_or_default();
         let command = m.read(|a| placement::place(&a.state, &spec, |n| free.get(n).copied()))?;
         match m.propose(command).await? {
             Outcome::VolumeCreated(id) => {
-                let map = m.read(|a| a.state.volumes.get(&id).map(|v| a.state.volume_map(v)));
+                let map = m.read(|a| {
+                    a.state
+                        .volumes
+                        .get(&id)
+                        .map(|v| a.state.volume_map(v, &no_resyncs))
+                });
                 let map = map.ok_or_else(|| {
                     ApiFailure::internal(format!("volume {id} vanished right after creation"))
                 })?;
@@ -106,7 +116,11 @@ pub async fn delete(
         // A new leader may not have applied its predecessor's last changes yet: without this, a
         // volume created just before the election would be "not found".
         m.caught_up().await?;
-        let map = m.read(|a| a.state.volume_by_name(&name).map(|v| a.state.volume_map(v)));
+        let map = m.read(|a| {
+            a.state
+                .volume_by_name(&name)
+                .map(|v| a.state.volume_map(v, &no_resyncs))
+        });
         let map = map.ok_or_else(|| {
             ApiFailure::from(Refusal::NotFound(format!("volume {name:?} does not exist")))
         })?;

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use client::api::{HeartbeatRequest, NodeState};
 use client::types::{Generation, NodeId, UnitId, Vba};
 
+use super::resync::ResyncTracker;
 use crate::state::command::{CopyChange, SliceUpdate};
 use crate::state::{Command, State};
 
@@ -70,6 +71,8 @@ pub struct Liveness {
     revoked: BTreeMap<UnitId, Revocation>,
     /// Nodes judged down whose verdict is not resolved yet: their heartbeats renew no lease.
     judging: BTreeSet<NodeId>,
+    /// Resync progress reports, also the leader's alone.
+    pub resyncs: ResyncTracker,
 }
 
 /// What the failure detector found.
@@ -91,6 +94,7 @@ impl Liveness {
             heard: HashMap::new(),
             revoked: BTreeMap::new(),
             judging: BTreeSet::new(),
+            resyncs: ResyncTracker::default(),
         }
     }
 
@@ -156,6 +160,22 @@ impl Liveness {
             .last_heard(node)
             .map_or(self.leader_since, |at| at.max(self.leader_since));
         renewed + self.config.wait()
+    }
+
+    /// The `down` nodes whose lease ran out more than `grace` ago: their copies are re-created
+    /// elsewhere. A new leader counts from its own election, so a leader change restarts the
+    /// grace period rather than shorten it.
+    pub fn down_past(&self, state: &State, now: Instant, grace: Duration) -> BTreeSet<NodeId> {
+        state
+            .nodes
+            .values()
+            .filter(|n| {
+                // An absurd grace period overflows the clock: never lost, rather than a panic.
+                let lost_at = self.node_lease_expiry(&n.id).checked_add(grace);
+                n.state == NodeState::Down && lost_at.is_some_and(|at| now >= at)
+            })
+            .map(|n| n.id.clone())
+            .collect()
     }
 
     /// The moment after which `node` can no longer act as primary of `unit`: its node lease, or,
@@ -298,14 +318,13 @@ pub fn failover(
         client::api::CopyStatus::Down
     };
     SliceUpdate {
-        unit,
-        expected_generation: slice.generation,
         new_primary: Some(candidate.clone()),
         copies: vec![CopyChange {
             node: old.clone(),
             status: old_status,
             last_vba: liveness.last_vba(old, unit).unwrap_or(old_vba),
         }],
+        ..SliceUpdate::new(unit, slice.generation)
     }
 }
 

@@ -5,8 +5,13 @@
 //! - [`placement`]: where the copies of a new volume's slices go.
 //! - [`liveness`]: the leader's memory of heartbeats, the lease arithmetic and the failure
 //!   detector's verdicts.
-//! - [`notify`]: what a `not_current` or `unresponsive` notification changes.
+//! - [`notify`]: what a notification changes (`not_current`, `unresponsive`, `syncing`,
+//!   `caught_up`; `resync_progress` is only remembered).
+//! - [`resync`]: the leader's memory of resync progress, with rates and time left.
+//! - [`repair`]: re-replication of copies on nodes down past the grace period, and drains.
 
 pub mod liveness;
 pub mod notify;
 pub mod placement;
+pub mod repair;
+pub mod resync;

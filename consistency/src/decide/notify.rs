@@ -2,15 +2,23 @@
 //!
 //! Every unit named must carry the slice's current generation: an older one is refused whole with
 //! [`Refusal::StaleGeneration`] and nothing changes, which is how a deposed primary is fenced.
+//!
+//! A copy's status moves `current -> stale` (`not_current` from its node, `unresponsive` from the
+//! primary) or `-> down` (its node is down), `down -> stale` (the node is back), `stale ->
+//! syncing` (`syncing` from its node), `syncing -> current` (`caught_up` from the primary), and
+//! `syncing -> stale` on the same reports as a current copy. `syncing` and `caught_up` name the
+//! statuses they start from ([`SliceUpdate::require`]): status changes do not bump the
+//! generation, so without that a `caught_up` decided before the primary marked the copy `stale`
+//! would make current a copy that missed acknowledged writes.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use client::api::{CopyStatus, Notification, Source, UnitGeneration};
+use client::api::{CopyStatus, Notification, ResyncProgress, Source, UnitGeneration};
 use client::types::{Generation, NodeId, UnitId, Vba};
 
 use super::liveness::{failover, Liveness};
-use crate::state::command::{CopyChange, SliceUpdate};
+use crate::state::command::{CopyChange, CopyRequirement, SliceUpdate};
 use crate::state::{Command, Refusal, Slice, State};
 
 /// Most units one notification may name.
@@ -37,6 +45,14 @@ pub enum Decision {
         units: Vec<(UnitId, Generation)>,
         retry_after: Duration,
     },
+    /// A resync progress report: remember it in the leader's memory (not committed), then answer
+    /// with the slice. `status` is the copy's status the report was checked against.
+    Remember {
+        unit: UnitId,
+        node: NodeId,
+        progress: ResyncProgress,
+        status: CopyStatus,
+    },
 }
 
 /// Decides what `notification`, received at `now`, changes.
@@ -61,6 +77,13 @@ pub fn decide(
         } => {
             return primary_unresponsive(state, liveness, target, &slices, now);
         }
+        Notification::Syncing { source, .. } => syncing(state, liveness, source, &slices)?,
+        Notification::CaughtUp { source, target, .. } => {
+            caught_up(liveness, source, target, &slices)?
+        }
+        Notification::ResyncProgress {
+            source, progress, ..
+        } => return resync_progress(state, source, &slices, *progress),
     };
     Ok(if updates.is_empty() {
         Decision::Nothing
@@ -72,7 +95,11 @@ pub fn decide(
 /// The units a notification names.
 pub fn units_of(notification: &Notification) -> &[UnitGeneration] {
     match notification {
-        Notification::NotCurrent { units, .. } | Notification::Unresponsive { units, .. } => units,
+        Notification::NotCurrent { units, .. }
+        | Notification::Unresponsive { units, .. }
+        | Notification::Syncing { units, .. }
+        | Notification::CaughtUp { units, .. } => units,
+        Notification::ResyncProgress { unit, .. } => std::slice::from_ref(unit),
     }
 }
 
@@ -131,15 +158,9 @@ fn require_copy<'s>(
         .ok_or_else(|| Refusal::Conflict(format!("unit {unit} has no copy on node {node}")))
 }
 
-/// The source says it is not current for its own units: its copies become `stale`; where it is
-/// the primary, a current copy on an up node takes over when there is one. No lease wait: the
-/// source itself has stopped serving.
-fn not_current(
-    state: &State,
-    liveness: &Liveness,
-    source: &NodeId,
-    slices: &[(UnitId, &Slice)],
-) -> Result<Vec<SliceUpdate>, Refusal> {
+/// A report about the source's own copies needs a registered source that is `up`: a node the
+/// database holds down must come back (heartbeat) first, which also turns its copies `stale`.
+fn require_up_source(state: &State, source: &NodeId) -> Result<(), Refusal> {
     if !state.nodes.contains_key(source) {
         return Err(Refusal::NotFound(format!(
             "storage node {source} is not registered"
@@ -150,6 +171,19 @@ fn not_current(
             "storage node {source} is down; register or heartbeat before reporting"
         )));
     }
+    Ok(())
+}
+
+/// The source says it is not current for its own units: its copies become `stale`; where it is
+/// the primary, a current copy on an up node takes over when there is one. No lease wait: the
+/// source itself has stopped serving.
+fn not_current(
+    state: &State,
+    liveness: &Liveness,
+    source: &NodeId,
+    slices: &[(UnitId, &Slice)],
+) -> Result<Vec<SliceUpdate>, Refusal> {
+    require_up_source(state, source)?;
     let mut updates = Vec::new();
     for (unit, slice) in slices {
         let copy = require_copy(slice, source, *unit)?;
@@ -163,14 +197,13 @@ fn not_current(
             continue;
         }
         updates.push(SliceUpdate {
-            unit: *unit,
-            expected_generation: slice.generation,
             new_primary,
             copies: vec![CopyChange {
                 node: source.clone(),
                 status: CopyStatus::Stale,
                 last_vba: reported_vba(liveness, slice, source, *unit),
             }],
+            ..SliceUpdate::new(*unit, slice.generation)
         });
     }
     Ok(updates)
@@ -203,17 +236,151 @@ fn secondary_unresponsive(
             continue;
         }
         updates.push(SliceUpdate {
-            unit: *unit,
-            expected_generation: slice.generation,
             new_primary: None,
             copies: vec![CopyChange {
                 node: target.clone(),
                 status: CopyStatus::Stale,
                 last_vba: reported_vba(liveness, slice, target, *unit),
             }],
+            ..SliceUpdate::new(*unit, slice.generation)
         });
     }
     Ok(updates)
+}
+
+/// The source starts catching up its `stale` copies: they become `syncing`, so the primary
+/// forwards new writes to them from now on. A copy already `syncing` is left as it is (a retried
+/// report); a `current` or `down` one is refused.
+fn syncing(
+    state: &State,
+    liveness: &Liveness,
+    source: &NodeId,
+    slices: &[(UnitId, &Slice)],
+) -> Result<Vec<SliceUpdate>, Refusal> {
+    require_up_source(state, source)?;
+    let mut updates = Vec::new();
+    for (unit, slice) in slices {
+        let copy = require_copy(slice, source, *unit)?;
+        if &slice.primary == source {
+            return Err(Refusal::Conflict(format!(
+                "node {source} is the primary of unit {unit}; a primary cannot catch up from \
+                 itself"
+            )));
+        }
+        match copy.status {
+            CopyStatus::Stale => {}
+            CopyStatus::Syncing => continue,
+            other => {
+                return Err(Refusal::Conflict(format!(
+                    "unit {unit}: the copy on node {source} is {}, not stale; only a stale copy \
+                     starts catching up",
+                    other.as_str()
+                )))
+            }
+        }
+        updates.push(SliceUpdate {
+            copies: vec![CopyChange {
+                node: source.clone(),
+                status: CopyStatus::Syncing,
+                last_vba: reported_vba(liveness, slice, source, *unit),
+            }],
+            require: vec![CopyRequirement {
+                node: source.clone(),
+                status: CopyStatus::Stale,
+            }],
+            ..SliceUpdate::new(*unit, slice.generation)
+        });
+    }
+    Ok(updates)
+}
+
+/// The primary says `target`'s `syncing` copy holds every VBA it has acknowledged: the copy
+/// becomes `current`. Only the primary of the generation named may say so, only while its own
+/// copy is current, and only about a copy still `syncing`: a copy marked `stale` since missed
+/// writes the primary acknowledged without it, so it must start over. A copy already `current` is
+/// left as it is (a retried report).
+fn caught_up(
+    liveness: &Liveness,
+    source: &NodeId,
+    target: &NodeId,
+    slices: &[(UnitId, &Slice)],
+) -> Result<Vec<SliceUpdate>, Refusal> {
+    if source == target {
+        return Err(Refusal::BadRequest(format!(
+            "node {source} reports its own copy caught up; the primary reports its secondaries"
+        )));
+    }
+    let mut updates = Vec::new();
+    for (unit, slice) in slices {
+        if &slice.primary != source {
+            return Err(Refusal::Conflict(format!(
+                "node {source} is not the primary of unit {unit} at generation {} (node {} is); \
+                 only the primary reports a copy caught up",
+                slice.generation, slice.primary
+            )));
+        }
+        let primary_status = require_copy(slice, source, *unit)?.status;
+        if primary_status != CopyStatus::Current {
+            return Err(Refusal::Conflict(format!(
+                "unit {unit}: the primary's own copy on node {source} is {}; a copy caught up \
+                 with it would not hold every acknowledged write",
+                primary_status.as_str()
+            )));
+        }
+        match require_copy(slice, target, *unit)?.status {
+            CopyStatus::Syncing => {}
+            CopyStatus::Current => continue,
+            other => {
+                return Err(Refusal::Conflict(format!(
+                    "unit {unit}: the copy on node {target} is {}, not syncing: it missed writes \
+                     since it started catching up and must start over",
+                    other.as_str()
+                )))
+            }
+        }
+        updates.push(SliceUpdate {
+            copies: vec![CopyChange {
+                node: target.clone(),
+                status: CopyStatus::Current,
+                last_vba: reported_vba(liveness, slice, target, *unit),
+            }],
+            require: vec![
+                CopyRequirement {
+                    node: source.clone(),
+                    status: CopyStatus::Current,
+                },
+                CopyRequirement {
+                    node: target.clone(),
+                    status: CopyStatus::Syncing,
+                },
+            ],
+            ..SliceUpdate::new(*unit, slice.generation)
+        });
+    }
+    Ok(updates)
+}
+
+/// A resync progress report from the node holding the copy. Any status is accepted: the last
+/// report may arrive after the copy was committed `current`.
+fn resync_progress(
+    state: &State,
+    source: &NodeId,
+    slices: &[(UnitId, &Slice)],
+    progress: ResyncProgress,
+) -> Result<Decision, Refusal> {
+    if !state.nodes.contains_key(source) {
+        return Err(Refusal::NotFound(format!(
+            "storage node {source} is not registered"
+        )));
+    }
+    let (unit, slice) = slices.first().expect("check_units refuses an empty list");
+    let copy = require_copy(slice, source, *unit)?;
+    Ok(Decision::Remember {
+        unit: *unit,
+        node: source.clone(),
+        progress,
+        status: copy.status,
+    })
 }
 
 /// A client reports the primary did not answer: fail over to a current copy on an up node, but
@@ -261,5 +428,7 @@ fn primary_unresponsive(
     })
 }
 
+#[cfg(test)]
+mod resync_tests;
 #[cfg(test)]
 mod tests;

@@ -1,14 +1,26 @@
-//! Placement of a new volume: each slice's copies on distinct `up` storage nodes, spread by free
-//! capacity, the node with the most room first (it becomes the primary).
+//! Placement of a new volume: each slice's copies on distinct `up` storage nodes that are not
+//! draining, spread by free capacity, the node with the most room first (it becomes the primary).
 
 use client::api::MAX_SLICES_PER_VOLUME;
-use client::api::{CreateVolumeRequest, NodeState, DEFAULT_REPLICAS, DEFAULT_SLICE_BYTES};
+use client::api::{CreateVolumeRequest, DEFAULT_REPLICAS, DEFAULT_SLICE_BYTES};
 use client::types::{check_name, NodeId, BLOCK_BYTES};
 
-use crate::state::{slice_count, Command, Node, Refusal, State};
+use crate::state::{slice_count, Command, Node, Refusal, State, MAX_COPIES_PER_SLICE};
 
 /// Most copies of one slice a volume may ask for.
 pub const MAX_REPLICAS: u32 = 5;
+
+// Re-replication and drains add copies before removing those they replace.
+const _: () = assert!(MAX_COPIES_PER_SLICE >= 2 * MAX_REPLICAS as usize);
+
+/// The room `node` has for new units: what it last reported free (or registered with), but no
+/// more than its capacity minus the units already assigned to it (some may not be written yet).
+pub fn free_bytes(state: &State, node: &Node, reported: Option<u64>) -> u64 {
+    let unassigned = node
+        .capacity_bytes
+        .saturating_sub(state.assigned_bytes(node));
+    reported.unwrap_or(node.free_bytes).min(unassigned)
+}
 
 /// A create request after validation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,11 +82,12 @@ pub fn place(
     let up: Vec<&Node> = state
         .nodes
         .values()
-        .filter(|n| n.state == NodeState::Up)
+        .filter(|n| state.node_takes_copies(&n.id))
         .collect();
     if up.len() < spec.replicas as usize {
         return Err(Refusal::InsufficientNodes(format!(
-            "{} replicas need {} storage nodes up, but {} are up",
+            "{} replicas need {} storage nodes up and not draining, but {} are up and not \
+             draining",
             spec.replicas,
             spec.replicas,
             up.len()
@@ -91,8 +104,7 @@ pub fn place(
     let mut candidates: Vec<Candidate> = up
         .iter()
         .map(|n| {
-            let unassigned = n.capacity_bytes.saturating_sub(state.assigned_bytes(n));
-            let free_bytes = reported_free(&n.id).unwrap_or(n.free_bytes).min(unassigned);
+            let free_bytes = free_bytes(state, n, reported_free(&n.id));
             let primaries = n
                 .units
                 .iter()
@@ -151,6 +163,7 @@ mod tests {
     use super::*;
     use crate::state::apply::Touched;
     use crate::state::fixtures::{cluster, node};
+    use client::api::NodeState;
 
     fn request(size_bytes: u64, replicas: u32, slice_bytes: u64) -> CreateVolumeRequest {
         CreateVolumeRequest {
@@ -200,8 +213,9 @@ mod tests {
 
     #[test]
     fn copies_land_on_distinct_up_nodes_spread_by_free_space() {
-        let mut state = cluster(&["n1", "n2", "n3", "n4"]);
+        let mut state = cluster(&["n1", "n2", "n3", "n4", "n5"]);
         state.nodes.get_mut(&node("n4")).expect("n4").state = NodeState::Down;
+        state.nodes.get_mut(&node("n5")).expect("n5").draining = true;
         let spec = validate(&request(6 * 4096, 2, 4096)).expect("valid");
         let free = |id: &NodeId| (id == &node("n3")).then_some(1 << 20);
         let placement = placement_of(place(&state, &spec, free).expect("placed"));
@@ -210,6 +224,7 @@ mod tests {
             assert_eq!(nodes.len(), 2);
             assert_ne!(nodes[0], nodes[1], "copies of a slice on distinct nodes");
             assert!(!nodes.contains(&node("n4")), "never on a down node");
+            assert!(!nodes.contains(&node("n5")), "never on a draining node");
         }
         // n3 reported much less free space, so the two roomy nodes take every slice.
         assert!(

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use client::api::{CopyStatus, NodeState};
 use client::types::{Generation, NodeId, SliceIndex, UnitId, Vba, VolumeId};
 
-use super::command::{Command, CopyChange, Outcome, Refusal, SliceUpdate};
-use super::{slice_count, Copy, Node, Slice, State, Volume};
+use super::command::{Command, CopyChange, CopyRequirement, Outcome, Refusal, SliceUpdate};
+use super::{slice_count, Copy, Node, Slice, State, Volume, MAX_COPIES_PER_SLICE};
 
 /// The keys a command changed, so the state machine can persist just those.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -66,6 +66,9 @@ impl State {
             Command::DeleteVolume { name } => self
                 .delete_volume(name, touched)
                 .map(Outcome::VolumeDeleted),
+            Command::SetDraining { node, draining } => self
+                .set_draining(node, *draining, touched)
+                .map(|()| Outcome::Done),
         };
         result.unwrap_or_else(Outcome::Refused)
     }
@@ -85,6 +88,7 @@ impl State {
             free_bytes: 0,
             state: NodeState::Up,
             units: BTreeSet::new(),
+            draining: false,
         });
         node.addr = addr.to_string();
         node.capacity_bytes = capacity_bytes;
@@ -176,11 +180,25 @@ impl State {
             .copies
             .iter()
             .map(|c| &c.node)
-            .chain(update.new_primary.as_ref());
+            .chain(update.new_primary.as_ref())
+            .chain(update.require.iter().map(|r| &r.node))
+            .chain(&update.remove);
         if let Some(node) = named.find(|n| slice.copy(n).is_none()) {
             return Err(Refusal::Conflict(format!(
                 "unit {unit} has no copy on node {node}"
             )));
+        }
+        // Copy-status changes do not bump the generation: what the decision saw may have
+        // changed since.
+        for CopyRequirement { node, status } in &update.require {
+            let now = slice.copy(node).expect("checked above").status;
+            if now != *status {
+                return Err(Refusal::Conflict(format!(
+                    "unit {unit}: the copy on node {node} is {} now, no longer {}; retry",
+                    now.as_str(),
+                    status.as_str()
+                )));
+            }
         }
         // The failover was decided on an earlier view. Copy-status changes do not bump the
         // generation, so the chosen copy may have been marked stale (by the primary, which may
@@ -196,6 +214,54 @@ impl State {
                      an up node and cannot become primary; retry"
                 )));
             }
+        }
+        self.check_copy_set_change(slice, update)
+    }
+
+    /// The copies an update adds and removes: new ones only on nodes that may take copies and
+    /// hold none of this slice, never the primary's removed, and a bounded copy set.
+    fn check_copy_set_change(&self, slice: &Slice, update: &SliceUpdate) -> Result<(), Refusal> {
+        let unit = update.unit;
+        let mut added = BTreeSet::new();
+        for node in &update.add {
+            if !self.nodes.contains_key(node) {
+                return Err(Refusal::NotFound(format!(
+                    "storage node {node} is not registered"
+                )));
+            }
+            if slice.copy(node).is_some() || !added.insert(node) {
+                return Err(Refusal::Conflict(format!(
+                    "unit {unit} already has a copy on node {node}"
+                )));
+            }
+            // Decided on an earlier view: the node may have gone down or started draining.
+            if !self.node_takes_copies(node) {
+                return Err(Refusal::Conflict(format!(
+                    "unit {unit}: node {node} is down or draining and cannot take a new copy; \
+                     retry"
+                )));
+            }
+        }
+        let primary = update.new_primary.as_ref().unwrap_or(&slice.primary);
+        let mut removed = BTreeSet::new();
+        for node in &update.remove {
+            if node == primary {
+                return Err(Refusal::Conflict(format!(
+                    "unit {unit}: the primary's copy on node {node} cannot be removed; fail the \
+                     slice over first"
+                )));
+            }
+            if !removed.insert(node) {
+                return Err(Refusal::BadRequest(format!(
+                    "unit {unit}: the copy on node {node} is removed twice"
+                )));
+            }
+        }
+        let copies = slice.copies.len() + added.len() - removed.len();
+        if copies > MAX_COPIES_PER_SLICE {
+            return Err(Refusal::Conflict(format!(
+                "unit {unit} would have {copies} copies, more than {MAX_COPIES_PER_SLICE}"
+            )));
         }
         Ok(())
     }
@@ -218,7 +284,8 @@ impl State {
             self.check_slice_update(update)?;
         }
         for update in updates {
-            let slice = self.slice_mut(update.unit).expect("checked above");
+            let unit = update.unit;
+            let slice = self.slice_mut(unit).expect("checked above");
             for CopyChange {
                 node,
                 status,
@@ -229,13 +296,57 @@ impl State {
                 copy.status = *status;
                 copy.last_vba = (*last_vba).max(copy.last_vba);
             }
+            let mut moved = false;
             if let Some(primary) = &update.new_primary {
                 if *primary != slice.primary {
                     slice.primary = primary.clone();
-                    slice.generation = Generation(slice.generation.0 + 1);
+                    moved = true;
                 }
             }
-            touched.slices.insert(update.unit);
+            for node in &update.add {
+                slice.copies.push(Copy {
+                    node: node.clone(),
+                    status: CopyStatus::Stale,
+                    last_vba: Vba::ZERO,
+                });
+            }
+            slice.copies.retain(|c| !update.remove.contains(&c.node));
+            moved |= !update.add.is_empty() || !update.remove.is_empty();
+            if moved {
+                slice.generation = Generation(slice.generation.0 + 1);
+            }
+            for (node, assigned) in update
+                .add
+                .iter()
+                .map(|n| (n, true))
+                .chain(update.remove.iter().map(|n| (n, false)))
+            {
+                let units = &mut self.nodes.get_mut(node).expect("checked above").units;
+                if assigned {
+                    units.insert(unit);
+                } else {
+                    units.remove(&unit);
+                }
+                touched.nodes.insert(node.clone());
+            }
+            touched.slices.insert(unit);
+        }
+        Ok(())
+    }
+
+    fn set_draining(
+        &mut self,
+        id: &NodeId,
+        draining: bool,
+        touched: &mut Touched,
+    ) -> Result<(), Refusal> {
+        let node = self
+            .nodes
+            .get_mut(id)
+            .ok_or_else(|| Refusal::NotFound(format!("storage node {id} is not registered")))?;
+        if node.draining != draining {
+            node.draining = draining;
+            touched.nodes.insert(id.clone());
         }
         Ok(())
     }
@@ -279,9 +390,10 @@ impl State {
             }
             // Placement was decided on an earlier view: a node judged down since then would get
             // `current` copies (and perhaps a primary) it never received.
-            if let Some(down) = nodes.iter().find(|n| !self.node_is_up(n)) {
+            if let Some(down) = nodes.iter().find(|n| !self.node_takes_copies(n)) {
                 return Err(Refusal::InsufficientNodes(format!(
-                    "storage node {down} went down while the volume was being placed; retry"
+                    "storage node {down} went down or started draining while the volume was \
+                     being placed; retry"
                 )));
             }
         }
@@ -355,5 +467,7 @@ impl State {
     }
 }
 
+#[cfg(test)]
+mod copy_set_tests;
 #[cfg(test)]
 mod tests;

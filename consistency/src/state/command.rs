@@ -45,9 +45,19 @@ pub enum Command {
     DeleteVolume {
         name: String,
     },
+    /// Start (or stop) moving every copy off a node; a draining node gets no new copies. The
+    /// moves themselves are [`Command::UpdateSlices`] decided by the leader afterwards.
+    SetDraining {
+        node: NodeId,
+        draining: bool,
+    },
 }
 
-/// A change to one slice, decided against `expected_generation`.
+/// A change to one slice, decided against `expected_generation`. A change of primary or of the
+/// copy set bumps the generation once, however much it changes.
+///
+/// Applied in this order, after every check passed: `require`, `copies`, `new_primary`, `add`,
+/// `remove`. The fields after `copies` are absent from log entries written before they existed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SliceUpdate {
     pub unit: UnitId,
@@ -55,6 +65,39 @@ pub struct SliceUpdate {
     /// Make this copy the primary, with `generation + 1`.
     pub new_primary: Option<NodeId>,
     pub copies: Vec<CopyChange>,
+    /// Copy statuses the decision relied on. Status changes do not bump the generation, so the
+    /// update is refused if any of these no longer holds when it is applied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub require: Vec<CopyRequirement>,
+    /// New copies, `stale` with VBA 0, on nodes that are `up`, not draining and hold no copy of
+    /// the slice yet. Their nodes learn of them from their next heartbeat reply and resync.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<NodeId>,
+    /// Copies to drop; never the primary's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<NodeId>,
+}
+
+impl SliceUpdate {
+    /// An update that changes nothing yet.
+    pub fn new(unit: UnitId, expected_generation: Generation) -> SliceUpdate {
+        SliceUpdate {
+            unit,
+            expected_generation,
+            new_primary: None,
+            copies: Vec::new(),
+            require: Vec::new(),
+            add: Vec::new(),
+            remove: Vec::new(),
+        }
+    }
+}
+
+/// A copy status a decision relied on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyRequirement {
+    pub node: NodeId,
+    pub status: CopyStatus,
 }
 
 /// A new status for one copy, with the VBA its node last reported.

@@ -19,6 +19,10 @@ use serde::{Deserialize, Serialize};
 
 pub use command::{Command, Outcome, Refusal};
 
+/// Most copies one slice may have: the most replicas a volume may ask for, plus as many again
+/// being moved in (drains, re-replication) while the copies they replace are still there.
+pub const MAX_COPIES_PER_SLICE: usize = 10;
+
 /// A storage node as the database records it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
@@ -31,6 +35,10 @@ pub struct Node {
     pub state: NodeState,
     /// Every storage unit assigned to the node.
     pub units: BTreeSet<UnitId>,
+    /// Its copies are being moved to other nodes, and placement gives it no new ones. Absent in
+    /// records written before drains existed, hence the default.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// One copy of a slice.
@@ -139,6 +147,26 @@ impl State {
             .is_some_and(|n| n.state == NodeState::Up)
     }
 
+    pub fn node_is_draining(&self, node: &NodeId) -> bool {
+        self.nodes.get(node).is_some_and(|n| n.draining)
+    }
+
+    /// Every node being drained.
+    pub fn draining_nodes(&self) -> BTreeSet<NodeId> {
+        self.nodes
+            .values()
+            .filter(|n| n.draining)
+            .map(|n| n.id.clone())
+            .collect()
+    }
+
+    /// Whether `node` may receive new copies: registered, `up` and not draining.
+    pub fn node_takes_copies(&self, node: &NodeId) -> bool {
+        self.nodes
+            .get(node)
+            .is_some_and(|n| n.state == NodeState::Up && !n.draining)
+    }
+
     /// Bytes of every unit assigned to `node` (thick accounting: a unit may not be written yet).
     pub fn assigned_bytes(&self, node: &Node) -> u64 {
         node.units
@@ -148,15 +176,17 @@ impl State {
     }
 
     /// The copy that should become primary if `slice`'s primary is replaced: a `current` copy on an
-    /// `up` node other than the primary, the one with the highest reported VBA, ties broken by
+    /// `up` node other than the primary; one on a node that is not draining first (a draining
+    /// node would have to hand the slice on again), then the highest reported VBA, ties broken by
     /// placement order. Deterministic, since [`State::apply`] calls it too.
     pub fn failover_candidate(&self, slice: &Slice) -> Option<NodeId> {
+        let rank = |c: &Copy| (!self.node_is_draining(&c.node), c.last_vba);
         let mut best: Option<&Copy> = None;
         for copy in &slice.copies {
             let eligible = copy.node != slice.primary
                 && copy.status == CopyStatus::Current
                 && self.node_is_up(&copy.node);
-            if eligible && best.is_none_or(|b| copy.last_vba > b.last_vba) {
+            if eligible && best.is_none_or(|b| rank(copy) > rank(b)) {
                 best = Some(copy);
             }
         }
@@ -183,6 +213,10 @@ impl State {
                         "unit {unit}: primary {} holds no copy",
                         slice.primary
                     ));
+                }
+                let distinct: BTreeSet<&NodeId> = slice.copies.iter().map(|c| &c.node).collect();
+                if distinct.len() != slice.copies.len() {
+                    return Err(format!("unit {unit}: two copies on one node"));
                 }
                 for copy in &slice.copies {
                     let node = self.nodes.get(&copy.node).ok_or_else(|| {

@@ -1,13 +1,23 @@
 //! The state as the API shows it: volume maps, node status and what a heartbeat reply tells a
 //! storage node.
 
-use client::api::{AssignedUnit, CopyInfo, NodeStatus, Role, SliceMap, VolumeMap};
+use client::api::{AssignedUnit, CopyInfo, NodeStatus, ResyncStatus, Role, SliceMap, VolumeMap};
 use client::types::{Generation, NodeId, SliceIndex, UnitId, BLOCK_BYTES};
 
-use super::{Node, Slice, State, Volume};
+use super::{Copy, Node, Slice, State, Volume};
+
+/// The resync of a copy of a unit, where the leader heard of one
+/// ([`crate::decide::resync::ResyncTracker`]); not replicated state, so views take it from the
+/// caller.
+pub type Resyncs<'a> = &'a dyn Fn(UnitId, &Copy) -> Option<ResyncStatus>;
+
+/// For views made where no resync progress is known (a follower's local read).
+pub fn no_resyncs(_: UnitId, _: &Copy) -> Option<ResyncStatus> {
+    None
+}
 
 impl State {
-    fn copy_infos(&self, slice: &Slice) -> Vec<CopyInfo> {
+    fn copy_infos(&self, unit: UnitId, slice: &Slice, resyncs: Resyncs) -> Vec<CopyInfo> {
         // Primary first: clients and secondaries look for it there.
         let mut copies: Vec<&super::Copy> = slice.copies.iter().collect();
         copies.sort_by_key(|c| c.node != slice.primary);
@@ -23,28 +33,30 @@ impl State {
                 role: slice.role_of(&c.node),
                 status: c.status,
                 last_vba: c.last_vba,
+                resync: resyncs(unit, c),
             })
             .collect()
     }
 
-    pub fn slice_map(&self, unit: UnitId) -> Option<SliceMap> {
+    pub fn slice_map(&self, unit: UnitId, resyncs: Resyncs) -> Option<SliceMap> {
         let slice = self.slice(unit)?;
         Some(SliceMap {
             unit,
             index: unit.slice,
             generation: slice.generation,
             primary: slice.primary.clone(),
-            copies: self.copy_infos(slice),
+            copies: self.copy_infos(unit, slice, resyncs),
         })
     }
 
-    pub fn volume_map(&self, volume: &Volume) -> VolumeMap {
+    pub fn volume_map(&self, volume: &Volume, resyncs: Resyncs) -> VolumeMap {
         let slices = (0..volume.slices.len())
             .filter_map(|i| {
-                self.slice_map(UnitId {
+                let unit = UnitId {
                     volume: volume.id,
                     slice: SliceIndex(i as u32),
-                })
+                };
+                self.slice_map(unit, resyncs)
             })
             .collect();
         VolumeMap {
@@ -67,6 +79,7 @@ impl State {
             free_bytes: node.free_bytes,
             last_heartbeat_ms_ago: None,
             units: node.units.iter().copied().collect(),
+            draining: node.draining,
         }
     }
 
@@ -76,6 +89,7 @@ impl State {
         &self,
         node: &NodeId,
         lease_renewed: impl Fn(UnitId, Generation) -> bool,
+        resyncs: Resyncs,
     ) -> Vec<AssignedUnit> {
         let Some(n) = self.nodes.get(node) else {
             return Vec::new();
@@ -96,7 +110,7 @@ impl State {
                     role,
                     status: copy.status,
                     lease_renewed: role == Role::Primary && lease_renewed(*unit, slice.generation),
-                    copies: self.copy_infos(slice),
+                    copies: self.copy_infos(*unit, slice, resyncs),
                 })
             })
             .collect()

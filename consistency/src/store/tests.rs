@@ -223,14 +223,13 @@ async fn slice_changes_and_deleted_volumes_survive_a_reopen_of_sled() {
     let expected = {
         let (_log, mut sm) = open(dir.path()).expect("opens");
         let update = SliceUpdate {
-            unit: UnitId::new(1, 0),
-            expected_generation: Generation(1),
             new_primary: Some(node("n2")),
             copies: vec![CopyChange {
                 node: node("n1"),
                 status: CopyStatus::Stale,
                 last_vba: Vba(7),
             }],
+            ..SliceUpdate::new(UnitId::new(1, 0), Generation(1))
         };
         sm.apply([
             command_entry(1, 1, register("n1")),
@@ -259,6 +258,55 @@ async fn slice_changes_and_deleted_volumes_survive_a_reopen_of_sled() {
     assert_eq!(expected.volumes.len(), 1);
     let (_log, sm) = open(dir.path()).expect("reopens");
     assert_eq!(state_of(&sm), expected);
+}
+
+#[tokio::test]
+async fn copy_set_changes_and_drains_survive_a_reopen_of_sled() {
+    use crate::state::command::SliceUpdate;
+    use client::types::{Generation, UnitId};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let expected = {
+        let (_log, mut sm) = open(dir.path()).expect("opens");
+        let unit = UnitId::new(1, 0);
+        let replace = SliceUpdate {
+            add: vec![node("n3")],
+            remove: vec![node("n2")],
+            ..SliceUpdate::new(unit, Generation(1))
+        };
+        sm.apply([
+            command_entry(1, 1, register("n1")),
+            command_entry(1, 2, register("n2")),
+            command_entry(1, 3, register("n3")),
+            command_entry(1, 4, create("vol", &["n1", "n2"])),
+            command_entry(
+                1,
+                5,
+                Command::UpdateSlices {
+                    updates: vec![replace],
+                },
+            ),
+            command_entry(
+                1,
+                6,
+                Command::SetDraining {
+                    node: node("n1"),
+                    draining: true,
+                },
+            ),
+        ])
+        .await
+        .expect("applied");
+        let state = state_of(&sm);
+        assert!(state.nodes[&node("n3")].units.contains(&unit));
+        assert!(state.nodes[&node("n2")].units.is_empty());
+        assert!(state.nodes[&node("n1")].draining);
+        state
+    };
+    let (_log, sm) = open(dir.path()).expect("reopens");
+    let reopened = state_of(&sm);
+    assert_eq!(reopened, expected);
+    reopened.check_invariants().expect("consistent");
 }
 
 #[tokio::test]

@@ -22,6 +22,9 @@ pub struct UnitCheck {
     pub live_records: u64,
     pub live_blocks: u64,
     pub last_vba: u64,
+    /// crc32c of the unit's whole content as reads return it (zeroes where never written or
+    /// trimmed), in hex: copies of one slice that agree hold the same blocks.
+    pub digest: String,
     /// A torn tail left by a crash: not damage, it is cut off when the node opens the unit.
     pub torn_tail: Option<String>,
     pub problems: Vec<String>,
@@ -65,6 +68,20 @@ pub fn check_device(backend: Arc<dyn Backend>) -> Result<DeviceCheck> {
             .push(check_unit(backend.clone(), pool.clone(), id));
     }
     Ok(check)
+}
+
+/// Reads the whole unit, as a client would, and checksums it.
+fn content_digest(unit: &Unit) -> super::error::Result<u32> {
+    const CHUNK_BLOCKS: u64 = 256;
+    let mut crc = 0;
+    let mut lba = 0;
+    while lba < unit.blocks() {
+        let blocks = CHUNK_BLOCKS.min(unit.blocks() - lba);
+        let data = unit.read(client::types::Lba(lba), blocks)?;
+        crc = crc32c::crc32c_append(crc, &data);
+        lba += blocks;
+    }
+    Ok(crc)
 }
 
 fn check_unit(backend: Arc<dyn Backend>, pool: Arc<SegmentPool>, id: UnitId) -> UnitCheck {
@@ -119,6 +136,10 @@ fn check_unit(backend: Arc<dyn Backend>, pool: Arc<SegmentPool>, id: UnitId) -> 
         }
     }
     check.live_blocks = live_blocks;
+    match content_digest(&unit) {
+        Ok(digest) => check.digest = format!("{digest:08x}"),
+        Err(e) => check.problems.push(e.to_string()),
+    }
     let stats = unit.stats();
     if stats.written_blocks != live_blocks {
         check.problems.push(format!(

@@ -399,6 +399,17 @@ impl Unit {
         self.state.lock().generations.clone()
     }
 
+    /// The generation the unit's history has at `vba` (`Generation(0)` before any record).
+    pub fn generation_at(&self, vba: Vba) -> Generation {
+        meta::generation_at(&self.state.lock().generations, vba).unwrap_or(Generation(0))
+    }
+
+    /// Waits until every record accepted so far is durable (async callers).
+    pub async fn drain_async(&self) -> Result<()> {
+        let last = Vba(self.state.lock().next_vba.0 - 1);
+        self.wait_durable_async(last).await
+    }
+
     /// The content checksum of the record held at `vba`, if it is still live (a record that was
     /// overwritten since is no longer looked up).
     fn held_content_crc(&self, vba: Vba) -> Result<Option<u32>> {
@@ -517,6 +528,11 @@ impl Unit {
 
     pub fn last_vba(&self) -> Vba {
         self.state.lock().durable_vba
+    }
+
+    /// The VBA up to which every copy holds the log (see [`Unit::set_stable_vba`]).
+    pub fn stable_vba(&self) -> Vba {
+        self.state.lock().stable_vba
     }
 
     pub fn generation(&self) -> Generation {

@@ -142,7 +142,7 @@ async fn apply(node: &Arc<Node>, sent: Instant, reply: HeartbeatResponse) {
                     "became the primary");
             }
         }
-        runtime.assign(assignment);
+        runtime.assign(assignment, sent);
         if unit.role == Role::Primary && unit.lease_renewed {
             runtime.renew_lease(sent, lease);
         }
@@ -150,6 +150,47 @@ async fn apply(node: &Arc<Node>, sent: Instant, reply: HeartbeatResponse) {
     for runtime in node.units() {
         if !assigned.contains(&runtime.id) {
             drop_unit(node, &runtime).await;
+        }
+    }
+    // A secondary that was away may have missed writes the primary did not report (the primary
+    // only reports a copy that fails it during a write). A primary missed nothing: every write it
+    // acknowledged was durable in its own log first.
+    let restarted = node
+        .restarted_units
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if let Some(restarted) = restarted {
+        let missed: Vec<UnitGeneration> = reply
+            .units
+            .iter()
+            .filter(|u| restarted.contains(&u.unit))
+            .filter(|u| u.role == Role::Secondary && u.status == CopyStatus::Current)
+            .map(|u| UnitGeneration {
+                unit: u.unit,
+                generation: u.generation,
+            })
+            .collect();
+        if !missed.is_empty() {
+            let notification = Notification::NotCurrent {
+                source: node.id.clone(),
+                units: missed,
+            };
+            match node.managers.notify(&notification).await {
+                Ok(_) => info!("reported secondary copies not current after a restart"),
+                Err(e) => {
+                    warn!(error = %e, "could not report copies not current after a restart; retrying");
+                    *node
+                        .restarted_units
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(restarted);
+                }
+            }
+        }
+    }
+    for runtime in node.units() {
+        if super::resync::wants_resync(&runtime) {
+            super::resync::start(node, &runtime);
         }
     }
     let lost: Vec<UnitGeneration> = reply

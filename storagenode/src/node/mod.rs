@@ -7,14 +7,18 @@
 //! - [`maintenance`]: background compaction of the units' logs;
 //! - [`server`]: the data-plane listener: handshake, limits, dispatch;
 //! - [`primary`]: client IO on the primary: ordering, replication, acknowledgement;
-//! - [`replica`]: the secondary side, and the primary's answers to resend and catch-up requests.
+//! - [`replica`]: the secondary side, and the primary's answer to resend requests;
+//! - [`catchup`]: the primary's side of a resync (streaming missed records, joining a copy);
+//! - [`resync`]: the copy's side of a resync (pulling, joining, reporting progress).
 
+pub mod catchup;
 pub mod devices;
 mod errors;
 pub mod maintenance;
 pub mod membership;
 pub mod primary;
 pub mod replica;
+pub mod resync;
 pub mod server;
 pub mod unit;
 
@@ -51,6 +55,8 @@ pub struct NodeConfig {
     pub write_timeout: Duration,
     /// How long a secondary waits for records that were overtaken before asking for a resend.
     pub reorder_wait: Duration,
+    /// The most bytes per second a resync of one unit pulls.
+    pub resync_rate_bytes: u64,
     pub device: DeviceOptions,
 }
 
@@ -70,6 +76,7 @@ impl NodeConfig {
             heartbeat_interval: Duration::from_secs(1),
             write_timeout: Duration::from_secs(2),
             reorder_wait: Duration::from_millis(100),
+            resync_rate_bytes: 100 << 20,
             device: DeviceOptions::default(),
         }
     }
@@ -85,6 +92,9 @@ pub struct Node {
     pub peers: Pool,
     /// Wakes the heartbeat loop early, e.g. when a request names a unit not yet known here.
     pub refresh: Notify,
+    /// Units this node held when it started, until the first heartbeat reply has been applied:
+    /// their secondary copies may have missed writes while the node was away.
+    restarted_units: std::sync::Mutex<Option<Vec<UnitId>>>,
 }
 
 impl Node {
@@ -121,6 +131,7 @@ pub async fn run(
         .context("--managers")?;
     let peers = Pool::new(PeerKind::Node, &config.id.0, Duration::from_secs(1));
     let mut units = HashMap::new();
+    let restarted_units = devices.units().iter().map(|u| u.id()).collect();
     for engine in devices.units() {
         units.insert(
             engine.id(),
@@ -142,6 +153,7 @@ pub async fn run(
         managers,
         peers,
         refresh: Notify::new(),
+        restarted_units: std::sync::Mutex::new(Some(restarted_units)),
     });
     let membership = tokio::spawn(membership::run(node.clone()));
     let maintenance = tokio::spawn(maintenance::run(node.clone()));

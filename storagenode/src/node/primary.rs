@@ -7,6 +7,7 @@
 //! 5. acknowledge once the local append is durable and every current secondary has acknowledged
 //!    or been marked stale by a committed notification (`replication::progress`).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -114,15 +115,13 @@ async fn replicated_append(
     ops: Vec<Op>,
 ) -> Result<Vba, WireError> {
     let assignment = runtime.serving_primary(generation)?;
-    let targets = assignment.forward_targets(&node.id);
-    let required = assignment.current_secondaries(&node.id);
     let deadline = Instant::now() + node.config.write_timeout;
 
     // Connections first, outside the sequencer: a secondary that cannot be reached must not hold
     // up the others' writes while its connection attempt times out.
-    let mut connections = Vec::with_capacity(targets.len());
-    for target in &targets {
-        connections.push(node.peers.get(&target.addr).await);
+    let mut connections = BTreeMap::new();
+    for target in runtime.replicas(&assignment) {
+        connections.insert(target.node.clone(), node.peers.get(&target.addr).await);
     }
 
     let sequenced = runtime.sequencer.lock().await;
@@ -136,6 +135,14 @@ async fn replicated_append(
             ErrorCode::Unavailable,
             "too many writes wait for slow secondaries; retry shortly",
         ));
+    }
+    // The copies to wait for are decided under the sequencer, with the VBAs: a copy that joined
+    // while this write waited for the sequencer gets it (its join covered every earlier VBA).
+    let targets = runtime.replicas(&runtime.assignment().unwrap_or(assignment));
+    for target in &targets {
+        if !connections.contains_key(&target.node) {
+            connections.insert(target.node.clone(), node.peers.get(&target.addr).await);
+        }
     }
     let records: Vec<WireRecord> = {
         let first = runtime.engine.next_vba();
@@ -159,7 +166,8 @@ async fn replicated_append(
         window.committed()
     };
     let mut sent = Vec::with_capacity(targets.len());
-    for (target, connection) in targets.iter().zip(connections) {
+    for target in &targets {
+        let connection = connections.remove(&target.node).expect("fetched above");
         let request = Request::Replicate {
             unit: runtime.id,
             generation,
@@ -186,7 +194,7 @@ async fn replicated_append(
             .unwrap_or_else(|p| p.into_inner())
             .local_durable(last);
     }
-    let mut progress = WriteProgress::new(required);
+    let mut progress = WriteProgress::new(targets.iter().map(|t| t.node.clone()));
     let mut step = progress.local_done(local);
     let mut replies: FuturesUnordered<_> = sent
         .into_iter()
@@ -248,6 +256,23 @@ async fn replicate_to(
     node: &Node,
     runtime: &UnitRuntime,
     target: &CopyInfo,
+    pending: Result<Pending, DataError>,
+    records: Vec<WireRecord>,
+    committed: Vba,
+    deadline: Instant,
+) -> Reply {
+    let reply =
+        replicate_attempts(node, runtime, target, pending, records, committed, deadline).await;
+    if let Reply::Failed(reason) = &reply {
+        warn!(unit = %runtime.id, target = %target.node, %reason, "a secondary did not take a write");
+    }
+    reply
+}
+
+async fn replicate_attempts(
+    node: &Node,
+    runtime: &UnitRuntime,
+    target: &CopyInfo,
     mut pending: Result<Pending, DataError>,
     records: Vec<WireRecord>,
     committed: Vba,
@@ -301,10 +326,10 @@ async fn mark_stale(
     generation: Generation,
 ) -> Marked {
     let _one_at_a_time = runtime.marking.lock().await;
-    let still_current = runtime
+    let still_waited_for = runtime
         .assignment()
-        .is_some_and(|a| a.current_secondaries(&node.id).contains(target));
-    if !still_current {
+        .is_some_and(|a| runtime.replicas(&a).iter().any(|c| &c.node == target));
+    if !still_waited_for {
         return Marked::Stale;
     }
     let notification = Notification::Unresponsive {
@@ -322,10 +347,10 @@ async fn mark_stale(
                     runtime.update_slice(slice);
                 }
             }
-            let now_current = runtime
+            let still_waited_for = runtime
                 .assignment()
-                .is_some_and(|a| a.current_secondaries(&node.id).contains(target));
-            if now_current {
+                .is_some_and(|a| runtime.replicas(&a).iter().any(|c| &c.node == target));
+            if still_waited_for {
                 Marked::Failed(format!("the database still lists {target} as current"))
             } else {
                 info!(unit = %runtime.id, %target, "marked an unresponsive secondary stale");

@@ -20,24 +20,15 @@ use super::Node;
 use crate::engine::{EngineError, Op, Ticket};
 use crate::replication::order::{consecutive, place, Placement};
 
-fn to_op(body: RecordBody) -> Op {
+pub(super) fn to_op(body: RecordBody) -> Op {
     match body {
         RecordBody::Write { lba, data } => Op::Write { lba, data },
         RecordBody::Trim { lba, blocks } => Op::Trim { lba, blocks },
     }
 }
 
-fn to_wire(record: crate::engine::Record) -> WireRecord {
-    let body = match record.op {
-        Op::Write { lba, data } => RecordBody::Write { lba, data },
-        Op::Trim { lba, blocks } => RecordBody::Trim { lba, blocks },
-    };
-    WireRecord {
-        vba: record.vba,
-        generation: record.generation,
-        body,
-    }
-}
+/// How long a frame waits for its turn while this copy is resyncing.
+const JOIN_TURN_WAIT: Duration = Duration::from_secs(5);
 
 pub async fn replicate(
     node: &Arc<Node>,
@@ -92,12 +83,22 @@ pub async fn replicate(
         }
         Placement::Apply => {}
         Placement::Gap { .. } => {
-            if !wait_for_turn(runtime, first, node.config.reorder_wait).await {
+            // A copy that just joined may get the primary's first forwarded writes before it
+            // has applied the records the join sent: give it time to.
+            let wait = if runtime.resyncing.load(std::sync::atomic::Ordering::Acquire) {
+                JOIN_TURN_WAIT
+            } else {
+                node.config.reorder_wait
+            };
+            tracing::debug!(unit = %runtime.id, %first, expected = %runtime.engine.next_vba(), ?wait, "a frame waits for its turn");
+            if !wait_for_turn(runtime, first, wait).await {
                 fill_gap(node, runtime, generation, first).await?;
             }
         }
     }
+    tracing::debug!(unit = %runtime.id, %first, "applying a frame");
     apply_in_order(runtime, records).await?;
+    tracing::debug!(unit = %runtime.id, %first, "applied a frame");
     runtime.engine.set_stable_vba(committed);
     Ok(Response::Replicate {
         last_vba: runtime.engine.last_vba(),
@@ -218,50 +219,14 @@ pub fn resend(
         through: resend.through,
         last_vba: runtime.engine.last_vba(),
         done: resend.through >= until,
+        remaining_records: 0,
+        remaining_bytes: 0,
+        joined: false,
         records: resend.records,
     })
 }
 
-/// Primary: the live records after `after`, up to about `max_bytes`, from the log.
-pub async fn catch_up(
-    runtime: &UnitRuntime,
-    generation: Generation,
-    after: Vba,
-    max_bytes: u32,
-) -> Result<Response, WireError> {
-    primary_at(runtime, generation)?;
-    let engine = runtime.engine.clone();
-    let budget = (max_bytes as usize).clamp(64 << 10, client::proto::MAX_IO_BYTES as usize);
-    tokio::task::spawn_blocking(move || {
-        let last_vba = engine.last_vba();
-        let mut records = Vec::new();
-        let mut bytes = 0;
-        let mut through = last_vba;
-        for record in engine.records_after(after) {
-            let record = record.map_err(from_engine)?;
-            if record.vba > last_vba {
-                break;
-            }
-            let size = 64 + record.op.data().len();
-            if bytes + size > budget || records.len() == client::proto::MAX_RECORDS_PER_FRAME {
-                through = records.last().map_or(after, |r: &WireRecord| r.vba);
-                break;
-            }
-            bytes += size;
-            records.push(to_wire(record));
-        }
-        Ok(Response::Records {
-            through,
-            last_vba,
-            done: through >= last_vba,
-            records,
-        })
-    })
-    .await
-    .map_err(from_join)?
-}
-
-fn primary_at(runtime: &UnitRuntime, generation: Generation) -> Result<(), WireError> {
+pub(super) fn primary_at(runtime: &UnitRuntime, generation: Generation) -> Result<(), WireError> {
     let assignment = runtime.assignment();
     match assignment {
         Some(a) if a.role == Role::Primary && a.generation == generation => Ok(()),

@@ -14,14 +14,15 @@ use std::time::Duration;
 use bytes::BytesMut;
 use client::conn::{read_frame, FrameWriter};
 use client::proto::{
-    ErrorCode, Frame, HelloOk, Request, Response, WireError, MAX_IN_FLIGHT, MIN_PROTOCOL_VERSION,
-    PROTOCOL_VERSION,
+    ErrorCode, Frame, HelloOk, PeerKind, Request, Response, WireError, MAX_IN_FLIGHT,
+    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
+use client::types::NodeId;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
-use super::{primary, replica, Node};
+use super::{catchup, primary, replica, Node};
 
 /// How long a new connection has to send its hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -97,6 +98,10 @@ async fn connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) -> Res
     writer.queue(0, &Frame::HelloOk(ok));
     debug!(%peer, name = %hello.name, ?hello.peer, "data-plane connection");
 
+    let peer_node = match hello.peer {
+        PeerKind::Node => NodeId::parse(&hello.name).ok(),
+        PeerKind::Client => None,
+    };
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     loop {
         let frame = match read_frame(&mut read, &mut buf).await {
@@ -113,9 +118,9 @@ async fn connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) -> Res
             .acquire_owned()
             .await
             .expect("the semaphore is never closed");
-        let (node, writer) = (node.clone(), writer.clone());
+        let (node, writer, peer_node) = (node.clone(), writer.clone(), peer_node.clone());
         tokio::spawn(async move {
-            let response = match handle(&node, request).await {
+            let response = match handle(&node, peer_node.as_ref(), request).await {
                 Ok(response) => response,
                 Err(error) => Response::Error(error),
             };
@@ -134,7 +139,12 @@ fn frame_name(frame: &Frame) -> &'static str {
     }
 }
 
-async fn handle(node: &Arc<Node>, request: Request) -> Result<Response, WireError> {
+/// `peer` is the storage node on the other end, when it said it is one.
+async fn handle(
+    node: &Arc<Node>,
+    peer: Option<&NodeId>,
+    request: Request,
+) -> Result<Response, WireError> {
     let unit = request.unit();
     let Some(runtime) = node.unit(unit) else {
         // Perhaps assigned a moment ago: learn the assignment now rather than at the next beat.
@@ -182,8 +192,25 @@ async fn handle(node: &Arc<Node>, request: Request) -> Result<Response, WireErro
         Request::CatchUp {
             generation,
             after,
+            after_generation,
             max_bytes,
+            join,
             ..
-        } => replica::catch_up(&runtime, generation, after, max_bytes).await,
+        } => {
+            let Some(copy) = peer else {
+                return Err(WireError::new(
+                    ErrorCode::BadRequest,
+                    "catch-up is for storage nodes; clients read from the primary",
+                ));
+            };
+            let pull = catchup::Pull {
+                generation,
+                after,
+                after_generation,
+                max_bytes,
+                join,
+            };
+            catchup::serve(node, &runtime, copy.clone(), pull).await
+        }
     }
 }

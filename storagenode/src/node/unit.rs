@@ -35,25 +35,6 @@ impl Assignment {
         }
     }
 
-    /// The other copies the primary sends records to: `current` ones (which must acknowledge)
-    /// and `syncing` ones (which get new writes while they catch up).
-    pub fn forward_targets(&self, me: &NodeId) -> Vec<CopyInfo> {
-        self.copies
-            .iter()
-            .filter(|c| &c.node != me)
-            .filter(|c| matches!(c.status, CopyStatus::Current | CopyStatus::Syncing))
-            .cloned()
-            .collect()
-    }
-
-    pub fn current_secondaries(&self, me: &NodeId) -> Vec<NodeId> {
-        self.copies
-            .iter()
-            .filter(|c| &c.node != me && c.status == CopyStatus::Current)
-            .map(|c| c.node.clone())
-            .collect()
-    }
-
     pub fn primary(&self) -> Option<&CopyInfo> {
         self.copies.iter().find(|c| c.role == Role::Primary)
     }
@@ -75,6 +56,14 @@ pub struct UnitRuntime {
     pub applying: tokio::sync::Mutex<()>,
     /// Secondary: the next VBA the engine expects, watched by frames that arrived early.
     pub expected: watch::Sender<Vba>,
+    /// Primary: `syncing` copies that joined (see `replica::catch_up`): they get every write from
+    /// the VBA given here on, and the primary waits for them as for current copies, until the
+    /// database lists them current (or stale).
+    pub joined: Mutex<std::collections::BTreeMap<NodeId, Vba>>,
+    /// Secondary: a resync of this copy is running.
+    pub resyncing: AtomicBool,
+    /// When the slice was last learned from a notification reply (see [`UnitRuntime::assign`]).
+    slice_updated: Mutex<Option<Instant>>,
     /// The database lists this copy as current, but this node had to create it empty (its data
     /// was lost). It serves nothing until the database has been told it is not current.
     pub lost: AtomicBool,
@@ -102,6 +91,9 @@ impl UnitRuntime {
             applying: tokio::sync::Mutex::new(()),
             expected: watch::Sender::new(next),
             lost: AtomicBool::new(false),
+            joined: Mutex::new(std::collections::BTreeMap::new()),
+            resyncing: AtomicBool::new(false),
+            slice_updated: Mutex::new(None),
         }
     }
 
@@ -109,25 +101,79 @@ impl UnitRuntime {
         lock(&self.assignment).clone()
     }
 
-    /// Takes a new assignment from the database.
-    pub fn assign(&self, assignment: Assignment) {
-        let current = assignment.current_secondaries(&self.node);
-        let was_primary = lock(&self.assignment)
-            .as_ref()
-            .is_some_and(|a| a.role == Role::Primary);
-        if assignment.role == Role::Primary {
-            let mut window = lock(&self.window);
-            if !was_primary {
-                // A new primary starts with nothing in flight, from its own log's end.
-                *window = Window::new(self.engine.last_vba());
-            }
-            window.set_current(&current);
+    /// The copies a primary sends records to and waits for: the current secondaries and the
+    /// joined syncing copies.
+    pub fn replicas(&self, assignment: &Assignment) -> Vec<CopyInfo> {
+        let joined = lock(&self.joined);
+        assignment
+            .copies
+            .iter()
+            .filter(|c| c.node != self.node)
+            .filter(|c| c.status == CopyStatus::Current || joined.contains_key(&c.node))
+            .cloned()
+            .collect()
+    }
+
+    /// Forgets joined copies that the database no longer lists as syncing: they are current now,
+    /// or stale again.
+    fn settle_joined(&self, assignment: &Assignment) {
+        let mut joined = lock(&self.joined);
+        joined.retain(|node, _| {
+            assignment
+                .copies
+                .iter()
+                .any(|c| &c.node == node && c.status == CopyStatus::Syncing)
+        });
+    }
+
+    /// Takes a new assignment from the database, from a heartbeat sent at `sent`. A reply to a
+    /// heartbeat sent before this node last learned the slice from a notification reply may
+    /// predate what that notification committed, so it is ignored: the next beat brings the
+    /// slice as it is now.
+    pub fn assign(&self, assignment: Assignment, sent: Instant) {
+        if lock(&self.slice_updated).is_some_and(|updated| sent < updated) {
+            return;
         }
+        self.settle_joined(&assignment);
+        let was_primary = self.assignment().is_some_and(|a| a.role == Role::Primary);
+        if assignment.role == Role::Primary && !was_primary {
+            // A new primary starts with nothing in flight, from its own log's end.
+            *lock(&self.window) = Window::new(self.engine.last_vba());
+        }
+        let is_primary = assignment.role == Role::Primary;
         *lock(&self.assignment) = Some(assignment);
+        if is_primary {
+            self.refresh_window();
+        }
+    }
+
+    /// The window waits for the copies the primary waits for.
+    pub fn refresh_window(&self) {
+        let Some(assignment) = self.assignment() else {
+            return;
+        };
+        let replicas: Vec<NodeId> = self
+            .replicas(&assignment)
+            .into_iter()
+            .map(|c| c.node)
+            .collect();
+        lock(&self.window).set_current(&replicas);
+    }
+
+    /// A syncing copy joined at `from`: it gets and acknowledges every write from there on.
+    pub fn join(&self, node: NodeId, from: Vba) {
+        lock(&self.joined).insert(node, from);
+        self.refresh_window();
+    }
+
+    /// Where `node` joined, if it did.
+    pub fn joined_at(&self, node: &NodeId) -> Option<Vba> {
+        lock(&self.joined).get(node).copied()
     }
 
     /// Updates the copies from a slice map the database returned (after a notification).
     pub fn update_slice(&self, slice: &SliceMap) {
+        *lock(&self.slice_updated) = Some(Instant::now());
         let mut guard = lock(&self.assignment);
         let Some(assignment) = guard.as_mut() else {
             return;
@@ -141,9 +187,22 @@ impl UnitRuntime {
             assignment.role = me.role;
             assignment.status = me.status;
         }
-        let current = assignment.current_secondaries(&self.node);
+        let settled = assignment.clone();
         drop(guard);
-        lock(&self.window).set_current(&current);
+        self.settle_joined(&settled);
+        self.refresh_window();
+    }
+
+    /// This copy's resync was reported caught up (the primary answers only once that is
+    /// committed): take `current` now rather than at the next beat.
+    pub fn mark_current(&self) {
+        *lock(&self.slice_updated) = Some(Instant::now());
+        if let Some(assignment) = lock(&self.assignment).as_mut() {
+            assignment.status = CopyStatus::Current;
+            if let Some(me) = assignment.copies.iter_mut().find(|c| c.node == self.node) {
+                me.status = CopyStatus::Current;
+            }
+        }
     }
 
     pub fn renew_lease(&self, sent_at: Instant, lease: std::time::Duration) {

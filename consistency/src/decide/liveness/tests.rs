@@ -200,3 +200,31 @@ fn a_node_being_judged_down_gets_no_lease_until_the_verdict_is_resolved() {
     );
     assert!(memory.renews(&state, &node("n1"), unit, Generation(2)));
 }
+
+#[test]
+fn a_node_is_lost_once_down_for_the_grace_period_after_its_lease() {
+    let mut state = cluster(&["n1", "n2"]);
+    let elected = Instant::now();
+    let mut memory = liveness(elected);
+    let grace = Duration::from_secs(60);
+    let heard = elected + Duration::from_secs(10);
+    memory.heard(&node("n1"), heard, &heartbeat(&[]));
+    state.apply(
+        &Command::SetNodeState {
+            node: node("n1"),
+            state: NodeState::Down,
+            last_vbas: vec![],
+        },
+        &mut Touched::default(),
+    );
+    let lease_out = heard + LEASE + MARGIN;
+    assert!(memory
+        .down_past(&state, lease_out + grace - Duration::from_millis(1), grace)
+        .is_empty());
+    let lost = memory.down_past(&state, lease_out + grace, grace);
+    assert_eq!(
+        lost.into_iter().collect::<Vec<_>>(),
+        [node("n1")],
+        "n2 is up"
+    );
+}

@@ -105,14 +105,13 @@ fn a_primary_with_no_current_copy_to_replace_it_stays_and_returns_current() {
     let mut state = cluster(&["n1", "n2"]);
     volume_on(&mut state, "vol", &[&["n1", "n2"]]);
     let stale_n2 = SliceUpdate {
-        unit: UnitId::new(1, 0),
-        expected_generation: Generation(1),
         new_primary: None,
         copies: vec![CopyChange {
             node: node("n2"),
             status: CopyStatus::Stale,
             last_vba: Vba(1),
         }],
+        ..SliceUpdate::new(UnitId::new(1, 0), Generation(1))
     };
     apply(
         &mut state,
@@ -150,28 +149,26 @@ fn slice_updates_are_fenced_by_generation_and_all_or_nothing() {
     let mut state = cluster(&["n1", "n2", "n3"]);
     volume_on(&mut state, "vol", &[&["n1", "n2"], &["n2", "n3"]]);
     let failover = SliceUpdate {
-        unit: UnitId::new(1, 0),
-        expected_generation: Generation(1),
         new_primary: Some(node("n2")),
         copies: vec![CopyChange {
             node: node("n1"),
             status: CopyStatus::Stale,
             last_vba: Vba(0),
         }],
+        ..SliceUpdate::new(UnitId::new(1, 0), Generation(1))
     };
     let stale_old = SliceUpdate {
         expected_generation: Generation(0),
         ..failover.clone()
     };
     let other = SliceUpdate {
-        unit: UnitId::new(1, 1),
-        expected_generation: Generation(1),
         new_primary: None,
         copies: vec![CopyChange {
             node: node("n3"),
             status: CopyStatus::Stale,
             last_vba: Vba(0),
         }],
+        ..SliceUpdate::new(UnitId::new(1, 1), Generation(1))
     };
     let before = state.clone();
     let refused = apply(
@@ -243,14 +240,13 @@ fn registering_a_down_node_brings_it_back_up() {
 
 fn failover_to(unit: UnitId, generation: u64, new_primary: &str, old: &str) -> SliceUpdate {
     SliceUpdate {
-        unit,
-        expected_generation: Generation(generation),
         new_primary: Some(node(new_primary)),
         copies: vec![CopyChange {
             node: node(old),
             status: CopyStatus::Stale,
             last_vba: Vba(0),
         }],
+        ..SliceUpdate::new(unit, Generation(generation))
     }
 }
 
@@ -267,14 +263,13 @@ fn a_failover_to_a_copy_marked_stale_meanwhile_is_refused() {
     // writes that n2 does not hold. The generation does not change.
     let stale_n2 = Command::UpdateSlices {
         updates: vec![SliceUpdate {
-            unit,
-            expected_generation: Generation(1),
             new_primary: None,
             copies: vec![CopyChange {
                 node: node("n2"),
                 status: CopyStatus::Stale,
                 last_vba: Vba(3),
             }],
+            ..SliceUpdate::new(unit, Generation(1))
         }],
     };
     assert_eq!(apply(&mut state, stale_n2), Outcome::Done);
@@ -385,14 +380,13 @@ fn a_primary_that_declared_itself_stale_is_not_current_after_a_down_and_up() {
     // over, so n1 stays primary with a stale copy.
     for stale in ["n2", "n1"] {
         let update = SliceUpdate {
-            unit,
-            expected_generation: Generation(1),
             new_primary: None,
             copies: vec![CopyChange {
                 node: node(stale),
                 status: CopyStatus::Stale,
                 last_vba: Vba(0),
             }],
+            ..SliceUpdate::new(unit, Generation(1))
         };
         apply(
             &mut state,

@@ -1,0 +1,478 @@
+//! Failover, incremental resync and re-replication with real processes: 3 managers, 3 storage
+//! nodes, and a client writing through the library while nodes are killed, hung and restarted.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use client::api::{ClusterStatus, CopyInfo, CopyStatus, SliceMap};
+use client::managers::Managers;
+use client::types::NodeId;
+use client::volume::{Volume, VolumeOptions};
+use integration::{wait_until, Cluster, ClusterOptions};
+
+const STARTUP: Duration = Duration::from_secs(30);
+
+fn start(manager_args: &[&str], storage_args: &[&str]) -> Cluster {
+    let mut options = ClusterOptions {
+        storage_nodes: 3,
+        manager_args: manager_args.iter().map(|s| s.to_string()).collect(),
+        ..ClusterOptions::default()
+    };
+    options
+        .storage_args
+        .extend(storage_args.iter().map(|s| s.to_string()));
+    Cluster::start(options).expect("cluster starts")
+}
+
+fn create(cluster: &Cluster, name: &str, size: &str, replicas: &str, slice: &str) {
+    let out = cluster
+        .vbs(&[
+            "volume",
+            "create",
+            name,
+            "--size",
+            size,
+            "--replicas",
+            replicas,
+            "--slice-size",
+            slice,
+        ])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn open(cluster: &Cluster, name: &str) -> Arc<Volume> {
+    let managers =
+        Arc::new(Managers::parse(&cluster.managers_arg(), Duration::from_secs(5)).unwrap());
+    let options = VolumeOptions {
+        io_timeout: Duration::from_secs(2),
+        ..VolumeOptions::default()
+    };
+    Arc::new(
+        Volume::open(managers, name, options)
+            .await
+            .expect("volume opens"),
+    )
+}
+
+fn slice_of(status: &ClusterStatus, volume: &str, index: usize) -> SliceMap {
+    status
+        .volumes
+        .iter()
+        .find(|v| v.name == volume)
+        .expect("volume")
+        .slices[index]
+        .clone()
+}
+
+fn copy_on<'a>(slice: &'a SliceMap, node: &NodeId) -> Option<&'a CopyInfo> {
+    slice.copies.iter().find(|c| &c.node == node)
+}
+
+/// A block that says which write it is.
+fn block(tag: u64) -> bytes::Bytes {
+    let mut data = vec![0u8; 4096];
+    for chunk in data.chunks_mut(8) {
+        chunk.copy_from_slice(&tag.to_le_bytes());
+    }
+    bytes::Bytes::from(data)
+}
+
+/// One client writing block after block (each block once, so every record stays live), recording
+/// what was acknowledged and when.
+struct Writer {
+    acked: Arc<Mutex<BTreeMap<u64, u64>>>,
+    count: Arc<AtomicU64>,
+    /// Milliseconds since `start` of every acknowledgement, to find gaps.
+    times: Arc<Mutex<Vec<u64>>>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<String>>,
+    start: Instant,
+}
+
+impl Writer {
+    fn spawn(volume: Arc<Volume>, blocks: u64) -> Writer {
+        let acked = Arc::new(Mutex::new(BTreeMap::new()));
+        let count = Arc::new(AtomicU64::new(0));
+        let times = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let start = Instant::now();
+        let task = {
+            let (acked, count, times, stop) =
+                (acked.clone(), count.clone(), times.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut failures = Vec::new();
+                let mut tag = 0;
+                while !stop.load(Ordering::Relaxed) && tag < blocks {
+                    tag += 1;
+                    match volume.write((tag - 1) * 4096, block(tag)).await {
+                        Ok(()) => {
+                            acked.lock().unwrap().insert(tag - 1, tag);
+                            times
+                                .lock()
+                                .unwrap()
+                                .push(start.elapsed().as_millis() as u64);
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => failures.push(e.to_string()),
+                    }
+                }
+                failures
+            })
+        };
+        Writer {
+            acked,
+            count,
+            times,
+            stop,
+            task,
+            start,
+        }
+    }
+
+    async fn wait_for(&self, n: u64, timeout: Duration) {
+        let count = self.count.clone();
+        wait_until(&format!("{n} acknowledged writes"), timeout, || {
+            let count = count.clone();
+            async move { Ok::<_, anyhow::Error>((count.load(Ordering::Relaxed) >= n).then_some(())) }
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Stops writing; returns what was acknowledged, the longest pause between two
+    /// acknowledgements after `since_ms`, and the failed writes.
+    async fn finish(self, since_ms: u64) -> (BTreeMap<u64, u64>, Duration, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let failures = self.task.await.unwrap();
+        let times = self.times.lock().unwrap().clone();
+        let mut longest = 0;
+        let mut previous = since_ms;
+        for t in times.into_iter().filter(|t| *t >= since_ms) {
+            longest = longest.max(t - previous);
+            previous = t;
+        }
+        let acked = self.acked.lock().unwrap().clone();
+        (acked, Duration::from_millis(longest), failures)
+    }
+}
+
+async fn assert_reads_back(volume: &Volume, acked: &BTreeMap<u64, u64>) {
+    let Some(last) = acked.keys().last() else {
+        return;
+    };
+    let data = volume.read(0, (last + 1) * 4096).await.expect("reads back");
+    for (block_index, tag) in acked {
+        let got = &data[(block_index * 4096) as usize..((block_index + 1) * 4096) as usize];
+        assert_eq!(
+            got,
+            &block(*tag)[..],
+            "block {block_index}: acknowledged write {tag} lost"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_fails_over_resyncs_when_back_and_serves_alone() {
+    // A 2 s lease so the failover comes quickly; a slow resync so `syncing` can be seen.
+    let mut cluster = start(&["--lease", "2s"], &["--resync-rate", "400k"]);
+    cluster.wait_for_storage_up(STARTUP).await.unwrap();
+    create(&cluster, "fo", "16M", "2", "16M");
+    let volume = open(&cluster, "fo").await;
+    let before = slice_of(&cluster.status().await.unwrap(), "fo", 0);
+    let old_primary = before.primary.clone();
+
+    let writer = Writer::spawn(volume.clone(), 4096);
+    writer.wait_for(300, STARTUP).await;
+    cluster.storage_node(&old_primary.0).unwrap().kill();
+    let killed_at = writer.start.elapsed().as_millis() as u64;
+    let at_kill = writer.count.load(Ordering::Relaxed);
+    writer
+        .wait_for(at_kill + 300, Duration::from_secs(60))
+        .await;
+    let (acked, pause, failures) = writer.finish(killed_at).await;
+    assert!(failures.is_empty(), "writes failed: {failures:?}");
+    assert!(
+        pause <= Duration::from_secs(10),
+        "writes paused {pause:?} after the primary was killed"
+    );
+    let after = slice_of(&cluster.status().await.unwrap(), "fo", 0);
+    assert_ne!(after.primary, old_primary);
+    assert!(after.generation > before.generation);
+    assert_reads_back(&volume, &acked).await;
+
+    // The killed node comes back: its copy is stale, syncs, and is current again.
+    let unit = after.unit.to_string();
+    let held_before = cluster.unit_last_vbas(&old_primary.0).unwrap()[&unit];
+    cluster
+        .storage_node(&old_primary.0)
+        .unwrap()
+        .restart()
+        .unwrap();
+    let seen = Mutex::new(Vec::new());
+    let (watched, seen_ref, node) = (&cluster, &seen, &old_primary);
+    let returned = wait_until(
+        "the returning copy to be current again",
+        Duration::from_secs(90),
+        || async move {
+            let slice = slice_of(&watched.status().await?, "fo", 0);
+            let copy = copy_on(&slice, node).cloned().expect("copy kept");
+            {
+                let mut seen = seen_ref.lock().unwrap();
+                if seen.last() != Some(&copy.status) {
+                    seen.push(copy.status);
+                }
+            }
+            let finished = copy.resync.is_some_and(|r| r.progress.finished);
+            Ok::<_, anyhow::Error>((copy.status == CopyStatus::Current && finished).then_some(copy))
+        },
+    )
+    .await
+    .unwrap();
+    let seen = seen.into_inner().unwrap();
+    assert!(
+        seen.contains(&CopyStatus::Syncing),
+        "statuses seen: {seen:?}"
+    );
+    let report = returned.resync.unwrap().progress;
+    assert!(!report.full, "an incremental resync, not a full one");
+    // The other copy goes away: the returned copy alone serves every acknowledged write.
+    let other = after.primary.clone();
+    cluster.storage_node(&other.0).unwrap().kill();
+    assert_reads_back(&volume, &acked).await;
+
+    // What was sent is what was missed. Every write went to a new block, so every record the new
+    // primary holds past the returning copy's last VBA was live and had to be sent; one more when
+    // the copy's own last record, an unacknowledged write in flight at the kill, was dropped.
+    let primary_last = cluster.unit_last_vbas(&other.0).unwrap()[&unit];
+    let missed = primary_last - held_before;
+    assert!(
+        report.records_done == missed || report.records_done == missed + 1,
+        "resync sent {} records; the copy held VBA {held_before}, the primary {primary_last}",
+        report.records_done
+    );
+    assert_eq!(report.records_done, report.records_total);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_secondary_is_marked_stale_and_catches_up_after_it_resumes() {
+    // A long lease: a hang of a few seconds is not a node down, only an unresponsive copy.
+    let mut cluster = start(&["--lease", "30s"], &["--write-timeout", "1s"]);
+    cluster.wait_for_storage_up(STARTUP).await.unwrap();
+    create(&cluster, "hang", "16M", "3", "16M");
+    let volume = open(&cluster, "hang").await;
+    let slice = slice_of(&cluster.status().await.unwrap(), "hang", 0);
+    let hung = slice
+        .copies
+        .iter()
+        .find(|c| c.node != slice.primary)
+        .unwrap()
+        .node
+        .clone();
+
+    let writer = Writer::spawn(volume.clone(), 4096);
+    writer.wait_for(200, STARTUP).await;
+    cluster
+        .storage_node(&hung.0)
+        .unwrap()
+        .signal(libc::SIGSTOP)
+        .unwrap();
+    let stopped_at = writer.start.elapsed().as_millis() as u64;
+    let at_stop = writer.count.load(Ordering::Relaxed);
+    writer
+        .wait_for(at_stop + 200, Duration::from_secs(30))
+        .await;
+    wait_until(
+        "the hung copy to be stale",
+        Duration::from_secs(20),
+        || async {
+            let slice = slice_of(&cluster.status().await?, "hang", 0);
+            Ok::<_, anyhow::Error>(
+                copy_on(&slice, &hung)
+                    .filter(|c| c.status == CopyStatus::Stale)
+                    .map(|_| ()),
+            )
+        },
+    )
+    .await
+    .unwrap();
+
+    // It resumes while the writes go on, catches up and is current again.
+    cluster
+        .storage_node(&hung.0)
+        .unwrap()
+        .signal(libc::SIGCONT)
+        .unwrap();
+    let at_resume = writer.count.load(Ordering::Relaxed);
+    wait_until(
+        "the resumed copy to be current",
+        Duration::from_secs(60),
+        || async {
+            let slice = slice_of(&cluster.status().await?, "hang", 0);
+            Ok::<_, anyhow::Error>(
+                copy_on(&slice, &hung)
+                    .filter(|c| c.status == CopyStatus::Current)
+                    .map(|_| ()),
+            )
+        },
+    )
+    .await
+    .unwrap();
+    writer
+        .wait_for(at_resume + 100, Duration::from_secs(30))
+        .await;
+    let (acked, pause, failures) = writer.finish(stopped_at).await;
+    assert!(failures.is_empty(), "writes failed: {failures:?}");
+    assert!(pause <= Duration::from_secs(10), "writes paused {pause:?}");
+
+    assert_reads_back(&volume, &acked).await;
+
+    // Its copy is whole: all three copies hold the same log and the same blocks.
+    for copy in &slice.copies {
+        cluster.storage_node(&copy.node.0).unwrap().kill();
+    }
+    let unit = slice.unit.to_string();
+    let copies: Vec<(u64, String)> = slice
+        .copies
+        .iter()
+        .map(|c| cluster.unit_check(&c.node.0, &unit).unwrap())
+        .collect();
+    assert!(
+        copies.iter().all(|c| *c == copies[0]),
+        "copies differ: {copies:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_of_a_node_down_past_the_grace_period_are_recreated_elsewhere() {
+    let mut cluster = start(&["--lease", "2s", "--grace", "3s"], &[]);
+    cluster.wait_for_storage_up(STARTUP).await.unwrap();
+    create(&cluster, "rr", "8M", "2", "4M");
+    let volume = open(&cluster, "rr").await;
+    let writer = Writer::spawn(volume.clone(), 1500);
+    writer.wait_for(1500, STARTUP).await;
+    let (acked, _, failures) = writer.finish(0).await;
+    assert!(failures.is_empty(), "{failures:?}");
+
+    // The node holding a copy of both slices, if one does, else any node with a copy.
+    let status = cluster.status().await.unwrap();
+    let slices: Vec<SliceMap> = (0..2).map(|i| slice_of(&status, "rr", i)).collect();
+    let gone = cluster
+        .storage_names()
+        .into_iter()
+        .map(NodeId)
+        .max_by_key(|n| slices.iter().filter(|s| copy_on(s, n).is_some()).count())
+        .unwrap();
+    cluster.storage_node(&gone.0).unwrap().kill();
+
+    let healed = wait_until(
+        "every slice back to 2 current copies without the lost node",
+        Duration::from_secs(90),
+        || async {
+            let status = cluster.status().await?;
+            let slices: Vec<SliceMap> = (0..2).map(|i| slice_of(&status, "rr", i)).collect();
+            let whole = slices.iter().all(|s| {
+                s.copies.len() == 2
+                    && copy_on(s, &gone).is_none()
+                    && s.copies.iter().all(|c| c.status == CopyStatus::Current)
+            });
+            Ok::<_, anyhow::Error>(whole.then_some(slices))
+        },
+    )
+    .await
+    .unwrap();
+    // The recreated copies were filled by a full resync.
+    for (before, after) in slices.iter().zip(&healed) {
+        if copy_on(before, &gone).is_some() {
+            let new = after
+                .copies
+                .iter()
+                .find(|c| copy_on(before, &c.node).is_none())
+                .expect("a new copy");
+            let resync = new.resync.expect("the new copy's resync is reported");
+            assert!(
+                resync.progress.full && resync.progress.finished,
+                "{resync:?}"
+            );
+            assert!(
+                after.generation > before.generation,
+                "a copy-set change bumps the generation"
+            );
+        }
+    }
+    assert_reads_back(&volume, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_completes_once_when_the_manager_leader_dies_in_the_middle() {
+    let mut cluster = start(&["--lease", "2s"], &[]);
+    cluster.wait_for_storage_up(STARTUP).await.unwrap();
+    create(&cluster, "lk", "4M", "2", "4M");
+    let volume = open(&cluster, "lk").await;
+    volume.write(0, block(1)).await.unwrap();
+    let before = slice_of(&cluster.status().await.unwrap(), "lk", 0);
+    let leader = cluster.status().await.unwrap().leader.expect("a leader").0;
+
+    // The primary dies; while its lease runs out, so does the manager leader.
+    cluster.storage_node(&before.primary.0).unwrap().kill();
+    wait_until(
+        "the leader to have missed the primary for most of its lease",
+        STARTUP,
+        || async {
+            let status = cluster.status().await?;
+            let node = status
+                .nodes
+                .iter()
+                .find(|n| n.id == before.primary)
+                .cloned();
+            let silent = node.and_then(|n| n.last_heartbeat_ms_ago).unwrap_or(0);
+            Ok::<_, anyhow::Error>((silent >= 1500).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    cluster.kill_manager(leader).unwrap();
+    let others: Vec<u64> = cluster
+        .manager_ids()
+        .into_iter()
+        .filter(|id| *id != leader)
+        .collect();
+    cluster
+        .wait_for_leader(&others, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let after = wait_until(
+        "the slice to fail over",
+        Duration::from_secs(30),
+        || async {
+            let slice = slice_of(&cluster.status().await?, "lk", 0);
+            Ok::<_, anyhow::Error>((slice.primary != before.primary).then_some(slice))
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        after.generation.0,
+        before.generation.0 + 1,
+        "one failover, not two"
+    );
+    volume
+        .write(4096, block(2))
+        .await
+        .expect("writes go on at the new primary");
+    let data = volume.read(0, 8192).await.unwrap();
+    assert_eq!(&data[..4096], &block(1)[..]);
+    assert_eq!(&data[4096..], &block(2)[..]);
+    cluster.restart_manager(leader).unwrap();
+    let settled = slice_of(&cluster.status().await.unwrap(), "lk", 0);
+    assert_eq!(
+        settled.generation, after.generation,
+        "the restarted manager changes nothing"
+    );
+}

@@ -1,0 +1,247 @@
+//! A copy's side of a resync: a `stale` copy tells the database it is `syncing`, pulls from the
+//! primary every live record after its own last VBA (rate-limited, progress reported), joins the
+//! write path when nearly caught up, and confirms; the primary then reports it caught up and the
+//! database marks it `current` (see `catchup` for the primary's side).
+//!
+//! The first pull carries the generation the copy holds at its last VBA. If the primary's history
+//! differs there (the copy holds an old primary's unacknowledged tail), the copy truncates back to
+//! what every copy held, and pulls from there. A copy that holds nothing gets every live block: a
+//! full resync, by the same path.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use client::api::{CopyStatus, Notification, ResyncProgress, Role, UnitGeneration};
+use client::conn::DataError;
+use client::proto::{ErrorCode, Request, Response, WireRecord};
+use client::types::{Generation, Vba};
+use tracing::{debug, info, warn};
+
+use super::catchup::MAX_JOIN_RECORDS;
+use super::errors::from_engine;
+use super::replica::to_op;
+use super::unit::UnitRuntime;
+use super::Node;
+use crate::engine::Ticket;
+
+/// Bytes asked for per pull.
+const PULL_BYTES: u32 = 1 << 20;
+/// How long one pull may take.
+const PULL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often progress is reported to the database.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// Attempts of one resync before it is left for the next heartbeat to start again.
+const ATTEMPTS: u32 = 5;
+
+/// Starts a resync of `runtime` unless one is running.
+pub fn start(node: &Arc<Node>, runtime: &Arc<UnitRuntime>) {
+    if runtime.resyncing.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let (node, runtime) = (node.clone(), runtime.clone());
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(200);
+        for attempt in 1..=ATTEMPTS {
+            if !wants_resync(&runtime) {
+                break;
+            }
+            match resync(&node, &runtime).await {
+                Ok(()) => break,
+                Err(e) => {
+                    warn!(unit = %runtime.id, attempt, error = %e, "resync interrupted");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        runtime.resyncing.store(false, Ordering::Release);
+    });
+}
+
+/// Whether the database wants this copy to catch up.
+pub fn wants_resync(runtime: &UnitRuntime) -> bool {
+    runtime.assignment().is_some_and(|a| {
+        a.role == Role::Secondary && matches!(a.status, CopyStatus::Stale | CopyStatus::Syncing)
+    })
+}
+
+/// Paces a resync to a byte rate.
+struct Pace {
+    started: Instant,
+    rate_bytes_per_sec: u64,
+}
+
+impl Pace {
+    async fn after(&self, bytes_done: u64) {
+        let due = Duration::from_secs_f64(bytes_done as f64 / self.rate_bytes_per_sec as f64);
+        let elapsed = self.started.elapsed();
+        if due > elapsed {
+            tokio::time::sleep(due - elapsed).await;
+        }
+    }
+}
+
+async fn resync(node: &Arc<Node>, runtime: &Arc<UnitRuntime>) -> Result<(), String> {
+    let assignment = runtime.assignment().ok_or("not assigned")?;
+    let generation = assignment.generation;
+    let unit = UnitGeneration {
+        unit: runtime.id,
+        generation,
+    };
+    let primary = assignment
+        .primary()
+        .ok_or("the slice has no primary")?
+        .addr
+        .clone();
+    if assignment.status == CopyStatus::Stale {
+        let syncing = Notification::Syncing {
+            source: node.id.clone(),
+            units: vec![unit],
+        };
+        node.managers
+            .notify(&syncing)
+            .await
+            .map_err(|e| format!("reporting syncing: {e}"))?;
+    }
+    let engine = &runtime.engine;
+    let start_vba = engine.last_vba();
+    info!(unit = %runtime.id, from = %start_vba, %primary, "resync starting");
+    let mut progress = ResyncProgress {
+        full: start_vba == Vba::ZERO,
+        ..ResyncProgress::default()
+    };
+    let pace = Pace {
+        started: Instant::now(),
+        rate_bytes_per_sec: node.config.resync_rate_bytes,
+    };
+    let mut after = start_vba;
+    // The first pull checks the histories agree at `after`; later ones continue from there.
+    let mut after_generation = engine.generation_at(after);
+    let mut join = false;
+    let mut reported = Instant::now();
+    loop {
+        let request = Request::CatchUp {
+            unit: runtime.id,
+            generation,
+            after,
+            after_generation,
+            max_bytes: PULL_BYTES,
+            join,
+        };
+        let response = match node.peers.call(&primary, request, PULL_TIMEOUT).await {
+            Ok(response) => response,
+            Err(DataError::Remote { error, .. }) if error.code == ErrorCode::Conflict => {
+                after = truncate_to_common(runtime, Vba(error.detail), generation).await?;
+                after_generation = engine.generation_at(after);
+                continue;
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        let Response::Records {
+            through,
+            done,
+            remaining_records,
+            remaining_bytes,
+            joined,
+            records,
+            ..
+        } = response
+        else {
+            return Err(format!("unexpected answer {response:?}"));
+        };
+        let count = records.len() as u64;
+        let bytes: u64 = records.iter().map(|r| 64 + wire_data_len(r)).sum();
+        apply(runtime, records).await?;
+        progress.records_done += count;
+        progress.bytes_done += bytes;
+        progress.records_total = progress.records_done + remaining_records;
+        progress.bytes_total = progress.bytes_done + remaining_bytes;
+        after = after.max(through);
+        after_generation = Generation(0);
+        if joined && join {
+            // Everything up to the join point is durable here: confirm, so the primary reports
+            // this copy caught up.
+            join = false;
+            continue;
+        }
+        if joined {
+            runtime.mark_current();
+            progress.finished = true;
+            report(node, unit, progress).await;
+            info!(unit = %runtime.id, records = progress.records_done, bytes = progress.bytes_done,
+                full = progress.full, "resync finished");
+            return Ok(());
+        }
+        join = done && remaining_records as usize <= MAX_JOIN_RECORDS;
+        if reported.elapsed() >= REPORT_EVERY {
+            report(node, unit, progress).await;
+            reported = Instant::now();
+        }
+        pace.after(progress.bytes_done).await;
+    }
+}
+
+fn wire_data_len(record: &WireRecord) -> u64 {
+    match &record.body {
+        client::proto::RecordBody::Write { data, .. } => data.len() as u64,
+        client::proto::RecordBody::Trim { .. } => 0,
+    }
+}
+
+/// Applies pulled records (skipping any this copy already holds) and waits until durable.
+async fn apply(runtime: &Arc<UnitRuntime>, records: Vec<WireRecord>) -> Result<(), String> {
+    let applying = runtime.applying.lock().await;
+    let mut last: Option<Ticket> = None;
+    for record in records {
+        if record.vba < runtime.engine.next_vba() {
+            continue;
+        }
+        let ticket = runtime
+            .engine
+            .begin_ingest(record.vba, record.generation, to_op(record.body))
+            .map_err(|e| from_engine(e).message)?;
+        last = Some(ticket);
+    }
+    runtime.expected.send_replace(runtime.engine.next_vba());
+    drop(applying);
+    if let Some(ticket) = last {
+        ticket.wait_async().await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// The copy's history differs from the primary's after `committed`: drop its tail back to what
+/// every copy held (the primary's committed VBA, or this copy's own stable one if higher).
+async fn truncate_to_common(
+    runtime: &Arc<UnitRuntime>,
+    committed: Vba,
+    generation: Generation,
+) -> Result<Vba, String> {
+    let engine = runtime.engine.clone();
+    let to = committed.max(engine.stable_vba());
+    if to >= engine.last_vba() {
+        // Nothing past the common point after all (the log grew meanwhile): pull from there.
+        return Ok(engine.last_vba());
+    }
+    let applying = runtime.applying.lock().await;
+    let dropped = tokio::task::spawn_blocking(move || engine.truncate_after(to, generation))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    runtime.expected.send_replace(runtime.engine.next_vba());
+    drop(applying);
+    warn!(unit = %runtime.id, %to, dropped, "dropped a tail the primary does not have");
+    Ok(to)
+}
+
+async fn report(node: &Node, unit: UnitGeneration, progress: ResyncProgress) {
+    let notification = Notification::ResyncProgress {
+        source: node.id.clone(),
+        unit,
+        progress,
+    };
+    if let Err(e) = node.managers.notify(&notification).await {
+        debug!(unit = %unit.unit, error = %e, "resync progress not reported");
+    }
+}
