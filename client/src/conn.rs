@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
@@ -116,12 +117,24 @@ impl Connection {
         name: &str,
         timeout: Duration,
     ) -> Result<Connection, DataError> {
+        Connection::connect_from(addr, None, peer, name, timeout).await
+    }
+
+    /// Like [`Connection::connect`], from local address `source` when one is given (see
+    /// [`Pool::with_source`]).
+    pub async fn connect_from(
+        addr: &str,
+        source: Option<IpAddr>,
+        peer: PeerKind,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Connection, DataError> {
         let connect_err = |reason: String| DataError::Connect {
             addr: addr.to_string(),
             reason,
         };
         let handshake = async {
-            let mut stream = TcpStream::connect(addr)
+            let mut stream = open_stream(addr, source)
                 .await
                 .map_err(|e| connect_err(e.to_string()))?;
             stream
@@ -415,6 +428,35 @@ async fn read_responses(mut read: OwnedReadHalf, mut buf: BytesMut, shared: Arc<
     shared.close(reason);
 }
 
+/// The address a process listening at `listen` connects from: the listen address when it is a
+/// specific one, so that a host (or a test's loopback address) is one address both ways; `None`
+/// (the system's choice) for a wildcard listener.
+pub fn source_of(listen: SocketAddr) -> Option<IpAddr> {
+    (!listen.ip().is_unspecified()).then_some(listen.ip())
+}
+
+/// A TCP connection to `addr`, bound to `source` (any port) when one is given.
+async fn open_stream(addr: &str, source: Option<IpAddr>) -> io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect(addr).await;
+    };
+    let mut last = None;
+    for target in tokio::net::lookup_host(addr).await? {
+        let socket = match target {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        socket.bind(SocketAddr::new(source, 0))?;
+        match socket.connect(target).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        io::Error::new(io::ErrorKind::NotFound, format!("{addr} resolves to no address"))
+    }))
+}
+
 /// One connection per storage node address, opened on first use and again after a failure.
 ///
 /// Connecting is coalesced per address: calls that arrive while a connection is being opened wait
@@ -424,6 +466,8 @@ pub struct Pool {
     peer: PeerKind,
     name: String,
     connect_timeout: Duration,
+    /// The local address connections are opened from; `None` lets the system choose.
+    source: Option<IpAddr>,
     entries: std::sync::Mutex<HashMap<String, PoolEntry>>,
 }
 
@@ -449,8 +493,17 @@ impl Pool {
             peer,
             name: name.to_string(),
             connect_timeout,
+            source: None,
             entries: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Opens every connection from local address `source` (port chosen by the system), so that
+    /// peers and packet filters see this process at one address: a process listening on a
+    /// specific address also speaks from it.
+    pub fn with_source(mut self, source: Option<IpAddr>) -> Pool {
+        self.source = source;
+        self
     }
 
     fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, PoolEntry>> {
@@ -480,9 +533,15 @@ impl Pool {
                 }
             }
         }
-        let result = Connection::connect(addr, self.peer, &self.name, self.connect_timeout)
-            .await
-            .map(Arc::new);
+        let result = Connection::connect_from(
+            addr,
+            self.source,
+            self.peer,
+            &self.name,
+            self.connect_timeout,
+        )
+        .await
+        .map(Arc::new);
         let mut entries = self.entries();
         let entry = entries.entry(addr.to_string()).or_default();
         entry.attempts += 1;

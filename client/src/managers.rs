@@ -59,6 +59,16 @@ impl std::fmt::Debug for Managers {
 impl Managers {
     /// `list` is `HOST:PORT[,HOST:PORT...]` (an `http://` prefix is allowed).
     pub fn parse(list: &str, timeout: Duration) -> Result<Managers, String> {
+        Managers::parse_from(list, timeout, None)
+    }
+
+    /// Like [`Managers::parse`], with every request sent from local address `source` when one
+    /// is given (see [`crate::conn::Pool::with_source`]).
+    pub fn parse_from(
+        list: &str,
+        timeout: Duration,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<Managers, String> {
         let addrs: Vec<String> = list
             .split(',')
             .map(|a| {
@@ -84,6 +94,7 @@ impl Managers {
             .no_proxy()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(2)))
+            .local_address(source)
             .build()
             .map_err(|e| format!("building the HTTP client: {e}"))?;
         Ok(Managers {

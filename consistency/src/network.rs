@@ -27,10 +27,16 @@ pub const SNAPSHOT_PATH: &str = "/raft/snapshot";
 
 /// Builds the HTTP client for Raft traffic between managers: no proxies, short connect timeout,
 /// idle connections kept so that heartbeats do not reconnect.
-pub fn raft_http_client(connect_timeout: Duration) -> reqwest::Result<reqwest::Client> {
+/// Requests leave from `source` when given (the manager's listen address, see
+/// `client::conn::source_of`).
+pub fn raft_http_client(
+    connect_timeout: Duration,
+    source: Option<std::net::IpAddr>,
+) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .no_proxy()
         .connect_timeout(connect_timeout)
+        .local_address(source)
         .pool_max_idle_per_host(4)
         .tcp_nodelay(true)
         .build()

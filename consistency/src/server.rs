@@ -36,9 +36,12 @@ pub async fn run(
     let empty =
         log.read_vote().await?.is_none() && log.get_log_state().await?.last_log_id.is_none();
 
+    // Requests to other managers leave from the listen address, as a storage node's do.
+    let source = client::conn::source_of(listener.local_addr()?);
     let forward_client = reqwest::Client::builder()
         .no_proxy()
         .connect_timeout(Duration::from_secs(1))
+        .local_address(source)
         .build()
         .context("building the HTTP client")?;
     let replies = if empty {
@@ -58,7 +61,7 @@ pub async fn run(
     );
     let network = Network {
         id: config.id,
-        client: raft_http_client(Duration::from_millis(500)).context("building the Raft client")?,
+        client: raft_http_client(Duration::from_millis(500), source).context("building the Raft client")?,
     };
     let state = state_machine.shared();
     let raft = Raft::new(config.id, raft_config, network, log.clone(), state_machine)

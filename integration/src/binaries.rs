@@ -51,7 +51,8 @@ fn newest_source(dir: &Path, newest: &mut SystemTime) {
             newest_source(&path, newest);
         } else if path
             .extension()
-            .is_some_and(|e| e == "rs" || e == "toml" || e == "lock")
+            // Assets compiled in with include_str! (the dashboard) count as sources too.
+            .is_some_and(|e| matches!(e.to_str(), Some("rs" | "toml" | "lock" | "html" | "css" | "js")))
         {
             if let Ok(modified) = entry.metadata().and_then(|m| m.modified()) {
                 *newest = (*newest).max(modified);
@@ -78,13 +79,21 @@ fn package_of(binary: &str) -> anyhow::Result<&'static str> {
     })
 }
 
-fn build_once(profile_dir: &Path, name: &str) -> anyhow::Result<()> {
+/// Builds `name` into `profile_dir` if it is missing or stale; `features` (with `target_dir`)
+/// builds a variant of the binary in a target directory of its own, so that the default build
+/// never has them.
+fn build_once(
+    profile_dir: &Path,
+    name: &str,
+    features: Option<(&str, &Path)>,
+) -> anyhow::Result<()> {
     static BUILT: Mutex<BTreeMap<String, Result<(), String>>> = Mutex::new(BTreeMap::new());
     let package = package_of(name)?;
     let mut built = BUILT
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let result = built.entry(name.to_string()).or_insert_with(|| {
+    let key = format!("{}/{name}", profile_dir.display());
+    let result = built.entry(key).or_insert_with(|| {
         let root = workspace_root();
         let mut sources = SystemTime::UNIX_EPOCH;
         for dir in ["consistency", "storagenode", "client"] {
@@ -98,6 +107,11 @@ fn build_once(profile_dir: &Path, name: &str) -> anyhow::Result<()> {
         cargo
             .current_dir(&root)
             .args(["build", "-p", package, "--bin", name]);
+        if let Some((features, target_dir)) = features {
+            cargo
+                .args(["--features", features, "--target-dir"])
+                .arg(target_dir);
+        }
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cargo.arg("--release");
         }
@@ -114,13 +128,33 @@ fn build_once(profile_dir: &Path, name: &str) -> anyhow::Result<()> {
 /// The path of workspace binary `name`, built if needed.
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let dir = profile_dir()?;
-    build_once(&dir, name)?;
+    build_once(&dir, name, None)?;
     let path = dir.join(name);
     if !path.exists() {
         bail!(
             "{} does not exist after building the workspace binaries",
             path.display()
         );
+    }
+    Ok(path)
+}
+
+/// The path of workspace binary `name` built with cargo features `features` (comma separated),
+/// built if needed in `target/features-FEATURES/<profile>/`, apart from the default build.
+pub fn binary_with_features(name: &str, features: &str) -> anyhow::Result<PathBuf> {
+    let profile = profile_dir()?;
+    let profile_name = profile
+        .file_name()
+        .context("the profile directory has a name")?
+        .to_owned();
+    let target_dir = workspace_root()
+        .join("target")
+        .join(format!("features-{}", features.replace(',', "-")));
+    let dir = target_dir.join(profile_name);
+    build_once(&dir, name, Some((features, &target_dir)))?;
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!("{} does not exist after building it", path.display());
     }
     Ok(path)
 }

@@ -39,6 +39,9 @@ struct ServeArgs {
     /// Address other nodes and clients connect to, if not the listen address.
     #[arg(long)]
     advertise: Option<String>,
+    /// Serve `/metrics` (Prometheus text format) over HTTP on this address.
+    #[arg(long)]
+    metrics_listen: Option<String>,
     /// A storage device's directory; give it once per device.
     #[arg(long = "data-dir", required = true)]
     data_dirs: Vec<PathBuf>,
@@ -264,6 +267,14 @@ fn serve(args: ServeArgs) -> Result<()> {
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
         };
-        node::run(listener, config, shutdown).await
+        let metrics = match &args.metrics_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("listening for metrics on {addr}"))?,
+            ),
+            None => None,
+        };
+        node::run(listener, metrics, config, shutdown).await
     })
 }

@@ -8,6 +8,7 @@
 //! - `io`: `vbs write` and `vbs read`.
 //! - `bench`: `vbs bench`.
 //! - `nbd`: `vbs nbd`, an NBD server for a volume.
+//! - `up`: `vbs up`, a whole cluster on this machine.
 //! - `table`, `format`: aligned text tables and human figures.
 
 mod bench;
@@ -17,6 +18,7 @@ mod nbd;
 mod node;
 mod status;
 mod table;
+mod up;
 mod volume;
 
 use std::process::ExitCode;
@@ -56,7 +58,7 @@ pub struct Exit {
 )]
 struct Cli {
     /// Manager addresses, HOST:PORT[,HOST:PORT...]; any one of them will do.
-    #[arg(long, env = "VBS_MANAGERS", global = true, value_name = "ADDR,...")]
+    #[arg(long, env = "VBS_MANAGERS", value_name = "ADDR,...")]
     managers: Option<String>,
     #[command(subcommand)]
     command: Command,
@@ -80,6 +82,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Serve a volume over NBD (for qemu, nbd-client and other block tools)
     Nbd(nbd::NbdArgs),
+    /// Run a whole cluster on this machine (managers, storage nodes, an NBD export)
+    Up(up::UpArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -120,6 +124,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Read(args) => io::read(managers()?, args).await,
         Command::Bench(args) => bench::run(managers()?, args).await,
         Command::Nbd(args) => nbd::run(managers()?, args).await,
+        Command::Up(args) => up::run(args).await,
     }
 }
 

@@ -4,12 +4,17 @@
 //! - [`error`]: error answers.
 //! - [`leader`]: running a request on the leader, or forwarding it there.
 //! - [`volumes`], [`nodes`], [`notifications`], [`managers`]: the routes that change state.
-//! - [`status`]: status, health and Prometheus metrics.
+//! - [`status`]: status and health.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`dashboard`]: the dashboard at `/`, a page compiled into the binary (from
+//!   `consistency/assets/dashboard/`) that polls `GET /v1/status`.
 //! - [`raft`]: the Raft RPC routes and the start-up probe.
 
+pub mod dashboard;
 pub mod error;
 pub mod leader;
 pub mod managers;
+pub mod metrics;
 pub mod nodes;
 pub mod notifications;
 pub mod raft;
@@ -37,6 +42,8 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiFailure> {
 /// Every route of a manager replica.
 pub fn router(manager: SharedManager) -> Router {
     let public = Router::new()
+        .route("/", get(dashboard::index))
+        .route("/ui/{asset}", get(dashboard::asset))
         .route("/v1/status", get(status::status))
         .route("/v1/nodes", post(nodes::register))
         .route("/v1/nodes/{id}/heartbeat", post(nodes::heartbeat))
@@ -49,7 +56,7 @@ pub fn router(manager: SharedManager) -> Router {
         )
         .route("/v1/managers", post(managers::add))
         .route("/v1/managers/{id}", axum::routing::delete(managers::remove))
-        .route("/metrics", get(status::metrics))
+        .route("/metrics", get(metrics::metrics))
         .route("/health", get(status::health))
         .layer(DefaultBodyLimit::max(MAX_API_BODY_BYTES));
     let raft = Router::new()

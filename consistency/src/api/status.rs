@@ -1,14 +1,12 @@
-//! `GET /v1/status`, `GET /health` and `GET /metrics`.
+//! `GET /v1/status` and `GET /health`.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::time::Instant;
 
 use axum::extract::{Query, Request, State};
-use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use client::api::{ClusterStatus, CopyStatus, Health, ManagerStatus, NodeState, NodeStatus};
+use client::api::{ClusterStatus, Health, ManagerStatus, NodeStatus};
 use client::types::{ManagerId, NodeId};
 use serde::Deserialize;
 
@@ -132,124 +130,6 @@ pub async fn health(State(manager): State<SharedManager>) -> Json<Health> {
         leader: m.current_leader.map(ManagerId),
         term: m.current_term,
     })
-}
-
-/// Prometheus text exposition, computed at scrape time from the Raft metrics and the applied
-/// state; a handful of gauges does not warrant a metrics registry.
-pub async fn metrics(State(manager): State<SharedManager>) -> Response {
-    let (term, leader, is_leader, last_log, applied) = {
-        let metrics = manager.raft.metrics();
-        let m = metrics.borrow();
-        (
-            m.current_term,
-            m.current_leader,
-            m.state == openraft::ServerState::Leader,
-            m.last_log_index,
-            m.last_applied.map(|id| id.index),
-        )
-    };
-    let committed = manager.log.committed_index();
-    let (up, down, draining, copies, volumes) = manager.read(|a| {
-        let up = a
-            .state
-            .nodes
-            .values()
-            .filter(|n| n.state == NodeState::Up)
-            .count();
-        let draining = a.state.nodes.values().filter(|n| n.draining).count();
-        let mut copies = [0usize; CopyStatus::ALL.len()];
-        for volume in a.state.volumes.values() {
-            for copy in volume.slices.iter().flat_map(|s| &s.copies) {
-                copies[CopyStatus::ALL
-                    .iter()
-                    .position(|s| *s == copy.status)
-                    .unwrap_or(0)] += 1;
-            }
-        }
-        let nodes = a.state.nodes.len();
-        (up, nodes - up, draining, copies, a.state.volumes.len())
-    });
-    // Only the leader hears progress reports; elsewhere these read 0.
-    let resyncs = manager
-        .with_liveness(Instant::now(), |l| {
-            manager.read(|a| {
-                l.resyncs.running(|unit, node| {
-                    a.state
-                        .slice(unit)
-                        .and_then(|s| s.copy(node))
-                        .map(|c| c.status)
-                })
-            })
-        })
-        .unwrap_or_default();
-    let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, samples: &[(&str, u64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
-    };
-    gauge("vbs_raft_term", "Current Raft term.", &[("", term)]);
-    gauge(
-        "vbs_raft_is_leader",
-        "1 if this manager is the Raft leader.",
-        &[("", is_leader as u64)],
-    );
-    gauge(
-        "vbs_raft_leader_id",
-        "Id of the known leader, 0 if none.",
-        &[("", leader.unwrap_or(0))],
-    );
-    gauge(
-        "vbs_raft_last_log_index",
-        "Index of the last Raft log entry.",
-        &[("", last_log.unwrap_or(0))],
-    );
-    gauge(
-        "vbs_raft_commit_index",
-        "Highest committed Raft log index known here.",
-        &[("", committed.unwrap_or(0))],
-    );
-    gauge(
-        "vbs_raft_applied_index",
-        "Highest Raft log index applied here.",
-        &[("", applied.unwrap_or(0))],
-    );
-    gauge(
-        "vbs_storage_nodes",
-        "Storage nodes by status.",
-        &[
-            ("{status=\"up\"}", up as u64),
-            ("{status=\"down\"}", down as u64),
-        ],
-    );
-    let labels: Vec<String> = CopyStatus::ALL
-        .iter()
-        .map(|s| format!("{{status=\"{}\"}}", s.as_str()))
-        .collect();
-    let samples: Vec<(&str, u64)> = labels
-        .iter()
-        .zip(copies)
-        .map(|(l, n)| (l.as_str(), n as u64))
-        .collect();
-    gauge(
-        "vbs_storage_nodes_draining",
-        "Storage nodes being drained.",
-        &[("", draining as u64)],
-    );
-    gauge("vbs_copies", "Copies of slices by update status.", &samples);
-    gauge(
-        "vbs_resyncs_running",
-        "Resyncs under way, as reported to the leader (0 on other managers).",
-        &[("", resyncs.count)],
-    );
-    gauge(
-        "vbs_resync_bytes_remaining",
-        "Bytes the resyncs under way still have to copy, as last reported to the leader.",
-        &[("", resyncs.bytes_remaining)],
-    );
-    gauge("vbs_volumes", "Volumes.", &[("", volumes as u64)]);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
 #[cfg(test)]

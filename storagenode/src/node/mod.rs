@@ -5,6 +5,7 @@
 //! - [`unit`]: a unit as served: engine, assignment, lease, replication state;
 //! - [`membership`]: registration, heartbeats, and applying the database's assignments;
 //! - [`maintenance`]: background compaction of the units' logs;
+//! - [`metrics`]: `/metrics` in Prometheus text format;
 //! - [`server`]: the data-plane listener: handshake, limits, dispatch;
 //! - [`primary`]: client IO on the primary: ordering, replication, acknowledgement;
 //! - [`replica`]: the secondary side, and the primary's answer to resend requests;
@@ -16,6 +17,7 @@ pub mod devices;
 mod errors;
 pub mod maintenance;
 pub mod membership;
+pub mod metrics;
 pub mod primary;
 pub mod replica;
 pub mod resync;
@@ -92,6 +94,7 @@ pub struct Node {
     pub peers: Pool,
     /// Wakes the heartbeat loop early, e.g. when a request names a unit not yet known here.
     pub refresh: Notify,
+    pub io_metrics: metrics::IoMetrics,
     /// Units this node held when it started, until the first heartbeat reply has been applied:
     /// their secondary copies may have missed writes while the node was away.
     restarted_units: std::sync::Mutex<Option<Vec<UnitId>>>,
@@ -116,9 +119,11 @@ impl Node {
     }
 }
 
-/// Runs a storage node on `listener` until `shutdown` completes.
+/// Runs a storage node on `listener` (and `/metrics` on `metrics`, if given) until `shutdown`
+/// completes.
 pub async fn run(
     listener: TcpListener,
+    metrics: Option<TcpListener>,
     config: NodeConfig,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
@@ -126,10 +131,12 @@ pub async fn run(
         let (dirs, options) = (config.data_dirs.clone(), config.device.clone());
         tokio::task::spawn_blocking(move || Devices::open(&dirs, &options)).await??
     };
-    let managers = Managers::parse(&config.managers, Duration::from_secs(2))
+    // Connections to managers and peers leave from the listen address (`conn::source_of`).
+    let source = client::conn::source_of(listener.local_addr()?);
+    let managers = Managers::parse_from(&config.managers, Duration::from_secs(2), source)
         .map_err(anyhow::Error::msg)
         .context("--managers")?;
-    let peers = Pool::new(PeerKind::Node, &config.id.0, Duration::from_secs(1));
+    let peers = Pool::new(PeerKind::Node, &config.id.0, Duration::from_secs(1)).with_source(source);
     let mut units = HashMap::new();
     let restarted_units = devices.units().iter().map(|u| u.id()).collect();
     for engine in devices.units() {
@@ -153,13 +160,25 @@ pub async fn run(
         managers,
         peers,
         refresh: Notify::new(),
+        io_metrics: metrics::IoMetrics::default(),
         restarted_units: std::sync::Mutex::new(Some(restarted_units)),
     });
     let membership = tokio::spawn(membership::run(node.clone()));
     let maintenance = tokio::spawn(maintenance::run(node.clone()));
+    let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics = metrics.map(|listener| {
+        let stopped = async {
+            let _ = metrics_stopped.await;
+        };
+        tokio::spawn(metrics::serve(node.clone(), listener, stopped))
+    });
     let served = server::serve(node.clone(), listener, shutdown).await;
     membership.abort();
     maintenance.abort();
+    let _ = metrics_stop.send(());
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
     info!(node = %node.id, "storage node stopped");
     served
 }

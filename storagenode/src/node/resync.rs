@@ -119,7 +119,8 @@ async fn resync(node: &Arc<Node>, runtime: &Arc<UnitRuntime>) -> Result<(), Stri
     // The first pull checks the histories agree at `after`; later ones continue from there.
     let mut after_generation = engine.generation_at(after);
     let mut join = false;
-    let mut reported = Instant::now();
+    // The first report goes out after the first pull, so the database sees the resync start.
+    let mut reported: Option<Instant> = None;
     loop {
         let request = Request::CatchUp {
             unit: runtime.id,
@@ -157,6 +158,7 @@ async fn resync(node: &Arc<Node>, runtime: &Arc<UnitRuntime>) -> Result<(), Stri
         progress.bytes_done += bytes;
         progress.records_total = progress.records_done + remaining_records;
         progress.bytes_total = progress.bytes_done + remaining_bytes;
+        runtime.set_resync_progress(progress);
         after = after.max(through);
         after_generation = Generation(0);
         if joined && join {
@@ -168,15 +170,16 @@ async fn resync(node: &Arc<Node>, runtime: &Arc<UnitRuntime>) -> Result<(), Stri
         if joined {
             runtime.mark_current();
             progress.finished = true;
+            runtime.set_resync_progress(progress);
             report(node, unit, progress).await;
             info!(unit = %runtime.id, records = progress.records_done, bytes = progress.bytes_done,
                 full = progress.full, "resync finished");
             return Ok(());
         }
         join = done && remaining_records as usize <= MAX_JOIN_RECORDS;
-        if reported.elapsed() >= REPORT_EVERY {
+        if reported.is_none_or(|at| at.elapsed() >= REPORT_EVERY) {
             report(node, unit, progress).await;
-            reported = Instant::now();
+            reported = Some(Instant::now());
         }
         pace.after(progress.bytes_done).await;
     }

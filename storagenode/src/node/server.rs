@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
+use super::metrics::IoKind;
 use super::{catchup, primary, replica, Node};
 
 /// How long a new connection has to send its hello.
@@ -154,41 +155,51 @@ async fn handle(
             format!("storage node {} holds no unit {unit}", node.id),
         ));
     };
-    match request {
-        Request::Read {
-            generation,
-            lba,
-            blocks,
-            ..
-        } => primary::read(&runtime, generation, lba, blocks).await,
-        Request::Write {
-            generation,
-            lba,
-            data,
-            ..
-        } => primary::write(node, &runtime, generation, lba, data).await,
-        Request::Trim {
-            generation,
-            lba,
-            blocks,
-            ..
-        } => primary::trim(node, &runtime, generation, lba, blocks).await,
-        Request::Flush { generation, .. } => {
-            runtime.serving_primary(generation)?;
-            Ok(Response::Flush)
+    let started = std::time::Instant::now();
+    let volume = unit.volume;
+    let (kind, bytes, result) = match request {
+        Request::Read { generation, lba, blocks, .. } => {
+            let bytes = u64::from(blocks) * client::types::BLOCK_BYTES;
+            (IoKind::Read, bytes, primary::read(&runtime, generation, lba, blocks).await)
         }
+        Request::Write { generation, lba, data, .. } => {
+            let bytes = data.len() as u64;
+            (IoKind::Write, bytes, primary::write(node, &runtime, generation, lba, data).await)
+        }
+        Request::Trim { generation, lba, blocks, .. } => {
+            let bytes = blocks * client::types::BLOCK_BYTES;
+            (IoKind::Trim, bytes, primary::trim(node, &runtime, generation, lba, blocks).await)
+        }
+        Request::Flush { generation, .. } => {
+            let result = runtime.serving_primary(generation).map(|_| Response::Flush);
+            (IoKind::Flush, 0, result)
+        }
+        request => return peer_request(node, peer, &runtime, request).await,
+    };
+    node.io_metrics.record(volume, kind, bytes, started.elapsed(), result.is_ok());
+    result
+}
+
+/// Requests between storage nodes.
+async fn peer_request(
+    node: &Arc<Node>,
+    peer: Option<&NodeId>,
+    runtime: &Arc<super::unit::UnitRuntime>,
+    request: Request,
+) -> Result<Response, WireError> {
+    match request {
         Request::Replicate {
             generation,
             committed,
             records,
             ..
-        } => replica::replicate(node, &runtime, generation, committed, records).await,
+        } => replica::replicate(node, runtime, generation, committed, records).await,
         Request::ResendRange {
             generation,
             after,
             until,
             ..
-        } => replica::resend(&runtime, generation, after, until),
+        } => replica::resend(runtime, generation, after, until),
         Request::CatchUp {
             generation,
             after,
@@ -210,7 +221,10 @@ async fn handle(
                 max_bytes,
                 join,
             };
-            catchup::serve(node, &runtime, copy.clone(), pull).await
+            catchup::serve(node, runtime, copy.clone(), pull).await
+        }
+        Request::Read { .. } | Request::Write { .. } | Request::Trim { .. } | Request::Flush { .. } => {
+            unreachable!("client requests are served by `handle`")
         }
     }
 }

@@ -64,6 +64,8 @@ pub struct UnitRuntime {
     pub resyncing: AtomicBool,
     /// When the slice was last learned from a notification reply (see [`UnitRuntime::assign`]).
     slice_updated: Mutex<Option<Instant>>,
+    /// The last resync of this copy, for metrics.
+    resync: Mutex<Option<client::api::ResyncProgress>>,
     /// The database lists this copy as current, but this node had to create it empty (its data
     /// was lost). It serves nothing until the database has been told it is not current.
     pub lost: AtomicBool,
@@ -94,6 +96,7 @@ impl UnitRuntime {
             joined: Mutex::new(std::collections::BTreeMap::new()),
             resyncing: AtomicBool::new(false),
             slice_updated: Mutex::new(None),
+            resync: Mutex::new(None),
         }
     }
 
@@ -203,6 +206,14 @@ impl UnitRuntime {
                 me.status = CopyStatus::Current;
             }
         }
+    }
+
+    pub fn set_resync_progress(&self, progress: client::api::ResyncProgress) {
+        *lock(&self.resync) = Some(progress);
+    }
+
+    pub fn resync_progress(&self) -> Option<client::api::ResyncProgress> {
+        *lock(&self.resync)
     }
 
     pub fn renew_lease(&self, sent_at: Instant, lease: std::time::Duration) {

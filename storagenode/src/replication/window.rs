@@ -116,6 +116,11 @@ impl Window {
         Resend { records, through }
     }
 
+    /// Each copy waited for, with the highest VBA it acknowledged.
+    pub fn acknowledged(&self) -> Vec<(NodeId, Vba)> {
+        self.acked.iter().map(|(node, vba)| (node.clone(), *vba)).collect()
+    }
+
     pub fn len(&self) -> usize {
         self.records.len()
     }

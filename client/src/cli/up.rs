@@ -1,0 +1,320 @@
+//! `vbs up`: a whole cluster on this machine, in the foreground.
+//!
+//! Starts `vbs-manager` and `vbs-storage` processes (found next to `vbs`) on loopback, each with
+//! its own directory and log under `--dir`, waits until the cluster is healthy, creates the demo
+//! volume and serves it over NBD from this process. Ctrl-C (or SIGTERM) stops everything; started
+//! again on the same directory, the cluster resumes with its data: the layout (ids and ports) is
+//! kept in `DIR/cluster.json`.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use client::api::{CreateVolumeRequest, ErrorCode, NodeState};
+use client::managers::Managers;
+use client::size::{format_size, parse_size};
+use client::volume::{Volume, VolumeOptions};
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Where the cluster keeps its data and logs.
+    #[arg(long, default_value = "./vbs-data")]
+    pub dir: PathBuf,
+    /// Manager replicas (an odd number: 1, 3 or 5).
+    #[arg(long = "managers", default_value_t = 3)]
+    pub manager_count: u32,
+    /// Storage nodes.
+    #[arg(long = "nodes", default_value_t = 3)]
+    pub nodes: u32,
+    /// The volume to create and export: NAME:SIZE:REPLICAS.
+    #[arg(long, default_value = "demo:1G:2", value_parser = parse_volume)]
+    pub volume: VolumeSpec,
+    /// First port: managers listen on BASE+1.., storage nodes on BASE+101.. (their metrics on
+    /// BASE+201..), NBD on BASE+809.
+    #[arg(long, default_value_t = 7000)]
+    pub base_port: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeSpec {
+    pub name: String,
+    pub size_bytes: u64,
+    pub replicas: u32,
+}
+
+fn parse_volume(text: &str) -> Result<VolumeSpec, String> {
+    let parts: Vec<&str> = text.split(':').collect();
+    let [name, size, replicas] = parts[..] else {
+        return Err(format!("volume {text:?} is not NAME:SIZE:REPLICAS (e.g. demo:1G:2)"));
+    };
+    let name = super::volume_name(name)?;
+    let size_bytes = parse_size(size)?;
+    let replicas = replicas
+        .parse()
+        .map_err(|_| format!("volume {text:?}: replicas {replicas:?} is not a number"))?;
+    Ok(VolumeSpec { name, size_bytes, replicas })
+}
+
+/// What `vbs up` started, kept so a restart on the same directory resumes the same cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Layout {
+    managers: Vec<String>,
+    nodes: Vec<String>,
+    /// Where each storage node serves `/metrics`.
+    node_metrics: Vec<String>,
+    nbd: String,
+}
+
+impl Layout {
+    fn new(args: &UpArgs) -> anyhow::Result<Layout> {
+        let port = |offset: u32| -> anyhow::Result<String> {
+            let port = u16::try_from(u32::from(args.base_port) + offset)
+                .context("--base-port leaves no room for the cluster's ports")?;
+            Ok(format!("127.0.0.1:{port}"))
+        };
+        Ok(Layout {
+            managers: (1..=args.manager_count).map(port).collect::<anyhow::Result<_>>()?,
+            nodes: (1..=args.nodes).map(|n| port(100 + n)).collect::<anyhow::Result<_>>()?,
+            node_metrics: (1..=args.nodes).map(|n| port(200 + n)).collect::<anyhow::Result<_>>()?,
+            nbd: port(809)?,
+        })
+    }
+
+    fn managers_arg(&self) -> String {
+        self.managers.join(",")
+    }
+}
+
+/// A child process, stopped (SIGINT, then SIGKILL after a while) when dropped.
+struct Managed {
+    name: String,
+    child: Child,
+}
+
+impl Managed {
+    fn stop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        // SAFETY: kill(2) with our own child's pid has no memory-safety preconditions.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGINT);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Managed {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating vbs")?;
+    let path = exe.with_file_name(name);
+    if !path.exists() {
+        bail!(
+            "{name} is not next to {}: build every binary first (cargo build --release --bins)",
+            exe.display()
+        );
+    }
+    Ok(path)
+}
+
+fn spawn(name: &str, program: &Path, args: &[String], logs: &Path) -> anyhow::Result<Managed> {
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(logs.join(format!("{name}.log")))
+        .with_context(|| format!("opening the log of {name}"))?;
+    let child = Command::new(program)
+        .args(args)
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Its own process group: a Ctrl-C in the terminal reaches `vbs up` alone, which then
+        // stops the children in order.
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    Ok(Managed { name: name.to_string(), child })
+}
+
+/// Polls `probe` every 100 ms until it returns `Some`, for at most `timeout`.
+async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}; see the logs");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn load_layout(dir: &Path, args: &UpArgs) -> anyhow::Result<Layout> {
+    let path = dir.join("cluster.json");
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let layout: Layout = serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not a vbs up layout", path.display()))?;
+            if layout.managers.len() != args.manager_count as usize || layout.nodes.len() != args.nodes as usize {
+                eprintln!(
+                    "vbs: {} holds a cluster of {} managers and {} nodes; resuming it as it was",
+                    dir.display(),
+                    layout.managers.len(),
+                    layout.nodes.len()
+                );
+            }
+            Ok(layout)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let layout = Layout::new(args)?;
+            std::fs::write(&path, serde_json::to_vec_pretty(&layout)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+            Ok(layout)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    if args.manager_count == 0 || args.manager_count % 2 == 0 {
+        bail!("--managers {} must be odd (1, 3 or 5) for a majority to exist", args.manager_count);
+    }
+    if args.nodes < args.volume.replicas {
+        bail!("--nodes {} is fewer than the volume's {} replicas", args.nodes, args.volume.replicas);
+    }
+    let manager_bin = sibling("vbs-manager")?;
+    let storage_bin = sibling("vbs-storage")?;
+    let dir = args.dir.clone();
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    let layout = load_layout(&dir, &args)?;
+
+    let peers: Vec<String> =
+        layout.managers.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
+    let mut children = Vec::new();
+    for (i, addr) in layout.managers.iter().enumerate() {
+        let id = i + 1;
+        let data = dir.join(format!("manager-{id}"));
+        let args = vec![
+            "--id".to_string(),
+            id.to_string(),
+            "--listen".into(),
+            addr.clone(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--peers".into(),
+            peers.join(","),
+        ];
+        children.push(spawn(&format!("manager-{id}"), &manager_bin, &args, &logs)?);
+    }
+    let managers = Arc::new(
+        Managers::parse(&layout.managers_arg(), Duration::from_secs(2)).map_err(anyhow::Error::msg)?,
+    );
+    eprintln!("vbs: starting {} managers ...", layout.managers.len());
+    wait_for("a manager leader", Duration::from_secs(60), || async {
+        managers.status().await.ok().filter(|s| s.leader.is_some())
+    })
+    .await?;
+
+    for (i, addr) in layout.nodes.iter().enumerate() {
+        let name = format!("n{}", i + 1);
+        let data = dir.join(format!("node-{}", i + 1));
+        let args = vec![
+            "--id".to_string(),
+            name.clone(),
+            "--listen".into(),
+            addr.clone(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--managers".into(),
+            layout.managers_arg(),
+            "--metrics-listen".into(),
+            layout.node_metrics[i].clone(),
+        ];
+        children.push(spawn(&name, &storage_bin, &args, &logs)?);
+    }
+    eprintln!("vbs: starting {} storage nodes ...", layout.nodes.len());
+    let wanted = layout.nodes.len();
+    wait_for("every storage node up", Duration::from_secs(60), || async {
+        let status = managers.status().await.ok()?;
+        let up = status.nodes.iter().filter(|n| n.state == NodeState::Up).count();
+        (up >= wanted).then_some(())
+    })
+    .await?;
+
+    let spec = &args.volume;
+    let request = CreateVolumeRequest {
+        name: spec.name.clone(),
+        size_bytes: spec.size_bytes,
+        replicas: Some(spec.replicas),
+        slice_bytes: None,
+    };
+    match managers.create_volume(&request).await {
+        Ok(_) => eprintln!("vbs: created volume {} ({}, {} replicas)", spec.name, format_size(spec.size_bytes), spec.replicas),
+        Err(e) if e.code() == Some(ErrorCode::AlreadyExists) => {
+            eprintln!("vbs: volume {} exists; resuming with its data", spec.name)
+        }
+        Err(e) => return Err(e).context("creating the volume"),
+    }
+    let volume = Arc::new(Volume::open(managers.clone(), &spec.name, VolumeOptions::default()).await?);
+    let listener = tokio::net::TcpListener::bind(&layout.nbd)
+        .await
+        .with_context(|| format!("listening for NBD on {}", layout.nbd))?;
+
+    let env = format!("VBS_MANAGERS={}", layout.managers_arg());
+    let url = format!("nbd://{}/{}", layout.nbd, spec.name);
+    println!("vbs is up: {} managers, {} storage nodes, data in {}", layout.managers.len(), layout.nodes.len(), dir.display());
+    println!("  dashboard  http://{}/", layout.managers[0]);
+    println!("  NBD        {url}");
+    println!("  metrics    http://{}/metrics (managers), http://{}/metrics (storage nodes: ports {}..)",
+        layout.managers[0], layout.node_metrics[0], layout.node_metrics[0].rsplit(':').next().unwrap_or(""));
+    println!("  logs       {}", logs.display());
+    println!("try:");
+    println!("  qemu-io -f raw {url} -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M'");
+    println!("  {env} vbs status");
+    println!("  {env} vbs bench {} --rw randwrite --iodepth 32 --runtime 10s", spec.name);
+    println!("Ctrl-C stops the cluster; vbs up --dir {} resumes it.", dir.display());
+
+    let stop = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    let served = client::nbd::serve(listener, volume, spec.name.clone(), stop).await;
+    eprintln!("vbs: stopping ...");
+    // Storage nodes first (they talk to the managers), then the managers.
+    for child in children.iter_mut().rev() {
+        child.stop();
+        eprintln!("vbs: stopped {}", child.name);
+    }
+    served.context("serving NBD")
+}

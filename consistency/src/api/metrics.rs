@@ -1,0 +1,455 @@
+//! `GET /metrics`: Prometheus text exposition (format 0.0.4), computed at scrape time from the
+//! Raft metrics, the applied state and, on the leader, the resync progress it remembers. A
+//! handful of gauges does not warrant a metrics registry.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use client::api::{CopyStatus, NodeState};
+use client::types::{NodeId, SliceIndex, UnitId};
+
+use crate::decide::resync::{ResyncTracker, RunningResyncs};
+use crate::manager::SharedManager;
+use crate::state::State as DbState;
+
+/// The content type of the text exposition format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// What this replica's Raft reports.
+#[derive(Debug, Default)]
+struct RaftFigures {
+    term: u64,
+    is_leader: bool,
+    leader: Option<u64>,
+    last_log_index: Option<u64>,
+    commit_index: Option<u64>,
+    applied_index: Option<u64>,
+    voters: u64,
+    learners: u64,
+}
+
+/// A resync under way, as the leader last heard of it.
+#[derive(Debug, PartialEq, Eq)]
+struct CopyResync {
+    volume: String,
+    slice: SliceIndex,
+    node: NodeId,
+    bytes_done: u64,
+    bytes_remaining: u64,
+}
+
+/// What the metrics show of the applied state, and of the resyncs on the leader.
+#[derive(Debug, Default)]
+struct StateFigures {
+    /// Every storage node: its state and whether it is draining.
+    nodes: Vec<(NodeId, NodeState, bool)>,
+    copies: BTreeMap<CopyStatus, u64>,
+    volumes: u64,
+    running: RunningResyncs,
+    resyncs: Vec<CopyResync>,
+}
+
+impl StateFigures {
+    /// `tracker` is the leader's resync memory, `None` elsewhere.
+    fn of(state: &DbState, tracker: Option<&ResyncTracker>, now: Instant) -> StateFigures {
+        let mut copies: BTreeMap<CopyStatus, u64> =
+            CopyStatus::ALL.iter().map(|s| (*s, 0)).collect();
+        let mut resyncs = Vec::new();
+        for volume in state.volumes.values() {
+            for (index, slice) in volume.slices.iter().enumerate() {
+                let unit = UnitId {
+                    volume: volume.id,
+                    slice: SliceIndex(index as u32),
+                };
+                for copy in &slice.copies {
+                    *copies.entry(copy.status).or_default() += 1;
+                    let Some(resync) = tracker.and_then(|t| t.status(unit, copy, now)) else {
+                        continue;
+                    };
+                    // The rule of `ResyncTracker::running`, copy by copy.
+                    let under_way = !resync.progress.finished
+                        && matches!(copy.status, CopyStatus::Stale | CopyStatus::Syncing);
+                    if under_way {
+                        resyncs.push(CopyResync {
+                            volume: volume.name.clone(),
+                            slice: unit.slice,
+                            node: copy.node.clone(),
+                            bytes_done: resync.progress.bytes_done,
+                            bytes_remaining: resync
+                                .progress
+                                .bytes_total
+                                .saturating_sub(resync.progress.bytes_done),
+                        });
+                    }
+                }
+            }
+        }
+        let running = tracker.map_or_else(RunningResyncs::default, |t| {
+            t.running(|unit, node| {
+                state
+                    .slice(unit)
+                    .and_then(|s| s.copy(node))
+                    .map(|c| c.status)
+            })
+        });
+        StateFigures {
+            nodes: state
+                .nodes
+                .values()
+                .map(|n| (n.id.clone(), n.state, n.draining))
+                .collect(),
+            copies,
+            volumes: state.volumes.len() as u64,
+            running,
+            resyncs,
+        }
+    }
+}
+
+pub async fn metrics(State(manager): State<SharedManager>) -> Response {
+    let mut raft = {
+        let metrics = manager.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        let voters = membership.voter_ids().count() as u64;
+        let members = membership.nodes().count() as u64;
+        RaftFigures {
+            term: m.current_term,
+            is_leader: m.state == openraft::ServerState::Leader,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index,
+            commit_index: None,
+            applied_index: m.last_applied.map(|id| id.index),
+            voters,
+            learners: members.saturating_sub(voters),
+        }
+    };
+    raft.commit_index = manager.log.committed_index();
+    let now = Instant::now();
+    let figures = manager
+        .with_liveness(now, |l| {
+            manager.read(|a| StateFigures::of(&a.state, Some(&l.resyncs), now))
+        })
+        .unwrap_or_else(|| manager.read(|a| StateFigures::of(&a.state, None, now)));
+    (
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        render(&raft, &figures),
+    )
+        .into_response()
+}
+
+fn render(raft: &RaftFigures, figures: &StateFigures) -> String {
+    let mut out = Exposition::default();
+    out.gauge("vbs_raft_term", "Current Raft term.")
+        .value(raft.term);
+    out.gauge(
+        "vbs_raft_is_leader",
+        "1 if this manager is the Raft leader.",
+    )
+    .value(u64::from(raft.is_leader));
+    out.gauge("vbs_raft_leader_id", "Id of the known leader, 0 if none.")
+        .value(raft.leader.unwrap_or(0));
+    out.gauge(
+        "vbs_raft_last_log_index",
+        "Index of the last Raft log entry.",
+    )
+    .value(raft.last_log_index.unwrap_or(0));
+    out.gauge(
+        "vbs_raft_commit_index",
+        "Highest committed Raft log index known here.",
+    )
+    .value(raft.commit_index.unwrap_or(0));
+    out.gauge(
+        "vbs_raft_applied_index",
+        "Highest Raft log index applied here.",
+    )
+    .value(raft.applied_index.unwrap_or(0));
+    out.gauge(
+        "vbs_managers",
+        "Manager replicas in the Raft membership, by role (learners are catching up).",
+    )
+    .sample(&[("role", "voter")], raft.voters)
+    .sample(&[("role", "learner")], raft.learners);
+
+    let up = figures
+        .nodes
+        .iter()
+        .filter(|(_, state, _)| *state == NodeState::Up)
+        .count() as u64;
+    out.gauge("vbs_storage_nodes", "Storage nodes by status.")
+        .sample(&[("status", "up")], up)
+        .sample(&[("status", "down")], figures.nodes.len() as u64 - up);
+    out.gauge("vbs_storage_nodes_draining", "Storage nodes being drained.")
+        .value(figures.nodes.iter().filter(|(_, _, d)| *d).count() as u64);
+    let mut node_up = out.gauge(
+        "vbs_storage_node_up",
+        "1 if the storage node is up, 0 if it is down.",
+    );
+    for (id, state, _) in &figures.nodes {
+        node_up = node_up.sample(&[("node", &id.0)], u64::from(*state == NodeState::Up));
+    }
+
+    let mut copies = out.gauge("vbs_copies", "Copies of slices by update status.");
+    for (status, count) in &figures.copies {
+        copies = copies.sample(&[("status", status.as_str())], *count);
+    }
+    out.gauge("vbs_volumes", "Volumes.").value(figures.volumes);
+
+    out.gauge(
+        "vbs_resyncs_running",
+        "Resyncs under way, as reported to the leader (0 on other managers).",
+    )
+    .value(figures.running.count);
+    out.gauge(
+        "vbs_resync_bytes_remaining",
+        "Bytes the resyncs under way still have to copy, as last reported to the leader.",
+    )
+    .value(figures.running.bytes_remaining);
+    let mut done = out.gauge(
+        "vbs_resync_copy_bytes_done",
+        "Bytes a resync under way has copied, per copy, as last reported to the leader \
+         (absent on other managers).",
+    );
+    for r in &figures.resyncs {
+        done = done.sample(&copy_labels(r, &r.slice.to_string()), r.bytes_done);
+    }
+    let mut remaining = out.gauge(
+        "vbs_resync_copy_bytes_remaining",
+        "Bytes a resync under way still has to copy, per copy, as last reported to the leader \
+         (absent on other managers).",
+    );
+    for r in &figures.resyncs {
+        remaining = remaining.sample(&copy_labels(r, &r.slice.to_string()), r.bytes_remaining);
+    }
+    out.text
+}
+
+fn copy_labels<'a>(resync: &'a CopyResync, slice: &'a str) -> [(&'static str, &'a str); 3] {
+    [
+        ("volume", resync.volume.as_str()),
+        ("slice", slice),
+        ("node", resync.node.0.as_str()),
+    ]
+}
+
+/// A text exposition being written: metric families, each a `# HELP` and a `# TYPE` line, then
+/// its samples.
+#[derive(Debug, Default)]
+struct Exposition {
+    text: String,
+}
+
+/// The samples of one metric family.
+struct Family<'a> {
+    text: &'a mut String,
+    name: &'a str,
+}
+
+impl Exposition {
+    fn gauge<'a>(&'a mut self, name: &'a str, help: &str) -> Family<'a> {
+        // Writing to a String cannot fail.
+        let _ = writeln!(self.text, "# HELP {name} {}", escape_help(help));
+        let _ = writeln!(self.text, "# TYPE {name} gauge");
+        Family {
+            text: &mut self.text,
+            name,
+        }
+    }
+}
+
+impl Family<'_> {
+    /// The family's one unlabelled sample.
+    fn value(self, value: u64) {
+        let _ = writeln!(self.text, "{} {value}", self.name);
+    }
+
+    fn sample(self, labels: &[(&str, &str)], value: u64) -> Self {
+        let labels: Vec<String> = labels
+            .iter()
+            .map(|(name, v)| format!("{name}=\"{}\"", escape_label_value(v)))
+            .collect();
+        let _ = writeln!(self.text, "{}{{{}}} {value}", self.name, labels.join(","));
+        self
+    }
+}
+
+/// A label value as the text format wants it: backslash, double quote and line feed escaped.
+fn escape_label_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A `# HELP` text: backslash and line feed escaped.
+fn escape_help(help: &str) -> String {
+    help.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use client::api::ResyncProgress;
+
+    use super::*;
+    use crate::state::fixtures::{cluster, node, volume_on};
+
+    #[test]
+    fn label_values_and_help_are_escaped() {
+        assert_eq!(escape_label_value(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(escape_label_value("two\nlines"), "two\\nlines");
+        assert_eq!(escape_help("a\\b\nc \"d\""), "a\\\\b\\nc \"d\"");
+        let mut out = Exposition::default();
+        out.gauge("m", "Help.")
+            .sample(&[("l", "x\"y"), ("k", "z")], 3);
+        assert_eq!(
+            out.text,
+            "# HELP m Help.\n# TYPE m gauge\nm{l=\"x\\\"y\",k=\"z\"} 3\n"
+        );
+    }
+
+    /// Every sample line belongs to the family announced just before it, every family has
+    /// both its `# HELP` and its `# TYPE`, and no family appears twice.
+    fn assert_well_formed(text: &str) {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut family = String::new();
+        let mut lines = text.lines();
+        while let Some(line) = lines.next() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                family = rest.split(' ').next().expect("a name").to_string();
+                assert!(seen.insert(family.clone()), "{family} twice:\n{text}");
+                let typed = lines.next().expect("a TYPE line");
+                assert_eq!(typed, format!("# TYPE {family} gauge"));
+            } else {
+                let name = line.split(['{', ' ']).next().expect("a name");
+                assert_eq!(name, family, "sample outside its family:\n{text}");
+                let value = line.rsplit(' ').next().expect("a value");
+                assert!(value.parse::<u64>().is_ok(), "{line}");
+            }
+        }
+    }
+
+    fn report(bytes_done: u64, bytes_total: u64, finished: bool) -> ResyncProgress {
+        ResyncProgress {
+            records_done: bytes_done / 4096,
+            records_total: bytes_total / 4096,
+            bytes_done,
+            bytes_total,
+            full: true,
+            finished,
+        }
+    }
+
+    #[test]
+    fn a_resync_under_way_is_shown_per_copy_and_in_the_totals() {
+        let mut state = cluster(&["n1", "n2", "n3"]);
+        let id = volume_on(&mut state, "vol", &[&["n1", "n2"], &["n2", "n3"]]);
+        let syncing = |state: &mut DbState, slice: usize, n: &str| {
+            let volume = state.volumes.get_mut(&id).expect("volume");
+            let copy = volume.slices[slice]
+                .copy_mut(&node(n))
+                .expect("a copy there");
+            copy.status = CopyStatus::Syncing;
+        };
+        syncing(&mut state, 0, "n2");
+        syncing(&mut state, 1, "n3");
+        state.nodes.get_mut(&node("n3")).expect("n3").draining = true;
+        let now = Instant::now();
+        let mut tracker = ResyncTracker::default();
+        let exists = |_: UnitId, _: &NodeId| true;
+        tracker
+            .record(
+                UnitId::new(id.0, 0),
+                &node("n2"),
+                report(1 << 20, 4 << 20, false),
+                CopyStatus::Syncing,
+                now,
+                exists,
+            )
+            .expect("recorded");
+        // Finished: the copy is about to be current; not under way any more.
+        tracker
+            .record(
+                UnitId::new(id.0, 1),
+                &node("n3"),
+                report(4 << 20, 4 << 20, true),
+                CopyStatus::Syncing,
+                now,
+                exists,
+            )
+            .expect("recorded");
+        let later = now + Duration::from_secs(1);
+        let figures = StateFigures::of(&state, Some(&tracker), later);
+        assert_eq!(
+            figures.resyncs,
+            [CopyResync {
+                volume: "vol".into(),
+                slice: SliceIndex(0),
+                node: node("n2"),
+                bytes_done: 1 << 20,
+                bytes_remaining: 3 << 20,
+            }]
+        );
+        assert_eq!(figures.running.count, figures.resyncs.len() as u64);
+        assert_eq!(figures.running.bytes_remaining, 3 << 20);
+
+        let text = render(&RaftFigures::default(), &figures);
+        assert_well_formed(&text);
+        for line in [
+            "vbs_copies{status=\"current\"} 2",
+            "vbs_copies{status=\"syncing\"} 2",
+            "vbs_copies{status=\"down\"} 0",
+            "vbs_storage_nodes{status=\"up\"} 3",
+            "vbs_storage_nodes_draining 1",
+            "vbs_storage_node_up{node=\"n3\"} 1",
+            "vbs_volumes 1",
+            "vbs_resyncs_running 1",
+            "vbs_resync_bytes_remaining 3145728",
+            "vbs_resync_copy_bytes_done{volume=\"vol\",slice=\"0\",node=\"n2\"} 1048576",
+            "vbs_resync_copy_bytes_remaining{volume=\"vol\",slice=\"0\",node=\"n2\"} 3145728",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line} in:\n{text}");
+        }
+        assert!(!text.contains("node=\"n3\"} 4194304"), "{text}");
+    }
+
+    #[test]
+    fn a_follower_shows_the_state_without_resyncs() {
+        let mut state = cluster(&["n1", "n2"]);
+        volume_on(&mut state, "vol", &[&["n1", "n2"]]);
+        state.nodes.get_mut(&node("n2")).expect("n2").state = NodeState::Down;
+        let figures = StateFigures::of(&state, None, Instant::now());
+        let raft = RaftFigures {
+            term: 7,
+            leader: Some(2),
+            voters: 3,
+            ..RaftFigures::default()
+        };
+        let text = render(&raft, &figures);
+        assert_well_formed(&text);
+        for line in [
+            "vbs_raft_term 7",
+            "vbs_raft_is_leader 0",
+            "vbs_raft_leader_id 2",
+            "vbs_managers{role=\"voter\"} 3",
+            "vbs_storage_nodes{status=\"down\"} 1",
+            "vbs_storage_node_up{node=\"n2\"} 0",
+            "vbs_resyncs_running 0",
+            "# TYPE vbs_resync_copy_bytes_done gauge",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line} in:\n{text}");
+        }
+        assert!(!text.contains("vbs_resync_copy_bytes_done{"), "{text}");
+    }
+}

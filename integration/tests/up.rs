@@ -1,0 +1,136 @@
+//! `vbs up`: a local cluster in one command, used by qemu-io, stopped with Ctrl-C, resumed.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A base port whose cluster ports (base+1..3, base+101..103, base+809) are all free now.
+fn free_base() -> u16 {
+    let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+    for _ in 0..200 {
+        let base = 20_000 + rand::random::<u16>() % 30_000;
+        let ports = [1, 2, 3, 101, 102, 103, 201, 202, 203, 809];
+        if ports.iter().all(|offset| free(base + offset)) {
+            return base;
+        }
+    }
+    panic!("no free port range");
+}
+
+struct Up(Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `vbs up` and waits for it to say the cluster is up; returns the NBD URL.
+fn up(dir: &std::path::Path, base: u16) -> (Up, String) {
+    // vbs up finds vbs-manager and vbs-storage next to itself.
+    integration::binaries::binary("vbs-manager").unwrap();
+    integration::binaries::binary("vbs-storage").unwrap();
+    let mut child = Command::new(integration::binaries::binary("vbs").unwrap())
+        .args(["up", "--volume", "demo:64M:2", "--base-port", &base.to_string(), "--dir"])
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("vbs up starts");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut url = None;
+    while Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) if line.trim_start().starts_with("NBD") => {
+                url = line.split_whitespace().last().map(str::to_string);
+            }
+            Ok(line) if line.starts_with("Ctrl-C") => break,
+            Ok(_) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("vbs up exited early: {status}");
+                }
+            }
+            Err(_) => panic!("vbs up closed its output before the cluster was up"),
+        }
+    }
+    (Up(child), url.expect("vbs up printed the NBD URL"))
+}
+
+/// A plain HTTP/1.0 GET on loopback; the body.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connects");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
+}
+
+fn qemu_io(url: &str, commands: &[&str]) {
+    let mut cmd = Command::new("qemu-io");
+    cmd.args(["-f", "raw", url]);
+    for c in commands {
+        cmd.args(["-c", c]);
+    }
+    let out = cmd.output().expect("qemu-io (qemu-utils) runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+/// Sends SIGINT (what Ctrl-C sends) and waits for a clean exit.
+fn interrupt(mut up: Up) {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(up.0.id() as libc::pid_t, libc::SIGINT);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = up.0.try_wait().unwrap() {
+            assert!(status.success(), "vbs up exited with {status} after Ctrl-C");
+            return;
+        }
+        assert!(Instant::now() < deadline, "vbs up did not stop after Ctrl-C");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn vbs_up_serves_a_volume_stops_on_ctrl_c_and_resumes_with_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base();
+    let (first, url) = up(dir.path(), base);
+    qemu_io(&url, &["write -P 0x3c 0 2M", "read -P 0x3c 0 2M"]);
+    // Managers and storage nodes serve metrics; the writes show on the primary's.
+    let manager = http_get(base + 1, "/metrics");
+    assert!(manager.contains("vbs_raft_term"), "{manager}");
+    let written: u64 = (201..=203)
+        .map(|offset| http_get(base + offset, "/metrics"))
+        .flat_map(|text| {
+            text.lines()
+                .filter(|l| l.starts_with("vbs_io_bytes_total{") && l.contains("op=\"write\""))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum();
+    assert_eq!(written, 2 << 20, "bytes written by the clients, as the primaries count them");
+    interrupt(first);
+    // Every process of the cluster is gone: nothing listens on its ports any more.
+    for offset in [1, 2, 3, 101, 102, 103, 201, 202, 203, 809] {
+        assert!(TcpStream::connect(("127.0.0.1", base + offset)).is_err(), "port {} still open", base + offset);
+    }
+
+    let (second, url) = up(dir.path(), base);
+    qemu_io(&url, &["read -P 0x3c 0 2M"]);
+    interrupt(second);
+}

@@ -1,0 +1,185 @@
+//! The storage node's `/metrics` (Prometheus text format), on `--metrics-listen`: client IO by
+//! volume and operation (counts, bytes, latency histograms), each unit's last VBA, the primary's
+//! replication lag per copy, and resync progress.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use client::api::Role;
+use client::types::VolumeId;
+
+use super::Node;
+
+/// Upper bounds of the latency histogram's buckets, in seconds.
+const BUCKETS: [f64; 12] =
+    [0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum IoKind {
+    Read,
+    Write,
+    Trim,
+    Flush,
+}
+
+impl IoKind {
+    fn label(self) -> &'static str {
+        match self {
+            IoKind::Read => "read",
+            IoKind::Write => "write",
+            IoKind::Trim => "trim",
+            IoKind::Flush => "flush",
+        }
+    }
+}
+
+#[derive(Default)]
+struct Series {
+    count: AtomicU64,
+    errors: AtomicU64,
+    bytes: AtomicU64,
+    /// Per bucket of [`BUCKETS`], then the overflow bucket.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    sum_us: AtomicU64,
+}
+
+/// Counters of client IO served as primary.
+#[derive(Default)]
+pub struct IoMetrics {
+    series: Mutex<BTreeMap<(VolumeId, IoKind), Arc<Series>>>,
+}
+
+impl IoMetrics {
+    pub fn record(&self, volume: VolumeId, kind: IoKind, bytes: u64, latency: Duration, ok: bool) {
+        let series = {
+            let mut map = self.series.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry((volume, kind)).or_default().clone()
+        };
+        series.count.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            series.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        series.bytes.fetch_add(bytes, Ordering::Relaxed);
+        let seconds = latency.as_secs_f64();
+        let bucket = BUCKETS.iter().position(|b| seconds <= *b).unwrap_or(BUCKETS.len());
+        series.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        series.sum_us.fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String) {
+        let map = self.series.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let header = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        header(out, "vbs_io_requests_total", "counter", "Client requests served as primary.");
+        for ((volume, kind), s) in &map {
+            let _ = writeln!(
+                out,
+                "vbs_io_requests_total{{volume=\"{volume}\",op=\"{}\"}} {}",
+                kind.label(),
+                s.count.load(Ordering::Relaxed)
+            );
+        }
+        header(out, "vbs_io_errors_total", "counter", "Client requests that failed.");
+        for ((volume, kind), s) in &map {
+            let _ = writeln!(
+                out,
+                "vbs_io_errors_total{{volume=\"{volume}\",op=\"{}\"}} {}",
+                kind.label(),
+                s.errors.load(Ordering::Relaxed)
+            );
+        }
+        header(out, "vbs_io_bytes_total", "counter", "Bytes read, written or trimmed for clients.");
+        for ((volume, kind), s) in &map {
+            let _ = writeln!(
+                out,
+                "vbs_io_bytes_total{{volume=\"{volume}\",op=\"{}\"}} {}",
+                kind.label(),
+                s.bytes.load(Ordering::Relaxed)
+            );
+        }
+        header(out, "vbs_io_latency_seconds", "histogram", "Latency of successful client requests.");
+        for ((volume, kind), s) in &map {
+            let labels = format!("volume=\"{volume}\",op=\"{}\"", kind.label());
+            let mut cumulative = 0;
+            for (i, bound) in BUCKETS.iter().enumerate() {
+                cumulative += s.buckets[i].load(Ordering::Relaxed);
+                let _ = writeln!(out, "vbs_io_latency_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+            }
+            cumulative += s.buckets[BUCKETS.len()].load(Ordering::Relaxed);
+            let _ = writeln!(out, "vbs_io_latency_seconds_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
+            let sum = s.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+            let _ = writeln!(out, "vbs_io_latency_seconds_sum{{{labels}}} {sum}");
+            let _ = writeln!(out, "vbs_io_latency_seconds_count{{{labels}}} {cumulative}");
+        }
+    }
+}
+
+fn render(node: &Node) -> String {
+    let mut out = String::new();
+    node.io_metrics.render(&mut out);
+    let units = node.units();
+    let _ = writeln!(out, "# HELP vbs_unit_last_vba Highest durable VBA of each unit held here.");
+    let _ = writeln!(out, "# TYPE vbs_unit_last_vba gauge");
+    for unit in &units {
+        let role = match unit.assignment().map(|a| a.role) {
+            Some(Role::Primary) => "primary",
+            Some(Role::Secondary) => "secondary",
+            None => "unassigned",
+        };
+        let _ = writeln!(
+            out,
+            "vbs_unit_last_vba{{unit=\"{}\",role=\"{role}\"}} {}",
+            unit.id,
+            unit.engine.last_vba()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP vbs_replication_lag_vbas VBAs a copy has not yet acknowledged (on its primary).\n\
+         # TYPE vbs_replication_lag_vbas gauge"
+    );
+    for unit in &units {
+        let last = unit.engine.last_vba();
+        for (copy, acked) in unit.window.lock().unwrap_or_else(|p| p.into_inner()).acknowledged() {
+            let lag = last.0.saturating_sub(acked.0);
+            let _ = writeln!(out, "vbs_replication_lag_vbas{{unit=\"{}\",copy=\"{copy}\"}} {lag}", unit.id);
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP vbs_resync_bytes Resync of a copy held here: bytes done and in total.\n\
+         # TYPE vbs_resync_bytes gauge"
+    );
+    for unit in &units {
+        if let Some(progress) = unit.resync_progress() {
+            let _ = writeln!(out, "vbs_resync_bytes{{unit=\"{}\",part=\"done\"}} {}", unit.id, progress.bytes_done);
+            let _ = writeln!(out, "vbs_resync_bytes{{unit=\"{}\",part=\"total\"}} {}", unit.id, progress.bytes_total);
+        }
+    }
+    out
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render(&node))
+}
+
+/// Serves `/metrics` on `listener` until `shutdown` completes.
+pub async fn serve(
+    node: Arc<Node>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new().route("/metrics", get(metrics)).with_state(node);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
