@@ -56,6 +56,8 @@ pub enum ErrorCode {
     Unavailable,
     /// A bug or a local disk failure in the manager (500).
     Internal,
+    /// No bearer token, or a wrong one, where the cluster requires authentication (401).
+    Unauthorized,
 }
 
 /// The body of every error response.

@@ -7,6 +7,9 @@
 //! vectored write. At most [`MAX_IN_FLIGHT`] calls are in flight per connection; more wait for a
 //! slot, which also bounds the writer's queue. When the connection fails, every call in flight
 //! fails with [`DataError::Closed`] and the pool opens a new one for the next call.
+//!
+//! Connections run over TCP, or over TLS when the [`Security`] given says so; with a token, the
+//! handshake proves on both sides that they know the cluster secret (`docs/protocol.md`).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice};
@@ -16,16 +19,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
 use crate::proto::{
-    self, Frame, Hello, PeerKind, ProtocolError, Request, Response, WireError, MAX_IN_FLIGHT,
-    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    self, Auth, ErrorCode, Frame, Hello, PeerKind, ProtocolError, Request, Response, WireError,
+    AUTH_PROTOCOL_VERSION, MAX_IN_FLIGHT, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
+use crate::security::{token, Security, Token};
 
 /// Errors of data-plane calls.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -39,6 +42,10 @@ pub enum DataError {
     /// The node answered with an error.
     #[error("storage node {addr}: {error}")]
     Remote { addr: String, error: WireError },
+    /// The handshake did not authenticate: the node refused this side's proof, the node could
+    /// not prove it knows the cluster secret, or only one side has a token.
+    #[error("storage node {addr}: {reason}")]
+    Unauthorized { addr: String, reason: String },
 }
 
 impl DataError {
@@ -110,65 +117,72 @@ impl Drop for Connection {
 }
 
 impl Connection {
-    /// Connects to `addr` and shakes hands, within `timeout`.
+    /// Connects to `addr` and shakes hands, within `timeout`, in plaintext and without a
+    /// token (an open cluster).
     pub async fn connect(
         addr: &str,
         peer: PeerKind,
         name: &str,
         timeout: Duration,
     ) -> Result<Connection, DataError> {
-        Connection::connect_from(addr, None, peer, name, timeout).await
+        Connection::connect_from(addr, None, peer, name, &Security::default(), timeout).await
     }
 
     /// Like [`Connection::connect`], from local address `source` when one is given (see
-    /// [`Pool::with_source`]).
+    /// [`Pool::with_source`]), over TLS and with a proof of the token as `security` says.
     pub async fn connect_from(
         addr: &str,
         source: Option<IpAddr>,
         peer: PeerKind,
         name: &str,
+        security: &Security,
         timeout: Duration,
     ) -> Result<Connection, DataError> {
         let connect_err = |reason: String| DataError::Connect {
             addr: addr.to_string(),
             reason,
         };
-        let handshake = async {
-            let mut stream = open_stream(addr, source)
+        let connecting = async {
+            let tcp = open_stream(addr, source)
                 .await
                 .map_err(|e| connect_err(e.to_string()))?;
-            stream
-                .set_nodelay(true)
+            tcp.set_nodelay(true)
                 .map_err(|e| connect_err(e.to_string()))?;
-            let hello = Hello {
-                min_version: MIN_PROTOCOL_VERSION,
-                max_version: PROTOCOL_VERSION,
+            let greeting = Greeting {
+                addr,
                 peer,
-                name: name.to_string(),
+                name,
+                token: security.token.as_deref(),
             };
-            let mut buf = BytesMut::new();
-            proto::encode(&mut buf, 0, &Frame::Hello(hello));
-            stream
-                .write_all(&buf)
-                .await
-                .map_err(|e| connect_err(e.to_string()))?;
-            buf.clear();
-            let frame = read_frame(&mut stream, &mut buf)
-                .await
-                .map_err(|e| connect_err(format!("during the handshake: {e}")))?;
-            match frame {
-                Some((_, Frame::HelloOk(ok))) => Ok((stream, buf, ok.node)),
-                Some((_, Frame::Response(Response::Error(error)))) => {
-                    Err(connect_err(format!("handshake refused: {}", error.message)))
+            match &security.tls {
+                None => {
+                    let mut stream = tcp;
+                    let (leftover, node) = greeting.shake(&mut stream).await?;
+                    let (read, write) = stream.into_split();
+                    Ok(Connection::start(addr, read, write, leftover, node))
                 }
-                Some(_) => Err(connect_err("unexpected frame in the handshake".into())),
-                None => Err(connect_err("closed during the handshake".into())),
+                Some(tls) => {
+                    let mut stream = tls
+                        .connect(addr, tcp)
+                        .await
+                        .map_err(|e| connect_err(format!("TLS: {e}")))?;
+                    let (leftover, node) = greeting.shake(&mut stream).await?;
+                    let (read, write) = tokio::io::split(stream);
+                    Ok(Connection::start(addr, read, write, leftover, node))
+                }
             }
         };
-        let (stream, leftover, node) = tokio::time::timeout(timeout, handshake)
+        tokio::time::timeout(timeout, connecting)
             .await
-            .map_err(|_| connect_err(format!("no handshake within {timeout:?}")))??;
-        let (read, write) = stream.into_split();
+            .map_err(|_| connect_err(format!("no handshake within {timeout:?}")))?
+    }
+
+    /// Starts the reader and writer tasks of a connection whose handshake is done.
+    fn start<R, W>(addr: &str, read: R, write: W, leftover: BytesMut, node: String) -> Connection
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let shared = Arc::new(Shared {
             addr: addr.to_string(),
             pending: std::sync::Mutex::new(Pending::Open(HashMap::new())),
@@ -178,14 +192,14 @@ impl Connection {
             let shared = shared.clone();
             FrameWriter::spawn(write, move |e| shared.close(format!("write failed: {e}")))
         };
-        Ok(Connection {
+        Connection {
             shared,
             frames,
             next_id: AtomicU64::new(1),
             slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
             node,
             reader,
-        })
+        }
     }
 
     /// The storage node's id, from the handshake.
@@ -336,8 +350,8 @@ pub struct FrameWriter {
 impl FrameWriter {
     /// Starts the writer task; `on_error` runs once if a write fails (the task then stops). The
     /// task ends by itself when the `FrameWriter` is dropped, after sending what is queued.
-    pub fn spawn(
-        mut write: OwnedWriteHalf,
+    pub fn spawn<W: AsyncWrite + Unpin + Send + 'static>(
+        mut write: W,
         on_error: impl FnOnce(io::Error) + Send + 'static,
     ) -> FrameWriter {
         let (frames, mut queued) = mpsc::unbounded_channel::<Bytes>();
@@ -353,7 +367,13 @@ impl FrameWriter {
                         Err(_) => break,
                     }
                 }
-                if let Err(e) = write_all_vectored(&mut write, &mut batch).await {
+                // TLS keeps what the socket did not take at once until the next write or a
+                // flush; over TCP the flush costs nothing.
+                let written = match write_all_vectored(&mut write, &mut batch).await {
+                    Ok(()) => write.flush().await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = written {
                     on_error(e);
                     return;
                 }
@@ -375,8 +395,8 @@ impl FrameWriter {
     }
 }
 
-async fn write_all_vectored(
-    write: &mut OwnedWriteHalf,
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    write: &mut W,
     batch: &mut VecDeque<Bytes>,
 ) -> io::Result<()> {
     while !batch.is_empty() {
@@ -403,11 +423,134 @@ async fn write_all_vectored(
     Ok(())
 }
 
+/// The connecting side's half of the handshake (`docs/protocol.md`).
+struct Greeting<'a> {
+    addr: &'a str,
+    peer: PeerKind,
+    name: &'a str,
+    token: Option<&'a Token>,
+}
+
+impl Greeting<'_> {
+    /// Sends the hello, answers a challenge and checks the node's proof. Returns the bytes read
+    /// past the handshake and the node's id.
+    async fn shake<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        stream: &mut S,
+    ) -> Result<(BytesMut, String), DataError> {
+        let hello = Hello {
+            min_version: MIN_PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
+            peer: self.peer,
+            name: self.name.to_string(),
+        };
+        let mut buf = BytesMut::new();
+        self.send(stream, &Frame::Hello(hello)).await?;
+        let ok = match self.receive(stream, &mut buf).await? {
+            Frame::HelloOk(ok) => ok,
+            other => return Err(self.unexpected(&other)),
+        };
+        match (self.token, ok.challenge) {
+            (None, None) => Ok((buf, ok.node)),
+            (None, Some(_)) => Err(self.unauthorized(
+                "the node requires authentication: give this process the cluster's token \
+                 (--token-file)",
+            )),
+            (Some(_), None) if ok.version < AUTH_PROTOCOL_VERSION => {
+                Err(self.unauthorized(format!(
+                    "the node speaks protocol version {}, which cannot authenticate; upgrade it",
+                    ok.version
+                )))
+            }
+            (Some(_), None) => Err(self.unauthorized(
+                "the node does not authenticate (it runs without --token-file): it cannot prove \
+                 it belongs to this cluster",
+            )),
+            (Some(token), Some(server_nonce)) => {
+                let nonce = token::nonce();
+                let proof = token.client_proof(&server_nonce, &nonce, self.peer, self.name);
+                self.send(stream, &Frame::Auth(Auth { nonce, proof }))
+                    .await?;
+                match self.receive(stream, &mut buf).await? {
+                    Frame::AuthOk(answer)
+                        if token.verify_server_proof(
+                            &nonce,
+                            &server_nonce,
+                            &ok.node,
+                            &answer.proof,
+                        ) =>
+                    {
+                        Ok((buf, ok.node))
+                    }
+                    Frame::AuthOk(_) => Err(self.unauthorized(
+                        "the node's proof is wrong: it does not hold this cluster's token",
+                    )),
+                    other => Err(self.unexpected(&other)),
+                }
+            }
+        }
+    }
+
+    async fn send<S: AsyncWrite + Unpin>(
+        &self,
+        stream: &mut S,
+        frame: &Frame,
+    ) -> Result<(), DataError> {
+        let mut out = BytesMut::new();
+        proto::encode(&mut out, 0, frame);
+        let sent = match stream.write_all(&out).await {
+            Ok(()) => stream.flush().await,
+            Err(e) => Err(e),
+        };
+        sent.map_err(|e| self.connect_err(e.to_string()))
+    }
+
+    async fn receive<S: AsyncRead + Unpin>(
+        &self,
+        stream: &mut S,
+        buf: &mut BytesMut,
+    ) -> Result<Frame, DataError> {
+        match read_frame(stream, buf).await {
+            Ok(Some((_, frame))) => Ok(frame),
+            Ok(None) => Err(self.connect_err("closed during the handshake".into())),
+            Err(e) => Err(self.connect_err(format!("during the handshake: {e}"))),
+        }
+    }
+
+    /// A refusal or an unexpected frame in the handshake.
+    fn unexpected(&self, frame: &Frame) -> DataError {
+        match frame {
+            Frame::Response(Response::Error(error)) if error.code == ErrorCode::Unauthorized => {
+                self.unauthorized(format!("refused: {}", error.message))
+            }
+            Frame::Response(Response::Error(error)) => DataError::Remote {
+                addr: self.addr.to_string(),
+                error: error.clone(),
+            },
+            _ => self.connect_err("unexpected frame in the handshake".into()),
+        }
+    }
+
+    fn unauthorized(&self, reason: impl Into<String>) -> DataError {
+        DataError::Unauthorized {
+            addr: self.addr.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    fn connect_err(&self, reason: String) -> DataError {
+        DataError::Connect {
+            addr: self.addr.to_string(),
+            reason,
+        }
+    }
+}
+
 fn protocol_io(e: ProtocolError) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
-async fn read_responses(mut read: OwnedReadHalf, mut buf: BytesMut, shared: Arc<Shared>) {
+async fn read_responses<R: AsyncRead + Unpin>(mut read: R, mut buf: BytesMut, shared: Arc<Shared>) {
     let reason = loop {
         match read_frame(&mut read, &mut buf).await {
             Ok(Some((id, Frame::Response(response)))) => {
@@ -453,7 +596,10 @@ async fn open_stream(addr: &str, source: Option<IpAddr>) -> io::Result<TcpStream
         }
     }
     Err(last.unwrap_or_else(|| {
-        io::Error::new(io::ErrorKind::NotFound, format!("{addr} resolves to no address"))
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{addr} resolves to no address"),
+        )
     }))
 }
 
@@ -468,6 +614,7 @@ pub struct Pool {
     connect_timeout: Duration,
     /// The local address connections are opened from; `None` lets the system choose.
     source: Option<IpAddr>,
+    security: Security,
     entries: std::sync::Mutex<HashMap<String, PoolEntry>>,
 }
 
@@ -494,8 +641,15 @@ impl Pool {
             name: name.to_string(),
             connect_timeout,
             source: None,
+            security: Security::default(),
             entries: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Opens every connection over TLS and with a proof of the token, as `security` says.
+    pub fn with_security(mut self, security: Security) -> Pool {
+        self.security = security;
+        self
     }
 
     /// Opens every connection from local address `source` (port chosen by the system), so that
@@ -538,6 +692,7 @@ impl Pool {
             self.source,
             self.peer,
             &self.name,
+            &self.security,
             self.connect_timeout,
         )
         .await

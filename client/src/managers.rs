@@ -17,6 +17,7 @@ use crate::api::{
     ApiError, ClusterStatus, CreateVolumeRequest, ErrorCode, HeartbeatRequest, HeartbeatResponse,
     NodeStatus, Notification, NotificationResponse, RegisterNodeRequest, VolumeList, VolumeMap,
 };
+use crate::security::Security;
 use crate::types::NodeId;
 
 /// How long one request to one member may take by default.
@@ -46,6 +47,9 @@ impl ManagerError {
 pub struct Managers {
     addrs: Vec<String>,
     http: reqwest::Client,
+    /// The token and TLS settings requests use; volumes opened through these managers use them
+    /// on the data plane too.
+    security: Security,
     /// The member to try first: the one that answered last.
     preferred: AtomicUsize,
 }
@@ -57,7 +61,8 @@ impl std::fmt::Debug for Managers {
 }
 
 impl Managers {
-    /// `list` is `HOST:PORT[,HOST:PORT...]` (an `http://` prefix is allowed).
+    /// `list` is `HOST:PORT[,HOST:PORT...]` (an `http://` prefix is allowed), for an open
+    /// cluster in plaintext.
     pub fn parse(list: &str, timeout: Duration) -> Result<Managers, String> {
         Managers::parse_from(list, timeout, None)
     }
@@ -69,16 +74,43 @@ impl Managers {
         timeout: Duration,
         source: Option<std::net::IpAddr>,
     ) -> Result<Managers, String> {
+        Managers::parse_secured(list, timeout, source, Security::default())
+    }
+
+    /// Like [`Managers::parse_from`], sending the token and speaking TLS as `security` says.
+    /// With TLS on, addresses may carry an `https://` prefix; `http://` is refused, as is
+    /// `https://` without TLS settings (`--tls-ca`).
+    pub fn parse_secured(
+        list: &str,
+        timeout: Duration,
+        source: Option<std::net::IpAddr>,
+        security: Security,
+    ) -> Result<Managers, String> {
+        let scheme = security.scheme();
         let addrs: Vec<String> = list
             .split(',')
             .map(|a| {
-                a.trim()
-                    .trim_start_matches("http://")
-                    .trim_end_matches('/')
-                    .to_string()
+                let a = a.trim();
+                let bare = match a.split_once("://") {
+                    Some((given, rest)) if given == scheme => rest,
+                    Some(("https", _)) => {
+                        return Err(format!(
+                            "manager address {a:?} asks for TLS: give the cluster's CA \
+                             (--tls-ca)"
+                        ))
+                    }
+                    Some((given, _)) => {
+                        return Err(format!(
+                            "manager address {a:?}: {given}:// does not fit, this client \
+                             speaks {scheme}:// (https:// with --tls-ca)"
+                        ))
+                    }
+                    None => a,
+                };
+                Ok(bare.trim_end_matches('/').to_string())
             })
-            .filter(|a| !a.is_empty())
-            .collect();
+            .filter(|a| !matches!(a, Ok(a) if a.is_empty()))
+            .collect::<Result<_, String>>()?;
         if addrs.is_empty() {
             return Err(
                 "no manager addresses given (use --managers HOST:PORT,... or VBS_MANAGERS)".into(),
@@ -90,22 +122,30 @@ impl Managers {
                 return Err(format!("manager address {addr:?} is not HOST:PORT"));
             }
         }
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .no_proxy()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(2)))
-            .local_address(source)
+            .local_address(source);
+        let http = security
+            .http_client(builder)
             .build()
             .map_err(|e| format!("building the HTTP client: {e}"))?;
         Ok(Managers {
             addrs,
             http,
+            security,
             preferred: AtomicUsize::new(0),
         })
     }
 
     pub fn addrs(&self) -> &[String] {
         &self.addrs
+    }
+
+    /// The token and TLS settings these managers are reached with.
+    pub fn security(&self) -> &Security {
+        &self.security
     }
 
     async fn request<B: Serialize, T: DeserializeOwned>(
@@ -122,7 +162,7 @@ impl Managers {
                 let addr = &self.addrs[index];
                 let mut request = self
                     .http
-                    .request(method.clone(), format!("http://{addr}{path}"));
+                    .request(method.clone(), self.security.url(addr, path));
                 if let Some(body) = body {
                     request = request.json(body);
                 }
@@ -240,8 +280,35 @@ fn describe(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         "timed out".into()
     } else if e.is_connect() {
-        "connection refused or unreachable".into()
+        // A TLS failure (unknown CA, wrong host name, a plaintext server) is a connect error
+        // too: say what it was.
+        let mut innermost = std::error::Error::source(e);
+        while let Some(deeper) = innermost.and_then(std::error::Error::source) {
+            innermost = Some(deeper);
+        }
+        match innermost {
+            Some(cause) => format!("cannot connect: {cause}"),
+            None => "connection refused or unreachable".into(),
+        }
     } else {
         e.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_may_name_the_scheme_this_client_speaks() {
+        let timeout = Duration::from_secs(1);
+        let managers = Managers::parse("http://a:1, b:2/", timeout).unwrap();
+        assert_eq!(managers.addrs(), ["a:1", "b:2"]);
+        let tls = Managers::parse("https://a:1", timeout).unwrap_err();
+        assert!(tls.contains("--tls-ca"), "{tls}");
+        let other = Managers::parse("ftp://a:1", timeout).unwrap_err();
+        assert!(other.contains("ftp://"), "{other}");
+        let port = Managers::parse("a", timeout).unwrap_err();
+        assert!(port.contains("HOST:PORT"), "{port}");
     }
 }

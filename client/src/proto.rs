@@ -23,8 +23,15 @@ pub const MAX_IN_FLIGHT: usize = 256;
 
 pub const PROTOCOL_MAGIC: [u8; 8] = *b"VBSDATA\0";
 /// Versions this build speaks. The handshake settles on the highest both sides know.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version 2 added authentication ([`Auth`]); a node that requires it refuses version 1.
+pub const PROTOCOL_VERSION: u16 = 2;
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
+/// The first version whose handshake can authenticate.
+pub const AUTH_PROTOCOL_VERSION: u16 = 2;
+/// Bytes of each side's random nonce in the authentication step.
+pub const AUTH_NONCE_BYTES: usize = 32;
+/// Bytes of a proof: an HMAC-SHA256.
+pub const AUTH_PROOF_BYTES: usize = 32;
 const MAX_NAME_BYTES: usize = 255;
 
 const _: () = assert!(MAX_IO_BYTES as usize + 1024 <= MAX_FRAME_BYTES);
@@ -34,6 +41,8 @@ const _: () = assert!(MAX_IO_BYTES % BLOCK_BYTES == 0);
 mod kind {
     pub const HELLO: u8 = 0x01;
     pub const HELLO_OK: u8 = 0x02;
+    pub const AUTH: u8 = 0x03;
+    pub const AUTH_OK: u8 = 0x04;
     pub const READ: u8 = 0x10;
     pub const WRITE: u8 = 0x11;
     pub const FLUSH: u8 = 0x12;
@@ -75,6 +84,24 @@ pub struct HelloOk {
     pub version: u16,
     /// The storage node's id.
     pub node: String,
+    /// From version 2: the node's nonce when it requires authentication, to be answered with
+    /// [`Auth`] before any request. `None`: the node is open (and cannot prove anything).
+    pub challenge: Option<[u8; AUTH_NONCE_BYTES]>,
+}
+
+/// The connecting side's answer to a challenge: its own nonce and the proof that it knows the
+/// cluster secret (`client::security::Token::client_proof`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Auth {
+    pub nonce: [u8; AUTH_NONCE_BYTES],
+    pub proof: [u8; AUTH_PROOF_BYTES],
+}
+
+/// The node's proof back, over both nonces the other way round: the connecting side learns it
+/// talks to a member of the cluster, not to whoever answered on the address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthOk {
+    pub proof: [u8; AUTH_PROOF_BYTES],
 }
 
 /// One record of a unit's log, as replication, resend and catch-up carry it.
@@ -223,6 +250,8 @@ pub enum ErrorCode {
     UnknownUnit = 10,
     /// A failure inside the node (disk error).
     Internal = 11,
+    /// The handshake did not authenticate (no proof, or a wrong one). The connection is closed.
+    Unauthorized = 12,
 }
 
 impl ErrorCode {
@@ -240,6 +269,7 @@ impl ErrorCode {
             9 => BadRequest,
             10 => UnknownUnit,
             11 => Internal,
+            12 => Unauthorized,
             _ => return None,
         })
     }
@@ -308,6 +338,8 @@ pub enum Response {
 pub enum Frame {
     Hello(Hello),
     HelloOk(HelloOk),
+    Auth(Auth),
+    AuthOk(AuthOk),
     Request(Request),
     Response(Response),
 }
@@ -336,6 +368,8 @@ pub fn encode(out: &mut BytesMut, id: u64, frame: &Frame) {
     let kind = match frame {
         Frame::Hello(_) => kind::HELLO,
         Frame::HelloOk(_) => kind::HELLO_OK,
+        Frame::Auth(_) => kind::AUTH,
+        Frame::AuthOk(_) => kind::AUTH_OK,
         Frame::Request(request) => match request {
             Request::Read { .. } => kind::READ,
             Request::Write { .. } => kind::WRITE,
@@ -370,7 +404,23 @@ pub fn encode(out: &mut BytesMut, id: u64, frame: &Frame) {
         Frame::HelloOk(ok) => {
             out.put_u16_le(ok.version);
             put_name(out, &ok.node);
+            if ok.version >= AUTH_PROTOCOL_VERSION {
+                match &ok.challenge {
+                    None => out.put_u8(0),
+                    Some(nonce) => {
+                        out.put_u8(1);
+                        out.put_slice(nonce);
+                    }
+                }
+            } else {
+                debug_assert!(ok.challenge.is_none(), "version 1 cannot carry a challenge");
+            }
         }
+        Frame::Auth(auth) => {
+            out.put_slice(&auth.nonce);
+            out.put_slice(&auth.proof);
+        }
+        Frame::AuthOk(ok) => out.put_slice(&ok.proof),
         Frame::Request(request) => encode_request(out, request),
         Frame::Response(response) => encode_response(out, response),
     }
@@ -566,6 +616,13 @@ impl Reader<'_> {
         Ok(self.body.split_to(n))
     }
 
+    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], ProtocolError> {
+        self.need(N, what)?;
+        let mut out = [0u8; N];
+        self.body.copy_to_slice(&mut out);
+        Ok(out)
+    }
+
     fn name(&mut self) -> Result<String, ProtocolError> {
         let n = self.u8("name length")? as usize;
         let bytes = self.bytes(n, "name")?;
@@ -655,11 +712,30 @@ fn decode_body(kind: u8, body: &mut Bytes) -> Result<Frame, ProtocolError> {
         }
         kind::HELLO_OK => {
             let version = r.u16("version")?;
+            let node = r.name()?;
+            // Version 1 ends with the name; later versions say whether they authenticate.
+            let challenge = if version >= AUTH_PROTOCOL_VERSION {
+                match r.u8("authentication")? {
+                    0 => None,
+                    1 => Some(r.array("challenge nonce")?),
+                    _ => return Err(malformed(kind, "unknown authentication kind")),
+                }
+            } else {
+                None
+            };
             Frame::HelloOk(HelloOk {
                 version,
-                node: r.name()?,
+                node,
+                challenge,
             })
         }
+        kind::AUTH => Frame::Auth(Auth {
+            nonce: r.array("nonce")?,
+            proof: r.array("proof")?,
+        }),
+        kind::AUTH_OK => Frame::AuthOk(AuthOk {
+            proof: r.array("proof")?,
+        }),
         kind::READ
         | kind::WRITE
         | kind::FLUSH
@@ -835,6 +911,24 @@ mod tests {
             Frame::HelloOk(HelloOk {
                 version: 1,
                 node: "n2".into(),
+                challenge: None,
+            }),
+            Frame::HelloOk(HelloOk {
+                version: 2,
+                node: "n2".into(),
+                challenge: None,
+            }),
+            Frame::HelloOk(HelloOk {
+                version: 2,
+                node: "n2".into(),
+                challenge: Some([7; AUTH_NONCE_BYTES]),
+            }),
+            Frame::Auth(Auth {
+                nonce: [1; AUTH_NONCE_BYTES],
+                proof: [2; AUTH_PROOF_BYTES],
+            }),
+            Frame::AuthOk(AuthOk {
+                proof: [3; AUTH_PROOF_BYTES],
             }),
             Frame::Request(Request::Read {
                 unit: unit(),
@@ -898,6 +992,10 @@ mod tests {
                 WireError::new(ErrorCode::StaleGeneration, "slice 7.3 is at generation 4")
                     .with_detail(4),
             )),
+            Frame::Response(Response::Error(WireError::new(
+                ErrorCode::Unauthorized,
+                "authentication failed",
+            ))),
         ] {
             round_trip(frame);
         }
@@ -962,6 +1060,60 @@ mod tests {
         buf[..4].copy_from_slice(&length.to_le_bytes());
         assert!(matches!(
             decode(&mut buf),
+            Err(ProtocolError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn hello_answers_say_whether_the_node_authenticates_from_version_2_on() {
+        // A version 1 answer (an older node) ends with the node id.
+        let mut v1 = BytesMut::new();
+        v1.put_u32_le(0);
+        v1.put_u8(kind::HELLO_OK);
+        v1.put_slice(&[0u8; 11]);
+        v1.put_u16_le(1);
+        put_name(&mut v1, "n1");
+        let length = (v1.len() - 4) as u32;
+        v1[..4].copy_from_slice(&length.to_le_bytes());
+        assert_eq!(
+            decode(&mut v1),
+            Ok(Some((
+                0,
+                Frame::HelloOk(HelloOk {
+                    version: 1,
+                    node: "n1".into(),
+                    challenge: None,
+                })
+            )))
+        );
+
+        let mut v2 = BytesMut::new();
+        let ok = HelloOk {
+            version: 2,
+            node: "n1".into(),
+            challenge: Some([9; AUTH_NONCE_BYTES]),
+        };
+        encode(&mut v2, 0, &Frame::HelloOk(ok));
+        let mode_at = FRAME_HEADER_BYTES + 2 + 1 + 2;
+        assert_eq!(v2[mode_at], 1);
+        v2[mode_at] = 7;
+        assert!(matches!(
+            decode(&mut v2),
+            Err(ProtocolError::Malformed { .. })
+        ));
+
+        // A cut-short proof is malformed, not a shorter proof.
+        let mut auth = BytesMut::new();
+        let frame = Frame::Auth(Auth {
+            nonce: [1; AUTH_NONCE_BYTES],
+            proof: [2; AUTH_PROOF_BYTES],
+        });
+        encode(&mut auth, 0, &frame);
+        auth.truncate(auth.len() - 1);
+        let length = (auth.len() - 4) as u32;
+        auth[..4].copy_from_slice(&length.to_le_bytes());
+        assert!(matches!(
+            decode(&mut auth),
             Err(ProtocolError::Malformed { .. })
         ));
     }

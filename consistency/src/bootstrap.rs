@@ -49,14 +49,16 @@ pub fn decide(
 
 /// Asks every other peer what it knows; a peer that does not answer within a second is left out
 /// (at the first start of a cluster the others may not be up yet).
+/// `scheme` is `http` or `https`.
 pub async fn probe_peers(
     id: RaftId,
     peers: &BTreeMap<RaftId, String>,
     client: &reqwest::Client,
+    scheme: &str,
 ) -> Vec<(RaftId, ProbeReply)> {
     let mut replies = Vec::new();
     for (peer, addr) in peers.iter().filter(|(p, _)| **p != id) {
-        let url = format!("http://{addr}{PROBE_PATH}?id={id}");
+        let url = format!("{scheme}://{addr}{PROBE_PATH}?id={id}");
         let answer = client.get(url).timeout(Duration::from_secs(1)).send().await;
         match answer {
             Ok(response) if response.status().is_success() => match response.json().await {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use client::security::{Security, ServerArgs};
 use client::size::parse_duration;
 
 use crate::decide::liveness::LeaseConfig;
@@ -54,6 +55,8 @@ pub struct Args {
     /// re-created on other nodes.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub grace: Duration,
+    #[command(flatten)]
+    pub security: ServerArgs,
 }
 
 /// Default of `--grace`: long enough to ride out a reboot or a short maintenance without copying
@@ -108,11 +111,14 @@ pub struct Config {
     pub commit_timeout: Duration,
     /// How long a node stays down before its copies are re-created elsewhere.
     pub grace: Duration,
+    /// The cluster token and TLS settings, for the API, Raft traffic and forwarding.
+    pub security: Security,
 }
 
 impl Args {
     pub fn into_config(self) -> Result<Config, String> {
         check_addr(&self.listen).map_err(|e| format!("--listen: {e}"))?;
+        let security = self.security.load().map_err(|e| e.to_string())?;
         let config = Config {
             id: self.id,
             data_dir: self.data_dir,
@@ -128,6 +134,7 @@ impl Args {
             },
             commit_timeout: self.commit_timeout,
             grace: self.grace,
+            security,
         };
         config.validate()?;
         Ok(config)
@@ -152,6 +159,7 @@ impl Config {
             },
             commit_timeout: Duration::from_secs(3),
             grace: DEFAULT_GRACE,
+            security: Security::default(),
         }
     }
 

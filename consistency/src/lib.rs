@@ -17,9 +17,12 @@
 //! - [`bootstrap`]: how a replica starts (resume, initialize, wait, or refuse).
 //! - [`config`]: command-line arguments and settings.
 //! - [`server`]: [`run`], which wires it all to a listener.
+//! - `bugs` (feature `bugs` only): deliberate bugs for the fault-injection suite to catch.
 
 pub mod api;
 pub mod bootstrap;
+#[cfg(feature = "bugs")]
+pub mod bugs;
 pub mod config;
 pub mod decide;
 pub mod detector;

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use client::security::Rejections;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
 use parking_lot::Mutex;
@@ -40,6 +41,8 @@ pub struct Manager {
     pub state: SharedState,
     /// HTTP client for requests forwarded to the leader (Raft traffic has its own).
     pub forward_client: reqwest::Client,
+    /// Requests and connections refused for their credentials (`vbs_auth_rejected_total`).
+    pub rejections: Arc<Rejections>,
     memory: Mutex<Option<LeaderMemory>>,
     /// Serializes the decisions that place copies (volume creation, drains, re-replication), so
     /// that two of them do not both count the same free space.
@@ -63,6 +66,7 @@ impl Manager {
             log,
             state,
             forward_client,
+            rejections: Arc::default(),
             memory: Mutex::new(None),
             placement_lock: tokio::sync::Mutex::new(()),
             caught_up_term: AtomicU64::new(0),

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use client::security::Security;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
 };
@@ -26,20 +27,21 @@ pub const VOTE_PATH: &str = "/raft/vote";
 pub const SNAPSHOT_PATH: &str = "/raft/snapshot";
 
 /// Builds the HTTP client for Raft traffic between managers: no proxies, short connect timeout,
-/// idle connections kept so that heartbeats do not reconnect.
-/// Requests leave from `source` when given (the manager's listen address, see
-/// `client::conn::source_of`).
+/// idle connections kept so that heartbeats do not reconnect; the token on every request and
+/// TLS as `security` says. Requests leave from `source` when given (the manager's listen
+/// address, see `client::conn::source_of`).
 pub fn raft_http_client(
     connect_timeout: Duration,
     source: Option<std::net::IpAddr>,
+    security: &Security,
 ) -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .no_proxy()
         .connect_timeout(connect_timeout)
         .local_address(source)
         .pool_max_idle_per_host(4)
-        .tcp_nodelay(true)
-        .build()
+        .tcp_nodelay(true);
+    security.http_client(builder).build()
 }
 
 /// Everything of an [`InstallSnapshotRequest`] but its bytes.
@@ -94,6 +96,8 @@ pub fn decode_snapshot_chunk(body: &[u8]) -> Result<InstallSnapshotRequest<TypeC
 pub struct Network {
     pub id: RaftId,
     pub client: reqwest::Client,
+    /// `http`, or `https` with TLS on.
+    pub scheme: &'static str,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -105,6 +109,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             node: node.clone(),
             client: self.client.clone(),
+            scheme: self.scheme,
         }
     }
 }
@@ -115,6 +120,7 @@ pub struct PeerClient {
     target: RaftId,
     node: ManagerNode,
     client: reqwest::Client,
+    scheme: &'static str,
 }
 
 type RpcError<E> = RPCError<RaftId, ManagerNode, RaftError<RaftId, E>>;
@@ -132,7 +138,7 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let url = format!("http://{}{path}", self.node.addr);
+        let url = format!("{}://{}{path}", self.scheme, self.node.addr);
         let transport = |e: reqwest::Error| -> RpcError<E> {
             if e.is_timeout() {
                 RPCError::Timeout(Timeout {

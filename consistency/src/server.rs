@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use client::security::http::TlsListener;
 use openraft::storage::RaftLogStorage;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -36,16 +37,23 @@ pub async fn run(
     let empty =
         log.read_vote().await?.is_none() && log.get_log_state().await?.last_log_id.is_none();
 
+    let security = config.security.clone();
+    for warning in security.server_warnings() {
+        tracing::warn!(id = config.id, "{warning}");
+    }
     // Requests to other managers leave from the listen address, as a storage node's do.
     let source = client::conn::source_of(listener.local_addr()?);
-    let forward_client = reqwest::Client::builder()
-        .no_proxy()
-        .connect_timeout(Duration::from_secs(1))
-        .local_address(source)
+    let forward_client = security
+        .http_client(
+            reqwest::Client::builder()
+                .no_proxy()
+                .connect_timeout(Duration::from_secs(1))
+                .local_address(source),
+        )
         .build()
         .context("building the HTTP client")?;
     let replies = if empty {
-        bootstrap::probe_peers(config.id, &config.peers, &forward_client).await
+        bootstrap::probe_peers(config.id, &config.peers, &forward_client, security.scheme()).await
     } else {
         Vec::new()
     };
@@ -61,7 +69,9 @@ pub async fn run(
     );
     let network = Network {
         id: config.id,
-        client: raft_http_client(Duration::from_millis(500), source).context("building the Raft client")?,
+        client: raft_http_client(Duration::from_millis(500), source, &security)
+            .context("building the Raft client")?,
+        scheme: security.scheme(),
     };
     let state = state_machine.shared();
     let raft = Raft::new(config.id, raft_config, network, log.clone(), state_machine)
@@ -83,12 +93,26 @@ pub async fn run(
     let (stop, stopped) = watch::channel(false);
     let detector = tokio::spawn(detector::run(manager.clone(), stopped.clone()));
     let mut server_stopped = stopped.clone();
-    let server = axum::serve(listener, api::router(manager.clone()))
-        .with_graceful_shutdown(async move {
-            let _ = server_stopped.wait_for(|s| *s).await;
-        })
-        .into_future();
-    let server = tokio::spawn(server);
+    let until_stopped = async move {
+        let _ = server_stopped.wait_for(|s| *s).await;
+    };
+    let router = api::router(manager.clone());
+    let server = match &security.tls {
+        None => tokio::spawn(
+            axum::serve(listener, router)
+                .with_graceful_shutdown(until_stopped)
+                .into_future(),
+        ),
+        Some(tls) => {
+            let listener = TlsListener::new(listener, tls.clone(), manager.rejections.clone())
+                .context("serving TLS")?;
+            tokio::spawn(
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(until_stopped)
+                    .into_future(),
+            )
+        }
+    };
 
     if start == Start::Initialize {
         match raft.initialize(members).await {

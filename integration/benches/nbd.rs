@@ -30,7 +30,11 @@ impl Drop for Server {
 
 async fn listening(port: u16) -> anyhow::Result<()> {
     wait_until("a server to listen", Duration::from_secs(30), || async {
-        Ok::<_, anyhow::Error>(std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ()))
+        Ok::<_, anyhow::Error>(
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(|_| ()),
+        )
     })
     .await
 }
@@ -58,7 +62,13 @@ fn raw_file(path: &std::path::Path, bytes: u64) -> anyhow::Result<()> {
 }
 
 /// `qemu-img bench` against `url`; returns operations per second and MB/s.
-fn bench(url: &str, size: &str, count: u32, depth: u32, flush_every: Option<u32>) -> anyhow::Result<(f64, f64)> {
+fn bench(
+    url: &str,
+    size: &str,
+    count: u32,
+    depth: u32,
+    flush_every: Option<u32>,
+) -> anyhow::Result<(f64, f64)> {
     let mut cmd = Command::new("qemu-img");
     cmd.args(["bench", "-f", "raw", "-t", "none", "-w", "-s", size])
         .args(["-c", &count.to_string(), "-d", &depth.to_string()]);
@@ -67,12 +77,21 @@ fn bench(url: &str, size: &str, count: u32, depth: u32, flush_every: Option<u32>
     }
     let out = cmd.arg(url).output().context("qemu-img bench")?;
     if !out.status.success() {
-        bail!("qemu-img bench {url}: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "qemu-img bench {url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let seconds: f64 = text
         .lines()
-        .find_map(|l| l.strip_prefix("Run completed in ")?.split_whitespace().next()?.parse().ok())
+        .find_map(|l| {
+            l.strip_prefix("Run completed in ")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
         .with_context(|| format!("no run time in {text}"))?;
     let bytes = client::size::parse_size(size).map_err(anyhow::Error::msg)? * u64::from(count);
     Ok((f64::from(count) / seconds, bytes as f64 / seconds / 1e6))
@@ -80,9 +99,23 @@ fn bench(url: &str, size: &str, count: u32, depth: u32, flush_every: Option<u32>
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cluster = Cluster::start(ClusterOptions { storage_nodes: 3, storage_args: Vec::new(), ..ClusterOptions::default() })?;
+    let cluster = Cluster::start(ClusterOptions {
+        storage_nodes: 3,
+        storage_args: Vec::new(),
+        ..ClusterOptions::default()
+    })?;
     cluster.wait_for_storage_up(Duration::from_secs(60)).await?;
-    let out = cluster.vbs(&["volume", "create", "cmp", "--size", "2G", "--replicas", "2", "--slice-size", "2G"])?;
+    let out = cluster.vbs(&[
+        "volume",
+        "create",
+        "cmp",
+        "--size",
+        "2G",
+        "--replicas",
+        "2",
+        "--slice-size",
+        "2G",
+    ])?;
     if !out.status.success() {
         bail!("{}", String::from_utf8_lossy(&out.stderr));
     }
@@ -91,38 +124,76 @@ async fn main() -> anyhow::Result<()> {
 
     let port = free_port()?;
     let child = Command::new(integration::binaries::binary("vbs")?)
-        .args(["--managers", &cluster.managers_arg(), "nbd", "cmp", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--managers",
+            &cluster.managers_arg(),
+            "nbd",
+            "cmp",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    servers.push(Server { name: "vbs nbd, replicas 2", url: format!("nbd://127.0.0.1:{port}/cmp"), child });
+    servers.push(Server {
+        name: "vbs nbd, replicas 2",
+        url: format!("nbd://127.0.0.1:{port}/cmp"),
+        child,
+    });
     listening(port).await?;
 
     let qemu_file = dir.join("qemu-nbd.img");
     raw_file(&qemu_file, 2 << 30)?;
     let port = free_port()?;
     let child = Command::new("qemu-nbd")
-        .args(["-f", "raw", "--cache=none", "--aio=threads", "--persistent", "-x", "cmp", "-b", "127.0.0.1"])
+        .args([
+            "-f",
+            "raw",
+            "--cache=none",
+            "--aio=threads",
+            "--persistent",
+            "-x",
+            "cmp",
+            "-b",
+            "127.0.0.1",
+        ])
         .args(["-p", &port.to_string()])
         .arg(&qemu_file)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .context("qemu-nbd (qemu-utils)")?;
-    servers.push(Server { name: "qemu-nbd --cache=none", url: format!("nbd://127.0.0.1:{port}/cmp"), child });
+    servers.push(Server {
+        name: "qemu-nbd --cache=none",
+        url: format!("nbd://127.0.0.1:{port}/cmp"),
+        child,
+    });
     listening(port).await?;
 
     let nbdkit_file = dir.join("nbdkit.img");
     raw_file(&nbdkit_file, 2 << 30)?;
     let port = free_port()?;
     let child = Command::new("nbdkit")
-        .args(["-f", "-i", "127.0.0.1", "-p", &port.to_string(), "-e", "cmp", "file"])
+        .args([
+            "-f",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-e",
+            "cmp",
+            "file",
+        ])
         .arg(format!("file={}", nbdkit_file.display()))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .context("nbdkit (apt-get install nbdkit)")?;
-    servers.push(Server { name: "nbdkit file", url: format!("nbd://127.0.0.1:{port}/cmp"), child });
+    servers.push(Server {
+        name: "nbdkit file",
+        url: format!("nbd://127.0.0.1:{port}/cmp"),
+        child,
+    });
     listening(port).await?;
 
     println!("| server | 4k QD1, flush every write (IOPS) | 4k QD32, flush every 32 (IOPS) | 1M sequential QD8, flush every 8 (MB/s) |");

@@ -52,7 +52,12 @@ fn newest_source(dir: &Path, newest: &mut SystemTime) {
         } else if path
             .extension()
             // Assets compiled in with include_str! (the dashboard) count as sources too.
-            .is_some_and(|e| matches!(e.to_str(), Some("rs" | "toml" | "lock" | "html" | "css" | "js")))
+            .is_some_and(|e| {
+                matches!(
+                    e.to_str(),
+                    Some("rs" | "toml" | "lock" | "html" | "css" | "js")
+                )
+            })
         {
             if let Ok(modified) = entry.metadata().and_then(|m| m.modified()) {
                 *newest = (*newest).max(modified);

@@ -1,7 +1,7 @@
 //! A cluster of real vbs processes on loopback, each with its own data directory and log.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::binaries::binary;
+use crate::credentials::Credentials;
 use crate::process::Process;
 use crate::wait::wait_until;
 
@@ -29,6 +30,60 @@ pub struct ClusterOptions {
     pub storage_nodes: u64,
     /// Extra `vbs-storage` arguments.
     pub storage_args: Vec<String>,
+    /// Where the processes listen (and, since they connect from their listen address, where
+    /// their connections come from).
+    pub addresses: Addresses,
+    /// Extra environment variables of every manager.
+    pub manager_env: Vec<(String, String)>,
+    /// The `vbs-manager` binary to run instead of the workspace's default build.
+    pub manager_binary: Option<PathBuf>,
+    /// Extra environment variables of every storage node.
+    pub storage_env: Vec<(String, String)>,
+    /// The `vbs-storage` binary to run instead of the workspace's default build (e.g. one built
+    /// with the `bugs` feature).
+    pub storage_binary: Option<PathBuf>,
+    /// Every process gets a token file: the cluster requires authentication.
+    pub token: bool,
+    /// Every process gets a certificate from a CA made for the test: the cluster speaks TLS.
+    pub tls: bool,
+}
+
+/// The loopback addresses a cluster's processes get.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Addresses {
+    /// Every process on 127.0.0.1 (on its own port).
+    Shared,
+    /// Each process on its own address, so that packet filters can cut them apart: manager `i`
+    /// on `127.0.0.{managers + i - 1}`, storage node `nK` on `127.0.0.{storage + K - 1}`.
+    Distinct { managers: u8, storage: u8 },
+}
+
+impl Addresses {
+    fn manager(self, id: u64) -> IpAddr {
+        match self {
+            Addresses::Shared => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            Addresses::Distinct { managers, .. } => loopback(managers, id),
+        }
+    }
+
+    fn storage(self, name: &str) -> IpAddr {
+        let number = name.strip_prefix('n').and_then(|n| n.parse::<u64>().ok());
+        match (self, number) {
+            (Addresses::Distinct { storage, .. }, Some(number)) => loopback(storage, number),
+            _ => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
+    }
+}
+
+/// `127.0.0.{base + index - 1}`.
+fn loopback(base: u8, index: u64) -> IpAddr {
+    let last = u64::from(base) + index - 1;
+    IpAddr::V4(Ipv4Addr::new(
+        127,
+        0,
+        0,
+        u8::try_from(last).expect("loopback address ranges are small"),
+    ))
 }
 
 impl Default for ClusterOptions {
@@ -39,13 +94,25 @@ impl Default for ClusterOptions {
             storage_nodes: 0,
             // Small segments: tests write megabytes, not gigabytes.
             storage_args: vec!["--segment-size".into(), "1M".into()],
+            addresses: Addresses::Shared,
+            manager_env: Vec::new(),
+            manager_binary: None,
+            storage_env: Vec::new(),
+            storage_binary: None,
+            token: false,
+            tls: false,
         }
     }
 }
 
 /// A free port on 127.0.0.1 (bound, then released for the process to take).
 pub fn free_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
+    free_port_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+/// A free port on `ip` (bound, then released for the process to take).
+pub fn free_port_on(ip: IpAddr) -> anyhow::Result<u16> {
+    let listener = TcpListener::bind((ip, 0)).context("binding a free port")?;
     Ok(listener.local_addr()?.port())
 }
 
@@ -58,25 +125,38 @@ pub struct Cluster {
     manager_addrs: BTreeMap<u64, String>,
     storage: BTreeMap<String, Process>,
     storage_addrs: BTreeMap<String, String>,
+    addresses: Addresses,
+    storage_env: Vec<(String, String)>,
+    storage_binary: Option<PathBuf>,
+    credentials: Credentials,
 }
 
 impl Cluster {
     /// Starts `options.managers` managers (ids 1..=n) on free ports.
     pub fn start(options: ClusterOptions) -> anyhow::Result<Cluster> {
         let dir = tempfile::Builder::new().prefix("vbs-test-").tempdir()?;
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(REQUEST_TIMEOUT)
+        let credentials = Credentials::create(dir.path(), options.token, options.tls)?;
+        let http = credentials
+            .security()?
+            .http_client(
+                reqwest::Client::builder()
+                    .no_proxy()
+                    .timeout(REQUEST_TIMEOUT),
+            )
             .build()?;
         let mut manager_addrs = BTreeMap::new();
         for id in 1..=options.managers {
-            manager_addrs.insert(id, format!("127.0.0.1:{}", free_port()?));
+            let ip = options.addresses.manager(id);
+            manager_addrs.insert(id, format!("{ip}:{}", free_port_on(ip)?));
         }
         let peers: Vec<String> = manager_addrs
             .iter()
             .map(|(id, a)| format!("{id}={a}"))
             .collect();
-        let program = binary("vbs-manager")?;
+        let program = match &options.manager_binary {
+            Some(program) => program.clone(),
+            None => binary("vbs-manager")?,
+        };
         let mut managers = BTreeMap::new();
         for (id, addr) in &manager_addrs {
             let data_dir = dir.path().join(format!("manager-{id}"));
@@ -90,11 +170,15 @@ impl Cluster {
                 "--peers".into(),
                 peers.join(","),
             ];
+            let name = format!("manager-{id}");
+            args.extend(credentials.server_args(&name, options.addresses.manager(*id))?);
             args.extend(options.manager_args.iter().cloned());
             let log = dir.path().join(format!("manager-{id}.log"));
+            let name = format!("manager-{id}");
+            let env = options.manager_env.clone();
             managers.insert(
                 *id,
-                Process::start(&format!("manager-{id}"), &program, args, log)?,
+                Process::start_with_env(&name, &program, args, env, log)?,
             );
         }
         let mut cluster = Cluster {
@@ -104,6 +188,10 @@ impl Cluster {
             manager_addrs,
             storage: BTreeMap::new(),
             storage_addrs: BTreeMap::new(),
+            addresses: options.addresses,
+            storage_env: options.storage_env.clone(),
+            storage_binary: options.storage_binary.clone(),
+            credentials,
         };
         for n in 1..=options.storage_nodes {
             cluster.add_storage_node(&format!("n{n}"), &options.storage_args)?;
@@ -113,7 +201,8 @@ impl Cluster {
 
     /// Starts a storage node `name` on a free port with its own data directory.
     pub fn add_storage_node(&mut self, name: &str, extra_args: &[String]) -> anyhow::Result<()> {
-        let addr = format!("127.0.0.1:{}", free_port()?);
+        let ip = self.addresses.storage(name);
+        let addr = format!("{ip}:{}", free_port_on(ip)?);
         let mut args = vec![
             "--id".to_string(),
             name.to_string(),
@@ -124,12 +213,22 @@ impl Cluster {
             "--managers".into(),
             self.managers_arg(),
         ];
+        args.extend(self.credentials.server_args(name, ip)?);
         args.extend(extra_args.iter().cloned());
         let log = self.dir.path().join(format!("{name}.log"));
-        let process = Process::start(name, &binary("vbs-storage")?, args, log)?;
+        let program = match &self.storage_binary {
+            Some(program) => program.clone(),
+            None => binary("vbs-storage")?,
+        };
+        let process = Process::start_with_env(name, &program, args, self.storage_env.clone(), log)?;
         self.storage.insert(name.to_string(), process);
         self.storage_addrs.insert(name.to_string(), addr);
         Ok(())
+    }
+
+    /// Whether storage node `name` is still running (it did not exit by itself).
+    pub fn storage_node_running(&self, name: &str) -> bool {
+        self.storage.get(name).is_some_and(Process::is_running)
     }
 
     pub fn storage_names(&self) -> Vec<String> {
@@ -138,6 +237,16 @@ impl Cluster {
 
     pub fn storage_addr(&self, name: &str) -> &str {
         &self.storage_addrs[name]
+    }
+
+    /// The address storage node `name` listens and connects from.
+    pub fn storage_ip(&self, name: &str) -> IpAddr {
+        self.addresses.storage(name)
+    }
+
+    /// The address manager `id` listens and connects from.
+    pub fn manager_ip(&self, id: u64) -> IpAddr {
+        self.addresses.manager(id)
     }
 
     pub fn storage_data_dir(&self, name: &str) -> PathBuf {
@@ -234,6 +343,7 @@ impl Cluster {
         use std::io::Write;
         use std::process::{Command, Stdio};
         let mut child = Command::new(binary("vbs")?)
+            .args(self.credentials.client_args())
             .arg("--managers")
             .arg(self.managers_arg())
             .args(args)
@@ -251,6 +361,11 @@ impl Cluster {
             stdin.write_all(input).context("writing to vbs")?;
         }
         child.wait_with_output().context("waiting for vbs")
+    }
+
+    /// The token and TLS files the cluster's processes were given.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
     }
 
     pub fn manager_ids(&self) -> Vec<u64> {
@@ -274,7 +389,8 @@ impl Cluster {
         self.dir.path().join(format!("manager-{id}"))
     }
 
-    fn manager(&mut self, id: u64) -> anyhow::Result<&mut Process> {
+    /// Manager `id`'s process (to signal it, say).
+    pub fn manager(&mut self, id: u64) -> anyhow::Result<&mut Process> {
         self.managers
             .get_mut(&id)
             .with_context(|| format!("no manager {id}"))
@@ -291,6 +407,11 @@ impl Cluster {
         self.manager(id)?.restart()
     }
 
+    /// Whether storage node `name` is still running (it did not exit by itself).
+    pub fn storage_running(&self, name: &str) -> bool {
+        self.storage.get(name).is_some_and(Process::is_running)
+    }
+
     /// Whether manager `id` is still running (it did not exit by itself).
     pub fn manager_running(&self, id: u64) -> bool {
         self.managers.get(&id).is_some_and(Process::is_running)
@@ -305,7 +426,11 @@ impl Cluster {
         path: &str,
         body: Option<&Value>,
     ) -> anyhow::Result<(StatusCode, Value)> {
-        let url = format!("http://{}{path}", self.manager_addr(id));
+        let url = format!(
+            "{}://{}{path}",
+            self.credentials.scheme(),
+            self.manager_addr(id)
+        );
         let mut request = self.http.request(method, url);
         if let Some(body) = body {
             request = request.json(body);
@@ -388,6 +513,12 @@ impl Cluster {
             .get(&id)
             .map(|p| p.log_tail(lines))
             .unwrap_or_default()
+    }
+
+    /// Keeps the cluster's directory (data and logs) when the cluster is dropped; returns it.
+    pub fn keep_dir(&mut self) -> PathBuf {
+        self.dir.disable_cleanup(true);
+        self.dir.path().to_path_buf()
     }
 
     /// Prints the tail of every process log to stderr.

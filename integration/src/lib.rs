@@ -6,14 +6,21 @@
 //! - [`process`]: one child process with its log file, killed (SIGKILL) when dropped.
 //! - [`cluster`]: a set of processes (managers now, storage nodes later) with their own temp
 //!   dirs and free loopback ports, and HTTP helpers for the manager API.
+//! - [`credentials`]: a cluster's token file and TLS certificates (from a CA the test makes).
+//! - [`gateway`]: a `vbs nbd` gateway process; `tagged_block`, data that says which write it is.
 //! - [`wait`]: waiting on observable state with a deadline, never a fixed sleep.
+//! - [`nemesis`]: the fault-injection runner (`vbs-nemesis`, `tests/nemesis.rs`): seeded faults
+//!   against a cluster on distinct loopback addresses, and a checker of the clients' history.
 //!
 //! When a test panics, dropping its [`cluster::Cluster`] prints every process's log.
 
 pub mod binaries;
 pub mod cluster;
+pub mod credentials;
+pub mod gateway;
+pub mod nemesis;
 pub mod process;
 pub mod wait;
 
-pub use cluster::{Cluster, ClusterOptions};
+pub use cluster::{Addresses, Cluster, ClusterOptions};
 pub use wait::wait_until;

@@ -12,6 +12,8 @@ pub struct Process {
     pub name: String,
     program: PathBuf,
     args: Vec<String>,
+    /// Extra environment variables, e.g. `VBS_BUG` for a storage node built with `bugs`.
+    env: Vec<(String, String)>,
     log_path: PathBuf,
     /// Behind a lock so that [`Process::is_running`] can poll through a shared reference.
     child: Mutex<Option<Child>>,
@@ -25,10 +27,22 @@ impl Process {
         args: Vec<String>,
         log_path: PathBuf,
     ) -> anyhow::Result<Process> {
+        Process::start_with_env(name, program, args, Vec::new(), log_path)
+    }
+
+    /// Like [`Process::start`], with extra environment variables (kept for restarts).
+    pub fn start_with_env(
+        name: &str,
+        program: &Path,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        log_path: PathBuf,
+    ) -> anyhow::Result<Process> {
         let mut process = Process {
             name: name.to_string(),
             program: program.to_path_buf(),
             args,
+            env,
             log_path,
             child: Mutex::new(None),
         };
@@ -55,6 +69,7 @@ impl Process {
         let child = Command::new(&self.program)
             .args(&self.args)
             .env("RUST_LOG", level)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -10,6 +10,7 @@ use client::api::{ClusterStatus, CopyInfo, CopyStatus, SliceMap};
 use client::managers::Managers;
 use client::types::NodeId;
 use client::volume::{Volume, VolumeOptions};
+use integration::gateway::tagged_block;
 use integration::{wait_until, Cluster, ClusterOptions};
 
 const STARTUP: Duration = Duration::from_secs(30);
@@ -75,15 +76,6 @@ fn copy_on<'a>(slice: &'a SliceMap, node: &NodeId) -> Option<&'a CopyInfo> {
     slice.copies.iter().find(|c| &c.node == node)
 }
 
-/// A block that says which write it is.
-fn block(tag: u64) -> bytes::Bytes {
-    let mut data = vec![0u8; 4096];
-    for chunk in data.chunks_mut(8) {
-        chunk.copy_from_slice(&tag.to_le_bytes());
-    }
-    bytes::Bytes::from(data)
-}
-
 /// One client writing block after block (each block once, so every record stays live), recording
 /// what was acknowledged and when.
 struct Writer {
@@ -111,7 +103,7 @@ impl Writer {
                 let mut tag = 0;
                 while !stop.load(Ordering::Relaxed) && tag < blocks {
                     tag += 1;
-                    match volume.write((tag - 1) * 4096, block(tag)).await {
+                    match volume.write((tag - 1) * 4096, tagged_block(tag)).await {
                         Ok(()) => {
                             acked.lock().unwrap().insert(tag - 1, tag);
                             times
@@ -172,7 +164,7 @@ async fn assert_reads_back(volume: &Volume, acked: &BTreeMap<u64, u64>) {
         let got = &data[(block_index * 4096) as usize..((block_index + 1) * 4096) as usize];
         assert_eq!(
             got,
-            &block(*tag)[..],
+            &tagged_block(*tag)[..],
             "block {block_index}: acknowledged write {tag} lost"
         );
     }
@@ -415,7 +407,7 @@ async fn a_failover_completes_once_when_the_manager_leader_dies_in_the_middle() 
     cluster.wait_for_storage_up(STARTUP).await.unwrap();
     create(&cluster, "lk", "4M", "2", "4M");
     let volume = open(&cluster, "lk").await;
-    volume.write(0, block(1)).await.unwrap();
+    volume.write(0, tagged_block(1)).await.unwrap();
     let before = slice_of(&cluster.status().await.unwrap(), "lk", 0);
     let leader = cluster.status().await.unwrap().leader.expect("a leader").0;
 
@@ -463,12 +455,12 @@ async fn a_failover_completes_once_when_the_manager_leader_dies_in_the_middle() 
         "one failover, not two"
     );
     volume
-        .write(4096, block(2))
+        .write(4096, tagged_block(2))
         .await
         .expect("writes go on at the new primary");
     let data = volume.read(0, 8192).await.unwrap();
-    assert_eq!(&data[..4096], &block(1)[..]);
-    assert_eq!(&data[4096..], &block(2)[..]);
+    assert_eq!(&data[..4096], &tagged_block(1)[..]);
+    assert_eq!(&data[4096..], &tagged_block(2)[..]);
     cluster.restart_manager(leader).unwrap();
     let settled = slice_of(&cluster.status().await.unwrap(), "lk", 0);
     assert_eq!(

@@ -2,23 +2,13 @@
 //! and e2fsprogs, against a real cluster.
 
 use std::path::Path;
-use std::process::{Child, Command, Output};
+use std::process::{Command, Output};
 use std::time::Duration;
 
-use integration::cluster::free_port;
-use integration::{wait_until, Cluster, ClusterOptions};
+use integration::gateway::NbdGateway;
+use integration::{Cluster, ClusterOptions};
 
 const STARTUP: Duration = Duration::from_secs(30);
-
-/// A `vbs nbd` process, killed when dropped.
-struct Gateway(Child);
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn tool(name: &str) -> Option<String> {
     let found = Command::new("sh")
@@ -46,7 +36,7 @@ fn run(program: &str, args: &[&str]) -> Output {
     out
 }
 
-async fn cluster_with_export(volume: &str, size: &str) -> (Cluster, Gateway, String) {
+async fn cluster_with_export(volume: &str, size: &str) -> (Cluster, NbdGateway, String) {
     let cluster = Cluster::start(ClusterOptions {
         storage_nodes: 3,
         ..ClusterOptions::default()
@@ -71,28 +61,9 @@ async fn cluster_with_export(volume: &str, size: &str) -> (Cluster, Gateway, Str
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let addr = format!("127.0.0.1:{}", free_port().unwrap());
-    let log = std::fs::File::create(cluster.dir.path().join("nbd.log")).unwrap();
-    let child = Command::new(integration::binaries::binary("vbs").unwrap())
-        .args([
-            "--managers",
-            &cluster.managers_arg(),
-            "nbd",
-            volume,
-            "--listen",
-            &addr,
-        ])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let gateway = Gateway(child);
-    wait_until("the NBD server to listen", STARTUP, || async {
-        Ok::<_, anyhow::Error>(std::net::TcpStream::connect(&addr).ok().map(|_| ()))
-    })
-    .await
-    .unwrap();
-    (cluster, gateway, format!("nbd://{addr}/{volume}"))
+    let gateway = NbdGateway::start(&cluster, volume).await.unwrap();
+    let url = gateway.url.clone();
+    (cluster, gateway, url)
 }
 
 fn sha256(path: &Path) -> String {

@@ -8,6 +8,7 @@ use client::api::{ClusterStatus, CopyStatus, VolumeMap};
 use client::conn::{Connection, DataError};
 use client::proto::{ErrorCode, PeerKind, Request};
 use client::types::{Generation, Lba};
+use integration::gateway::tagged_block;
 use integration::{wait_until, Cluster, ClusterOptions};
 use rand::{Rng, RngCore, SeedableRng};
 
@@ -179,15 +180,6 @@ async fn data_written_through_the_cli_reads_back_and_every_copy_ends_at_the_same
             "copies of {unit} end at VBAs {vbas:?}"
         );
     }
-}
-
-/// A block that says which write it is.
-fn tagged_block(tag: u64) -> bytes::Bytes {
-    let mut block = vec![0u8; 4096];
-    for chunk in block.chunks_mut(8) {
-        chunk.copy_from_slice(&tag.to_le_bytes());
-    }
-    bytes::Bytes::from(block)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,7 +33,14 @@ fn up(dir: &std::path::Path, base: u16) -> (Up, String) {
     integration::binaries::binary("vbs-manager").unwrap();
     integration::binaries::binary("vbs-storage").unwrap();
     let mut child = Command::new(integration::binaries::binary("vbs").unwrap())
-        .args(["up", "--volume", "demo:64M:2", "--base-port", &base.to_string(), "--dir"])
+        .args([
+            "up",
+            "--volume",
+            "demo:64M:2",
+            "--base-port",
+            &base.to_string(),
+            "--dir",
+        ])
         .arg(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -68,14 +75,23 @@ fn up(dir: &std::path::Path, base: u16) -> (Up, String) {
     (Up(child), url.expect("vbs up printed the NBD URL"))
 }
 
-/// A plain HTTP/1.0 GET on loopback; the body.
-fn http_get(port: u16, path: &str) -> String {
+/// A plain HTTP/1.0 GET on loopback with the cluster token `vbs up` made in `dir`; the body.
+fn http_get(dir: &std::path::Path, port: u16, path: &str) -> String {
     use std::io::{Read, Write};
+    let token = std::fs::read_to_string(dir.join("token")).expect("vbs up wrote its token");
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connects");
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\r\n",
+        token.trim()
+    )
+    .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
-    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
 }
 
 fn qemu_io(url: &str, commands: &[&str]) {
@@ -85,7 +101,11 @@ fn qemu_io(url: &str, commands: &[&str]) {
         cmd.args(["-c", c]);
     }
     let out = cmd.output().expect("qemu-io (qemu-utils) runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 /// Sends SIGINT (what Ctrl-C sends) and waits for a clean exit.
@@ -100,7 +120,10 @@ fn interrupt(mut up: Up) {
             assert!(status.success(), "vbs up exited with {status} after Ctrl-C");
             return;
         }
-        assert!(Instant::now() < deadline, "vbs up did not stop after Ctrl-C");
+        assert!(
+            Instant::now() < deadline,
+            "vbs up did not stop after Ctrl-C"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -110,12 +133,18 @@ fn vbs_up_serves_a_volume_stops_on_ctrl_c_and_resumes_with_its_data() {
     let dir = tempfile::tempdir().unwrap();
     let base = free_base();
     let (first, url) = up(dir.path(), base);
+    // The cluster's token, made on first start, is for its owner's eyes only.
+    let token = std::fs::metadata(dir.path().join("token")).expect("vbs up made a token");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&token.permissions()) & 0o777,
+        0o600
+    );
     qemu_io(&url, &["write -P 0x3c 0 2M", "read -P 0x3c 0 2M"]);
     // Managers and storage nodes serve metrics; the writes show on the primary's.
-    let manager = http_get(base + 1, "/metrics");
+    let manager = http_get(dir.path(), base + 1, "/metrics");
     assert!(manager.contains("vbs_raft_term"), "{manager}");
     let written: u64 = (201..=203)
-        .map(|offset| http_get(base + offset, "/metrics"))
+        .map(|offset| http_get(dir.path(), base + offset, "/metrics"))
         .flat_map(|text| {
             text.lines()
                 .filter(|l| l.starts_with("vbs_io_bytes_total{") && l.contains("op=\"write\""))
@@ -123,11 +152,19 @@ fn vbs_up_serves_a_volume_stops_on_ctrl_c_and_resumes_with_its_data() {
                 .collect::<Vec<_>>()
         })
         .sum();
-    assert_eq!(written, 2 << 20, "bytes written by the clients, as the primaries count them");
+    assert_eq!(
+        written,
+        2 << 20,
+        "bytes written by the clients, as the primaries count them"
+    );
     interrupt(first);
     // Every process of the cluster is gone: nothing listens on its ports any more.
     for offset in [1, 2, 3, 101, 102, 103, 201, 202, 203, 809] {
-        assert!(TcpStream::connect(("127.0.0.1", base + offset)).is_err(), "port {} still open", base + offset);
+        assert!(
+            TcpStream::connect(("127.0.0.1", base + offset)).is_err(),
+            "port {} still open",
+            base + offset
+        );
     }
 
     let (second, url) = up(dir.path(), base);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use client::security::ServerArgs;
 use client::size::{parse_duration, parse_size};
 use client::types::NodeId;
 use storagenode::bench::{self, BenchOptions, Pattern};
@@ -66,12 +67,14 @@ struct ServeArgs {
     /// `data` syncs every write batch (the only durable mode); `none` never syncs (tests only).
     #[arg(long, value_enum, default_value = "data")]
     sync: SyncMode,
+    #[command(flatten)]
+    security: ServerArgs,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the storage node (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Measure the storage engine on a data directory, beside raw fdatasync on the same disk.
     Bench {
         #[arg(long)]
@@ -136,10 +139,12 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    let command = cli.command.unwrap_or(Command::Serve(cli.serve));
+    let command = cli
+        .command
+        .unwrap_or_else(|| Command::Serve(Box::new(cli.serve)));
     match command {
         Command::Serve(args) => {
-            serve(args)?;
+            serve(*args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
@@ -242,6 +247,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     let id = NodeId::parse(&required(args.id, "id")?).map_err(anyhow::Error::msg)?;
     let listen = required(args.listen, "listen")?;
     let managers = required(args.managers, "managers")?;
+    let security = args.security.load().context("security settings")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -259,6 +265,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         config.heartbeat_interval = args.heartbeat_interval;
         config.write_timeout = args.write_timeout;
         config.resync_rate_bytes = args.resync_rate.max(1);
+        config.security = security;
         config.device = DeviceOptions {
             segment_bytes: args.segment_size,
             sync: args.sync == SyncMode::Data,

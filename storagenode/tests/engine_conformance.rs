@@ -453,6 +453,40 @@ mod cases {
         assert_reads(&unit, &model, 5);
     }
 
+    pub fn a_tail_of_a_later_generation_gives_way_to_an_earlier_one(fixture: &dyn Fixture) {
+        // This copy was primary at generation 3 and wrote 11..=15 that nobody acknowledged; the
+        // history that won has generation 2 from VBA 11 on.
+        {
+            let device = open(fixture);
+            let unit = device.create_unit(UNIT, UNIT_BYTES).unwrap();
+            for tag in 1..=10u64 {
+                unit.apply(Vba(tag), G1, write(tag % 4, tag)).unwrap();
+            }
+            for tag in 11..=15u64 {
+                unit.apply(Vba(tag), Generation(3), write(tag % 4, tag))
+                    .unwrap();
+            }
+            assert!(
+                matches!(
+                    unit.truncate_after(Vba(10), Generation(3)),
+                    Err(EngineError::Invalid(_))
+                ),
+                "the dropped records' own generation cannot replace them"
+            );
+            assert_eq!(unit.truncate_after(Vba(10), Generation(2)).unwrap(), 5);
+            assert_eq!(unit.generation(), Generation(2));
+            unit.begin_ingest(Vba(12), Generation(2), write(1, 112))
+                .unwrap()
+                .wait()
+                .unwrap();
+        }
+        let device = open(fixture);
+        let unit = device.unit(UNIT).unwrap();
+        assert_eq!(unit.last_vba(), Vba(12));
+        let model = Model::from([(0, 8), (1, 112), (2, 10), (3, 7)]);
+        assert_reads(&unit, &model, 4);
+    }
+
     pub fn catch_up_streams_what_a_copy_missed(fixture: &dyn Fixture) {
         let device = open(fixture);
         let primary = device.create_unit(UNIT, UNIT_BYTES).unwrap();
@@ -601,6 +635,7 @@ conformance!(
     compaction_keeps_every_live_block,
     truncation_restores_what_the_tail_overwrote,
     catch_up_streams_what_a_copy_missed,
+    a_tail_of_a_later_generation_gives_way_to_an_earlier_one,
     bad_requests_are_refused_whole,
     removed_units_are_gone_and_their_segments_reused,
 );

@@ -21,6 +21,7 @@ mod table;
 mod up;
 mod volume;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -28,6 +29,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use client::managers::{Managers, DEFAULT_REQUEST_TIMEOUT};
+use client::security::Security;
 use client::types::check_name;
 
 /// Exit codes besides 0 (success).
@@ -60,6 +62,13 @@ struct Cli {
     /// Manager addresses, HOST:PORT[,HOST:PORT...]; any one of them will do.
     #[arg(long, env = "VBS_MANAGERS", value_name = "ADDR,...")]
     managers: Option<String>,
+    /// File holding the cluster token (mode 600), for a cluster that requires authentication.
+    #[arg(long, global = true, env = "VBS_TOKEN_FILE", value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// PEM file of the cluster's CA: speak TLS to managers and storage nodes, checking them
+    /// against it.
+    #[arg(long, global = true, env = "VBS_TLS_CA", value_name = "PATH")]
+    tls_ca: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -115,7 +124,11 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let managers = || connect(cli.managers.as_deref());
+    let security = || {
+        Security::load(cli.token_file.as_deref(), cli.tls_ca.as_deref(), None, None)
+            .context("security settings")
+    };
+    let managers = || connect(cli.managers.as_deref(), security()?);
     match cli.command {
         Command::Status(args) => status::run(&*managers()?, args).await,
         Command::Volume(command) => volume::run(&*managers()?, command).await,
@@ -124,15 +137,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Read(args) => io::read(managers()?, args).await,
         Command::Bench(args) => bench::run(managers()?, args).await,
         Command::Nbd(args) => nbd::run(managers()?, args).await,
-        Command::Up(args) => up::run(args).await,
+        Command::Up(args) => {
+            if cli.tls_ca.is_some() {
+                anyhow::bail!(
+                    "vbs up runs its cluster on loopback without TLS; --tls-ca is for talking to a \
+                     cluster started with TLS"
+                );
+            }
+            up::run(args, cli.token_file).await
+        }
     }
 }
 
-fn connect(list: Option<&str>) -> anyhow::Result<Arc<Managers>> {
+fn connect(list: Option<&str>, security: Security) -> anyhow::Result<Arc<Managers>> {
     let list = list.context(
         "no managers given: pass --managers HOST:PORT[,HOST:PORT...] or set VBS_MANAGERS",
     )?;
-    let managers = Managers::parse(list, DEFAULT_REQUEST_TIMEOUT).map_err(anyhow::Error::msg)?;
+    let managers = Managers::parse_secured(list, DEFAULT_REQUEST_TIMEOUT, None, security)
+        .map_err(anyhow::Error::msg)?;
     Ok(Arc::new(managers))
 }
 
@@ -240,6 +262,16 @@ mod tests {
             }
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn security_flags_go_before_or_after_the_command() {
+        let cli = Cli::try_parse_from(["vbs", "--token-file", "/etc/vbs/token", "status"])
+            .expect("valid");
+        assert_eq!(cli.token_file, Some(PathBuf::from("/etc/vbs/token")));
+        let cli = Cli::try_parse_from(["vbs", "volume", "list", "--tls-ca", "/etc/vbs/ca.pem"])
+            .expect("valid");
+        assert_eq!(cli.tls_ca, Some(PathBuf::from("/etc/vbs/ca.pem")));
     }
 
     #[test]

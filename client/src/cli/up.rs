@@ -5,10 +5,14 @@
 //! volume and serves it over NBD from this process. Ctrl-C (or SIGTERM) stops everything; started
 //! again on the same directory, the cluster resumes with its data: the layout (ids and ports) is
 //! kept in `DIR/cluster.json`.
+//!
+//! The cluster requires authentication: on first start `vbs up` writes a random token to
+//! `DIR/token` (mode 600), unless `vbs --token-file PATH up` names one, and gives it to every
+//! process it starts. Everything listens on loopback, the NBD export included.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use client::api::{CreateVolumeRequest, ErrorCode, NodeState};
 use client::managers::Managers;
+use client::security::{Security, Token};
 use client::size::{format_size, parse_size};
 use client::volume::{Volume, VolumeOptions};
 
@@ -52,14 +57,20 @@ pub struct VolumeSpec {
 fn parse_volume(text: &str) -> Result<VolumeSpec, String> {
     let parts: Vec<&str> = text.split(':').collect();
     let [name, size, replicas] = parts[..] else {
-        return Err(format!("volume {text:?} is not NAME:SIZE:REPLICAS (e.g. demo:1G:2)"));
+        return Err(format!(
+            "volume {text:?} is not NAME:SIZE:REPLICAS (e.g. demo:1G:2)"
+        ));
     };
     let name = super::volume_name(name)?;
     let size_bytes = parse_size(size)?;
     let replicas = replicas
         .parse()
         .map_err(|_| format!("volume {text:?}: replicas {replicas:?} is not a number"))?;
-    Ok(VolumeSpec { name, size_bytes, replicas })
+    Ok(VolumeSpec {
+        name,
+        size_bytes,
+        replicas,
+    })
 }
 
 /// What `vbs up` started, kept so a restart on the same directory resumes the same cluster.
@@ -80,9 +91,15 @@ impl Layout {
             Ok(format!("127.0.0.1:{port}"))
         };
         Ok(Layout {
-            managers: (1..=args.manager_count).map(port).collect::<anyhow::Result<_>>()?,
-            nodes: (1..=args.nodes).map(|n| port(100 + n)).collect::<anyhow::Result<_>>()?,
-            node_metrics: (1..=args.nodes).map(|n| port(200 + n)).collect::<anyhow::Result<_>>()?,
+            managers: (1..=args.manager_count)
+                .map(port)
+                .collect::<anyhow::Result<_>>()?,
+            nodes: (1..=args.nodes)
+                .map(|n| port(100 + n))
+                .collect::<anyhow::Result<_>>()?,
+            node_metrics: (1..=args.nodes)
+                .map(|n| port(200 + n))
+                .collect::<anyhow::Result<_>>()?,
             nbd: port(809)?,
         })
     }
@@ -145,7 +162,10 @@ fn spawn(name: &str, program: &Path, args: &[String], logs: &Path) -> anyhow::Re
         .with_context(|| format!("opening the log of {name}"))?;
     let child = Command::new(program)
         .args(args)
-        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+        )
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -154,7 +174,10 @@ fn spawn(name: &str, program: &Path, args: &[String], logs: &Path) -> anyhow::Re
         .process_group(0)
         .spawn()
         .with_context(|| format!("starting {name}"))?;
-    Ok(Managed { name: name.to_string(), child })
+    Ok(Managed {
+        name: name.to_string(),
+        child,
+    })
 }
 
 /// Polls `probe` every 100 ms until it returns `Some`, for at most `timeout`.
@@ -181,7 +204,9 @@ fn load_layout(dir: &Path, args: &UpArgs) -> anyhow::Result<Layout> {
         Ok(bytes) => {
             let layout: Layout = serde_json::from_slice(&bytes)
                 .with_context(|| format!("{} is not a vbs up layout", path.display()))?;
-            if layout.managers.len() != args.manager_count as usize || layout.nodes.len() != args.nodes as usize {
+            if layout.managers.len() != args.manager_count as usize
+                || layout.nodes.len() != args.nodes as usize
+            {
                 eprintln!(
                     "vbs: {} holds a cluster of {} managers and {} nodes; resuming it as it was",
                     dir.display(),
@@ -201,12 +226,34 @@ fn load_layout(dir: &Path, args: &UpArgs) -> anyhow::Result<Layout> {
     }
 }
 
-pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+/// The cluster's token: the file given, else `DIR/token`, created on first start.
+fn token(dir: &Path, given: Option<PathBuf>) -> anyhow::Result<(PathBuf, Token)> {
+    if let Some(path) = given {
+        let token = Token::load(&path)?;
+        return Ok((path, token));
+    }
+    let path = dir.join("token");
+    let token = if path.exists() {
+        Token::load(&path)?
+    } else {
+        Token::create_file(&path)?
+    };
+    Ok((path, token))
+}
+
+pub async fn run(args: UpArgs, token_file: Option<PathBuf>) -> anyhow::Result<()> {
     if args.manager_count == 0 || args.manager_count % 2 == 0 {
-        bail!("--managers {} must be odd (1, 3 or 5) for a majority to exist", args.manager_count);
+        bail!(
+            "--managers {} must be odd (1, 3 or 5) for a majority to exist",
+            args.manager_count
+        );
     }
     if args.nodes < args.volume.replicas {
-        bail!("--nodes {} is fewer than the volume's {} replicas", args.nodes, args.volume.replicas);
+        bail!(
+            "--nodes {} is fewer than the volume's {} replicas",
+            args.nodes,
+            args.volume.replicas
+        );
     }
     let manager_bin = sibling("vbs-manager")?;
     let storage_bin = sibling("vbs-storage")?;
@@ -214,9 +261,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let layout = load_layout(&dir, &args)?;
+    let (token_path, token) = token(&dir, token_file)?;
+    let token_arg = ["--token-file".to_string(), token_path.display().to_string()];
 
-    let peers: Vec<String> =
-        layout.managers.iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
+    let peers: Vec<String> = layout
+        .managers
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect();
     let mut children = Vec::new();
     for (i, addr) in layout.managers.iter().enumerate() {
         let id = i + 1;
@@ -231,10 +284,21 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             "--peers".into(),
             peers.join(","),
         ];
+        let args = [args.as_slice(), &token_arg].concat();
         children.push(spawn(&format!("manager-{id}"), &manager_bin, &args, &logs)?);
     }
+    let security = Security {
+        token: Some(Arc::new(token)),
+        tls: None,
+    };
     let managers = Arc::new(
-        Managers::parse(&layout.managers_arg(), Duration::from_secs(2)).map_err(anyhow::Error::msg)?,
+        Managers::parse_secured(
+            &layout.managers_arg(),
+            Duration::from_secs(2),
+            None,
+            security,
+        )
+        .map_err(anyhow::Error::msg)?,
     );
     eprintln!("vbs: starting {} managers ...", layout.managers.len());
     wait_for("a manager leader", Duration::from_secs(60), || async {
@@ -257,13 +321,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             "--metrics-listen".into(),
             layout.node_metrics[i].clone(),
         ];
+        let args = [args.as_slice(), &token_arg].concat();
         children.push(spawn(&name, &storage_bin, &args, &logs)?);
     }
     eprintln!("vbs: starting {} storage nodes ...", layout.nodes.len());
     let wanted = layout.nodes.len();
     wait_for("every storage node up", Duration::from_secs(60), || async {
         let status = managers.status().await.ok()?;
-        let up = status.nodes.iter().filter(|n| n.state == NodeState::Up).count();
+        let up = status
+            .nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Up)
+            .count();
         (up >= wanted).then_some(())
     })
     .await?;
@@ -276,30 +345,59 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         slice_bytes: None,
     };
     match managers.create_volume(&request).await {
-        Ok(_) => eprintln!("vbs: created volume {} ({}, {} replicas)", spec.name, format_size(spec.size_bytes), spec.replicas),
+        Ok(_) => eprintln!(
+            "vbs: created volume {} ({}, {} replicas)",
+            spec.name,
+            format_size(spec.size_bytes),
+            spec.replicas
+        ),
         Err(e) if e.code() == Some(ErrorCode::AlreadyExists) => {
             eprintln!("vbs: volume {} exists; resuming with its data", spec.name)
         }
         Err(e) => return Err(e).context("creating the volume"),
     }
-    let volume = Arc::new(Volume::open(managers.clone(), &spec.name, VolumeOptions::default()).await?);
+    let volume =
+        Arc::new(Volume::open(managers.clone(), &spec.name, VolumeOptions::default()).await?);
     let listener = tokio::net::TcpListener::bind(&layout.nbd)
         .await
         .with_context(|| format!("listening for NBD on {}", layout.nbd))?;
 
-    let env = format!("VBS_MANAGERS={}", layout.managers_arg());
+    let env = format!(
+        "VBS_MANAGERS={} VBS_TOKEN_FILE={}",
+        layout.managers_arg(),
+        token_path.display()
+    );
     let url = format!("nbd://{}/{}", layout.nbd, spec.name);
-    println!("vbs is up: {} managers, {} storage nodes, data in {}", layout.managers.len(), layout.nodes.len(), dir.display());
-    println!("  dashboard  http://{}/", layout.managers[0]);
+    println!(
+        "vbs is up: {} managers, {} storage nodes, data in {}",
+        layout.managers.len(),
+        layout.nodes.len(),
+        dir.display()
+    );
+    println!(
+        "  dashboard  http://{}/#token=TOKEN (TOKEN: the contents of {})",
+        layout.managers[0],
+        token_path.display()
+    );
+    println!(
+        "  token      {} (every request to the cluster needs it)",
+        token_path.display()
+    );
     println!("  NBD        {url}");
-    println!("  metrics    http://{}/metrics (managers), http://{}/metrics (storage nodes: ports {}..)",
+    println!("  metrics    http://{}/metrics (managers), http://{}/metrics (storage nodes: ports {}..), with the header \"Authorization: Bearer TOKEN\"",
         layout.managers[0], layout.node_metrics[0], layout.node_metrics[0].rsplit(':').next().unwrap_or(""));
     println!("  logs       {}", logs.display());
     println!("try:");
     println!("  qemu-io -f raw {url} -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M'");
     println!("  {env} vbs status");
-    println!("  {env} vbs bench {} --rw randwrite --iodepth 32 --runtime 10s", spec.name);
-    println!("Ctrl-C stops the cluster; vbs up --dir {} resumes it.", dir.display());
+    println!(
+        "  {env} vbs bench {} --rw randwrite --iodepth 32 --runtime 10s",
+        spec.name
+    );
+    println!(
+        "Ctrl-C stops the cluster; vbs up --dir {} resumes it.",
+        dir.display()
+    );
 
     let stop = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

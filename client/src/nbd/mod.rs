@@ -24,6 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, Semaphore};
 use tracing::{debug, info, warn};
 
+use crate::admission::PerAddress;
 use crate::conn::FrameWriter;
 use crate::types::BLOCK_BYTES;
 use crate::volume::{ClientError, Volume};
@@ -31,6 +32,8 @@ use wire::{Command, Request};
 
 /// Requests one NBD connection may have in flight; more wait (the socket is not read).
 pub const MAX_IN_FLIGHT: usize = 128;
+/// Connections one client address may hold open at once.
+pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
 
 /// Serves `volume` as export `name` on `listener` until `shutdown` completes.
 pub async fn serve(
@@ -44,11 +47,16 @@ pub async fn serve(
         name,
         unaligned: Mutex::new(()),
     });
+    let gate = PerAddress::new(MAX_CONNECTIONS_PER_ADDRESS);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => accepted?,
             () = &mut shutdown => return Ok(()),
+        };
+        let Some(admitted) = gate.admit(peer.ip()) else {
+            warn!(%peer, limit = gate.limit(), "refused an NBD connection: too many from this address");
+            continue;
         };
         let export = export.clone();
         tokio::spawn(async move {
@@ -56,6 +64,7 @@ pub async fn serve(
                 Ok(()) => debug!(%peer, "NBD client disconnected"),
                 Err(e) => warn!(%peer, error = %e, "closed an NBD connection"),
             }
+            drop(admitted);
         });
     }
 }

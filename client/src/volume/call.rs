@@ -54,7 +54,7 @@ impl Attempts {
 impl Volume {
     /// Sends the request `request` builds for `slice`'s current route until it is answered,
     /// retrying as [`classify`] says until `deadline`, and turns the answer into a `T` with
-    /// `accept`.
+    /// `accept`; returns it with the route that answered.
     pub(super) async fn call<T>(
         &self,
         op: Op,
@@ -62,7 +62,7 @@ impl Volume {
         deadline: Instant,
         request: impl Fn(&Route) -> Request,
         accept: impl Fn(Response) -> Result<T, String>,
-    ) -> Result<T, ClientError> {
+    ) -> Result<(T, Route), ClientError> {
         let mut attempts = Attempts {
             op,
             slice,
@@ -80,12 +80,15 @@ impl Volume {
             let timeout = self.io_timeout.min(remaining);
             let error = match self.pool.call(&route.addr, request(&route), timeout).await {
                 Ok(response) => {
-                    return accept(response).map_err(|what| ClientError::BadResponse {
-                        op,
-                        unit: route.unit,
-                        addr: route.addr,
-                        what,
-                    })
+                    return match accept(response) {
+                        Ok(answer) => Ok((answer, route)),
+                        Err(what) => Err(ClientError::BadResponse {
+                            op,
+                            unit: route.unit,
+                            addr: route.addr,
+                            what,
+                        }),
+                    }
                 }
                 Err(error) => error,
             };
@@ -104,6 +107,8 @@ impl Volume {
                         error,
                     })
                 }
+                // Retrying cannot fix credentials: give up now, saying why.
+                (Action::Fail, DataError::Unauthorized { .. }) => return Err(attempts.gave_up()),
                 // A timeout cut short by the deadline says nothing about the node: give up
                 // rather than report it.
                 _ if attempts.out_of_time() => Duration::ZERO,

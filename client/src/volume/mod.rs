@@ -32,7 +32,7 @@ use crate::api::{ErrorCode as ApiCode, VolumeMap};
 use crate::conn::Pool;
 use crate::managers::Managers;
 use crate::proto::{PeerKind, Request, Response, MAX_IO_BYTES};
-use crate::types::{Generation, SliceIndex, VolumeId, BLOCK_BYTES};
+use crate::types::{Generation, Lba, NodeId, SliceIndex, UnitId, Vba, VolumeId, BLOCK_BYTES};
 
 pub use error::{ClientError, Op};
 pub use plan::{Geometry, Part};
@@ -95,6 +95,22 @@ pub fn default_client_name() -> String {
     format!("client-{host}-{}", std::process::id())
 }
 
+/// Which primary acknowledged one part of a write ([`Volume::write_acked`]), for audits and
+/// fault-injection checkers: at most one primary of a slice acknowledges writes in a generation,
+/// and no VBA of a slice is acknowledged for two different writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteAck {
+    pub unit: UnitId,
+    /// The part's first block, relative to the unit.
+    pub lba: Lba,
+    pub blocks: u64,
+    pub primary: NodeId,
+    /// The generation the primary served at.
+    pub generation: Generation,
+    /// The VBA of the part's first block; the part's other blocks have the VBAs that follow.
+    pub first_vba: Vba,
+}
+
 /// An open volume. Cheap to share: wrap it in an `Arc` and call it from many tasks.
 pub struct Volume {
     managers: Arc<Managers>,
@@ -131,11 +147,10 @@ impl Volume {
         })?;
         let map = MapCache::new(map)?;
         let pool = options.pool.unwrap_or_else(|| {
-            Arc::new(Pool::new(
-                PeerKind::Client,
-                &options.client_name,
-                options.io_timeout,
-            ))
+            Arc::new(
+                Pool::new(PeerKind::Client, &options.client_name, options.io_timeout)
+                    .with_security(managers.security().clone()),
+            )
         });
         Ok(Volume {
             managers,
@@ -194,12 +209,38 @@ impl Volume {
     /// acknowledged, that is durable on the primary and on every current copy of its slice; on
     /// error some parts may have been written and others not.
     pub async fn write(&self, offset: u64, data: Bytes) -> Result<(), ClientError> {
+        self.write_keeping(offset, data, drop).await
+    }
+
+    /// [`Volume::write`], also saying which primary, at which generation and VBA, acknowledged
+    /// each part (one per slice and [`MAX_IO_BYTES`]), in volume order. `write` costs nothing
+    /// for this: the route that answered is at hand either way.
+    pub async fn write_acked(
+        &self,
+        offset: u64,
+        data: Bytes,
+    ) -> Result<Vec<WriteAck>, ClientError> {
+        let mut acks: Vec<WriteAck> = self.write_keeping(offset, data, |ack| ack).await?;
+        acks.sort_by_key(|ack| (ack.unit.slice, ack.lba));
+        Ok(acks)
+    }
+
+    /// A write whose parts' acknowledgements are turned into `T` by `keep` and collected.
+    async fn write_keeping<T, C>(
+        &self,
+        offset: u64,
+        data: Bytes,
+        keep: fn(WriteAck) -> T,
+    ) -> Result<C, ClientError>
+    where
+        C: Default + Extend<T>,
+    {
         let parts = self.plan(offset, data.len() as u64, MAX_IO_BYTES)?;
         let deadline = self.deadline();
         self.run_parts(parts, |part| {
             let start = part.buf_offset as usize;
             let chunk = data.slice(start..start + part.len_bytes as usize);
-            self.write_part(part, chunk, deadline)
+            async move { self.write_part(part, chunk, deadline).await.map(keep) }
         })
         .await
     }
@@ -250,17 +291,21 @@ impl Volume {
         self.dirty.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn run_parts<F, Fut>(&self, parts: Vec<Part>, run: F) -> Result<(), ClientError>
+    /// Runs `run` on every part, several at once, and collects what they return.
+    async fn run_parts<T, C, F, Fut>(&self, parts: Vec<Part>, run: F) -> Result<C, ClientError>
     where
+        C: Default + Extend<T>,
         F: Fn(Part) -> Fut,
-        Fut: std::future::Future<Output = Result<(), ClientError>>,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
     {
         if let [part] = parts[..] {
-            return run(part).await;
+            let mut out = C::default();
+            out.extend([run(part).await?]);
+            return Ok(out);
         }
         stream::iter(parts.into_iter().map(run))
             .buffer_unordered(MAX_PARTS_IN_FLIGHT)
-            .try_collect::<()>()
+            .try_collect::<C>()
             .await
     }
 
@@ -287,6 +332,7 @@ impl Volume {
             },
         )
         .await
+        .map(|(data, _)| data)
     }
 
     async fn write_part(
@@ -294,25 +340,33 @@ impl Volume {
         part: Part,
         data: Bytes,
         deadline: Instant,
-    ) -> Result<(), ClientError> {
-        self.call(
-            Op::Write,
-            part.slice,
-            deadline,
-            |route| Request::Write {
-                unit: route.unit,
-                generation: route.generation,
-                lba: part.lba,
-                data: data.clone(),
-            },
-            |response| match response {
-                Response::Write { .. } => Ok(()),
-                other => Err(format!("{other:?} for a write")),
-            },
-        )
-        .await?;
+    ) -> Result<WriteAck, ClientError> {
+        let (first_vba, route) = self
+            .call(
+                Op::Write,
+                part.slice,
+                deadline,
+                |route| Request::Write {
+                    unit: route.unit,
+                    generation: route.generation,
+                    lba: part.lba,
+                    data: data.clone(),
+                },
+                |response| match response {
+                    Response::Write { first_vba } => Ok(first_vba),
+                    other => Err(format!("{other:?} for a write")),
+                },
+            )
+            .await?;
         self.lock_dirty().insert(part.slice);
-        Ok(())
+        Ok(WriteAck {
+            unit: route.unit,
+            lba: part.lba,
+            blocks: part.blocks(),
+            primary: route.primary,
+            generation: route.generation,
+            first_vba,
+        })
     }
 
     async fn trim_part(&self, part: Part, deadline: Instant) -> Result<(), ClientError> {
@@ -351,5 +405,6 @@ impl Volume {
             },
         )
         .await
+        .map(drop)
     }
 }

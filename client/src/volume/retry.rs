@@ -42,6 +42,9 @@ pub fn classify(error: &DataError) -> Action {
         // the node if that fails.
         DataError::Closed { .. } => Action::Backoff,
         DataError::Connect { .. } | DataError::Timeout { .. } => Action::Report,
+        // Credentials do not fix themselves, and a node that refuses them is not down: reporting
+        // it would have the managers fail over a healthy primary.
+        DataError::Unauthorized { .. } => Action::Fail,
     }
 }
 
@@ -57,7 +60,8 @@ pub fn classify_code(code: ErrorCode) -> Action {
         | ErrorCode::BadRequest
         | ErrorCode::Conflict
         | ErrorCode::Internal
-        | ErrorCode::Hole => Action::Fail,
+        | ErrorCode::Hole
+        | ErrorCode::Unauthorized => Action::Fail,
     }
 }
 
@@ -95,9 +99,10 @@ pub fn report_refused(error: &ManagerError) -> ReportOutcome {
             ApiCode::Unavailable | ApiCode::InsufficientNodes => {
                 ReportOutcome::Backoff(api.error.clone())
             }
-            ApiCode::BadRequest | ApiCode::AlreadyExists | ApiCode::Internal => {
-                ReportOutcome::Fail(ClientError::Managers(error.clone()))
-            }
+            ApiCode::BadRequest
+            | ApiCode::AlreadyExists
+            | ApiCode::Internal
+            | ApiCode::Unauthorized => ReportOutcome::Fail(ClientError::Managers(error.clone())),
         },
     }
 }
@@ -163,6 +168,7 @@ mod tests {
             (Conflict, Action::Fail),
             (Internal, Action::Fail),
             (Hole, Action::Fail),
+            (Unauthorized, Action::Fail),
         ];
         for (code, action) in cases {
             assert_eq!(classify(&remote(code)), action, "{code:?}");
@@ -187,6 +193,11 @@ mod tests {
         assert_eq!(classify(&timeout), Action::Report);
         assert_eq!(classify(&connect), Action::Report);
         assert_eq!(classify(&closed), Action::Backoff);
+        let refused = DataError::Unauthorized {
+            addr: "n1:7100".into(),
+            reason: "the node requires authentication".into(),
+        };
+        assert_eq!(classify(&refused), Action::Fail);
     }
 
     fn api(code: ApiCode, retry_after_ms: Option<u64>) -> ManagerError {

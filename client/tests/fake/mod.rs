@@ -313,6 +313,7 @@ async fn serve(state: Arc<NodeState>, name: String, stream: TcpStream) {
     let ok = Frame::HelloOk(HelloOk {
         version: proto::PROTOCOL_VERSION,
         node: name,
+        challenge: None,
     });
     if send(&write, 0, &ok).await.is_err() {
         return;

@@ -28,6 +28,20 @@ let failure = null;
 // Volumes whose list of every slice the reader unfolded.
 const unfolded = new Set();
 
+// The cluster token, when the cluster requires one. It comes in the URL fragment (the page's
+// address ending in /#token=TOKEN), which browsers never send to a server, is kept in this
+// tab's sessionStorage, and is taken out of the address bar at once.
+const TOKEN_KEY = "vbs-token";
+const token = (() => {
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  const given = fragment.get("token");
+  if (given) {
+    sessionStorage.setItem(TOKEN_KEY, given);
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  return sessionStorage.getItem(TOKEN_KEY);
+})();
+
 function esc(value) {
   return String(value)
     .replace(/&/g, "&amp;")
@@ -79,17 +93,22 @@ async function getJson(url) {
   const abort = new AbortController();
   const timer = setTimeout(() => abort.abort(), REQUEST_TIMEOUT_MS);
   try {
-    const response = await fetch(url, {
-      cache: "no-store",
-      headers: { accept: "application/json" },
-      signal: abort.signal,
-    });
+    const headers = { accept: "application/json" };
+    if (token) headers.authorization = `Bearer ${token}`;
+    const response = await fetch(url, { cache: "no-store", headers, signal: abort.signal });
     const text = await response.text();
     let body = null;
     try {
       body = JSON.parse(text);
     } catch (_) {
       // Not JSON: reported below with the start of the text.
+    }
+    if (response.status === 401) {
+      throw new Error(token
+        ? "the cluster refused this page's token: open the page again as " +
+          `${location.origin}${location.pathname}#token=TOKEN with the cluster's token`
+        : "this cluster requires its token: open the page as " +
+          `${location.origin}${location.pathname}#token=TOKEN`);
     }
     if (!response.ok) {
       const reason = body && body.error ? body.error : text.slice(0, 200);

@@ -82,7 +82,10 @@ async fn forward(
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut request = manager
         .forward_client
-        .request(parts.method.clone(), format!("http://{addr}{path}"))
+        .request(
+            parts.method.clone(),
+            manager.config.security.url(addr, path),
+        )
         .header(FORWARDED_HEADER, manager.id().to_string())
         .timeout(forward_timeout(
             parts.uri.path(),

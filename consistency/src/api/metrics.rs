@@ -10,6 +10,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use client::api::{CopyStatus, NodeState};
+use client::security::Surface;
 use client::types::{NodeId, SliceIndex, UnitId};
 
 use crate::decide::resync::{ResyncTracker, RunningResyncs};
@@ -135,11 +136,11 @@ pub async fn metrics(State(manager): State<SharedManager>) -> Response {
             manager.read(|a| StateFigures::of(&a.state, Some(&l.resyncs), now))
         })
         .unwrap_or_else(|| manager.read(|a| StateFigures::of(&a.state, None, now)));
-    (
-        [(header::CONTENT_TYPE, CONTENT_TYPE)],
-        render(&raft, &figures),
-    )
-        .into_response()
+    let mut text = render(&raft, &figures);
+    manager
+        .rejections
+        .render(&mut text, &[Surface::Api, Surface::Raft, Surface::Tls]);
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
 }
 
 fn render(raft: &RaftFigures, figures: &StateFigures) -> String {

@@ -1,6 +1,7 @@
 //! The HTTP API (axum): the public routes of [`client::api`] and the Raft RPC routes, on one
 //! listener.
 //!
+//! - [`auth`]: the bearer token every route but `/health` and the dashboard's files requires.
 //! - [`error`]: error answers.
 //! - [`leader`]: running a request on the leader, or forwarding it there.
 //! - [`volumes`], [`nodes`], [`notifications`], [`managers`]: the routes that change state.
@@ -10,6 +11,7 @@
 //!   `consistency/assets/dashboard/`) that polls `GET /v1/status`.
 //! - [`raft`]: the Raft RPC routes and the start-up probe.
 
+pub mod auth;
 pub mod dashboard;
 pub mod error;
 pub mod leader;
@@ -69,6 +71,11 @@ pub fn router(manager: SharedManager) -> Router {
         .merge(raft)
         .fallback(not_found)
         .layer(axum::middleware::map_response(error::json_errors))
+        // Outermost: a request without the token learns nothing, not even which routes exist.
+        .layer(axum::middleware::from_fn_with_state(
+            manager.clone(),
+            auth::require_token,
+        ))
         .with_state(manager)
 }
 

@@ -156,6 +156,12 @@ impl Liveness {
     /// The moment after which `node` can hold no lease granted by this leader or its
     /// predecessors.
     pub fn node_lease_expiry(&self, node: &NodeId) -> Instant {
+        #[cfg(feature = "bugs")]
+        if self.last_heard(node).is_none()
+            && crate::bugs::enabled(crate::bugs::Bug::NewLeaderForgetsLeases)
+        {
+            return self.leader_since;
+        }
         let renewed = self
             .last_heard(node)
             .map_or(self.leader_since, |at| at.max(self.leader_since));

@@ -342,9 +342,9 @@ impl Unit {
         }
     }
 
-    /// Drops every record after `vba` that belongs to a generation older than `generation`, and
-    /// starts `generation` at `vba + 1`: what a copy does when a new primary's records meet an
-    /// unacknowledged tail it holds from the old primary. Returns the number of VBAs dropped.
+    /// Drops every record after `vba` and starts `generation` at `vba + 1`: what a copy does
+    /// when a new primary's records (of `generation`) meet an unacknowledged tail it holds from an
+    /// old primary. Returns the number of VBAs dropped.
     pub fn truncate_after(&self, vba: Vba, generation: Generation) -> Result<u64> {
         let _maintenance = self.maintenance.lock();
         let mut state = self.state.lock();
@@ -357,14 +357,6 @@ impl Unit {
             };
         }
         self.check_failed(&state)?;
-        let current = state.generation();
-        if generation < current {
-            return Err(EngineError::StaleGeneration {
-                unit: self.id,
-                got: generation,
-                current,
-            });
-        }
         if vba < state.stable_vba {
             return Err(EngineError::TruncateStable {
                 unit: self.id,
@@ -372,10 +364,24 @@ impl Unit {
                 stable: state.stable_vba,
             });
         }
+        // The history after `vba` becomes `generation`'s. It may be older than the unit's newest
+        // (the tail being dropped can be of a later generation than what replaces it), but not
+        // older than the history kept, and it must differ from the generation of the records
+        // dropped at `vba + 1`, or they would still belong to the history.
+        let kept = meta::generation_at(&state.generations, vba).unwrap_or(Generation(0));
+        if generation < kept {
+            return Err(EngineError::StaleGeneration {
+                unit: self.id,
+                got: generation,
+                current: kept,
+            });
+        }
         let dropped = state.durable_vba.0.saturating_sub(vba.0);
-        if dropped > 0 && generation == current {
+        let dropped_generation = meta::generation_at(&state.generations, vba.next());
+        if dropped > 0 && dropped_generation == Some(generation) {
             return Err(EngineError::Invalid(format!(
-                "unit {}: truncating after VBA {vba} needs a generation newer than {current}",
+                "unit {}: the records after VBA {vba} are already of generation {generation}; \
+                 truncating them needs another generation",
                 self.id
             )));
         }

@@ -201,14 +201,7 @@ impl Unit {
     /// generation in the unit's history if it is new. The history is persisted before any record
     /// of the new generation is written.
     fn enter_generation(&self, state: &mut State, generation: Generation) -> Result<()> {
-        let current = state.generation();
-        if generation < current {
-            return Err(EngineError::StaleGeneration {
-                unit: self.id,
-                got: generation,
-                current,
-            });
-        }
+        let current = self.check_generation(state, generation)?;
         if generation > current || state.generations.is_empty() {
             state.generations.push(GenerationStart {
                 generation,
@@ -217,6 +210,34 @@ impl Unit {
             self.write_meta(&state.generations)?;
         }
         Ok(())
+    }
+
+    /// The unit's generation, if `generation` is not older than it.
+    pub(super) fn check_generation(
+        &self,
+        state: &State,
+        generation: Generation,
+    ) -> Result<Generation> {
+        let current = state.generation();
+        if generation < current {
+            return Err(EngineError::StaleGeneration {
+                unit: self.id,
+                got: generation,
+                current,
+            });
+        }
+        Ok(current)
+    }
+
+    /// Queues a record with the next VBA, which must be `vba`.
+    fn push_pending(state: &mut State, vba: Vba, generation: Generation, op: Op) {
+        debug_assert_eq!(vba, state.next_vba, "records are queued in VBA order");
+        state.pending.push_back(Pending {
+            vba,
+            generation,
+            op,
+        });
+        state.next_vba = vba.next();
     }
 
     pub(super) fn write_meta(&self, generations: &[GenerationStart]) -> Result<()> {
@@ -268,12 +289,7 @@ impl Unit {
         let first = state.next_vba;
         for op in ops {
             let vba = state.next_vba;
-            state.pending.push_back(Pending {
-                vba,
-                generation,
-                op,
-            });
-            state.next_vba = vba.next();
+            Self::push_pending(&mut state, vba, generation, op);
         }
         Ok((first, Vba(state.next_vba.0 - 1)))
     }
@@ -319,12 +335,7 @@ impl Unit {
         }
         if vba == state.next_vba {
             self.enter_generation(&mut state, generation)?;
-            state.pending.push_back(Pending {
-                vba,
-                generation,
-                op,
-            });
-            state.next_vba = vba.next();
+            Self::push_pending(&mut state, vba, generation, op);
             return Ok(Applied::Written);
         }
         let held = meta::generation_at(&state.generations, vba).unwrap_or(Generation(0));
@@ -376,12 +387,7 @@ impl Unit {
         }
         state.next_vba = vba;
         self.enter_generation(&mut state, generation)?;
-        state.pending.push_back(Pending {
-            vba,
-            generation,
-            op,
-        });
-        state.next_vba = vba.next();
+        Self::push_pending(&mut state, vba, generation, op);
         Ok(Ticket {
             unit: self.clone(),
             first: vba,
@@ -402,6 +408,38 @@ impl Unit {
     /// The generation the unit's history has at `vba` (`Generation(0)` before any record).
     pub fn generation_at(&self, vba: Vba) -> Generation {
         meta::generation_at(&self.state.lock().generations, vba).unwrap_or(Generation(0))
+    }
+
+    /// The last VBA of the unit's history written under `generation`: where another copy that
+    /// holds records of `generation` stops agreeing with this one (one primary writes a
+    /// generation, so records of the same generation at the same VBA are the same). `Vba(0)`
+    /// when the history has no record of it.
+    pub fn last_of_generation(&self, generation: Generation) -> Vba {
+        let state = self.state.lock();
+        let starts = &state.generations;
+        let Some(i) = starts.iter().rposition(|s| s.generation == generation) else {
+            return Vba::ZERO;
+        };
+        match starts.get(i + 1) {
+            Some(next) => Vba(next.first_vba.0 - 1).min(state.durable_vba),
+            None => state.durable_vba,
+        }
+    }
+
+    /// The first VBA of the run of the history's generation at `vba`.
+    pub fn run_start(&self, vba: Vba) -> Vba {
+        let state = self.state.lock();
+        let starts = &state.generations;
+        let Some(i) = starts.iter().rposition(|s| s.first_vba <= vba) else {
+            return Vba::ZERO;
+        };
+        let generation = starts[i].generation;
+        let first = starts[..=i]
+            .iter()
+            .rev()
+            .take_while(|s| s.generation == generation)
+            .last();
+        first.map_or(Vba::ZERO, |s| s.first_vba)
     }
 
     /// Waits until every record accepted so far is durable (async callers).

@@ -64,20 +64,20 @@ pub async fn serve(
         || (checked && engine.generation_at(pull.after) != pull.after_generation);
     if history_differs {
         // The copy holds a tail this primary never had (an old primary's unacknowledged
-        // writes). Everything up to the committed VBA is common to every copy.
-        let committed = runtime
-            .window
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .committed();
+        // writes). Its records of `after_generation` agree with this primary's up to where that
+        // generation ends here (one primary writes a generation); say where, and the copy drops
+        // what follows or steps back to its previous generation.
+        let agreed = engine
+            .last_of_generation(pull.after_generation)
+            .min(pull.after);
         return Err(WireError::new(
             ErrorCode::Conflict,
             format!(
-                "unit {}: history differs at VBA {}; catch up from VBA {committed}",
+                "unit {}: the histories differ at VBA {}; they agree up to VBA {agreed} at most",
                 runtime.id, pull.after
             ),
         )
-        .with_detail(committed.0));
+        .with_detail(agreed.0));
     }
     if let Some(joined_at) = runtime.joined_at(&copy) {
         if pull.after.next() >= joined_at {

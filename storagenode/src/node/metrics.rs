@@ -1,6 +1,7 @@
 //! The storage node's `/metrics` (Prometheus text format), on `--metrics-listen`: client IO by
 //! volume and operation (counts, bytes, latency histograms), each unit's last VBA, the primary's
-//! replication lag per copy, and resync progress.
+//! replication lag per copy, resync progress, and refused connections and requests. With a
+//! token it answers only requests that carry it; with TLS on, it serves HTTPS.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -10,18 +11,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use client::api::Role;
+use client::security::http::{authorize, unauthorized, TlsListener};
+use client::security::Surface;
 use client::types::VolumeId;
 
 use super::Node;
 
 /// Upper bounds of the latency histogram's buckets, in seconds.
-const BUCKETS: [f64; 12] =
-    [0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0];
+const BUCKETS: [f64; 12] = [
+    0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0,
+];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum IoKind {
@@ -71,17 +75,31 @@ impl IoMetrics {
         }
         series.bytes.fetch_add(bytes, Ordering::Relaxed);
         let seconds = latency.as_secs_f64();
-        let bucket = BUCKETS.iter().position(|b| seconds <= *b).unwrap_or(BUCKETS.len());
+        let bucket = BUCKETS
+            .iter()
+            .position(|b| seconds <= *b)
+            .unwrap_or(BUCKETS.len());
         series.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        series.sum_us.fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+        series
+            .sum_us
+            .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
     }
 
     fn render(&self, out: &mut String) {
-        let map = self.series.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let map = self
+            .series
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let header = |out: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };
-        header(out, "vbs_io_requests_total", "counter", "Client requests served as primary.");
+        header(
+            out,
+            "vbs_io_requests_total",
+            "counter",
+            "Client requests served as primary.",
+        );
         for ((volume, kind), s) in &map {
             let _ = writeln!(
                 out,
@@ -90,7 +108,12 @@ impl IoMetrics {
                 s.count.load(Ordering::Relaxed)
             );
         }
-        header(out, "vbs_io_errors_total", "counter", "Client requests that failed.");
+        header(
+            out,
+            "vbs_io_errors_total",
+            "counter",
+            "Client requests that failed.",
+        );
         for ((volume, kind), s) in &map {
             let _ = writeln!(
                 out,
@@ -99,7 +122,12 @@ impl IoMetrics {
                 s.errors.load(Ordering::Relaxed)
             );
         }
-        header(out, "vbs_io_bytes_total", "counter", "Bytes read, written or trimmed for clients.");
+        header(
+            out,
+            "vbs_io_bytes_total",
+            "counter",
+            "Bytes read, written or trimmed for clients.",
+        );
         for ((volume, kind), s) in &map {
             let _ = writeln!(
                 out,
@@ -108,16 +136,27 @@ impl IoMetrics {
                 s.bytes.load(Ordering::Relaxed)
             );
         }
-        header(out, "vbs_io_latency_seconds", "histogram", "Latency of successful client requests.");
+        header(
+            out,
+            "vbs_io_latency_seconds",
+            "histogram",
+            "Latency of successful client requests.",
+        );
         for ((volume, kind), s) in &map {
             let labels = format!("volume=\"{volume}\",op=\"{}\"", kind.label());
             let mut cumulative = 0;
             for (i, bound) in BUCKETS.iter().enumerate() {
                 cumulative += s.buckets[i].load(Ordering::Relaxed);
-                let _ = writeln!(out, "vbs_io_latency_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+                let _ = writeln!(
+                    out,
+                    "vbs_io_latency_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
+                );
             }
             cumulative += s.buckets[BUCKETS.len()].load(Ordering::Relaxed);
-            let _ = writeln!(out, "vbs_io_latency_seconds_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "vbs_io_latency_seconds_bucket{{{labels},le=\"+Inf\"}} {cumulative}"
+            );
             let sum = s.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
             let _ = writeln!(out, "vbs_io_latency_seconds_sum{{{labels}}} {sum}");
             let _ = writeln!(out, "vbs_io_latency_seconds_count{{{labels}}} {cumulative}");
@@ -129,7 +168,10 @@ fn render(node: &Node) -> String {
     let mut out = String::new();
     node.io_metrics.render(&mut out);
     let units = node.units();
-    let _ = writeln!(out, "# HELP vbs_unit_last_vba Highest durable VBA of each unit held here.");
+    let _ = writeln!(
+        out,
+        "# HELP vbs_unit_last_vba Highest durable VBA of each unit held here."
+    );
     let _ = writeln!(out, "# TYPE vbs_unit_last_vba gauge");
     for unit in &units {
         let role = match unit.assignment().map(|a| a.role) {
@@ -151,9 +193,18 @@ fn render(node: &Node) -> String {
     );
     for unit in &units {
         let last = unit.engine.last_vba();
-        for (copy, acked) in unit.window.lock().unwrap_or_else(|p| p.into_inner()).acknowledged() {
+        for (copy, acked) in unit
+            .window
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .acknowledged()
+        {
             let lag = last.0.saturating_sub(acked.0);
-            let _ = writeln!(out, "vbs_replication_lag_vbas{{unit=\"{}\",copy=\"{copy}\"}} {lag}", unit.id);
+            let _ = writeln!(
+                out,
+                "vbs_replication_lag_vbas{{unit=\"{}\",copy=\"{copy}\"}} {lag}",
+                unit.id
+            );
         }
     }
     let _ = writeln!(
@@ -163,15 +214,33 @@ fn render(node: &Node) -> String {
     );
     for unit in &units {
         if let Some(progress) = unit.resync_progress() {
-            let _ = writeln!(out, "vbs_resync_bytes{{unit=\"{}\",part=\"done\"}} {}", unit.id, progress.bytes_done);
-            let _ = writeln!(out, "vbs_resync_bytes{{unit=\"{}\",part=\"total\"}} {}", unit.id, progress.bytes_total);
+            let _ = writeln!(
+                out,
+                "vbs_resync_bytes{{unit=\"{}\",part=\"done\"}} {}",
+                unit.id, progress.bytes_done
+            );
+            let _ = writeln!(
+                out,
+                "vbs_resync_bytes{{unit=\"{}\",part=\"total\"}} {}",
+                unit.id, progress.bytes_total
+            );
         }
     }
+    node.rejections
+        .render(&mut out, &[Surface::Data, Surface::Metrics, Surface::Tls]);
     out
 }
 
-async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render(&node))
+async fn metrics(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
+    if let Err(refusal) = authorize(node.config.security.token.as_deref(), &headers) {
+        node.rejections.count(Surface::Metrics);
+        return unauthorized(refusal);
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        render(&node),
+    )
+        .into_response()
 }
 
 /// Serves `/metrics` on `listener` until `shutdown` completes.
@@ -180,6 +249,22 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = Router::new().route("/metrics", get(metrics)).with_state(node);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    let tls = node.config.security.tls.clone();
+    let rejections = node.rejections.clone();
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(node);
+    match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(tls) => {
+            let listener = TlsListener::new(listener, tls, rejections)?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
 }

@@ -6,7 +6,8 @@
 //! - [`membership`]: registration, heartbeats, and applying the database's assignments;
 //! - [`maintenance`]: background compaction of the units' logs;
 //! - [`metrics`]: `/metrics` in Prometheus text format;
-//! - [`server`]: the data-plane listener: handshake, limits, dispatch;
+//! - [`server`]: the data-plane listener: TLS, limits, dispatch;
+//! - [`handshake`]: the data-plane handshake: versions and authentication;
 //! - [`primary`]: client IO on the primary: ordering, replication, acknowledgement;
 //! - [`replica`]: the secondary side, and the primary's answer to resend requests;
 //! - [`catchup`]: the primary's side of a resync (streaming missed records, joining a copy);
@@ -15,6 +16,7 @@
 pub mod catchup;
 pub mod devices;
 mod errors;
+pub mod handshake;
 pub mod maintenance;
 pub mod membership;
 pub mod metrics;
@@ -34,10 +36,11 @@ use anyhow::Context;
 use client::conn::Pool;
 use client::managers::Managers;
 use client::proto::PeerKind;
+use client::security::{Rejections, Security};
 use client::types::{NodeId, UnitId};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::engine::DeviceOptions;
 use devices::Devices;
@@ -60,6 +63,9 @@ pub struct NodeConfig {
     /// The most bytes per second a resync of one unit pulls.
     pub resync_rate_bytes: u64,
     pub device: DeviceOptions,
+    /// The cluster token and TLS settings: for the data plane (both ways), the managers and
+    /// `/metrics`.
+    pub security: Security,
 }
 
 impl NodeConfig {
@@ -80,6 +86,7 @@ impl NodeConfig {
             reorder_wait: Duration::from_millis(100),
             resync_rate_bytes: 100 << 20,
             device: DeviceOptions::default(),
+            security: Security::default(),
         }
     }
 }
@@ -95,6 +102,8 @@ pub struct Node {
     /// Wakes the heartbeat loop early, e.g. when a request names a unit not yet known here.
     pub refresh: Notify,
     pub io_metrics: metrics::IoMetrics,
+    /// Connections and requests refused for their credentials.
+    pub rejections: Arc<Rejections>,
     /// Units this node held when it started, until the first heartbeat reply has been applied:
     /// their secondary copies may have missed writes while the node was away.
     restarted_units: std::sync::Mutex<Option<Vec<UnitId>>>,
@@ -133,10 +142,21 @@ pub async fn run(
     };
     // Connections to managers and peers leave from the listen address (`conn::source_of`).
     let source = client::conn::source_of(listener.local_addr()?);
-    let managers = Managers::parse_from(&config.managers, Duration::from_secs(2), source)
-        .map_err(anyhow::Error::msg)
-        .context("--managers")?;
-    let peers = Pool::new(PeerKind::Node, &config.id.0, Duration::from_secs(1)).with_source(source);
+    let security = config.security.clone();
+    let managers = Managers::parse_secured(
+        &config.managers,
+        Duration::from_secs(2),
+        source,
+        security.clone(),
+    )
+    .map_err(anyhow::Error::msg)
+    .context("--managers")?;
+    let peers = Pool::new(PeerKind::Node, &config.id.0, Duration::from_secs(1))
+        .with_source(source)
+        .with_security(security.clone());
+    for warning in security.server_warnings() {
+        warn!(node = %config.id, "{warning}");
+    }
     let mut units = HashMap::new();
     let restarted_units = devices.units().iter().map(|u| u.id()).collect();
     for engine in devices.units() {
@@ -161,6 +181,7 @@ pub async fn run(
         peers,
         refresh: Notify::new(),
         io_metrics: metrics::IoMetrics::default(),
+        rejections: Arc::default(),
         restarted_units: std::sync::Mutex::new(Some(restarted_units)),
     });
     let membership = tokio::spawn(membership::run(node.clone()));

@@ -194,6 +194,25 @@ async fn replicated_append(
             .unwrap_or_else(|p| p.into_inner())
             .local_durable(last);
     }
+    #[cfg(feature = "bugs")]
+    if local.is_ok() && crate::bugs::enabled(crate::bugs::Bug::AckBeforeSecondary) {
+        let (node, runtime) = (node.clone(), runtime.clone());
+        tokio::spawn(async move {
+            for (target, pending) in sent {
+                replicate_to(
+                    &node,
+                    &runtime,
+                    &target,
+                    pending,
+                    records.clone(),
+                    committed,
+                    deadline,
+                )
+                .await;
+            }
+        });
+        return Ok(first);
+    }
     let mut progress = WriteProgress::new(targets.iter().map(|t| t.node.clone()));
     let mut step = progress.local_done(local);
     let mut replies: FuturesUnordered<_> = sent

@@ -118,6 +118,9 @@ async fn resync(node: &Arc<Node>, runtime: &Arc<UnitRuntime>) -> Result<(), Stri
     let mut after = start_vba;
     // The first pull checks the histories agree at `after`; later ones continue from there.
     let mut after_generation = engine.generation_at(after);
+    // After a conflict, until a pull agrees with the primary: `after` is then behind this copy's
+    // own end, and what lies past it must go.
+    let mut probing = false;
     let mut join = false;
     // The first report goes out after the first pull, so the database sees the resync start.
     let mut reported: Option<Instant> = None;
@@ -133,8 +136,25 @@ async fn resync(node: &Arc<Node>, runtime: &Arc<UnitRuntime>) -> Result<(), Stri
         let response = match node.peers.call(&primary, request, PULL_TIMEOUT).await {
             Ok(response) => response,
             Err(DataError::Remote { error, .. }) if error.code == ErrorCode::Conflict => {
-                after = truncate_to_common(runtime, Vba(error.detail), generation).await?;
+                // The histories differ at `after`; the primary says up to where this copy's
+                // generation there agrees with its own. Probe there, or before this copy's run
+                // of that generation if they share none of it; the first probe that agrees
+                // says where to drop the tail.
+                let agreed = Vba(error.detail);
+                let run_start = engine.run_start(after);
+                after = if agreed >= run_start && agreed > Vba::ZERO {
+                    agreed.min(after)
+                } else {
+                    Vba(run_start.0.saturating_sub(1))
+                };
+                if after < engine.stable_vba() {
+                    return Err(format!(
+                        "the history differs from the primary's below VBA {}, which every copy held",
+                        engine.stable_vba()
+                    ));
+                }
                 after_generation = engine.generation_at(after);
+                probing = true;
                 continue;
             }
             Err(e) => return Err(e.to_string()),
@@ -151,6 +171,13 @@ async fn resync(node: &Arc<Node>, runtime: &Arc<UnitRuntime>) -> Result<(), Stri
         else {
             return Err(format!("unexpected answer {response:?}"));
         };
+        if std::mem::take(&mut probing) && after < engine.last_vba() {
+            // The first pull that agrees with the primary: what this copy holds past `after`
+            // is a tail the primary never had. It gives way to the primary's history, of the
+            // generation of the first record that follows (or the slice's, if none does).
+            let replacing = records.first().map_or(generation, |r| r.generation);
+            truncate_tail(runtime, after, replacing).await?;
+        }
         let count = records.len() as u64;
         let bytes: u64 = records.iter().map(|r| 64 + wire_data_len(r)).sum();
         apply(runtime, records).await?;
@@ -194,6 +221,10 @@ fn wire_data_len(record: &WireRecord) -> u64 {
 
 /// Applies pulled records (skipping any this copy already holds) and waits until durable.
 async fn apply(runtime: &Arc<UnitRuntime>, records: Vec<WireRecord>) -> Result<(), String> {
+    #[cfg(feature = "bugs")]
+    if crate::bugs::enabled(crate::bugs::Bug::ResyncSkipsRecords) {
+        return Ok(());
+    }
     let applying = runtime.applying.lock().await;
     let mut last: Option<Ticket> = None;
     for record in records {
@@ -214,28 +245,22 @@ async fn apply(runtime: &Arc<UnitRuntime>, records: Vec<WireRecord>) -> Result<(
     Ok(())
 }
 
-/// The copy's history differs from the primary's after `committed`: drop its tail back to what
-/// every copy held (the primary's committed VBA, or this copy's own stable one if higher).
-async fn truncate_to_common(
+/// Drops what this copy holds after `after` and starts `generation` there.
+async fn truncate_tail(
     runtime: &Arc<UnitRuntime>,
-    committed: Vba,
+    after: Vba,
     generation: Generation,
-) -> Result<Vba, String> {
+) -> Result<(), String> {
     let engine = runtime.engine.clone();
-    let to = committed.max(engine.stable_vba());
-    if to >= engine.last_vba() {
-        // Nothing past the common point after all (the log grew meanwhile): pull from there.
-        return Ok(engine.last_vba());
-    }
     let applying = runtime.applying.lock().await;
-    let dropped = tokio::task::spawn_blocking(move || engine.truncate_after(to, generation))
+    let dropped = tokio::task::spawn_blocking(move || engine.truncate_after(after, generation))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     runtime.expected.send_replace(runtime.engine.next_vba());
     drop(applying);
-    warn!(unit = %runtime.id, %to, dropped, "dropped a tail the primary does not have");
-    Ok(to)
+    warn!(unit = %runtime.id, %after, dropped, "dropped a tail the primary does not have");
+    Ok(())
 }
 
 async fn report(node: &Node, unit: UnitGeneration, progress: ResyncProgress) {

@@ -5,6 +5,9 @@
 //! read until one finishes (backpressure, not an error). A frame over [`proto::MAX_FRAME_BYTES`],
 //! a malformed frame, or a handshake that fails closes that connection with a logged reason;
 //! nothing a peer sends can stop the process.
+//!
+//! With TLS on, a connection is served only once its TLS handshake is done; with a token, only
+//! once the peer has proved it knows the token ([`super::handshake`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,20 +15,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use client::admission::{PerAddress, DEFAULT_CONNECTIONS_PER_ADDRESS};
 use client::conn::{read_frame, FrameWriter};
-use client::proto::{
-    ErrorCode, Frame, HelloOk, PeerKind, Request, Response, WireError, MAX_IN_FLIGHT,
-    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
-};
+use client::proto::{ErrorCode, Frame, PeerKind, Request, Response, WireError, MAX_IN_FLIGHT};
+use client::security::Surface;
 use client::types::NodeId;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use super::metrics::IoKind;
-use super::{catchup, primary, replica, Node};
+use super::{catchup, handshake, primary, replica, Node};
 
-/// How long a new connection has to send its hello.
+/// How long a new connection has to finish its TLS handshake, and then to say hello (and prove
+/// it knows the token).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn serve(
@@ -34,6 +38,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
+    let gate = PerAddress::new(DEFAULT_CONNECTIONS_PER_ADDRESS);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -41,11 +46,16 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, peer)) => {
+                let Some(admitted) = gate.admit(peer.ip()) else {
+                    warn!(%peer, limit = gate.limit(), "refused a data-plane connection: too many from this address");
+                    continue;
+                };
                 let node = node.clone();
                 tokio::spawn(async move {
                     if let Err(reason) = connection(node, stream, peer).await {
                         warn!(%peer, %reason, "closed a data-plane connection");
                     }
+                    drop(admitted);
                 });
             }
             // Out of file descriptors and the like: keep serving the connections we have.
@@ -60,7 +70,36 @@ pub async fn serve(
 /// Serves one connection. Returns why it was closed when that was not a clean end.
 async fn connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) -> Result<(), String> {
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    let (mut read, write) = stream.into_split();
+    let Some(tls) = node.config.security.tls.clone() else {
+        let (read, write) = stream.into_split();
+        return serve_stream(node, read, write, peer).await;
+    };
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            node.rejections.count(Surface::Tls);
+            return Err(format!("TLS handshake: {e}"));
+        }
+        Err(_) => {
+            node.rejections.count(Surface::Tls);
+            return Err("no TLS handshake within the handshake timeout".into());
+        }
+    };
+    let (read, write) = tokio::io::split(stream);
+    serve_stream(node, read, write, peer).await
+}
+
+/// Serves one connection over `read` and `write` (TCP or TLS): the handshake, then requests.
+async fn serve_stream<R, W>(
+    node: Arc<Node>,
+    mut read: R,
+    write: W,
+    peer: SocketAddr,
+) -> Result<(), String>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     // Responses are queued to one writer task, which sends every response ready at once in one
     // system call.
     let writer = Arc::new(FrameWriter::spawn(write, move |e| {
@@ -68,35 +107,18 @@ async fn connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) -> Res
     }));
     let mut buf = BytesMut::new();
 
-    let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(&mut read, &mut buf))
-        .await
-        .map_err(|_| "no hello within the handshake timeout".to_string())?
-        .map_err(|e| format!("handshake: {e}"))?;
-    let hello = match hello {
-        Some((_, Frame::Hello(hello))) => hello,
-        Some(_) => return Err("the first frame was not a hello".into()),
-        None => return Ok(()),
+    let greeted = handshake::accept(&node, &mut read, &mut buf, &writer);
+    let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, greeted).await {
+        Ok(Ok(Some(hello))) => hello,
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Err(reason)) => return Err(reason),
+        Err(_) => {
+            if node.config.security.token.is_some() {
+                node.rejections.count(Surface::Data);
+            }
+            return Err("no hello (or proof) within the handshake timeout".into());
+        }
     };
-    let version = hello.max_version.min(PROTOCOL_VERSION);
-    if version < hello.min_version.max(MIN_PROTOCOL_VERSION) {
-        let refusal = WireError::new(
-            ErrorCode::BadRequest,
-            format!(
-                "protocol versions {}..={} are not among the {MIN_PROTOCOL_VERSION}..={PROTOCOL_VERSION} this node speaks",
-                hello.min_version, hello.max_version
-            ),
-        );
-        writer.queue(0, &Frame::Response(Response::Error(refusal)));
-        return Err(format!(
-            "{} speaks no protocol version this node does",
-            hello.name
-        ));
-    }
-    let ok = HelloOk {
-        version,
-        node: node.id.0.clone(),
-    };
-    writer.queue(0, &Frame::HelloOk(ok));
     debug!(%peer, name = %hello.name, ?hello.peer, "data-plane connection");
 
     let peer_node = match hello.peer {
@@ -135,6 +157,8 @@ fn frame_name(frame: &Frame) -> &'static str {
     match frame {
         Frame::Hello(_) => "a second hello",
         Frame::HelloOk(_) => "a hello answer",
+        Frame::Auth(_) => "a proof outside the handshake",
+        Frame::AuthOk(_) => "a proof answer",
         Frame::Request(_) => "a request",
         Frame::Response(_) => "a response",
     }
@@ -158,17 +182,44 @@ async fn handle(
     let started = std::time::Instant::now();
     let volume = unit.volume;
     let (kind, bytes, result) = match request {
-        Request::Read { generation, lba, blocks, .. } => {
+        Request::Read {
+            generation,
+            lba,
+            blocks,
+            ..
+        } => {
             let bytes = u64::from(blocks) * client::types::BLOCK_BYTES;
-            (IoKind::Read, bytes, primary::read(&runtime, generation, lba, blocks).await)
+            (
+                IoKind::Read,
+                bytes,
+                primary::read(&runtime, generation, lba, blocks).await,
+            )
         }
-        Request::Write { generation, lba, data, .. } => {
+        Request::Write {
+            generation,
+            lba,
+            data,
+            ..
+        } => {
             let bytes = data.len() as u64;
-            (IoKind::Write, bytes, primary::write(node, &runtime, generation, lba, data).await)
+            (
+                IoKind::Write,
+                bytes,
+                primary::write(node, &runtime, generation, lba, data).await,
+            )
         }
-        Request::Trim { generation, lba, blocks, .. } => {
+        Request::Trim {
+            generation,
+            lba,
+            blocks,
+            ..
+        } => {
             let bytes = blocks * client::types::BLOCK_BYTES;
-            (IoKind::Trim, bytes, primary::trim(node, &runtime, generation, lba, blocks).await)
+            (
+                IoKind::Trim,
+                bytes,
+                primary::trim(node, &runtime, generation, lba, blocks).await,
+            )
         }
         Request::Flush { generation, .. } => {
             let result = runtime.serving_primary(generation).map(|_| Response::Flush);
@@ -176,7 +227,8 @@ async fn handle(
         }
         request => return peer_request(node, peer, &runtime, request).await,
     };
-    node.io_metrics.record(volume, kind, bytes, started.elapsed(), result.is_ok());
+    node.io_metrics
+        .record(volume, kind, bytes, started.elapsed(), result.is_ok());
     result
 }
 
@@ -223,7 +275,10 @@ async fn peer_request(
             };
             catchup::serve(node, runtime, copy.clone(), pull).await
         }
-        Request::Read { .. } | Request::Write { .. } | Request::Trim { .. } | Request::Flush { .. } => {
+        Request::Read { .. }
+        | Request::Write { .. }
+        | Request::Trim { .. }
+        | Request::Flush { .. } => {
             unreachable!("client requests are served by `handle`")
         }
     }

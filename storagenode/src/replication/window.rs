@@ -118,7 +118,10 @@ impl Window {
 
     /// Each copy waited for, with the highest VBA it acknowledged.
     pub fn acknowledged(&self) -> Vec<(NodeId, Vba)> {
-        self.acked.iter().map(|(node, vba)| (node.clone(), *vba)).collect()
+        self.acked
+            .iter()
+            .map(|(node, vba)| (node.clone(), *vba))
+            .collect()
     }
 
     pub fn len(&self) -> usize {

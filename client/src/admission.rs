@@ -1,0 +1,79 @@
+//! Admission of incoming connections: at most so many at once from one client address, so that
+//! one misbehaving (or compromised) client cannot take every file descriptor or task of a server.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+/// Connections one address may hold open at once on a data-plane or NBD listener by default.
+pub const DEFAULT_CONNECTIONS_PER_ADDRESS: usize = 256;
+
+#[derive(Debug)]
+pub struct PerAddress {
+    limit: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// An admitted connection; dropping it frees the slot.
+#[derive(Debug)]
+pub struct Admitted {
+    gate: Arc<PerAddress>,
+    addr: IpAddr,
+}
+
+impl PerAddress {
+    pub fn new(limit: usize) -> Arc<PerAddress> {
+        Arc::new(PerAddress {
+            limit,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Admits one more connection from `addr`, or `None` when it already has `limit` open.
+    pub fn admit(self: &Arc<Self>, addr: IpAddr) -> Option<Admitted> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(addr).or_default();
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(Admitted {
+            gate: self.clone(),
+            addr,
+        })
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut open = self.gate.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.addr) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.addr);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_gets_its_limit_and_no_more() {
+        let gate = PerAddress::new(2);
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        let b: IpAddr = "127.0.0.3".parse().unwrap();
+        let first = gate.admit(a).expect("first");
+        let _second = gate.admit(a).expect("second");
+        assert!(gate.admit(a).is_none(), "a third from the same address");
+        assert!(gate.admit(b).is_some(), "another address is not affected");
+        drop(first);
+        assert!(gate.admit(a).is_some(), "a freed slot is reused");
+    }
+}

@@ -1,0 +1,225 @@
+//! Injecting the faults of a schedule into a running cluster, and healing them.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use client::api::{ClusterStatus, Role, SliceMap};
+use storagenode::engine::segment::{read_header, scan, Vsid};
+use storagenode::engine::{Backend, FileBackend};
+
+use super::netfilter::Netfilter;
+use super::schedule::{FaultKind, Step};
+use crate::Cluster;
+
+/// How to undo an injected fault.
+#[derive(Clone, Debug)]
+pub enum Heal {
+    RestartStorage(String),
+    RestartManager(u64),
+    ContinueStorage(String),
+    ContinueManager(u64),
+    Network,
+}
+
+/// The slices of `volume` in `status`.
+pub fn slices<'a>(status: &'a ClusterStatus, volume: &str) -> anyhow::Result<&'a [SliceMap]> {
+    status
+        .volumes
+        .iter()
+        .find(|v| v.name == volume)
+        .map(|v| &v.slices[..])
+        .with_context(|| format!("volume {volume} is not in the status"))
+}
+
+/// A storage node chosen by `pick`: the primary or a secondary of slice `pick % slices`.
+fn pick_node(slices: &[SliceMap], pick: u64, role: Option<Role>) -> anyhow::Result<String> {
+    let slice = &slices[(pick % slices.len() as u64) as usize];
+    let rest = pick / slices.len() as u64;
+    let role = role.unwrap_or(if rest % 2 == 0 {
+        Role::Primary
+    } else {
+        Role::Secondary
+    });
+    if role == Role::Primary {
+        return Ok(slice.primary.0.clone());
+    }
+    let secondaries: Vec<&str> = slice
+        .copies
+        .iter()
+        .filter(|c| c.node != slice.primary)
+        .map(|c| c.node.0.as_str())
+        .collect();
+    if secondaries.is_empty() {
+        bail!("slice {} has no secondary", slice.unit);
+    }
+    Ok(secondaries[((rest / 2) % secondaries.len() as u64) as usize].to_string())
+}
+
+/// Injects `step`; returns what was done and how to undo it.
+pub async fn inject(
+    cluster: &mut Cluster,
+    net: &mut Netfilter,
+    volume: &str,
+    step: &Step,
+) -> anyhow::Result<(String, Heal)> {
+    let status = cluster.status().await.context("reading the status")?;
+    let slices = slices(&status, volume)?;
+    let leader = status.leader.map(|l| l.0);
+    let managers: Vec<IpAddr> = cluster
+        .manager_ids()
+        .into_iter()
+        .map(|id| cluster.manager_ip(id))
+        .collect();
+    let pick = step.pick;
+    Ok(match step.kind {
+        FaultKind::KillPrimary | FaultKind::KillSecondary => {
+            let role = if step.kind == FaultKind::KillPrimary {
+                Role::Primary
+            } else {
+                Role::Secondary
+            };
+            let node = pick_node(slices, pick, Some(role))?;
+            cluster.storage_node(&node)?.kill();
+            (format!("killed {node}"), Heal::RestartStorage(node))
+        }
+        FaultKind::KillLeader => {
+            let id = leader.context("no manager leader")?;
+            cluster.kill_manager(id)?;
+            (
+                format!("killed manager-{id} (leader)"),
+                Heal::RestartManager(id),
+            )
+        }
+        FaultKind::KillFollower => {
+            let followers: Vec<u64> = cluster
+                .manager_ids()
+                .into_iter()
+                .filter(|id| Some(*id) != leader)
+                .collect();
+            let id = followers[(pick % followers.len() as u64) as usize];
+            cluster.kill_manager(id)?;
+            (
+                format!("killed manager-{id} (follower)"),
+                Heal::RestartManager(id),
+            )
+        }
+        FaultKind::HangPrimary | FaultKind::HangSecondary => {
+            let role = if step.kind == FaultKind::HangPrimary {
+                Role::Primary
+            } else {
+                Role::Secondary
+            };
+            let node = pick_node(slices, pick, Some(role))?;
+            cluster.storage_node(&node)?.signal(libc::SIGSTOP)?;
+            (format!("stopped {node}"), Heal::ContinueStorage(node))
+        }
+        FaultKind::HangLeader => {
+            let id = leader.context("no manager leader")?;
+            cluster.manager(id)?.signal(libc::SIGSTOP)?;
+            (
+                format!("stopped manager-{id} (leader)"),
+                Heal::ContinueManager(id),
+            )
+        }
+        FaultKind::IsolateNode => {
+            let node = pick_node(slices, pick, None)?;
+            let mut rest = managers;
+            rest.extend(
+                cluster
+                    .storage_names()
+                    .iter()
+                    .filter(|n| **n != node)
+                    .map(|n| cluster.storage_ip(n)),
+            );
+            net.partition(&[cluster.storage_ip(&node)], &rest)?;
+            (
+                format!("cut {node} off from the other nodes and the managers"),
+                Heal::Network,
+            )
+        }
+        FaultKind::SplitPrimary => {
+            let slice = &slices[(pick % slices.len() as u64) as usize];
+            let primary = slice.primary.0.clone();
+            let secondaries: Vec<String> = slice
+                .copies
+                .iter()
+                .filter(|c| c.node != slice.primary)
+                .map(|c| c.node.0.clone())
+                .collect();
+            let ips: Vec<IpAddr> = secondaries.iter().map(|n| cluster.storage_ip(n)).collect();
+            net.partition(&[cluster.storage_ip(&primary)], &ips)?;
+            (
+                format!(
+                    "cut {primary} (primary of {}) off from {}",
+                    slice.unit,
+                    secondaries.join(", ")
+                ),
+                Heal::Network,
+            )
+        }
+        FaultKind::CutManagers => {
+            let node = pick_node(slices, pick, None)?;
+            net.partition(&[cluster.storage_ip(&node)], &managers)?;
+            (format!("cut {node} off from the managers"), Heal::Network)
+        }
+        FaultKind::TornTail => {
+            let node = pick_node(slices, pick, None)?;
+            let slice = &slices[(pick % slices.len() as u64) as usize];
+            cluster.storage_node(&node)?.kill();
+            let torn = tear_tail(
+                &cluster.storage_data_dir(&node),
+                &slice.unit.to_string(),
+                pick,
+            )?;
+            (format!("killed {node}, {torn}"), Heal::RestartStorage(node))
+        }
+    })
+}
+
+/// Undoes an injected fault.
+pub fn heal(cluster: &mut Cluster, net: &mut Netfilter, heal: &Heal) -> anyhow::Result<()> {
+    match heal {
+        Heal::RestartStorage(node) => cluster.storage_node(node)?.restart(),
+        Heal::RestartManager(id) => cluster.restart_manager(*id),
+        Heal::ContinueStorage(node) => cluster.storage_node(node)?.signal(libc::SIGCONT),
+        Heal::ContinueManager(id) => cluster.manager(*id)?.signal(libc::SIGCONT),
+        Heal::Network => net.heal(),
+    }
+}
+
+/// Zeroes the end of the last write batch of `unit`'s newest log segment in the (stopped)
+/// storage node's data directory `data_dir`, from a point `pick` chooses inside the batch: what a
+/// crash in the middle of the batch's write could leave. Says what it cut.
+pub fn tear_tail(data_dir: &Path, unit: &str, pick: u64) -> anyhow::Result<String> {
+    let backend = FileBackend::open(data_dir).context("opening the data directory")?;
+    let dir = format!("units/{unit}");
+    let newest = backend
+        .list(&dir)
+        .with_context(|| format!("listing {dir}"))?
+        .into_iter()
+        .filter_map(|name| Vsid::from_file_name(&name))
+        .filter(|vsid| vsid.is_log())
+        .max()
+        .with_context(|| format!("{dir} has no log segment"))?;
+    let path = format!("{dir}/{}", newest.file_name());
+    let file = backend.open(&path)?;
+    let header = read_header(file.as_ref())?
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("the header of {path}"))?;
+    let found = scan(file.as_ref(), header.nonce, true)?
+        .map_err(|c| anyhow::anyhow!("{path} is corrupt at {}: {}", c.offset, c.reason))?;
+    let Some(last) = found.records.last() else {
+        return Ok(format!("{path} holds no record yet: nothing torn"));
+    };
+    let batch = u64::from(last.header.batch_start);
+    let end = found.end;
+    let cut = batch + pick % (end - batch);
+    let zeroes = vec![0u8; (end - cut) as usize];
+    file.write_at(&zeroes, cut)?;
+    file.sync()?;
+    Ok(format!(
+        "zeroed bytes {cut}..{end} of {path} (last batch from {batch}, last VBA {})",
+        last.header.vba
+    ))
+}
