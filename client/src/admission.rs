@@ -2,10 +2,16 @@
 //! one misbehaving (or compromised) client cannot take every file descriptor or task of a server.
 
 use std::collections::HashMap;
+use std::io;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
-/// Connections one address may hold open at once on a data-plane or NBD listener by default.
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Connections one address may hold open at once on a listener (data plane, NBD, HTTP) by
+/// default.
 pub const DEFAULT_CONNECTIONS_PER_ADDRESS: usize = 256;
 
 #[derive(Debug)]
@@ -57,6 +63,62 @@ impl Drop for Admitted {
                 open.remove(&self.addr);
             }
         }
+    }
+}
+
+/// A connection that holds its admission: the slot is freed when the connection is dropped.
+#[derive(Debug)]
+pub struct Limited<S> {
+    stream: S,
+    _admitted: Admitted,
+}
+
+impl<S> Limited<S> {
+    pub fn new(stream: S, admitted: Admitted) -> Limited<S> {
+        Limited {
+            stream,
+            _admitted: admitted,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Limited<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Limited<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
 

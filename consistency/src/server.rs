@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use client::security::http::TlsListener;
+use client::security::http::{PlainListener, TlsListener};
 use openraft::storage::RaftLogStorage;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -99,7 +99,7 @@ pub async fn run(
     let router = api::router(manager.clone());
     let server = match &security.tls {
         None => tokio::spawn(
-            axum::serve(listener, router)
+            axum::serve(PlainListener::new(listener), router)
                 .with_graceful_shutdown(until_stopped)
                 .into_future(),
         ),

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use client::api::Role;
-use client::security::http::{authorize, unauthorized, TlsListener};
+use client::security::http::{authorize, unauthorized, PlainListener, TlsListener};
 use client::security::Surface;
 use client::types::VolumeId;
 
@@ -256,7 +256,7 @@ pub async fn serve(
         .with_state(node);
     match tls {
         None => {
-            axum::serve(listener, app)
+            axum::serve(PlainListener::new(listener), app)
                 .with_graceful_shutdown(shutdown)
                 .await
         }
