@@ -7,6 +7,8 @@
 //! - [`cluster`]: a set of processes (managers now, storage nodes later) with their own temp
 //!   dirs and free loopback ports, and HTTP helpers for the manager API.
 //! - [`credentials`]: a cluster's token file and TLS certificates (from a CA the test makes).
+//! - [`fuzzing`]: the fuzz targets (data-plane frames, log records, recovery, NBD requests),
+//!   shared by `tests/fuzz.rs` and the cargo-fuzz targets of `integration/fuzz/`.
 //! - [`gateway`]: a `vbs nbd` gateway process; `tagged_block`, data that says which write it is.
 //! - [`wait`]: waiting on observable state with a deadline, never a fixed sleep.
 //! - [`nemesis`]: the fault-injection runner (`vbs-nemesis`, `tests/nemesis.rs`): seeded faults
@@ -17,6 +19,7 @@
 pub mod binaries;
 pub mod cluster;
 pub mod credentials;
+pub mod fuzzing;
 pub mod gateway;
 pub mod nemesis;
 pub mod process;
