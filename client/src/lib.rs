@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`admission`]: at most so many connections per client address on a listener.
+//! - `bugs` (feature `bugs` only): the switch for deliberate bugs of the fault-injection suite.
 //! - [`api`]: JSON bodies of the manager HTTP API (volumes, nodes, heartbeats, notifications, status).
 //! - [`proto`]: the data-plane protocol: binary frames, their encoding and decoding.
 //! - [`conn`]: pipelined data-plane connections to storage nodes, pooled by address.
@@ -17,6 +18,8 @@
 
 pub mod admission;
 pub mod api;
+#[cfg(feature = "bugs")]
+pub mod bugs;
 pub mod conn;
 pub mod managers;
 pub mod nbd;
