@@ -2,7 +2,9 @@
 //!
 //! 1. `shared/tools/floor.py` (when present): raw fdatasync, loopback round trip, and the floor for a
 //!    durable two-copy 4 KiB write (`rf2_floor_us`);
-//! 2. `vbs-storage bench` at iodepth 1 and 32: the single-node engine on the same disk;
+//! 2. `vbs-storage bench` at iodepth 1 and 32: the single-node engine on the same disk; then two
+//!    engines at iodepth 32 at once, on two directories of the same disk: the disk and CPU work of
+//!    two copies of every write, the most a two-copy volume on this one machine can reach;
 //! 3. `vbs bench --rw randwrite --bs 4k` at iodepth 1 and 32 against a real cluster (3 managers,
 //!    3 storage nodes, a volume with 2 replicas), all on loopback.
 //!
@@ -46,19 +48,42 @@ fn floor(dir: &Path) -> anyhow::Result<Option<Value>> {
 }
 
 fn engine(dir: &Path, iodepth: u32, count: u32) -> anyhow::Result<Value> {
-    run_json(
-        Command::new(binary("vbs-storage")?)
-            .args([
-                "bench",
-                "--json",
-                "--iodepth",
-                &iodepth.to_string(),
-                "--count",
-                &count.to_string(),
-            ])
-            .arg("--data-dir")
-            .arg(dir),
-    )
+    run_json(&mut engine_command(dir, iodepth, count)?)
+}
+
+/// Two engine benchmarks at once, on `dir/a` and `dir/b`; their figures.
+fn engine_pair(dir: &Path, iodepth: u32, count: u32) -> anyhow::Result<[Value; 2]> {
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    std::fs::create_dir_all(&a)?;
+    std::fs::create_dir_all(&b)?;
+    let (mut first, mut second) = (
+        engine_command(&a, iodepth, count)?,
+        engine_command(&b, iodepth, count)?,
+    );
+    std::thread::scope(|scope| {
+        let other = scope.spawn(move || run_json(&mut second));
+        let one = run_json(&mut first)?;
+        let other = other
+            .join()
+            .map_err(|_| anyhow::anyhow!("the second engine benchmark panicked"))??;
+        Ok([one, other])
+    })
+}
+
+fn engine_command(dir: &Path, iodepth: u32, count: u32) -> anyhow::Result<Command> {
+    let mut command = Command::new(binary("vbs-storage")?);
+    command
+        .args([
+            "bench",
+            "--json",
+            "--iodepth",
+            &iodepth.to_string(),
+            "--count",
+            &count.to_string(),
+        ])
+        .arg("--data-dir")
+        .arg(dir);
+    Ok(command)
 }
 
 fn f(value: &Value, key: &str) -> f64 {
@@ -84,6 +109,9 @@ async fn main() -> anyhow::Result<()> {
     let floor = floor(cluster.dir.path())?;
     let engine_1 = engine(&engine_dir, 1, 10_000)?;
     let engine_32 = engine(&engine_dir, 32, 100_000)?;
+    let pair_32 = engine_pair(&engine_dir.join("pair"), 32, 100_000)?;
+    // The pair's combined rate while both ran: each one's IOPS over the same span.
+    let pair_iops = f(&pair_32[0], "iops").min(f(&pair_32[1], "iops"));
 
     let out = cluster.vbs(&[
         "volume",
@@ -169,6 +197,13 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "vbs IOPS iodepth 32 / engine IOPS iodepth 32: {:.2}",
         f(&vbs[1], "iops") / f(&engine_32, "iops")
+    );
+    println!(
+        "two engines at iodepth 32 at once: {:.0} and {:.0} IOPS; vbs IOPS iodepth 32 / the \
+         slower of the two: {:.2}",
+        f(&pair_32[0], "iops"),
+        f(&pair_32[1], "iops"),
+        f(&vbs[1], "iops") / pair_iops
     );
     match floor {
         Some(floor) => {
