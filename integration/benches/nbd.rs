@@ -5,8 +5,8 @@
 //! - 4 KiB writes at depth 32 with a flush every 32;
 //! - 1 MiB sequential writes at depth 8 with a flush every 8.
 //!
-//! Run: `cargo bench -p integration --bench nbd` (release build). Needs qemu-utils and nbdkit
-//! (`apt-get install qemu-utils nbdkit`).
+//! Run: `cargo bench -p integration --bench nbd` (release build). It installs Debian's qemu-utils
+//! and nbdkit when they are missing.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -39,8 +39,12 @@ async fn listening(port: u16) -> anyhow::Result<()> {
     .await
 }
 
+fn tool(program: &str, package: &str) -> anyhow::Result<std::path::PathBuf> {
+    integration::tools::ensure(program, package)
+}
+
 fn raw_file(path: &std::path::Path, bytes: u64) -> anyhow::Result<()> {
-    let out = Command::new("qemu-img")
+    let out = Command::new(tool("qemu-img", "qemu-utils")?)
         .args(["create", "-f", "raw"])
         .arg(path)
         .arg(bytes.to_string())
@@ -69,7 +73,7 @@ fn bench(
     depth: u32,
     flush_every: Option<u32>,
 ) -> anyhow::Result<(f64, f64)> {
-    let mut cmd = Command::new("qemu-img");
+    let mut cmd = Command::new(tool("qemu-img", "qemu-utils")?);
     cmd.args(["bench", "-f", "raw", "-t", "none", "-w", "-s", size])
         .args(["-c", &count.to_string(), "-d", &depth.to_string()]);
     if let Some(every) = flush_every {
@@ -145,7 +149,7 @@ async fn main() -> anyhow::Result<()> {
     let qemu_file = dir.join("qemu-nbd.img");
     raw_file(&qemu_file, 2 << 30)?;
     let port = free_port()?;
-    let child = Command::new("qemu-nbd")
+    let child = Command::new(tool("qemu-nbd", "qemu-utils")?)
         .args([
             "-f",
             "raw",
@@ -173,7 +177,7 @@ async fn main() -> anyhow::Result<()> {
     let nbdkit_file = dir.join("nbdkit.img");
     raw_file(&nbdkit_file, 2 << 30)?;
     let port = free_port()?;
-    let child = Command::new("nbdkit")
+    let child = Command::new(tool("nbdkit", "nbdkit")?)
         .args([
             "-f",
             "-i",

@@ -10,6 +10,7 @@
 //! - [`fuzzing`]: the fuzz targets (data-plane frames, log records, recovery, NBD requests),
 //!   shared by `tests/fuzz.rs` and the cargo-fuzz targets of `integration/fuzz/`.
 //! - [`gateway`]: a `vbs nbd` gateway process; `tagged_block`, data that says which write it is.
+//! - [`tools`]: programs from Debian packages the tests drive, installed with apt when missing.
 //! - [`wait`]: waiting on observable state with a deadline, never a fixed sleep.
 //! - [`nemesis`]: the fault-injection runner (`vbs-nemesis`, `tests/nemesis.rs`): seeded faults
 //!   against a cluster on distinct loopback addresses, and a checker of the clients' history.
@@ -23,6 +24,7 @@ pub mod fuzzing;
 pub mod gateway;
 pub mod nemesis;
 pub mod process;
+pub mod tools;
 pub mod wait;
 
 pub use cluster::{Addresses, Cluster, ClusterOptions};

@@ -13,7 +13,6 @@ use client::api::NodeState;
 use integration::binaries::{binary, profile_dir, workspace_root};
 use integration::{wait_until, Cluster, ClusterOptions};
 
-const CHROMIUM: &str = "/usr/bin/chromium";
 const STARTUP: Duration = Duration::from_secs(30);
 /// The lease is 2 s (+ 500 ms clock margin), the page polls every second: a down node shows
 /// well within this.
@@ -27,46 +26,12 @@ const WINDOW: (u32, u32) = (1400, 1000);
 
 /// The browser, installed once per test run when it is missing.
 fn chromium() -> &'static Path {
-    static FOUND: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match FOUND.get_or_init(find_or_install) {
-        Ok(path) => path,
-        Err(e) => panic!("headless Chromium is needed (Debian package chromium): {e}"),
-    }
-}
-
-fn find_or_install() -> Result<PathBuf, String> {
-    let path = PathBuf::from(CHROMIUM);
-    if path.exists() {
-        return Ok(path);
-    }
-    eprintln!("{CHROMIUM} is missing: installing Debian's chromium with apt-get");
-    let apt = |args: &[&str]| -> Result<(), String> {
-        let out = Command::new("apt-get")
-            // Wait for another apt run (a parallel test run) instead of failing on its lock.
-            .args(["-o", "DPkg::Lock::Timeout=600"])
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| format!("running apt-get: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "apt-get {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
-    };
-    apt(&["update"])?;
-    apt(&["install", "-y", "chromium"])?;
-    if path.exists() {
-        Ok(path)
-    } else {
-        Err(format!(
-            "apt-get installed chromium, but {CHROMIUM} is not there"
-        ))
-    }
+    static FOUND: OnceLock<PathBuf> = OnceLock::new();
+    FOUND.get_or_init(|| {
+        integration::tools::ensure("chromium", "chromium").unwrap_or_else(|e| {
+            panic!("headless Chromium is needed (Debian package chromium): {e:#}")
+        })
+    })
 }
 
 /// The dashboard's files, compiled into `vbs-manager`.

@@ -10,16 +10,12 @@ use integration::{Cluster, ClusterOptions};
 
 const STARTUP: Duration = Duration::from_secs(30);
 
-fn tool(name: &str) -> Option<String> {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {name}"))
-        .output()
-        .ok()?;
-    found
-        .status
-        .success()
-        .then(|| String::from_utf8_lossy(&found.stdout).trim().to_string())
+/// `program` from Debian's `package`, installed when missing.
+fn tool(program: &str, package: &str) -> String {
+    integration::tools::ensure(program, package)
+        .unwrap_or_else(|e| panic!("{program} is needed (Debian package {package}): {e:#}"))
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn run(program: &str, args: &[&str]) -> Output {
@@ -77,9 +73,7 @@ fn sha256(path: &Path) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qemu_io_patterns_read_back_including_unaligned_ones() {
-    let Some(qemu_io) = tool("qemu-io") else {
-        panic!("qemu-io is needed (Debian package qemu-utils)");
-    };
+    let qemu_io = tool("qemu-io", "qemu-utils");
     let (_cluster, _gateway, url) = cluster_with_export("pat", "64M").await;
     let out = run(
         &qemu_io,
@@ -120,15 +114,9 @@ async fn qemu_io_patterns_read_back_including_unaligned_ones() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_converted_in_and_out_is_identical_and_ext4_checks_clean() {
-    let Some(qemu_img) = tool("qemu-img") else {
-        panic!("qemu-img is needed (Debian package qemu-utils)");
-    };
-    let Some(mkfs) = tool("mkfs.ext4").or_else(|| tool("/sbin/mkfs.ext4")) else {
-        panic!("mkfs.ext4 is needed (Debian package e2fsprogs)");
-    };
-    let fsck = tool("e2fsck")
-        .or_else(|| tool("/sbin/e2fsck"))
-        .expect("e2fsck (e2fsprogs)");
+    let qemu_img = tool("qemu-img", "qemu-utils");
+    let mkfs = tool("mkfs.ext4", "e2fsprogs");
+    let fsck = tool("e2fsck", "e2fsprogs");
     let (cluster, _gateway, url) = cluster_with_export("img", "64M").await;
     let dir = cluster.dir.path();
 

@@ -95,16 +95,19 @@ fn http_get(dir: &std::path::Path, port: u16, path: &str) -> String {
 }
 
 fn qemu_io(url: &str, commands: &[&str]) {
-    let mut cmd = Command::new("qemu-io");
+    let qemu_io =
+        integration::tools::ensure("qemu-io", "qemu-utils").expect("qemu-io (qemu-utils)");
+    let mut cmd = Command::new(qemu_io);
     cmd.args(["-f", "raw", url]);
     for c in commands {
         cmd.args(["-c", c]);
     }
     let out = cmd.output().expect("qemu-io (qemu-utils) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+        out.status.success() && !text.contains("failed"),
+        "qemu-io {commands:?}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 

@@ -33,31 +33,8 @@ fn iptables(args: &[&str]) -> anyhow::Result<String> {
 
 /// Makes sure `iptables` can be run, installing Debian's package when it is missing.
 pub fn ensure_installed() -> anyhow::Result<()> {
-    if iptables(&["-S", "INPUT"]).is_ok() {
-        return Ok(());
-    }
-    eprintln!("nemesis: iptables is missing; installing it with apt-get");
-    let status = Command::new("apt-get")
-        .args(["install", "-y", "-q", "iptables"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .context("running apt-get")?;
-    if !status.success() {
-        // The package lists may be missing on a fresh machine.
-        Command::new("apt-get")
-            .args(["update", "-q"])
-            .status()
-            .context("running apt-get update")?;
-        let status = Command::new("apt-get")
-            .args(["install", "-y", "-q", "iptables"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .context("running apt-get")?;
-        if !status.success() {
-            bail!("apt-get install iptables failed: {status}");
-        }
-    }
-    iptables(&["-S", "INPUT"]).context("iptables after installing it")?;
+    crate::tools::ensure("iptables", "iptables")?;
+    iptables(&["-S", "INPUT"]).context("running iptables")?;
     Ok(())
 }
 
