@@ -45,6 +45,13 @@ pub async fn run(manager: SharedManager, mut stop: watch::Receiver<bool>) {
         let now = Instant::now();
         let verdicts = manager.with_liveness(now, |l| manager.read(|a| l.judge(&a.state, now)));
         let Some(verdicts) = verdicts else { continue };
+        if let Some(gap) = verdicts.paused {
+            tracing::warn!(
+                ?gap,
+                "the failure detector did not run for longer than the clock margin: every storage \
+                 node gets a full lease before it judges"
+            );
+        }
         let mut failed = false;
         for command in verdicts.commands {
             let judged = match &command {

@@ -12,6 +12,11 @@
 //! primary's lease on those units: later heartbeat replies no longer renew it, and once the last
 //! renewal has run out the slice fails over.
 //!
+//! A leader that itself stops running for a while (stopped, starved of CPU, its VM paused) hears
+//! nothing meanwhile: the heartbeats wait unread in its sockets. When the detector finds it did
+//! not look for longer than the clock margin, it counts every node's lease afresh from then, as a
+//! newly elected leader does, rather than take its own silence for theirs.
+//!
 //! A verdict takes a while to commit, and a heartbeat may arrive meanwhile. So from the moment the
 //! detector judges a node down until that verdict is resolved, replies to the node renew nothing
 //! ([`Liveness::judge`], [`Liveness::renews`]); otherwise the node could hold a fresh lease as
@@ -66,7 +71,11 @@ struct Revocation {
 #[derive(Debug)]
 pub struct Liveness {
     config: LeaseConfig,
+    /// Since when every node's lease is counted at the latest: the election, or the end of the
+    /// last pause of this leader.
     leader_since: Instant,
+    /// When the detector last judged.
+    last_look: Instant,
     heard: HashMap<NodeId, Heard>,
     revoked: BTreeMap<UnitId, Revocation>,
     /// Nodes judged down whose verdict is not resolved yet: their heartbeats renew no lease.
@@ -83,6 +92,9 @@ pub struct Verdicts {
     /// Revocations to drop: the slice moved on, or no copy can take over, so the current primary
     /// had better keep its lease.
     pub cancel: Vec<UnitId>,
+    /// How long the detector had not looked, when that was longer than the clock margin: this
+    /// leader was not running, and every node's lease is counted afresh from now.
+    pub paused: Option<Duration>,
 }
 
 impl Liveness {
@@ -91,6 +103,7 @@ impl Liveness {
         Liveness {
             config,
             leader_since,
+            last_look: leader_since,
             heard: HashMap::new(),
             revoked: BTreeMap::new(),
             judging: BTreeSet::new(),
@@ -246,7 +259,9 @@ impl Liveness {
     /// make pointless dropped, and every node judged down marked as being judged until
     /// [`Liveness::judged`] is called for it.
     pub fn judge(&mut self, state: &State, now: Instant) -> Verdicts {
-        let verdicts = self.detect(state, now);
+        let paused = self.resume(now);
+        let mut verdicts = self.detect(state, now);
+        verdicts.paused = paused;
         for unit in &verdicts.cancel {
             self.cancel_revocation(*unit);
         }
@@ -261,6 +276,19 @@ impl Liveness {
             }
         }
         verdicts
+    }
+
+    /// Notes that the detector looks at `now`. After a gap longer than the clock margin, every
+    /// node's lease is counted from `now` (what this leader last heard is as old as the gap) and
+    /// the gap is returned.
+    fn resume(&mut self, now: Instant) -> Option<Duration> {
+        let gap = now.saturating_duration_since(self.last_look);
+        self.last_look = self.last_look.max(now);
+        if gap <= self.config.clock_margin {
+            return None;
+        }
+        self.leader_since = self.leader_since.max(now);
+        Some(gap)
     }
 
     /// The verdict on `node` is resolved: committed, refused, or abandoned with the leadership.

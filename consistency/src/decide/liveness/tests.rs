@@ -162,9 +162,53 @@ fn a_revocation_with_no_copy_to_take_over_is_cancelled() {
         verdicts,
         Verdicts {
             commands: vec![],
-            cancel: vec![unit]
+            cancel: vec![unit],
+            paused: None,
         }
     );
+}
+
+/// The detector judging every 100 ms from `from` until just before `until`, as it does on a
+/// leader that keeps running; nobody is judged down meanwhile.
+fn keep_looking(memory: &mut Liveness, state: &State, from: Instant, until: Instant) {
+    let mut at = from;
+    while at < until {
+        let verdicts = memory.judge(state, at);
+        assert!(
+            verdicts.commands.is_empty(),
+            "judged at {:?}: {verdicts:?}",
+            at - from
+        );
+        at += Duration::from_millis(100);
+    }
+}
+
+#[test]
+fn a_leader_that_did_not_run_gives_every_node_a_full_lease_before_judging() {
+    let state = cluster(&["n1", "n2"]);
+    let t0 = Instant::now();
+    let mut memory = liveness(t0);
+    memory.heard(&node("n1"), t0, &heartbeat(&[]));
+    memory.heard(&node("n2"), t0, &heartbeat(&[]));
+    let stopped = t0 + Duration::from_secs(1);
+    keep_looking(&mut memory, &state, t0, stopped);
+    // The leader stops for longer than a lease: the heartbeats sent meanwhile wait unread, so
+    // its silence is not the nodes'.
+    let resumed = stopped + LEASE + MARGIN;
+    let verdicts = memory.judge(&state, resumed);
+    assert!(downed(&verdicts).is_empty(), "{verdicts:?}");
+    assert_eq!(
+        verdicts.paused,
+        Some(LEASE + MARGIN + Duration::from_millis(100))
+    );
+    // n2's heartbeats are read again, n1 stays silent: n1 goes down a full lease after the
+    // pause, not before.
+    memory.heard(&node("n2"), resumed, &heartbeat(&[]));
+    keep_looking(&mut memory, &state, resumed, resumed + LEASE + MARGIN);
+    memory.heard(&node("n2"), resumed + LEASE, &heartbeat(&[]));
+    let verdicts = memory.judge(&state, resumed + LEASE + MARGIN);
+    assert_eq!(downed(&verdicts), ["n1"]);
+    assert_eq!(verdicts.paused, None);
 }
 
 #[test]
@@ -175,6 +219,7 @@ fn a_node_being_judged_down_gets_no_lease_until_the_verdict_is_resolved() {
     let t0 = Instant::now();
     let mut memory = liveness(t0);
     memory.heard(&node("n2"), t0 + LEASE, &heartbeat(&[]));
+    keep_looking(&mut memory, &state, t0, t0 + LEASE + MARGIN);
     let verdicts = memory.judge(&state, t0 + LEASE + MARGIN);
     assert_eq!(downed(&verdicts), ["n1"]);
     // n1 heartbeats while its verdict commits: the reply must not renew its lease, since the
