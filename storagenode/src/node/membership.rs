@@ -131,6 +131,20 @@ async fn apply(node: &Arc<Node>, sent: Instant, reply: HeartbeatResponse) {
                 "the unit here has another size than the database's; not serving it");
             continue;
         }
+        // A primary whose log lost a torn tail may have lost records its current copies hold
+        // (acknowledged ones too, if the disk did not keep what it flushed): numbering writes on
+        // from its shorter log would give those VBAs to other writes, and its reads would miss
+        // them. With a current copy to fail over to, it steps down before serving anything.
+        if runtime.torn.swap(false, Ordering::Relaxed)
+            && unit.role == Role::Primary
+            && unit
+                .copies
+                .iter()
+                .any(|c| c.node != node.id && c.status == CopyStatus::Current)
+        {
+            warn!(unit = %unit.unit, "this primary's log lost a torn tail; stepping down");
+            runtime.lost.store(true, Ordering::Relaxed);
+        }
         let before = runtime.assignment();
         let assignment = Assignment::from_assigned(unit);
         if before.as_ref() != Some(&assignment) {
@@ -154,7 +168,7 @@ async fn apply(node: &Arc<Node>, sent: Instant, reply: HeartbeatResponse) {
     }
     // A secondary that was away may have missed writes the primary did not report (the primary
     // only reports a copy that fails it during a write). A primary missed nothing: every write it
-    // acknowledged was durable in its own log first.
+    // acknowledged was durable in its own log first (unless its log lost a torn tail, above).
     let restarted = node
         .restarted_units
         .lock()
@@ -257,7 +271,8 @@ async fn drop_unit(node: &Arc<Node>, runtime: &UnitRuntime) {
     }
 }
 
-/// Reports units this node lost as not current; until that is committed they do not serve.
+/// Reports units that lost records (created empty, or a primary that lost a tail a copy holds)
+/// as not current; until that is committed they do not serve.
 async fn report_not_current(node: &Node, units: Vec<UnitGeneration>) {
     let notification = Notification::NotCurrent {
         source: node.id.clone(),
@@ -272,7 +287,7 @@ async fn report_not_current(node: &Node, units: Vec<UnitGeneration>) {
             }
             info!(
                 units = units.len(),
-                "reported units that had to be created empty as not current"
+                "reported units that lost records as not current"
             );
         }
         Err(e) => {

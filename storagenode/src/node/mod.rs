@@ -165,6 +165,13 @@ pub async fn run(
             Arc::new(UnitRuntime::new(engine, config.id.clone())),
         );
     }
+    for report in reports.iter().filter(|r| r.torn_tail.is_some()) {
+        if let Some(runtime) = report.unit.and_then(|unit| units.get(&unit)) {
+            runtime
+                .torn
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
     info!(
         node = %config.id,
         listen = %listener.local_addr()?,

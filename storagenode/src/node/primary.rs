@@ -8,11 +8,12 @@
 //!    or been marked stale by a committed notification (`replication::progress`).
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use client::api::{CopyInfo, Notification, Source, UnitGeneration};
+use client::api::{CopyInfo, CopyStatus, Notification, Source, UnitGeneration};
 use client::conn::{DataError, Reply as Pending};
 use client::managers::ManagerError;
 use client::proto::{
@@ -20,7 +21,7 @@ use client::proto::{
 };
 use client::types::{Generation, Lba, NodeId, Vba, BLOCK_BYTES};
 use futures::stream::{FuturesUnordered, StreamExt};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::errors::{from_engine, from_join};
 use super::unit::UnitRuntime;
@@ -266,6 +267,18 @@ fn refusal(runtime: &UnitRuntime, failure: Failure) -> WireError {
         .with_detail(generation.0),
         Failure::Unavailable(reason) => WireError::new(ErrorCode::Unavailable, reason),
         Failure::Local(reason) => WireError::new(ErrorCode::Internal, reason),
+        Failure::Diverged(reason) => {
+            // Serve nothing more; the membership loop reports the copy not current at the next
+            // beat, and the database fails the slice over to a copy that holds what this lost.
+            runtime.lost.store(true, Ordering::Relaxed);
+            WireError::new(
+                ErrorCode::NotCurrent,
+                format!(
+                    "the primary of slice {} lost records a copy holds ({reason}); it steps down",
+                    runtime.id
+                ),
+            )
+        }
     }
 }
 
@@ -282,8 +295,15 @@ async fn replicate_to(
 ) -> Reply {
     let reply =
         replicate_attempts(node, runtime, target, pending, records, committed, deadline).await;
-    if let Reply::Failed(reason) = &reply {
-        warn!(unit = %runtime.id, target = %target.node, %reason, "a secondary did not take a write");
+    match &reply {
+        Reply::Failed(reason) => {
+            warn!(unit = %runtime.id, target = %target.node, %reason, "a secondary did not take a write")
+        }
+        Reply::Diverged(reason) => {
+            error!(unit = %runtime.id, target = %target.node, %reason,
+                "a current copy holds records this primary lost; stepping down")
+        }
+        Reply::Acked | Reply::Deposed(_) => {}
     }
     reply
 }
@@ -313,6 +333,12 @@ async fn replicate_attempts(
             Ok(other) => return Reply::Failed(format!("unexpected answer {other:?}")),
             Err(DataError::Remote { error, .. }) => match error.code {
                 ErrorCode::StaleGeneration => return Reply::Deposed(Generation(error.detail)),
+                // A current copy's history differs from this primary's at VBAs of its own
+                // generation: this log lost records the copy holds (a syncing copy is still
+                // being brought in line, and is marked stale as usual).
+                ErrorCode::Conflict if target.status == CopyStatus::Current => {
+                    return Reply::Diverged(error.message)
+                }
                 ErrorCode::UnknownUnit | ErrorCode::Unavailable => error.message,
                 _ => return Reply::Failed(error.message),
             },

@@ -66,9 +66,13 @@ pub struct UnitRuntime {
     slice_updated: Mutex<Option<Instant>>,
     /// The last resync of this copy, for metrics.
     resync: Mutex<Option<client::api::ResyncProgress>>,
-    /// The database lists this copy as current, but this node had to create it empty (its data
-    /// was lost). It serves nothing until the database has been told it is not current.
+    /// This copy lost records the database counts on: the node had to create it empty (its
+    /// data was lost), or as primary it lost records a current copy holds (a torn tail). It
+    /// serves nothing until the database has been told it is not current.
     pub lost: AtomicBool,
+    /// Recovery cut a torn tail off this unit's log when the node started, and the first
+    /// assignment since has not been applied yet.
+    pub torn: AtomicBool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -93,6 +97,7 @@ impl UnitRuntime {
             applying: tokio::sync::Mutex::new(()),
             expected: watch::Sender::new(next),
             lost: AtomicBool::new(false),
+            torn: AtomicBool::new(false),
             joined: Mutex::new(std::collections::BTreeMap::new()),
             resyncing: AtomicBool::new(false),
             slice_updated: Mutex::new(None),

@@ -17,6 +17,11 @@ pub enum Reply {
     Failed(String),
     /// It knows a newer generation of the slice: this primary was deposed.
     Deposed(Generation),
+    /// A current copy holds other records at these VBAs in this generation. Only this primary
+    /// numbers the slice's records in its generation, so its own log lost records it had
+    /// numbered (a torn or vanished tail) that the copy holds: the copy has more than the
+    /// primary, and the primary must step down rather than mark it stale.
+    Diverged(String),
 }
 
 /// The outcome of asking the database to mark a copy stale.
@@ -50,6 +55,10 @@ pub enum Failure {
     Unavailable(String),
     /// The local append failed (a disk error).
     Local(String),
+    /// A current copy holds records this primary lost ([`Reply::Diverged`]): the primary steps
+    /// down, reporting its own copy not current, so that the slice fails over to a copy that has
+    /// them.
+    Diverged(String),
 }
 
 #[derive(Debug)]
@@ -90,6 +99,15 @@ impl WriteProgress {
             Reply::Deposed(generation) => {
                 self.waiting.remove(node);
                 self.failure.get_or_insert(Failure::Deposed(generation));
+                self.next()
+            }
+            Reply::Diverged(reason) => {
+                self.waiting.remove(node);
+                // Stepping down matters more than any other failure, but a deposed primary has
+                // stepped down already.
+                if !matches!(self.failure, Some(Failure::Deposed(_))) {
+                    self.failure = Some(Failure::Diverged(format!("copy {node}: {reason}")));
+                }
                 self.next()
             }
             Reply::Failed(_) if self.failure.is_some() => {
@@ -199,5 +217,29 @@ mod tests {
     fn with_no_current_secondary_the_local_append_is_enough() {
         let mut p = WriteProgress::new([]);
         assert_eq!(p.local_done(Ok(())), Step::Acknowledge);
+    }
+
+    #[test]
+    fn a_current_copy_holding_more_makes_the_primary_step_down_instead_of_marking_it() {
+        let mut p = WriteProgress::new([n("b"), n("c")]);
+        assert_eq!(p.local_done(Ok(())), Step::Wait);
+        assert_eq!(
+            p.replied(&n("b"), Reply::Failed("timeout".into())),
+            Step::MarkStale(n("b"))
+        );
+        assert_eq!(
+            p.replied(
+                &n("c"),
+                Reply::Diverged("VBA 7 held with other content".into())
+            ),
+            Step::Wait,
+            "b's marking is still under way"
+        );
+        assert_eq!(
+            p.marked(&n("b"), Marked::Stale),
+            Step::Fail(Failure::Diverged(
+                "copy c: VBA 7 held with other content".into()
+            ))
+        );
     }
 }
