@@ -487,6 +487,41 @@ mod cases {
         assert_reads(&unit, &model, 4);
     }
 
+    pub fn a_truncation_never_takes_in_records_stacked_past_the_tail(fixture: &dyn Fixture) {
+        let device = open(fixture);
+        let unit = device.create_unit(UNIT, UNIT_BYTES).unwrap();
+        for tag in 1..=10u64 {
+            unit.apply(Vba(tag), G1, write(tag % 4, tag)).unwrap();
+        }
+        // A record of generation 2 landed right after generation 1's tail 6..=10, which
+        // generation 2's history (starting after 5) does not have.
+        unit.apply(Vba(11), Generation(2), write(0, 11)).unwrap();
+        assert!(
+            matches!(
+                unit.truncate_after(Vba(5), Generation(2)),
+                Err(EngineError::Invalid(_))
+            ),
+            "dropping 6..=10 under generation 2 would take VBA 11 into its history"
+        );
+        assert_eq!(
+            unit.last_vba(),
+            Vba(11),
+            "a refused truncation changes nothing"
+        );
+        // A newer generation drops both, and writing goes on in order.
+        assert_eq!(unit.truncate_after(Vba(5), Generation(3)).unwrap(), 6);
+        assert_eq!(unit.last_vba(), Vba(5));
+        unit.apply(Vba(6), Generation(3), write(1, 66)).unwrap();
+        unit.apply(Vba(7), Generation(3), write(2, 67)).unwrap();
+        let model = Model::from([(0, 4), (1, 66), (2, 67), (3, 3)]);
+        assert_reads(&unit, &model, 4);
+        let vbas: Vec<u64> = unit
+            .records_after(Vba(0))
+            .map(|r| r.unwrap().vba.0)
+            .collect();
+        assert_eq!(vbas, vec![3, 4, 6, 7]);
+    }
+
     pub fn catch_up_streams_what_a_copy_missed(fixture: &dyn Fixture) {
         let device = open(fixture);
         let primary = device.create_unit(UNIT, UNIT_BYTES).unwrap();
@@ -636,6 +671,7 @@ conformance!(
     truncation_restores_what_the_tail_overwrote,
     catch_up_streams_what_a_copy_missed,
     a_tail_of_a_later_generation_gives_way_to_an_earlier_one,
+    a_truncation_never_takes_in_records_stacked_past_the_tail,
     bad_requests_are_refused_whole,
     removed_units_are_gone_and_their_segments_reused,
 );

@@ -377,12 +377,17 @@ impl Unit {
             });
         }
         let dropped = state.durable_vba.0.saturating_sub(vba.0);
-        let dropped_generation = meta::generation_at(&state.generations, vba.next());
-        if dropped > 0 && dropped_generation == Some(generation) {
+        // Records of `generation` past `vba` would count as the new history's once the index is
+        // rebuilt below, whatever lies between them: dropping them needs another generation.
+        let resurrected = state
+            .generations
+            .iter()
+            .find(|s| s.generation == generation && s.first_vba > vba);
+        if let (true, Some(start)) = (dropped > 0, resurrected) {
             return Err(EngineError::Invalid(format!(
-                "unit {}: the records after VBA {vba} are already of generation {generation}; \
-                 truncating them needs another generation",
-                self.id
+                "unit {}: the records from VBA {} on are already of generation {generation}; \
+                 truncating after VBA {vba} needs another generation",
+                self.id, start.first_vba
             )));
         }
         // A new log segment first, whose header says the log goes on at `vba + 1`; then the

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use client::api::{CopyInfo, CopyStatus, Notification, Source, UnitGeneration};
-use client::conn::{DataError, Reply as Pending};
+use client::conn::{Connection, DataError, Reply as Pending};
 use client::managers::ManagerError;
 use client::proto::{
     ErrorCode, RecordBody, Request, Response, WireError, WireRecord, MAX_IO_BYTES,
@@ -124,6 +124,15 @@ async fn replicated_append(
     for target in runtime.replicas(&assignment) {
         connections.insert(target.node.clone(), node.peers.get(&target.addr).await);
     }
+    // Then each copy learns where this generation starts, once, before it takes any of its
+    // records; a copy that cannot be told is reported like one that does not answer.
+    let mut unannounced = BTreeMap::new();
+    for target in runtime.replicas(&assignment) {
+        let connection = &connections[&target.node];
+        if let Err(reason) = announce(runtime, &target, generation, connection, deadline).await {
+            unannounced.insert(target.node.clone(), reason);
+        }
+    }
 
     let sequenced = runtime.sequencer.lock().await;
     if runtime
@@ -167,7 +176,10 @@ async fn replicated_append(
         window.committed()
     };
     let mut sent = Vec::with_capacity(targets.len());
-    for target in &targets {
+    for target in targets
+        .iter()
+        .filter(|t| !unannounced.contains_key(&t.node))
+    {
         let connection = connections.remove(&target.node).expect("fetched above");
         let request = Request::Replicate {
             unit: runtime.id,
@@ -215,6 +227,13 @@ async fn replicated_append(
         return Ok(first);
     }
     let mut progress = WriteProgress::new(targets.iter().map(|t| t.node.clone()));
+    let mut marks = FuturesUnordered::new();
+    for target in targets.iter().filter(|t| unannounced.contains_key(&t.node)) {
+        let reason = unannounced[&target.node].clone();
+        if let Step::MarkStale(target) = progress.replied(&target.node, Reply::Failed(reason)) {
+            marks.push(mark(node, runtime, target, generation));
+        }
+    }
     let mut step = progress.local_done(local);
     let mut replies: FuturesUnordered<_> = sent
         .into_iter()
@@ -229,14 +248,10 @@ async fn replicated_append(
             }
         })
         .collect();
-    let mut marks = FuturesUnordered::new();
     loop {
         match step {
             Step::Wait => {}
-            Step::MarkStale(target) => marks.push(async move {
-                let marked = mark_stale(node, runtime, &target, generation).await;
-                (target, marked)
-            }),
+            Step::MarkStale(target) => marks.push(mark(node, runtime, target, generation)),
             Step::Acknowledge => {
                 // Every current copy holds the log up to the committed VBA: compaction may drop
                 // what is superseded below it.
@@ -255,6 +270,58 @@ async fn replicated_append(
             Some((target, marked)) = marks.next() => progress.marked(&target, marked),
             else => unreachable!("a progress that waits has a reply or a marking outstanding"),
         };
+    }
+}
+
+/// Reports `target` unresponsive and waits for the outcome ([`mark_stale`]), with the target.
+async fn mark(
+    node: &Node,
+    runtime: &UnitRuntime,
+    target: NodeId,
+    generation: Generation,
+) -> (NodeId, Marked) {
+    let marked = mark_stale(node, runtime, &target, generation).await;
+    (target, marked)
+}
+
+/// Tells `target`, once per generation, where this primary's generation starts: after the VBA
+/// its history had when it took its first record of the generation (or has now, before that),
+/// with a `Replicate` frame without records. A copy that holds a tail of an older generation
+/// past that point drops it before it takes any record of this generation. Without this, a
+/// record of the new generation that happens to land right after such a tail (a copy serves
+/// frames in any order) would be stacked onto it, and the tail's later truncation could not
+/// tell the two apart.
+async fn announce(
+    runtime: &UnitRuntime,
+    target: &CopyInfo,
+    generation: Generation,
+    connection: &Result<Arc<Connection>, DataError>,
+    deadline: Instant,
+) -> Result<(), String> {
+    if runtime.announced(generation, &target.node) {
+        return Ok(());
+    }
+    let start = match runtime.engine.generations().last() {
+        Some(last) if last.generation == generation => Vba(last.first_vba.0 - 1),
+        _ => runtime.engine.last_vba(),
+    };
+    let request = Request::Replicate {
+        unit: runtime.id,
+        generation,
+        committed: start,
+        records: Vec::new(),
+    };
+    let timeout = deadline.saturating_duration_since(Instant::now());
+    let connection = connection.as_ref().map_err(|e| e.to_string())?;
+    match connection.call(request, timeout).await {
+        Ok(Response::Replicate { .. }) => {
+            runtime.set_announced(generation, &target.node);
+            Ok(())
+        }
+        Ok(other) => Err(format!(
+            "unexpected answer {other:?} to where generation {generation} starts"
+        )),
+        Err(e) => Err(format!("telling where generation {generation} starts: {e}")),
     }
 }
 

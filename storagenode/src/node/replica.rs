@@ -37,7 +37,7 @@ pub async fn replicate(
     committed: Vba,
     records: Vec<WireRecord>,
 ) -> Result<Response, WireError> {
-    if records.is_empty() || !consecutive(records.iter().map(|r| r.vba)) {
+    if !consecutive(records.iter().map(|r| r.vba)) {
         return Err(WireError::new(
             ErrorCode::BadRequest,
             "replicated records must be consecutive",
@@ -64,7 +64,13 @@ pub async fn replicate(
             ),
         ));
     }
-    let first = records[0].vba;
+    let Some(first) = records.first().map(|r| r.vba) else {
+        // No records: the primary says where its generation starts (`committed`).
+        generation_starts(runtime, &assignment, generation, committed).await?;
+        return Ok(Response::Replicate {
+            last_vba: runtime.engine.last_vba(),
+        });
+    };
     match place(
         assignment.generation,
         runtime.engine.next_vba(),
@@ -103,6 +109,42 @@ pub async fn replicate(
     Ok(Response::Replicate {
         last_vba: runtime.engine.last_vba(),
     })
+}
+
+/// The primary of `generation` says its history for that generation starts after `start`. A
+/// tail this copy holds past `start`, of an older generation, is not part of that history: it is
+/// dropped before any record of `generation` is taken, so that none can be stacked onto it.
+/// Records of the same generation at the same VBA are the same (one primary writes a
+/// generation), so a copy already at `generation` has nothing to drop.
+async fn generation_starts(
+    runtime: &Arc<UnitRuntime>,
+    assignment: &super::unit::Assignment,
+    generation: Generation,
+    start: Vba,
+) -> Result<(), WireError> {
+    if generation < assignment.generation {
+        return Err(WireError::new(
+            ErrorCode::StaleGeneration,
+            format!(
+                "slice {} is at generation {}, not {generation}",
+                runtime.id, assignment.generation
+            ),
+        )
+        .with_detail(assignment.generation.0));
+    }
+    let _applying = runtime.applying.lock().await;
+    let engine = runtime.engine.clone();
+    if engine.generation() >= generation || engine.last_vba() <= start {
+        return Ok(());
+    }
+    let dropped = tokio::task::spawn_blocking(move || engine.truncate_after(start, generation))
+        .await
+        .map_err(from_join)?
+        .map_err(from_engine)?;
+    warn!(unit = %runtime.id, after = %start, dropped, %generation,
+        "dropped an old generation's tail past where the new primary's generation starts");
+    runtime.expected.send_replace(runtime.engine.next_vba());
+    Ok(())
 }
 
 /// Waits until the engine expects `first` (the frames before it arrived), for at most `wait`.

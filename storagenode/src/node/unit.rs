@@ -2,6 +2,7 @@
 //! status, the other copies), the primary's lease and replication window, and the secondary's
 //! ordering of incoming records.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -73,6 +74,9 @@ pub struct UnitRuntime {
     /// Recovery cut a torn tail off this unit's log when the node started, and the first
     /// assignment since has not been applied yet.
     pub torn: AtomicBool,
+    /// Primary: the copies told where this primary's generation starts (`primary::announce`),
+    /// and the generation they were told for.
+    announced: Mutex<(Generation, BTreeSet<NodeId>)>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -98,6 +102,7 @@ impl UnitRuntime {
             expected: watch::Sender::new(next),
             lost: AtomicBool::new(false),
             torn: AtomicBool::new(false),
+            announced: Mutex::new((Generation(0), BTreeSet::new())),
             joined: Mutex::new(std::collections::BTreeMap::new()),
             resyncing: AtomicBool::new(false),
             slice_updated: Mutex::new(None),
@@ -285,5 +290,20 @@ impl UnitRuntime {
     pub fn generation(&self) -> Generation {
         self.assignment()
             .map_or_else(|| self.engine.generation(), |a| a.generation)
+    }
+
+    /// Whether `copy` was told where `generation` starts.
+    pub fn announced(&self, generation: Generation, copy: &NodeId) -> bool {
+        let announced = lock(&self.announced);
+        announced.0 == generation && announced.1.contains(copy)
+    }
+
+    /// Notes that `copy` was told where `generation` starts (forgetting older generations).
+    pub fn set_announced(&self, generation: Generation, copy: &NodeId) {
+        let mut announced = lock(&self.announced);
+        if announced.0 != generation {
+            *announced = (generation, BTreeSet::new());
+        }
+        announced.1.insert(copy.clone());
     }
 }
