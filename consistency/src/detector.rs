@@ -48,8 +48,8 @@ pub async fn run(manager: SharedManager, mut stop: watch::Receiver<bool>) {
         if let Some(gap) = verdicts.paused {
             tracing::warn!(
                 ?gap,
-                "the failure detector did not run for longer than the clock margin: every storage \
-                 node gets a full lease before it judges"
+                "the failure detector did not run for longer than half a lease: every storage node \
+                 gets a full lease before it judges"
             );
         }
         let mut failed = false;

@@ -14,8 +14,9 @@
 //!
 //! A leader that itself stops running for a while (stopped, starved of CPU, its VM paused) hears
 //! nothing meanwhile: the heartbeats wait unread in its sockets. When the detector finds it did
-//! not look for longer than the clock margin, it counts every node's lease afresh from then, as a
-//! newly elected leader does, rather than take its own silence for theirs.
+//! not look for longer than half a lease (it looks ten times a lease), it counts every node's
+//! lease afresh from then, as a newly elected leader does, rather than take its own silence for
+//! theirs.
 //!
 //! A verdict takes a while to commit, and a heartbeat may arrive meanwhile. So from the moment the
 //! detector judges a node down until that verdict is resolved, replies to the node renew nothing
@@ -92,8 +93,8 @@ pub struct Verdicts {
     /// Revocations to drop: the slice moved on, or no copy can take over, so the current primary
     /// had better keep its lease.
     pub cancel: Vec<UnitId>,
-    /// How long the detector had not looked, when that was longer than the clock margin: this
-    /// leader was not running, and every node's lease is counted afresh from now.
+    /// How long the detector had not looked, when that was longer than half a lease: this leader
+    /// was not running, and every node's lease is counted afresh from now.
     pub paused: Option<Duration>,
 }
 
@@ -278,13 +279,14 @@ impl Liveness {
         verdicts
     }
 
-    /// Notes that the detector looks at `now`. After a gap longer than the clock margin, every
+    /// Notes that the detector looks at `now`. After a gap longer than half a lease, every
     /// node's lease is counted from `now` (what this leader last heard is as old as the gap) and
-    /// the gap is returned.
+    /// the gap is returned. Half a lease: a node heartbeats several times a lease, so a shorter
+    /// gap cannot make one that kept beating look silent for a whole lease and the margin.
     fn resume(&mut self, now: Instant) -> Option<Duration> {
         let gap = now.saturating_duration_since(self.last_look);
         self.last_look = self.last_look.max(now);
-        if gap <= self.config.clock_margin {
+        if gap <= self.config.lease / 2 {
             return None;
         }
         self.leader_since = self.leader_since.max(now);

@@ -129,7 +129,9 @@ async fn replicated_append(
     let mut unannounced = BTreeMap::new();
     for target in runtime.replicas(&assignment) {
         let connection = &connections[&target.node];
-        if let Err(reason) = announce(runtime, &target, generation, connection, deadline).await {
+        if let Err(reason) =
+            announce(node, runtime, &target, generation, connection, deadline).await
+        {
             unannounced.insert(target.node.clone(), reason);
         }
     }
@@ -181,12 +183,7 @@ async fn replicated_append(
         .filter(|t| !unannounced.contains_key(&t.node))
     {
         let connection = connections.remove(&target.node).expect("fetched above");
-        let request = Request::Replicate {
-            unit: runtime.id,
-            generation,
-            committed,
-            records: records.clone(),
-        };
+        let request = replicate_request(runtime, generation, committed, &records);
         let pending = match connection {
             Ok(connection) => connection.send(request).await,
             Err(e) => Err(e),
@@ -212,16 +209,8 @@ async fn replicated_append(
         let (node, runtime) = (node.clone(), runtime.clone());
         tokio::spawn(async move {
             for (target, pending) in sent {
-                replicate_to(
-                    &node,
-                    &runtime,
-                    &target,
-                    pending,
-                    records.clone(),
-                    committed,
-                    deadline,
-                )
-                .await;
+                let request = replicate_request(&runtime, generation, committed, &records);
+                replicate_to(&node, &runtime, &target, pending, request, deadline).await;
             }
         });
         return Ok(first);
@@ -238,12 +227,9 @@ async fn replicated_append(
     let mut replies: FuturesUnordered<_> = sent
         .into_iter()
         .map(|(target, pending)| {
-            let records = records.clone();
+            let request = replicate_request(runtime, generation, committed, &records);
             async move {
-                let reply = replicate_to(
-                    node, runtime, &target, pending, records, committed, deadline,
-                )
-                .await;
+                let reply = replicate_to(node, runtime, &target, pending, request, deadline).await;
                 (target.node, reply)
             }
         })
@@ -292,6 +278,7 @@ async fn mark(
 /// frames in any order) would be stacked onto it, and the tail's later truncation could not
 /// tell the two apart.
 async fn announce(
+    node: &Node,
     runtime: &UnitRuntime,
     target: &CopyInfo,
     generation: Generation,
@@ -305,23 +292,21 @@ async fn announce(
         Some(last) if last.generation == generation => Vba(last.first_vba.0 - 1),
         _ => runtime.engine.last_vba(),
     };
-    let request = Request::Replicate {
-        unit: runtime.id,
-        generation,
-        committed: start,
-        records: Vec::new(),
+    let request = replicate_request(runtime, generation, start, &[]);
+    let pending = match connection {
+        Ok(connection) => connection.send(request.clone()).await,
+        Err(e) => Err(e.clone()),
     };
-    let timeout = deadline.saturating_duration_since(Instant::now());
-    let connection = connection.as_ref().map_err(|e| e.to_string())?;
-    match connection.call(request, timeout).await {
-        Ok(Response::Replicate { .. }) => {
+    match replicate_attempts(node, target, pending, request, deadline).await {
+        Ok(_) => {
             runtime.set_announced(generation, &target.node);
             Ok(())
         }
-        Ok(other) => Err(format!(
-            "unexpected answer {other:?} to where generation {generation} starts"
-        )),
-        Err(e) => Err(format!("telling where generation {generation} starts: {e}")),
+        Err(refused) => {
+            let reason = format!("telling where generation {generation} starts: {refused:?}");
+            warn!(unit = %runtime.id, target = %target.node, %reason, "a secondary did not take a write");
+            Err(reason)
+        }
     }
 }
 
@@ -349,6 +334,20 @@ fn refusal(runtime: &UnitRuntime, failure: Failure) -> WireError {
     }
 }
 
+fn replicate_request(
+    runtime: &UnitRuntime,
+    generation: Generation,
+    committed: Vba,
+    records: &[WireRecord],
+) -> Request {
+    Request::Replicate {
+        unit: runtime.id,
+        generation,
+        committed,
+        records: records.to_vec(),
+    }
+}
+
 /// Waits for one secondary's answer to the records, sending them again (they are idempotent)
 /// when the connection broke or the secondary was not ready, until `deadline`.
 async fn replicate_to(
@@ -356,12 +355,17 @@ async fn replicate_to(
     runtime: &UnitRuntime,
     target: &CopyInfo,
     pending: Result<Pending, DataError>,
-    records: Vec<WireRecord>,
-    committed: Vba,
+    request: Request,
     deadline: Instant,
 ) -> Reply {
-    let reply =
-        replicate_attempts(node, runtime, target, pending, records, committed, deadline).await;
+    let reply = match replicate_attempts(node, target, pending, request, deadline).await {
+        Ok(last_vba) => {
+            let mut window = runtime.window.lock().unwrap_or_else(|p| p.into_inner());
+            window.acked(&target.node, last_vba);
+            Reply::Acked
+        }
+        Err(reply) => reply,
+    };
     match &reply {
         Reply::Failed(reason) => {
             warn!(unit = %runtime.id, target = %target.node, %reason, "a secondary did not take a write")
@@ -375,15 +379,16 @@ async fn replicate_to(
     reply
 }
 
+/// Waits for `target`'s answer to `request` (a Replicate), sending it again when the connection
+/// broke or the copy was not ready (it does not know the unit yet, or is busy), until
+/// `deadline`. The copy's last VBA once it took the request, or how it refused.
 async fn replicate_attempts(
     node: &Node,
-    runtime: &UnitRuntime,
     target: &CopyInfo,
     mut pending: Result<Pending, DataError>,
-    records: Vec<WireRecord>,
-    committed: Vba,
+    request: Request,
     deadline: Instant,
-) -> Reply {
+) -> Result<Vba, Reply> {
     let mut backoff = Duration::from_millis(10);
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -392,39 +397,29 @@ async fn replicate_attempts(
             Err(e) => Err(e),
         };
         let retry = match result {
-            Ok(Response::Replicate { last_vba }) => {
-                let mut window = runtime.window.lock().unwrap_or_else(|p| p.into_inner());
-                window.acked(&target.node, last_vba);
-                return Reply::Acked;
-            }
-            Ok(other) => return Reply::Failed(format!("unexpected answer {other:?}")),
+            Ok(Response::Replicate { last_vba }) => return Ok(last_vba),
+            Ok(other) => return Err(Reply::Failed(format!("unexpected answer {other:?}"))),
             Err(DataError::Remote { error, .. }) => match error.code {
-                ErrorCode::StaleGeneration => return Reply::Deposed(Generation(error.detail)),
+                ErrorCode::StaleGeneration => return Err(Reply::Deposed(Generation(error.detail))),
                 // A current copy's history differs from this primary's at VBAs of its own
                 // generation: this log lost records the copy holds (a syncing copy is still
                 // being brought in line, and is marked stale as usual).
                 ErrorCode::Conflict if target.status == CopyStatus::Current => {
-                    return Reply::Diverged(error.message)
+                    return Err(Reply::Diverged(error.message))
                 }
                 ErrorCode::UnknownUnit | ErrorCode::Unavailable => error.message,
-                _ => return Reply::Failed(error.message),
+                _ => return Err(Reply::Failed(error.message)),
             },
-            Err(e @ DataError::Timeout { .. }) => return Reply::Failed(e.to_string()),
+            Err(e @ DataError::Timeout { .. }) => return Err(Reply::Failed(e.to_string())),
             Err(e) => e.to_string(),
         };
         if Instant::now() + backoff >= deadline {
-            return Reply::Failed(retry);
+            return Err(Reply::Failed(retry));
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_millis(200));
-        let request = Request::Replicate {
-            unit: runtime.id,
-            generation: records[0].generation,
-            committed,
-            records: records.clone(),
-        };
         pending = match node.peers.get(&target.addr).await {
-            Ok(connection) => connection.send(request).await,
+            Ok(connection) => connection.send(request.clone()).await,
             Err(e) => Err(e),
         };
     }
