@@ -146,8 +146,35 @@ fn vbs_up_serves_a_volume_stops_on_ctrl_c_and_resumes_with_its_data() {
     // Managers and storage nodes serve metrics; the writes show on the primary's.
     let manager = http_get(dir.path(), base + 1, "/metrics");
     assert!(manager.contains("vbs_raft_term"), "{manager}");
-    let written: u64 = (201..=203)
+    let nodes: Vec<String> = (201..=203)
         .map(|offset| http_get(dir.path(), base + offset, "/metrics"))
+        .collect();
+    // Per volume latency histograms where writes were served, and each primary's view of its
+    // copies' replication lag (zero once the writes are acknowledged everywhere).
+    let served: Vec<&String> = nodes
+        .iter()
+        .filter(|text| text.contains("vbs_io_latency_seconds_count{"))
+        .collect();
+    assert!(!served.is_empty(), "no latency histogram: {nodes:?}");
+    for text in &served {
+        assert!(
+            text.contains("vbs_io_latency_seconds_bucket{") && text.contains("le=\"+Inf\""),
+            "{text}"
+        );
+    }
+    let lags: Vec<u64> = nodes
+        .iter()
+        .flat_map(|text| text.lines())
+        .filter(|l| l.starts_with("vbs_replication_lag_vbas{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert!(!lags.is_empty(), "no replication lag: {nodes:?}");
+    assert!(
+        lags.iter().all(|lag| *lag == 0),
+        "lag after acknowledged writes: {lags:?}"
+    );
+    let written: u64 = nodes
+        .iter()
         .flat_map(|text| {
             text.lines()
                 .filter(|l| l.starts_with("vbs_io_bytes_total{") && l.contains("op=\"write\""))

@@ -362,6 +362,13 @@ impl Unit {
     }
 
     /// The VBA the next record will get (primary) or must have (secondary).
+    /// The highest VBA any block of `blocks` blocks from `lba` points at: the newest record a
+    /// read of them would return (`Vba(0)` when none was ever written). Any write to one of
+    /// them raises it, since VBAs only grow.
+    pub fn newest_vba_in(&self, lba: Lba, blocks: u64) -> Vba {
+        self.state.lock().index.max_vba_in(lba, blocks)
+    }
+
     pub fn next_vba(&self) -> Vba {
         self.state.lock().next_vba
     }

@@ -29,11 +29,16 @@ use super::Node;
 use crate::engine::Op;
 use crate::replication::progress::{Failure, Marked, Reply, Step, WriteProgress};
 
+/// Reads `blocks` blocks from `lba`. A read returns only what every current copy holds: a block
+/// whose newest record this primary numbered is not yet acknowledged by every copy waits for
+/// that (up to `wait`), so that no read returns a write that a failover could still lose, nor
+/// one a later read would not see.
 pub async fn read(
     runtime: &Arc<UnitRuntime>,
     generation: Generation,
     lba: Lba,
     blocks: u32,
+    wait: Duration,
 ) -> Result<Response, WireError> {
     runtime.serving_primary(generation)?;
     if u64::from(blocks) * BLOCK_BYTES > MAX_IO_BYTES {
@@ -42,14 +47,44 @@ pub async fn read(
             format!("a read of {blocks} blocks"),
         ));
     }
-    let engine = runtime.engine.clone();
-    let data = tokio::task::spawn_blocking(move || engine.read(lba, u64::from(blocks)))
-        .await
-        .map_err(from_join)?
-        .map_err(from_engine)?;
-    Ok(Response::Read {
-        data: Bytes::from(data),
-    })
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let newest = runtime.engine.newest_vba_in(lba, u64::from(blocks));
+        if newest > runtime.generation_start(generation) {
+            if !runtime.wait_committed(newest, deadline).await {
+                return Err(WireError::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "a write to these blocks of slice {} is not yet held by every copy",
+                        runtime.id
+                    ),
+                ));
+            }
+            // The lease may have run out while the read waited.
+            runtime.serving_primary(generation)?;
+        }
+        let engine = runtime.engine.clone();
+        let data = tokio::task::spawn_blocking(move || engine.read(lba, u64::from(blocks)))
+            .await
+            .map_err(from_join)?
+            .map_err(from_engine)?;
+        // No block was written meanwhile (that would have raised the newest VBA): what was read
+        // is what was waited for.
+        if runtime.engine.newest_vba_in(lba, u64::from(blocks)) == newest {
+            return Ok(Response::Read {
+                data: Bytes::from(data),
+            });
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(WireError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "these blocks of slice {} were written again during every read",
+                    runtime.id
+                ),
+            ));
+        }
+    }
 }
 
 pub async fn write(
@@ -203,6 +238,7 @@ async fn replicated_append(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .local_durable(last);
+        runtime.window_changed();
     }
     #[cfg(feature = "bugs")]
     if local.is_ok() && crate::bugs::enabled(crate::bugs::Bug::AckBeforeSecondary) {
@@ -288,11 +324,12 @@ async fn announce(
     if runtime.announced(generation, &target.node) {
         return Ok(());
     }
-    let start = match runtime.engine.generations().last() {
-        Some(last) if last.generation == generation => Vba(last.first_vba.0 - 1),
-        _ => runtime.engine.last_vba(),
-    };
-    let request = replicate_request(runtime, generation, start, &[]);
+    let request = replicate_request(
+        runtime,
+        generation,
+        runtime.generation_start(generation),
+        &[],
+    );
     let pending = match connection {
         Ok(connection) => connection.send(request.clone()).await,
         Err(e) => Err(e.clone()),
@@ -362,6 +399,8 @@ async fn replicate_to(
         Ok(last_vba) => {
             let mut window = runtime.window.lock().unwrap_or_else(|p| p.into_inner());
             window.acked(&target.node, last_vba);
+            drop(window);
+            runtime.window_changed();
             Reply::Acked
         }
         Err(reply) => reply,

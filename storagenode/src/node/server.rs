@@ -192,7 +192,7 @@ async fn handle(
             (
                 IoKind::Read,
                 bytes,
-                primary::read(&runtime, generation, lba, blocks).await,
+                primary::read(&runtime, generation, lba, blocks, node.config.write_timeout).await,
             )
         }
         Request::Write {

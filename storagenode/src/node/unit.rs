@@ -77,6 +77,8 @@ pub struct UnitRuntime {
     /// Primary: the copies told where this primary's generation starts (`primary::announce`),
     /// and the generation they were told for.
     announced: Mutex<(Generation, BTreeSet<NodeId>)>,
+    /// Primary: woken whenever the window's committed VBA may have moved.
+    committed_changed: tokio::sync::Notify,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -103,6 +105,7 @@ impl UnitRuntime {
             lost: AtomicBool::new(false),
             torn: AtomicBool::new(false),
             announced: Mutex::new((Generation(0), BTreeSet::new())),
+            committed_changed: tokio::sync::Notify::new(),
             joined: Mutex::new(std::collections::BTreeMap::new()),
             resyncing: AtomicBool::new(false),
             slice_updated: Mutex::new(None),
@@ -152,6 +155,7 @@ impl UnitRuntime {
         if assignment.role == Role::Primary && !was_primary {
             // A new primary starts with nothing in flight, from its own log's end.
             *lock(&self.window) = Window::new(self.engine.last_vba());
+            self.window_changed();
         }
         let is_primary = assignment.role == Role::Primary;
         *lock(&self.assignment) = Some(assignment);
@@ -171,6 +175,7 @@ impl UnitRuntime {
             .map(|c| c.node)
             .collect();
         lock(&self.window).set_current(&replicas);
+        self.window_changed();
     }
 
     /// A syncing copy joined at `from`: it gets and acknowledges every write from there on.
@@ -290,6 +295,38 @@ impl UnitRuntime {
     pub fn generation(&self) -> Generation {
         self.assignment()
             .map_or_else(|| self.engine.generation(), |a| a.generation)
+    }
+
+    /// Wakes the reads waiting for the committed VBA ([`UnitRuntime::wait_committed`]); called
+    /// after every change to the window.
+    pub fn window_changed(&self) {
+        self.committed_changed.notify_waiters();
+    }
+
+    /// Waits until every current copy holds VBA `vba` (the window's committed VBA reached it);
+    /// `false` if it did not by `deadline`.
+    pub async fn wait_committed(&self, vba: Vba, deadline: tokio::time::Instant) -> bool {
+        loop {
+            let changed = self.committed_changed.notified();
+            tokio::pin!(changed);
+            // Registered before looking, so that a change right after the look is not missed.
+            changed.as_mut().enable();
+            if lock(&self.window).committed() >= vba {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Where this primary's history for `generation` starts: the VBA before its first record
+    /// of that generation, or its last VBA when it has none yet.
+    pub fn generation_start(&self, generation: Generation) -> Vba {
+        match self.engine.generations().last() {
+            Some(last) if last.generation == generation => Vba(last.first_vba.0 - 1),
+            _ => self.engine.last_vba(),
+        }
     }
 
     /// Whether `copy` was told where `generation` starts.
