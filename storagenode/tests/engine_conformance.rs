@@ -462,6 +462,18 @@ mod cases {
             for tag in 1..=10u64 {
                 unit.apply(Vba(tag), G1, write(tag % 4, tag)).unwrap();
             }
+            assert!(
+                matches!(
+                    unit.truncate_after(Vba(8), G1),
+                    Err(EngineError::Invalid(_))
+                ),
+                "records of the generation in force past the cut would stay in its history"
+            );
+            assert_eq!(
+                unit.last_vba(),
+                Vba(10),
+                "a refused truncation changes nothing"
+            );
             for tag in 11..=15u64 {
                 unit.apply(Vba(tag), Generation(3), write(tag % 4, tag))
                     .unwrap();

@@ -379,15 +379,22 @@ impl Unit {
         let dropped = state.durable_vba.0.saturating_sub(vba.0);
         // Records of `generation` past `vba` would count as the new history's once the index is
         // rebuilt below, whatever lies between them: dropping them needs another generation.
-        let resurrected = state
-            .generations
-            .iter()
-            .find(|s| s.generation == generation && s.first_vba > vba);
-        if let (true, Some(start)) = (dropped > 0, resurrected) {
+        // They are the ones in force right after `vba`, or under a start further on.
+        let in_force_after = meta::generation_at(&state.generations, vba.next());
+        let resurrected = if in_force_after == Some(generation) {
+            Some(vba.next())
+        } else {
+            state
+                .generations
+                .iter()
+                .find(|s| s.generation == generation && s.first_vba > vba)
+                .map(|s| s.first_vba)
+        };
+        if let (true, Some(first)) = (dropped > 0, resurrected) {
             return Err(EngineError::Invalid(format!(
-                "unit {}: the records from VBA {} on are already of generation {generation}; \
-                 truncating after VBA {vba} needs another generation",
-                self.id, start.first_vba
+                "unit {}: the records from VBA {first} on are already of generation \
+                 {generation}; truncating after VBA {vba} needs another generation",
+                self.id
             )));
         }
         // A new log segment first, whose header says the log goes on at `vba + 1`; then the

@@ -57,6 +57,11 @@ pub async fn serve(
 ) -> Result<Response, WireError> {
     primary_at(runtime, pull.generation)?;
     let engine = &runtime.engine;
+    if pull.after > engine.last_vba() && pull.after < engine.next_vba() {
+        // The copy already holds records this primary numbered and has not yet made durable
+        // itself: they are this primary's own, not a tail it never had.
+        engine.drain_async().await.map_err(from_engine)?;
+    }
     // A copy checks the histories agree once, on its first pull (later ones continue from
     // records this primary sent, and carry generation 0).
     let checked = pull.after_generation != Generation(0);

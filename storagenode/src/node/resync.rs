@@ -176,7 +176,22 @@ async fn resync(node: &Arc<Node>, runtime: &Arc<UnitRuntime>) -> Result<(), Stri
             // is a tail the primary never had. It gives way to the primary's history, of the
             // generation of the first record that follows (or the slice's, if none does).
             let replacing = records.first().map_or(generation, |r| r.generation);
-            truncate_tail(runtime, after, replacing).await?;
+            let held = engine.generation_at(after.next());
+            if replacing != held {
+                truncate_tail(runtime, after, replacing).await?;
+            } else if let Some(next) = engine
+                .generations()
+                .into_iter()
+                .find(|s| s.first_vba > after.next() && s.generation != held)
+            {
+                // Records of the generation this copy holds right past `after` are the same
+                // primary's, so the same records; the histories may still part where this
+                // copy's next generation starts: probe there.
+                after = Vba(next.first_vba.0 - 1);
+                after_generation = engine.generation_at(after);
+                probing = true;
+                continue;
+            }
         }
         let count = records.len() as u64;
         let bytes: u64 = records.iter().map(|r| 64 + wire_data_len(r)).sum();
