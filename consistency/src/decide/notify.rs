@@ -148,6 +148,18 @@ fn reported_vba(liveness: &Liveness, slice: &Slice, node: &NodeId, unit: UnitId)
     liveness.last_vba(node, unit).unwrap_or(committed)
 }
 
+/// The update that marks `node`'s copy of `unit` stale, with the last VBA it is known to hold.
+fn mark_stale(liveness: &Liveness, slice: &Slice, node: &NodeId, unit: UnitId) -> SliceUpdate {
+    SliceUpdate {
+        copies: vec![CopyChange {
+            node: node.clone(),
+            status: CopyStatus::Stale,
+            last_vba: reported_vba(liveness, slice, node, unit),
+        }],
+        ..SliceUpdate::new(unit, slice.generation)
+    }
+}
+
 fn require_copy<'s>(
     slice: &'s Slice,
     node: &NodeId,
@@ -198,12 +210,7 @@ fn not_current(
         }
         updates.push(SliceUpdate {
             new_primary,
-            copies: vec![CopyChange {
-                node: source.clone(),
-                status: CopyStatus::Stale,
-                last_vba: reported_vba(liveness, slice, source, *unit),
-            }],
-            ..SliceUpdate::new(*unit, slice.generation)
+            ..mark_stale(liveness, slice, source, *unit)
         });
     }
     Ok(updates)
@@ -235,15 +242,7 @@ fn secondary_unresponsive(
         if matches!(copy.status, CopyStatus::Stale | CopyStatus::Down) {
             continue;
         }
-        updates.push(SliceUpdate {
-            new_primary: None,
-            copies: vec![CopyChange {
-                node: target.clone(),
-                status: CopyStatus::Stale,
-                last_vba: reported_vba(liveness, slice, target, *unit),
-            }],
-            ..SliceUpdate::new(*unit, slice.generation)
-        });
+        updates.push(mark_stale(liveness, slice, target, *unit));
     }
     Ok(updates)
 }
