@@ -289,6 +289,10 @@ impl Liveness {
         if gap <= self.config.lease / 2 {
             return None;
         }
+        #[cfg(feature = "bugs")]
+        if crate::bugs::enabled(crate::bugs::Bug::PausedLeaderForgetsPause) {
+            return None;
+        }
         self.leader_since = self.leader_since.max(now);
         Some(gap)
     }

@@ -226,10 +226,14 @@ impl StateMachine {
                 removed_slices(touched, *id),
             )?;
         }
+        #[cfg(feature = "bugs")]
+        let forget_slices = crate::bugs::enabled(crate::bugs::Bug::RestartLosesSlices);
+        #[cfg(not(feature = "bugs"))]
+        let forget_slices = false;
         for unit in touched
             .slices
             .iter()
-            .filter(|u| !touched.volumes.contains(&u.volume))
+            .filter(|u| !forget_slices && !touched.volumes.contains(&u.volume))
         {
             if let Some(slice) = applied.state.slice(*unit) {
                 batch.insert(slice_key(*unit), encode(slice)?);

@@ -62,7 +62,11 @@ pub const STORAGE_BUGS: [&str; 3] = [
     "resync-skips-records",
 ];
 /// The deliberate bugs of the managers (`consistency/src/bugs.rs`, feature `bugs`).
-pub const MANAGER_BUGS: [&str; 1] = ["new-leader-forgets-leases"];
+pub const MANAGER_BUGS: [&str; 3] = [
+    "new-leader-forgets-leases",
+    "paused-leader-forgets-pause",
+    "restart-loses-slices",
+];
 /// Serializes runs on one machine: they share the loopback addresses and the packet filter.
 const LOCK_FILE: &str = "/tmp/vbs-nemesis.lock";
 
