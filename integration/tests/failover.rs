@@ -468,3 +468,72 @@ async fn a_failover_completes_once_when_the_manager_leader_dies_in_the_middle() 
         "the restarted manager changes nothing"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_hands_its_copies_over_while_a_client_writes() {
+    let mut cluster = start(&["--lease", "2s"], &[]);
+    cluster.wait_for_storage_up(STARTUP).await.unwrap();
+    create(&cluster, "dr", "64M", "2", "32M");
+    let volume = open(&cluster, "dr").await;
+    let blocks = 16384;
+    let writer = Writer::spawn(volume.clone(), blocks);
+    writer.wait_for(300, STARTUP).await;
+
+    // The node that is primary of a slice, so the drain also hands a primary over.
+    let status = cluster.status().await.unwrap();
+    let before: Vec<SliceMap> = (0..2).map(|i| slice_of(&status, "dr", i)).collect();
+    let drained = before[0].primary.clone();
+    let out = cluster.vbs(&["node", "drain", &drained.0]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let after = wait_until(
+        "every slice at 2 current copies, none on the drained node",
+        Duration::from_secs(90),
+        || async {
+            let status = cluster.status().await?;
+            let slices: Vec<SliceMap> = (0..2).map(|i| slice_of(&status, "dr", i)).collect();
+            let moved = slices.iter().all(|s| {
+                s.copies.len() == 2
+                    && copy_on(s, &drained).is_none()
+                    && s.primary != drained
+                    && s.copies.iter().all(|c| c.status == CopyStatus::Current)
+            });
+            Ok::<_, anyhow::Error>(moved.then_some(slices))
+        },
+    )
+    .await
+    .unwrap();
+    for (old, new) in before.iter().zip(&after) {
+        if copy_on(old, &drained).is_some() {
+            let added = new
+                .copies
+                .iter()
+                .find(|c| copy_on(old, &c.node).is_none())
+                .expect("a copy on a node that had none");
+            let resync = added.resync.expect("the new copy's resync is reported");
+            assert!(
+                resync.progress.full && resync.progress.finished,
+                "{resync:?}"
+            );
+        }
+    }
+    // Writes go on after the hand-over.
+    let done = writer.count.load(Ordering::Relaxed);
+    writer.wait_for((done + 200).min(blocks), STARTUP).await;
+    let (acked, longest, failures) = writer.finish(0).await;
+    eprintln!(
+        "drain of {drained}: {done} writes acknowledged when it completed, {} in all; longest \
+         pause {longest:?}; {} failed writes",
+        acked.len(),
+        failures.len()
+    );
+
+    // The drained node holds nothing the volume needs: without it, every acknowledged write
+    // reads back.
+    cluster.storage_node(&drained.0).unwrap().kill();
+    assert_reads_back(&volume, &acked).await;
+}
