@@ -170,6 +170,50 @@ async fn assert_reads_back(volume: &Volume, acked: &BTreeMap<u64, u64>) {
     }
 }
 
+/// Waits until both slices of `volume` have 2 current copies and none on `node`.
+async fn copies_moved_off(cluster: &Cluster, volume: &str, node: &NodeId) -> Vec<SliceMap> {
+    wait_until(
+        &format!("every slice of {volume} at 2 current copies, none on {node}"),
+        Duration::from_secs(90),
+        || async {
+            let status = cluster.status().await?;
+            let slices: Vec<SliceMap> = (0..2).map(|i| slice_of(&status, volume, i)).collect();
+            let moved = slices.iter().all(|s| {
+                s.copies.len() == 2
+                    && copy_on(s, node).is_none()
+                    && s.copies.iter().all(|c| c.status == CopyStatus::Current)
+            });
+            Ok::<_, anyhow::Error>(moved.then_some(slices))
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// Every slice that had a copy on `node` got a copy on another node, filled by a full resync, and
+/// a newer generation with the changed copy set.
+fn assert_rebuilt_in_full(before: &[SliceMap], after: &[SliceMap], node: &NodeId) {
+    for (old, new) in before.iter().zip(after) {
+        if copy_on(old, node).is_none() {
+            continue;
+        }
+        let added = new
+            .copies
+            .iter()
+            .find(|c| copy_on(old, &c.node).is_none())
+            .expect("a copy on a node that had none");
+        let resync = added.resync.expect("the new copy's resync is reported");
+        assert!(
+            resync.progress.full && resync.progress.finished,
+            "{resync:?}"
+        );
+        assert!(
+            new.generation > old.generation,
+            "a copy-set change bumps the generation"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_primary_fails_over_resyncs_when_back_and_serves_alone() {
     // A 2 s lease so the failover comes quickly; a slow resync so `syncing` can be seen.
@@ -363,41 +407,8 @@ async fn copies_of_a_node_down_past_the_grace_period_are_recreated_elsewhere() {
         .unwrap();
     cluster.storage_node(&gone.0).unwrap().kill();
 
-    let healed = wait_until(
-        "every slice back to 2 current copies without the lost node",
-        Duration::from_secs(90),
-        || async {
-            let status = cluster.status().await?;
-            let slices: Vec<SliceMap> = (0..2).map(|i| slice_of(&status, "rr", i)).collect();
-            let whole = slices.iter().all(|s| {
-                s.copies.len() == 2
-                    && copy_on(s, &gone).is_none()
-                    && s.copies.iter().all(|c| c.status == CopyStatus::Current)
-            });
-            Ok::<_, anyhow::Error>(whole.then_some(slices))
-        },
-    )
-    .await
-    .unwrap();
-    // The recreated copies were filled by a full resync.
-    for (before, after) in slices.iter().zip(&healed) {
-        if copy_on(before, &gone).is_some() {
-            let new = after
-                .copies
-                .iter()
-                .find(|c| copy_on(before, &c.node).is_none())
-                .expect("a new copy");
-            let resync = new.resync.expect("the new copy's resync is reported");
-            assert!(
-                resync.progress.full && resync.progress.finished,
-                "{resync:?}"
-            );
-            assert!(
-                after.generation > before.generation,
-                "a copy-set change bumps the generation"
-            );
-        }
-    }
+    let healed = copies_moved_off(&cluster, "rr", &gone).await;
+    assert_rebuilt_in_full(&slices, &healed, &gone);
     assert_reads_back(&volume, &acked).await;
 }
 
@@ -490,37 +501,8 @@ async fn a_drained_node_hands_its_copies_over_while_a_client_writes() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let after = wait_until(
-        "every slice at 2 current copies, none on the drained node",
-        Duration::from_secs(90),
-        || async {
-            let status = cluster.status().await?;
-            let slices: Vec<SliceMap> = (0..2).map(|i| slice_of(&status, "dr", i)).collect();
-            let moved = slices.iter().all(|s| {
-                s.copies.len() == 2
-                    && copy_on(s, &drained).is_none()
-                    && s.primary != drained
-                    && s.copies.iter().all(|c| c.status == CopyStatus::Current)
-            });
-            Ok::<_, anyhow::Error>(moved.then_some(slices))
-        },
-    )
-    .await
-    .unwrap();
-    for (old, new) in before.iter().zip(&after) {
-        if copy_on(old, &drained).is_some() {
-            let added = new
-                .copies
-                .iter()
-                .find(|c| copy_on(old, &c.node).is_none())
-                .expect("a copy on a node that had none");
-            let resync = added.resync.expect("the new copy's resync is reported");
-            assert!(
-                resync.progress.full && resync.progress.finished,
-                "{resync:?}"
-            );
-        }
-    }
+    let after = copies_moved_off(&cluster, "dr", &drained).await;
+    assert_rebuilt_in_full(&before, &after, &drained);
     // Writes go on after the hand-over.
     let done = writer.count.load(Ordering::Relaxed);
     writer.wait_for((done + 200).min(blocks), STARTUP).await;
