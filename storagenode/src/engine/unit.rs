@@ -361,7 +361,6 @@ impl Unit {
         Ok(Applied::Duplicate)
     }
 
-    /// The VBA the next record will get (primary) or must have (secondary).
     /// The highest VBA any block of `blocks` blocks from `lba` points at: the newest record a
     /// read of them would return (`Vba(0)` when none was ever written). Any write to one of
     /// them raises it, since VBAs only grow.
@@ -369,6 +368,7 @@ impl Unit {
         self.state.lock().index.max_vba_in(lba, blocks)
     }
 
+    /// The VBA the next record will get (primary) or must have (secondary).
     pub fn next_vba(&self) -> Vba {
         self.state.lock().next_vba
     }
