@@ -154,21 +154,19 @@ async fn replicated_append(
     let deadline = Instant::now() + node.config.write_timeout;
 
     // Connections first, outside the sequencer: a secondary that cannot be reached must not hold
-    // up the others' writes while its connection attempt times out.
+    // up the others' writes while its connection attempt times out. Each copy also learns where
+    // this generation starts, once, before it takes any of its records; a copy that cannot be
+    // told is reported like one that does not answer.
     let mut connections = BTreeMap::new();
-    for target in runtime.replicas(&assignment) {
-        connections.insert(target.node.clone(), node.peers.get(&target.addr).await);
-    }
-    // Then each copy learns where this generation starts, once, before it takes any of its
-    // records; a copy that cannot be told is reported like one that does not answer.
     let mut unannounced = BTreeMap::new();
     for target in runtime.replicas(&assignment) {
-        let connection = &connections[&target.node];
+        let connection = node.peers.get(&target.addr).await;
         if let Err(reason) =
-            announce(node, runtime, &target, generation, connection, deadline).await
+            announce(node, runtime, &target, generation, &connection, deadline).await
         {
             unannounced.insert(target.node.clone(), reason);
         }
+        connections.insert(target.node.clone(), connection);
     }
 
     let sequenced = runtime.sequencer.lock().await;
@@ -207,11 +205,10 @@ async fn replicated_append(
         records[0].vba,
         "VBAs are assigned under the sequencer"
     );
-    let committed = {
-        let mut window = runtime.window.lock().unwrap_or_else(|p| p.into_inner());
+    let committed = runtime.update_window(|window| {
         window.push(&records);
         window.committed()
-    };
+    });
     let mut sent = Vec::with_capacity(targets.len());
     for target in targets
         .iter()
@@ -233,12 +230,7 @@ async fn replicated_append(
     // hand-off). Meanwhile the secondaries' answers arrive on their connections and wait.
     let local = ticket.wait_async().await.map_err(|e| e.to_string());
     if local.is_ok() {
-        runtime
-            .window
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .local_durable(last);
-        runtime.window_changed();
+        runtime.update_window(|window| window.local_durable(last));
     }
     #[cfg(feature = "bugs")]
     if local.is_ok() && crate::bugs::enabled(crate::bugs::Bug::AckBeforeSecondary) {
@@ -253,8 +245,10 @@ async fn replicated_append(
     }
     let mut progress = WriteProgress::new(targets.iter().map(|t| t.node.clone()));
     let mut marks = FuturesUnordered::new();
-    for target in targets.iter().filter(|t| unannounced.contains_key(&t.node)) {
-        let reason = unannounced[&target.node].clone();
+    for target in &targets {
+        let Some(reason) = unannounced.remove(&target.node) else {
+            continue;
+        };
         if let Step::MarkStale(target) = progress.replied(&target.node, Reply::Failed(reason)) {
             marks.push(mark(node, runtime, target, generation));
         }
@@ -397,10 +391,7 @@ async fn replicate_to(
 ) -> Reply {
     let reply = match replicate_attempts(node, target, pending, request, deadline).await {
         Ok(last_vba) => {
-            let mut window = runtime.window.lock().unwrap_or_else(|p| p.into_inner());
-            window.acked(&target.node, last_vba);
-            drop(window);
-            runtime.window_changed();
+            runtime.update_window(|window| window.acked(&target.node, last_vba));
             Reply::Acked
         }
         Err(reply) => reply,

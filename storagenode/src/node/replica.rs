@@ -77,16 +77,7 @@ pub async fn replicate(
         generation,
         first,
     ) {
-        Placement::Refuse { current } => {
-            return Err(WireError::new(
-                ErrorCode::StaleGeneration,
-                format!(
-                    "slice {} is at generation {current}, not {generation}",
-                    runtime.id
-                ),
-            )
-            .with_detail(current.0))
-        }
+        Placement::Refuse { current } => return Err(runtime.stale_generation(generation, current)),
         Placement::Apply => {}
         Placement::Gap { .. } => {
             // A copy that just joined may get the primary's first forwarded writes before it
@@ -123,14 +114,7 @@ async fn generation_starts(
     start: Vba,
 ) -> Result<(), WireError> {
     if generation < assignment.generation {
-        return Err(WireError::new(
-            ErrorCode::StaleGeneration,
-            format!(
-                "slice {} is at generation {}, not {generation}",
-                runtime.id, assignment.generation
-            ),
-        )
-        .with_detail(assignment.generation.0));
+        return Err(runtime.stale_generation(generation, assignment.generation));
     }
     let _applying = runtime.applying.lock().await;
     let engine = runtime.engine.clone();

@@ -154,8 +154,7 @@ impl UnitRuntime {
         let was_primary = self.assignment().is_some_and(|a| a.role == Role::Primary);
         if assignment.role == Role::Primary && !was_primary {
             // A new primary starts with nothing in flight, from its own log's end.
-            *lock(&self.window) = Window::new(self.engine.last_vba());
-            self.window_changed();
+            self.update_window(|window| *window = Window::new(self.engine.last_vba()));
         }
         let is_primary = assignment.role == Role::Primary;
         *lock(&self.assignment) = Some(assignment);
@@ -174,8 +173,7 @@ impl UnitRuntime {
             .into_iter()
             .map(|c| c.node)
             .collect();
-        lock(&self.window).set_current(&replicas);
-        self.window_changed();
+        self.update_window(|window| window.set_current(&replicas));
     }
 
     /// A syncing copy joined at `from`: it gets and acknowledges every write from there on.
@@ -245,14 +243,7 @@ impl UnitRuntime {
             )
         })?;
         if generation < assignment.generation {
-            return Err(WireError::new(
-                ErrorCode::StaleGeneration,
-                format!(
-                    "slice {} is at generation {}, not {generation}",
-                    self.id, assignment.generation
-                ),
-            )
-            .with_detail(assignment.generation.0));
+            return Err(self.stale_generation(generation, assignment.generation));
         }
         if generation > assignment.generation {
             return Err(WireError::new(
@@ -297,10 +288,24 @@ impl UnitRuntime {
             .map_or_else(|| self.engine.generation(), |a| a.generation)
     }
 
-    /// Wakes the reads waiting for the committed VBA ([`UnitRuntime::wait_committed`]); called
-    /// after every change to the window.
-    pub fn window_changed(&self) {
+    /// Changes the replication window, then wakes the reads waiting for its committed VBA
+    /// ([`UnitRuntime::wait_committed`]), which the change may have moved.
+    pub fn update_window<T>(&self, change: impl FnOnce(&mut Window) -> T) -> T {
+        let changed = change(&mut lock(&self.window));
         self.committed_changed.notify_waiters();
+        changed
+    }
+
+    /// The refusal of a request of `generation`, older than this slice's `current` one.
+    pub fn stale_generation(&self, generation: Generation, current: Generation) -> WireError {
+        WireError::new(
+            ErrorCode::StaleGeneration,
+            format!(
+                "slice {} is at generation {current}, not {generation}",
+                self.id
+            ),
+        )
+        .with_detail(current.0)
     }
 
     /// Waits until every current copy holds VBA `vba` (the window's committed VBA reached it);
