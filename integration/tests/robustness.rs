@@ -54,6 +54,17 @@ fn flood(addr: &str, count: usize, limit: usize) -> (usize, usize) {
     }
 }
 
+/// `limit + over` connections from one address to `addr` (`what`): at least `over` of them are
+/// closed, and some stay open.
+fn assert_flood_refused(what: &str, addr: &str, limit: usize, over: usize) {
+    let (closed, open) = flood(addr, limit + over, limit);
+    assert!(
+        closed >= over && open > 0,
+        "{what}: {closed} of {} connections closed, {open} open",
+        limit + over
+    );
+}
+
 fn frame_header(length: u32, kind: u8) -> Vec<u8> {
     let mut out = length.to_le_bytes().to_vec();
     out.push(kind);
@@ -254,12 +265,7 @@ async fn hostile_input_on_every_surface_changes_nothing_and_stops_nothing() {
         // A flood of connections from one address: those over the limit are closed at once,
         // the others stay open, and the node keeps serving.
         let limit = client::admission::DEFAULT_CONNECTIONS_PER_ADDRESS;
-        let (closed, open) = flood(&addr, limit + 44, limit);
-        assert!(
-            closed >= 44 && open > 0,
-            "{name}: {closed} of {} connections closed, {open} open",
-            limit + 44
-        );
+        assert_flood_refused(&name, &addr, limit, 44);
     }
 
     // The NBD gateway.
@@ -289,13 +295,7 @@ async fn hostile_input_on_every_surface_changes_nothing_and_stops_nothing() {
     ] {
         raw(&nbd, &bytes);
     }
-    let limit = client::nbd::MAX_CONNECTIONS_PER_ADDRESS;
-    let (closed, open) = flood(&nbd, limit + 36, limit);
-    assert!(
-        closed >= 36 && open > 0,
-        "NBD: {closed} of {} connections closed, {open} open",
-        limit + 36
-    );
+    assert_flood_refused("NBD", &nbd, client::nbd::MAX_CONNECTIONS_PER_ADDRESS, 36);
     assert!(
         TcpStream::connect(&nbd).is_ok(),
         "the gateway still accepts"
