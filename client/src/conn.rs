@@ -1,27 +1,26 @@
 //! A pipelined data-plane connection to a storage node, and a pool of them by address.
 //!
-//! Many calls share one connection: each gets a request id, its encoded frame is queued to a
-//! writer task, and a reader task hands each response to the call with the same id. The writer
-//! task owns the socket's write half, so a call that is cancelled (a timeout, a dropped future)
-//! can never leave half a frame on the wire; it also sends every frame queued meanwhile in one
-//! vectored write. At most [`MAX_IN_FLIGHT`] calls are in flight per connection; more wait for a
+//! Many calls share one connection: each gets a request id, its encoded frame goes to the
+//! connection's [`FrameWriter`], and a reader task hands each response to the call with the same
+//! id. A frame is queued whole, so a call that is cancelled (a timeout, a dropped future) can
+//! never leave half a frame on the wire. At most [`MAX_IN_FLIGHT`] calls are in flight per connection; more wait for a
 //! slot, which also bounds the writer's queue. When the connection fails, every call in flight
 //! fails with [`DataError::Closed`] and the pool opens a new one for the next call.
 //!
 //! Connections run over TCP, or over TLS when the [`Security`] given says so; with a token, the
 //! handshake proves on both sides that they know the cluster secret (`docs/protocol.md`).
 
-use std::collections::{HashMap, VecDeque};
-use std::io::{self, IoSlice};
+use std::collections::HashMap;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{oneshot, Semaphore};
 use tokio::time::Instant;
 
 use crate::proto::{
@@ -29,6 +28,7 @@ use crate::proto::{
     AUTH_PROTOCOL_VERSION, MAX_IN_FLIGHT, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use crate::security::{token, Security, Token};
+pub use crate::writer::FrameWriter;
 
 /// Errors of data-plane calls.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -93,9 +93,6 @@ impl Shared {
     }
 }
 
-/// Most frames the writer task hands to one vectored write.
-const MAX_FRAMES_PER_WRITE: usize = 64;
-
 pub struct Connection {
     shared: Arc<Shared>,
     /// Encoded frames for the writer task. Unbounded as a channel, bounded in fact by `slots`:
@@ -159,7 +156,9 @@ impl Connection {
                     let mut stream = tcp;
                     let (leftover, node) = greeting.shake(&mut stream).await?;
                     let (read, write) = stream.into_split();
-                    Ok(Connection::start(addr, read, write, leftover, node))
+                    Ok(Connection::start(addr, read, leftover, node, |on_error| {
+                        FrameWriter::tcp(write, on_error)
+                    }))
                 }
                 Some(tls) => {
                     let mut stream = tls
@@ -168,7 +167,9 @@ impl Connection {
                         .map_err(|e| connect_err(format!("TLS: {e}")))?;
                     let (leftover, node) = greeting.shake(&mut stream).await?;
                     let (read, write) = tokio::io::split(stream);
-                    Ok(Connection::start(addr, read, write, leftover, node))
+                    Ok(Connection::start(addr, read, leftover, node, |on_error| {
+                        FrameWriter::spawn(write, on_error)
+                    }))
                 }
             }
         };
@@ -177,11 +178,17 @@ impl Connection {
             .map_err(|_| connect_err(format!("no handshake within {timeout:?}")))?
     }
 
-    /// Starts the reader and writer tasks of a connection whose handshake is done.
-    fn start<R, W>(addr: &str, read: R, write: W, leftover: BytesMut, node: String) -> Connection
+    /// Starts the reader task of a connection whose handshake is done, and its writer, made by
+    /// `writer` from what to do when a write fails.
+    fn start<R>(
+        addr: &str,
+        read: R,
+        leftover: BytesMut,
+        node: String,
+        writer: impl FnOnce(Box<dyn FnOnce(io::Error) + Send>) -> FrameWriter,
+    ) -> Connection
     where
         R: AsyncRead + Unpin + Send + 'static,
-        W: AsyncWrite + Unpin + Send + 'static,
     {
         let shared = Arc::new(Shared {
             addr: addr.to_string(),
@@ -190,7 +197,9 @@ impl Connection {
         let reader = tokio::spawn(read_responses(read, leftover, shared.clone()));
         let frames = {
             let shared = shared.clone();
-            FrameWriter::spawn(write, move |e| shared.close(format!("write failed: {e}")))
+            writer(Box::new(move |e| {
+                shared.close(format!("write failed: {e}"))
+            }))
         };
         Connection {
             shared,
@@ -338,89 +347,6 @@ pub async fn read_frame<R: AsyncReadExt + Unpin>(
             };
         }
     }
-}
-
-/// Frames queued for one socket and written by one task, as many per system call as are queued.
-/// Queueing never waits, and a caller that goes away can never leave half a frame on the wire.
-/// Frames leave in the order they were queued.
-pub struct FrameWriter {
-    frames: mpsc::UnboundedSender<Bytes>,
-}
-
-impl FrameWriter {
-    /// Starts the writer task; `on_error` runs once if a write fails (the task then stops). The
-    /// task ends by itself when the `FrameWriter` is dropped, after sending what is queued.
-    pub fn spawn<W: AsyncWrite + Unpin + Send + 'static>(
-        mut write: W,
-        on_error: impl FnOnce(io::Error) + Send + 'static,
-    ) -> FrameWriter {
-        let (frames, mut queued) = mpsc::unbounded_channel::<Bytes>();
-        tokio::spawn(async move {
-            let mut batch = VecDeque::new();
-            while let Some(frame) = queued.recv().await {
-                batch.push_back(frame);
-                // Whatever else is queued already goes out in the same system call: with many
-                // requests in flight this saves most of a syscall per frame.
-                while batch.len() < MAX_FRAMES_PER_WRITE {
-                    match queued.try_recv() {
-                        Ok(frame) => batch.push_back(frame),
-                        Err(_) => break,
-                    }
-                }
-                // TLS keeps what the socket did not take at once until the next write or a
-                // flush; over TCP the flush costs nothing.
-                let written = match write_all_vectored(&mut write, &mut batch).await {
-                    Ok(()) => write.flush().await,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = written {
-                    on_error(e);
-                    return;
-                }
-            }
-        });
-        FrameWriter { frames }
-    }
-
-    /// Encodes `frame` and queues it. `false` when the writer has stopped (a write failed).
-    pub fn queue(&self, id: u64, frame: &Frame) -> bool {
-        let mut buf = BytesMut::new();
-        proto::encode(&mut buf, id, frame);
-        self.queue_bytes(buf.freeze())
-    }
-
-    /// Queues bytes already encoded (another protocol's messages, say).
-    pub fn queue_bytes(&self, bytes: Bytes) -> bool {
-        self.frames.send(bytes).is_ok()
-    }
-}
-
-async fn write_all_vectored<W: AsyncWrite + Unpin>(
-    write: &mut W,
-    batch: &mut VecDeque<Bytes>,
-) -> io::Result<()> {
-    while !batch.is_empty() {
-        let mut written = {
-            let slices: Vec<IoSlice<'_>> = batch.iter().map(|frame| IoSlice::new(frame)).collect();
-            write.write_vectored(&slices).await?
-        };
-        if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        while written > 0 {
-            let front = batch
-                .front_mut()
-                .expect("the kernel wrote no more than it was given");
-            if front.len() <= written {
-                written -= front.len();
-                batch.pop_front();
-            } else {
-                front.advance(written);
-                written = 0;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The connecting side's half of the handshake (`docs/protocol.md`).

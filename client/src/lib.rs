@@ -11,6 +11,7 @@
 //! - [`security`]: the cluster token, TLS settings, and the HTTP side of both.
 //! - [`types`]: newtypes for VBAs, LBAs, generations, ids (`Vba`, `Lba`, `Generation`, `UnitId`, ...).
 //! - [`size`]: parsing and printing of human sizes (`4k`, `64M`, `1G`) and durations.
+//! - [`writer`]: frames queued for one socket, written in order by the caller or a task.
 //! - [`volume`]: [`volume::Volume`], what compute nodes use: aligned reads, writes, trims and
 //!   flushes split across slices, routed to each slice's primary, retried across failovers.
 //!
@@ -28,3 +29,4 @@ pub mod security;
 pub mod size;
 pub mod types;
 pub mod volume;
+pub mod writer;

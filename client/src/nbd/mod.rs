@@ -112,7 +112,7 @@ async fn connection(
     }
     info!(%peer, export = %export.name, "NBD client connected");
     let (read, write) = stream.into_split();
-    let writer = Arc::new(FrameWriter::spawn(write, move |e| {
+    let writer = Arc::new(FrameWriter::tcp(write, move |e| {
         debug!(%peer, error = %e, "could not send NBD replies");
     }));
     transmission(export, read, writer).await

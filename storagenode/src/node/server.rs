@@ -20,7 +20,7 @@ use client::conn::{read_frame, FrameWriter};
 use client::proto::{ErrorCode, Frame, PeerKind, Request, Response, WireError, MAX_IN_FLIGHT};
 use client::security::Surface;
 use client::types::NodeId;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncRead;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
@@ -72,7 +72,10 @@ async fn connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) -> Res
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     let Some(tls) = node.config.security.tls.clone() else {
         let (read, write) = stream.into_split();
-        return serve_stream(node, read, write, peer).await;
+        let writer = FrameWriter::tcp(write, move |e| {
+            debug!(%peer, error = %e, "could not send responses");
+        });
+        return serve_stream(node, read, writer, peer).await;
     };
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
         Ok(Ok(stream)) => stream,
@@ -86,25 +89,24 @@ async fn connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) -> Res
         }
     };
     let (read, write) = tokio::io::split(stream);
-    serve_stream(node, read, write, peer).await
+    let writer = FrameWriter::spawn(write, move |e| {
+        debug!(%peer, error = %e, "could not send responses");
+    });
+    serve_stream(node, read, writer, peer).await
 }
 
-/// Serves one connection over `read` and `write` (TCP or TLS): the handshake, then requests.
-async fn serve_stream<R, W>(
+/// Serves one connection over `read` and `writer` (TCP or TLS): the handshake, then requests.
+/// Each request is served by its own task, which sends its response itself.
+async fn serve_stream<R>(
     node: Arc<Node>,
     mut read: R,
-    write: W,
+    writer: FrameWriter,
     peer: SocketAddr,
 ) -> Result<(), String>
 where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin + Send + 'static,
 {
-    // Responses are queued to one writer task, which sends every response ready at once in one
-    // system call.
-    let writer = Arc::new(FrameWriter::spawn(write, move |e| {
-        debug!(%peer, error = %e, "could not send responses");
-    }));
+    let writer = Arc::new(writer);
     let mut buf = BytesMut::new();
 
     let greeted = handshake::accept(&node, &mut read, &mut buf, &writer);
