@@ -6,7 +6,8 @@
 //!    engines at iodepth 32 at once, on two directories of the same disk: the disk and CPU work of
 //!    two copies of every write, the most a two-copy volume on this one machine can reach;
 //! 3. `vbs bench --rw randwrite --bs 4k` at iodepth 1 and 32 against a real cluster (3 managers,
-//!    3 storage nodes, a volume with 2 replicas), all on loopback.
+//!    3 storage nodes, all on loopback): a 1 GiB volume of 2 replicas in 4 slices, then one in a
+//!    single slice.
 //!
 //! Run: `cargo bench -p integration --bench write_path` (release build). `VBS_BENCH_RUNTIME`
 //! sets the seconds per `vbs bench` run (default 10).
@@ -90,6 +91,36 @@ fn f(value: &Value, key: &str) -> f64 {
     value[key].as_f64().unwrap_or(f64::NAN)
 }
 
+/// `vbs bench --rw randwrite --bs 4k` on `volume` for `runtime` seconds; its JSON summary.
+fn vbs_bench(cluster: &Cluster, volume: &str, iodepth: u32, runtime: u64) -> anyhow::Result<Value> {
+    let runtime = format!("{runtime}s");
+    let depth = iodepth.to_string();
+    let args = [
+        "bench",
+        volume,
+        "--rw",
+        "randwrite",
+        "--bs",
+        "4k",
+        "--iodepth",
+        &depth,
+        "--runtime",
+        &runtime,
+        "--json",
+    ];
+    let out = cluster.vbs(&args)?;
+    if !out.status.success() {
+        bail!("vbs bench: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .context("vbs bench printed no JSON")?;
+    Ok(serde_json::from_str(line)?)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let runtime: u64 = std::env::var("VBS_BENCH_RUNTIME")
@@ -113,48 +144,28 @@ async fn main() -> anyhow::Result<()> {
     // The pair's combined rate while both ran: each one's IOPS over the same span.
     let pair_iops = f(&pair_32[0], "iops").min(f(&pair_32[1], "iops"));
 
-    let out = cluster.vbs(&[
-        "volume",
-        "create",
-        "bench",
-        "--size",
-        "1G",
-        "--replicas",
-        "2",
-        "--slice-size",
-        "256M",
-    ])?;
-    if !out.status.success() {
-        bail!("volume create: {}", String::from_utf8_lossy(&out.stderr));
-    }
+    // Four slices of 256 MiB spread the volume's units over the nodes, each unit with its own
+    // log and its own fdatasyncs; one slice of 1 GiB (the default slice size) keeps every write
+    // of a node in one unit's group commit.
     let mut vbs = Vec::new();
-    for iodepth in [1, 32] {
-        let runtime = format!("{runtime}s");
-        let depth = iodepth.to_string();
-        let args = [
-            "bench",
-            "bench",
-            "--rw",
-            "randwrite",
-            "--bs",
-            "4k",
-            "--iodepth",
-            &depth,
-            "--runtime",
-            &runtime,
-            "--json",
-        ];
-        let out = cluster.vbs(&args)?;
+    for (volume, slice) in [("bench", "256M"), ("one", "1G")] {
+        let out = cluster.vbs(&[
+            "volume",
+            "create",
+            volume,
+            "--size",
+            "1G",
+            "--replicas",
+            "2",
+            "--slice-size",
+            slice,
+        ])?;
         if !out.status.success() {
-            bail!("vbs bench: {}", String::from_utf8_lossy(&out.stderr));
+            bail!("volume create: {}", String::from_utf8_lossy(&out.stderr));
         }
-        let text = String::from_utf8_lossy(&out.stdout);
-        let line = text
-            .lines()
-            .rev()
-            .find(|l| l.starts_with('{'))
-            .context("vbs bench printed no JSON")?;
-        vbs.push(serde_json::from_str::<Value>(line)?);
+        for iodepth in [1, 32] {
+            vbs.push(vbs_bench(&cluster, volume, iodepth, runtime)?);
+        }
     }
 
     println!("| what | IOPS | p50 us | p99 us |");
@@ -171,8 +182,10 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     for (name, v) in [
-        ("vbs, replicas 2, iodepth 1", &vbs[0]),
-        ("vbs, replicas 2, iodepth 32", &vbs[1]),
+        ("vbs, replicas 2, 4 slices, iodepth 1", &vbs[0]),
+        ("vbs, replicas 2, 4 slices, iodepth 32", &vbs[1]),
+        ("vbs, replicas 2, 1 slice, iodepth 1", &vbs[2]),
+        ("vbs, replicas 2, 1 slice, iodepth 32", &vbs[3]),
     ] {
         println!(
             "| {name} | {:.0} | {} | {} |",
@@ -195,22 +208,25 @@ async fn main() -> anyhow::Result<()> {
         f(&engine_32, "iops") / f(&engine_1, "iops")
     );
     println!(
-        "vbs IOPS iodepth 32 / engine IOPS iodepth 32: {:.2}",
-        f(&vbs[1], "iops") / f(&engine_32, "iops")
+        "vbs IOPS iodepth 32 / engine IOPS iodepth 32: {:.2} (4 slices), {:.2} (1 slice)",
+        f(&vbs[1], "iops") / f(&engine_32, "iops"),
+        f(&vbs[3], "iops") / f(&engine_32, "iops")
     );
     println!(
         "two engines at iodepth 32 at once: {:.0} and {:.0} IOPS; vbs IOPS iodepth 32 / the \
-         slower of the two: {:.2}",
+         slower of the two: {:.2} (4 slices), {:.2} (1 slice)",
         f(&pair_32[0], "iops"),
         f(&pair_32[1], "iops"),
-        f(&vbs[1], "iops") / pair_iops
+        f(&vbs[1], "iops") / pair_iops,
+        f(&vbs[3], "iops") / pair_iops
     );
     match floor {
         Some(floor) => {
             println!("floor: {floor}");
             println!(
-                "vbs p50 at iodepth 1 / rf2_floor_us: {:.2}",
-                f(&vbs[0], "latency_us_p50") / f(&floor, "rf2_floor_us")
+                "vbs p50 at iodepth 1 / rf2_floor_us: {:.2} (4 slices), {:.2} (1 slice)",
+                f(&vbs[0], "latency_us_p50") / f(&floor, "rf2_floor_us"),
+                f(&vbs[2], "latency_us_p50") / f(&floor, "rf2_floor_us")
             );
         }
         None => {
