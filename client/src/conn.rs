@@ -327,6 +327,10 @@ impl Reply {
     }
 }
 
+/// Room made in a read buffer before each read: a whole 4 KiB write frame, or several smaller
+/// frames, arrive in one system call.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
 /// Reads one frame, buffering in `buf`. `Ok(None)` at a clean end of stream.
 pub async fn read_frame<R: AsyncReadExt + Unpin>(
     stream: &mut R,
@@ -335,6 +339,11 @@ pub async fn read_frame<R: AsyncReadExt + Unpin>(
     loop {
         if let Some(frame) = proto::decode(buf).map_err(protocol_io)? {
             return Ok(Some(frame));
+        }
+        // An empty `BytesMut` would otherwise read 64 bytes at a time: a frame's header, then
+        // its body, in two system calls.
+        if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 4 {
+            buf.reserve(READ_CHUNK_BYTES);
         }
         if stream.read_buf(buf).await? == 0 {
             return if buf.is_empty() {

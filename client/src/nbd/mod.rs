@@ -223,9 +223,11 @@ async fn handshake(export: &Export, stream: &mut TcpStream) -> io::Result<bool> 
 
 async fn transmission(
     export: Arc<Export>,
-    mut read: OwnedReadHalf,
+    read: OwnedReadHalf,
     writer: Arc<FrameWriter>,
 ) -> io::Result<()> {
+    // A request's header and a small write's payload, or several requests, in one system call.
+    let mut read = tokio::io::BufReader::with_capacity(64 * 1024, read);
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     loop {
         let mut header = [0u8; wire::REQUEST_BYTES];
