@@ -4,11 +4,13 @@
 //! Any member answers (followers forward changes to the leader), so a request goes to the member
 //! that answered last and moves on to the next one when a member cannot be reached or has no
 //! leader. A refusal (4xx, or 503 `lease_not_expired`) is returned at once: another member would
-//! give the same answer.
+//! give the same answer. A storage node's heartbeat is hedged: sent to every member at once when
+//! the one that answered last is slow, so that a hung leader does not cost a lease.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -42,6 +44,25 @@ impl ManagerError {
             ManagerError::Unreachable { .. } => None,
         }
     }
+}
+
+/// How a hedged request is sent: to the member that answered last, to every member once that
+/// one has not answered within `hedge`, each try given up after `patience`, rounds until
+/// `deadline`.
+#[derive(Clone, Copy, Debug)]
+pub struct Hedge {
+    pub hedge: Duration,
+    pub patience: Duration,
+    pub deadline: Instant,
+}
+
+/// What one try at one member came to.
+enum Attempt<T> {
+    Answered(T),
+    /// A refusal (or an answer that makes no sense): another member would say the same.
+    Refused(ManagerError),
+    /// Unreachable, too slow, or without a leader: another member may do.
+    Elsewhere(String),
 }
 
 pub struct Managers {
@@ -159,49 +180,11 @@ impl Managers {
         for round in 0..ROUNDS {
             for i in 0..self.addrs.len() {
                 let index = (first + i) % self.addrs.len();
-                let addr = &self.addrs[index];
-                let mut request = self
-                    .http
-                    .request(method.clone(), self.security.url(addr, path));
-                if let Some(body) = body {
-                    request = request.json(body);
+                match self.attempt(index, &method, path, body, None).await {
+                    Attempt::Answered(value) => return Ok(value),
+                    Attempt::Refused(e) => return Err(e),
+                    Attempt::Elsewhere(why) => last = why,
                 }
-                let response = match request.send().await {
-                    Ok(response) => response,
-                    Err(e) => {
-                        last = format!("{addr}: {}", describe(&e));
-                        continue;
-                    }
-                };
-                let status = response.status();
-                let bytes = match response.bytes().await {
-                    Ok(bytes) => bytes,
-                    Err(e) => {
-                        last = format!("{addr}: {}", describe(&e));
-                        continue;
-                    }
-                };
-                if status.is_success() {
-                    self.preferred.store(index, Ordering::Relaxed);
-                    return serde_json::from_slice(&bytes).map_err(|e| ManagerError::Unreachable {
-                        tried: addr.clone(),
-                        last: format!("unexpected answer to {method} {path}: {e}"),
-                    });
-                }
-                let error: ApiError = serde_json::from_slice(&bytes).unwrap_or_else(|_| ApiError {
-                    error: format!("{status}: {}", String::from_utf8_lossy(&bytes)),
-                    code: ErrorCode::Internal,
-                    retry_after_ms: None,
-                });
-                if status == StatusCode::SERVICE_UNAVAILABLE && error.code == ErrorCode::Unavailable
-                {
-                    last = format!("{addr}: {}", error.error);
-                    continue;
-                }
-                return Err(ManagerError::Api {
-                    status: status.as_u16(),
-                    error,
-                });
             }
             if round + 1 < ROUNDS {
                 // No member had a leader: an election may be under way.
@@ -211,6 +194,109 @@ impl Managers {
         Err(ManagerError::Unreachable {
             tried: self.addrs.join(","),
             last,
+        })
+    }
+
+    /// Sends an idempotent request so that it gets through while a member hangs: to the member
+    /// that answered last, then, if that one has not answered within `hedge`, to every member
+    /// at once; the first answer wins. Each try gives up after `patience`, and rounds go on
+    /// until `deadline`. A hung leader would otherwise cost a whole request timeout per round,
+    /// and its followers forward to it until they elect another.
+    async fn hedged<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &B,
+        timing: Hedge,
+    ) -> Result<T, ManagerError> {
+        let mut last = String::new();
+        loop {
+            let first = self.preferred.load(Ordering::Relaxed) % self.addrs.len();
+            let mut tries = FuturesUnordered::new();
+            let attempt = |index: usize| {
+                self.attempt(index, &method, path, Some(body), Some(timing.patience))
+            };
+            tries.push(attempt(first));
+            let hedge = tokio::time::sleep(timing.hedge);
+            tokio::pin!(hedge);
+            let mut hedged = false;
+            loop {
+                tokio::select! {
+                    Some(outcome) = tries.next() => match outcome {
+                        Attempt::Answered(value) => return Ok(value),
+                        Attempt::Refused(e) => return Err(e),
+                        Attempt::Elsewhere(why) => last = why,
+                    },
+                    () = &mut hedge, if !hedged => {}
+                    else => break,
+                }
+                if !hedged {
+                    hedged = true;
+                    for i in 1..self.addrs.len() {
+                        tries.push(attempt((first + i) % self.addrs.len()));
+                    }
+                }
+            }
+            if Instant::now() + timing.patience > timing.deadline {
+                return Err(ManagerError::Unreachable {
+                    tried: self.addrs.join(","),
+                    last,
+                });
+            }
+            // No member had a leader: an election may be under way.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// One request to member `index`, within `timeout` if given (else the client's).
+    async fn attempt<B: Serialize, T: DeserializeOwned>(
+        &self,
+        index: usize,
+        method: &Method,
+        path: &str,
+        body: Option<&B>,
+        timeout: Option<Duration>,
+    ) -> Attempt<T> {
+        let addr = &self.addrs[index];
+        let mut request = self
+            .http
+            .request(method.clone(), self.security.url(addr, path));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(e) => return Attempt::Elsewhere(format!("{addr}: {}", describe(&e))),
+        };
+        let status = response.status();
+        let bytes = match response.bytes().await {
+            Ok(bytes) => bytes,
+            Err(e) => return Attempt::Elsewhere(format!("{addr}: {}", describe(&e))),
+        };
+        if status.is_success() {
+            self.preferred.store(index, Ordering::Relaxed);
+            return match serde_json::from_slice(&bytes) {
+                Ok(value) => Attempt::Answered(value),
+                Err(e) => Attempt::Refused(ManagerError::Unreachable {
+                    tried: addr.clone(),
+                    last: format!("unexpected answer to {method} {path}: {e}"),
+                }),
+            };
+        }
+        let error: ApiError = serde_json::from_slice(&bytes).unwrap_or_else(|_| ApiError {
+            error: format!("{status}: {}", String::from_utf8_lossy(&bytes)),
+            code: ErrorCode::Internal,
+            retry_after_ms: None,
+        });
+        if status == StatusCode::SERVICE_UNAVAILABLE && error.code == ErrorCode::Unavailable {
+            return Attempt::Elsewhere(format!("{addr}: {}", error.error));
+        }
+        Attempt::Refused(ManagerError::Api {
+            status: status.as_u16(),
+            error,
         })
     }
 
@@ -248,15 +334,19 @@ impl Managers {
         self.request(Method::POST, "/v1/nodes", Some(request)).await
     }
 
+    /// A storage node's heartbeat, which must reach the leader within a lease even while a
+    /// member hangs: hedged across the members (see [`Hedge`]).
     pub async fn heartbeat(
         &self,
         node: &NodeId,
         request: &HeartbeatRequest,
+        timing: Hedge,
     ) -> Result<HeartbeatResponse, ManagerError> {
-        self.request(
+        self.hedged(
             Method::POST,
             &format!("/v1/nodes/{node}/heartbeat"),
-            Some(request),
+            request,
+            timing,
         )
         .await
     }

@@ -142,6 +142,8 @@ pub struct Report {
     pub converged: bool,
     /// Why it did not converge, or what failed in the harness.
     pub convergence_problems: Vec<String>,
+    /// Failovers over the run: how far each slice's generation moved, summed.
+    pub failovers: u64,
     /// The data and logs of a failed run, kept.
     pub kept_dir: Option<PathBuf>,
     pub elapsed: Duration,
@@ -149,12 +151,28 @@ pub struct Report {
 
 impl Report {
     pub fn passed(&self) -> bool {
-        self.verdict.safe() && self.converged
+        self.verdict.safe() && self.converged && self.needless_failovers() == 0
     }
 
-    /// `nemesis: ops=N acked=N lost=0 stale_reads=0 split_brain=0 converged=yes`
+    /// Whether every fault of the schedule struck a manager alone.
+    fn manager_faults_only(&self) -> bool {
+        !self.schedule.steps.iter().any(|s| s.kind.strikes_storage())
+    }
+
+    /// Failovers that no fault explains: with manager faults alone, every primary stayed
+    /// healthy and reachable, so any failover was a wrong verdict of the managers.
+    pub fn needless_failovers(&self) -> u64 {
+        if self.manager_faults_only() {
+            self.failovers
+        } else {
+            0
+        }
+    }
+
+    /// `nemesis: ops=N acked=N lost=0 stale_reads=0 split_brain=0 converged=yes`, and
+    /// `needless_failovers=0` after it when the faults struck managers alone.
     pub fn summary_line(&self) -> String {
-        format!(
+        let mut line = format!(
             "nemesis: ops={} acked={} lost={} stale_reads={} split_brain={} converged={}",
             self.verdict.ops,
             self.verdict.acked,
@@ -162,7 +180,11 @@ impl Report {
             self.verdict.stale_reads,
             self.verdict.split_brain,
             if self.converged { "yes" } else { "no" }
-        )
+        );
+        if self.manager_faults_only() {
+            let _ = write!(line, " needless_failovers={}", self.needless_failovers());
+        }
+        line
     }
 
     /// Everything to print at the end of a run.
@@ -194,6 +216,7 @@ impl Report {
             v.reads,
             v.read_errors
         );
+        let _ = writeln!(out, "nemesis: slices failed over: {}", self.failovers);
         for problem in v.problems.iter().chain(&self.convergence_problems) {
             let _ = writeln!(out, "nemesis: PROBLEM {problem}");
         }
@@ -272,6 +295,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
         );
     }
     let clients = Workload::start(volumes, history.clone(), config.seed, &config.workload);
+    let generations_before = generations(&cluster.status().await.context("reading the status")?)?;
 
     let mut injected = BTreeMap::new();
     let mut problems = Vec::new();
@@ -342,6 +366,11 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
     }
     problems.extend(check_copies(&mut cluster, &status)?);
 
+    let failovers = generations(&status)?
+        .iter()
+        .map(|(unit, g)| g.saturating_sub(generations_before.get(unit).copied().unwrap_or(*g)))
+        .sum();
+
     let verdict = checker::check(&history.writes(), &history.reads());
     let converged = problems.is_empty();
     let mut report = Report {
@@ -350,6 +379,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
         injected,
         verdict,
         converged,
+        failovers,
         convergence_problems: problems,
         kept_dir: None,
         elapsed: started.elapsed(),
@@ -538,6 +568,15 @@ async fn wait_managers_agree(cluster: &Cluster) -> anyhow::Result<()> {
 
 /// Stops every storage node and checks every copy offline: consistent logs, and the copies of
 /// each slice with the same last VBA and content digest.
+/// Each slice's generation, by unit. A generation moves on at every failover and every change
+/// of a slice's copies.
+fn generations(status: &ClusterStatus) -> anyhow::Result<BTreeMap<String, u64>> {
+    Ok(slices(status, VOLUME)?
+        .iter()
+        .map(|s| (s.unit.to_string(), s.generation.0))
+        .collect())
+}
+
 fn check_copies(cluster: &mut Cluster, status: &ClusterStatus) -> anyhow::Result<Vec<String>> {
     for name in cluster.storage_names() {
         cluster.storage_node(&name)?.kill();

@@ -80,6 +80,15 @@ impl FaultKind {
             })
     }
 
+    /// Whether the fault strikes a storage node (or its network), rather than a manager alone.
+    /// Only such faults may fail a slice over: a manager fault leaves every primary healthy.
+    pub fn strikes_storage(self) -> bool {
+        !matches!(
+            self,
+            FaultKind::KillLeader | FaultKind::KillFollower | FaultKind::HangLeader
+        )
+    }
+
     /// A comma-separated list of names.
     pub fn parse_list(list: &str) -> Result<Vec<FaultKind>, String> {
         list.split(',')

@@ -11,7 +11,7 @@ use client::api::{
     CopyStatus, ErrorCode, HeartbeatRequest, HeartbeatResponse, Notification, RegisterNodeRequest,
     Role, UnitGeneration, UnitReport,
 };
-use client::managers::ManagerError;
+use client::managers::{Hedge, ManagerError};
 use client::types::Vba;
 use tracing::{debug, error, info, warn};
 
@@ -100,7 +100,13 @@ async fn heartbeat(node: &Arc<Node>) -> Result<(), ManagerError> {
         units,
     };
     let sent = Instant::now();
-    let reply = node.managers.heartbeat(&node.id, &request).await?;
+    let interval = node.config.heartbeat_interval;
+    let timing = Hedge {
+        hedge: interval / 4,
+        patience: interval,
+        deadline: sent + interval * 3,
+    };
+    let reply = node.managers.heartbeat(&node.id, &request, timing).await?;
     apply(node, sent, reply).await;
     Ok(())
 }
