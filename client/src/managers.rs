@@ -401,4 +401,62 @@ mod tests {
         let port = Managers::parse("a", timeout).unwrap_err();
         assert!(port.contains("HOST:PORT"), "{port}");
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_heartbeat_gets_past_a_member_that_never_answers() {
+        // The member that answered last accepts connections and never answers: a stopped
+        // process.
+        let stopped = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stopped_addr = stopped.local_addr().unwrap();
+        let holding = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = stopped.accept().await {
+                held.push(stream);
+            }
+        });
+        // The other member answers.
+        let running = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let running_addr = running.local_addr().unwrap();
+        let reply = HeartbeatResponse {
+            lease_ms: 2000,
+            node_state: crate::api::NodeState::Up,
+            units: Vec::new(),
+        };
+        let app = axum::Router::new().route(
+            "/v1/nodes/{id}/heartbeat",
+            axum::routing::post(move || {
+                let reply = reply.clone();
+                async move { axum::Json(reply) }
+            }),
+        );
+        let serving = tokio::spawn(async move { axum::serve(running, app).await });
+
+        let patience = Duration::from_secs(60);
+        let managers =
+            Managers::parse(&format!("{stopped_addr},{running_addr}"), patience).unwrap();
+        let timing = Hedge {
+            hedge: Duration::from_millis(50),
+            patience,
+            deadline: Instant::now() + patience * 2,
+        };
+        let request = HeartbeatRequest {
+            free_bytes: None,
+            units: Vec::new(),
+        };
+        let node = NodeId::parse("n1").unwrap();
+        // Asked one after the other, the stopped member would hold the heartbeat for the whole
+        // minute of patience.
+        let answered = tokio::time::timeout(
+            Duration::from_secs(30),
+            managers.heartbeat(&node, &request, timing),
+        )
+        .await
+        .expect("the heartbeat waited on the member that never answers")
+        .unwrap();
+        assert_eq!(answered.lease_ms, 2000);
+        // The member that answered is asked first next time.
+        assert_eq!(managers.preferred.load(Ordering::Relaxed), 1);
+        holding.abort();
+        serving.abort();
+    }
 }
