@@ -170,7 +170,9 @@ async fn assert_reads_back(volume: &Volume, acked: &BTreeMap<u64, u64>) {
     }
 }
 
-/// Waits until both slices of `volume` have 2 current copies and none on `node`.
+/// Waits until both slices of `volume` have 2 current copies and none on `node`, and every
+/// resync reported finished. A copy is `current` once its primary reports it caught up; its own
+/// last progress report, which says the resync finished, may land a moment later.
 async fn copies_moved_off(cluster: &Cluster, volume: &str, node: &NodeId) -> Vec<SliceMap> {
     wait_until(
         &format!("every slice of {volume} at 2 current copies, none on {node}"),
@@ -181,7 +183,10 @@ async fn copies_moved_off(cluster: &Cluster, volume: &str, node: &NodeId) -> Vec
             let moved = slices.iter().all(|s| {
                 s.copies.len() == 2
                     && copy_on(s, node).is_none()
-                    && s.copies.iter().all(|c| c.status == CopyStatus::Current)
+                    && s.copies.iter().all(|c| {
+                        c.status == CopyStatus::Current
+                            && c.resync.is_none_or(|r| r.progress.finished)
+                    })
             });
             Ok::<_, anyhow::Error>(moved.then_some(slices))
         },
