@@ -3,8 +3,8 @@
 //! Many calls share one connection: each gets a request id, its encoded frame goes to the
 //! connection's [`FrameWriter`], and a reader task hands each response to the call with the same
 //! id. A frame is queued whole, so a call that is cancelled (a timeout, a dropped future) can
-//! never leave half a frame on the wire. At most [`MAX_IN_FLIGHT`] calls are in flight per connection; more wait for a
-//! slot, which also bounds the writer's queue. When the connection fails, every call in flight
+//! never leave half a frame on the wire. At most [`MAX_IN_FLIGHT`] calls are in flight per
+//! connection; more wait for a slot, which also bounds the writer's queue. When the connection fails, every call in flight
 //! fails with [`DataError::Closed`] and the pool opens a new one for the next call.
 //!
 //! Connections run over TCP, or over TLS when the [`Security`] given says so; with a token, the
@@ -95,8 +95,8 @@ impl Shared {
 
 pub struct Connection {
     shared: Arc<Shared>,
-    /// Encoded frames for the writer task. Unbounded as a channel, bounded in fact by `slots`:
-    /// every queued frame holds an in-flight slot.
+    /// Where requests are written. Its queue is unbounded, bounded in fact by `slots`: every
+    /// queued frame holds an in-flight slot.
     frames: FrameWriter,
     next_id: AtomicU64,
     slots: Arc<Semaphore>,
@@ -109,7 +109,7 @@ impl Drop for Connection {
         // Replies still out (from `send`) would otherwise wait for their timeout: nobody reads.
         self.shared.close("the connection was dropped".into());
         self.reader.abort();
-        // The writer task ends by itself when `frames` is dropped, after sending what is queued.
+        // The writer ends by itself when `frames` is dropped, after sending what is queued.
     }
 }
 
@@ -267,7 +267,8 @@ impl Connection {
         }
         // No await between registering and queueing: frames leave in the order of `send` calls.
         if !self.frames.queue(id, &Frame::Request(request)) {
-            self.shared.close("the writer task stopped".into());
+            self.shared
+                .close("the writer stopped after a failed write".into());
         }
         Ok(Reply {
             shared: self.shared.clone(),

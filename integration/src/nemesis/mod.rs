@@ -566,8 +566,6 @@ async fn wait_managers_agree(cluster: &Cluster) -> anyhow::Result<()> {
     .map(drop)
 }
 
-/// Stops every storage node and checks every copy offline: consistent logs, and the copies of
-/// each slice with the same last VBA and content digest.
 /// Each slice's generation, by unit. A generation moves on at every failover and every change
 /// of a slice's copies.
 fn generations(status: &ClusterStatus) -> anyhow::Result<BTreeMap<String, u64>> {
@@ -577,6 +575,8 @@ fn generations(status: &ClusterStatus) -> anyhow::Result<BTreeMap<String, u64>> 
         .collect())
 }
 
+/// Stops every storage node and checks every copy offline: consistent logs, and the copies of
+/// each slice with the same last VBA and content digest.
 fn check_copies(cluster: &mut Cluster, status: &ClusterStatus) -> anyhow::Result<Vec<String>> {
     for name in cluster.storage_names() {
         cluster.storage_node(&name)?.kill();

@@ -70,11 +70,12 @@ pub async fn serve(
 /// Serves one connection. Returns why it was closed when that was not a clean end.
 async fn connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) -> Result<(), String> {
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let write_failed = move |e: std::io::Error| {
+        debug!(%peer, error = %e, "could not send responses");
+    };
     let Some(tls) = node.config.security.tls.clone() else {
         let (read, write) = stream.into_split();
-        let writer = FrameWriter::tcp(write, move |e| {
-            debug!(%peer, error = %e, "could not send responses");
-        });
+        let writer = FrameWriter::tcp(write, write_failed);
         return serve_stream(node, read, writer, peer).await;
     };
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
@@ -89,10 +90,7 @@ async fn connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) -> Res
         }
     };
     let (read, write) = tokio::io::split(stream);
-    let writer = FrameWriter::spawn(write, move |e| {
-        debug!(%peer, error = %e, "could not send responses");
-    });
-    serve_stream(node, read, writer, peer).await
+    serve_stream(node, read, FrameWriter::spawn(write, write_failed), peer).await
 }
 
 /// Serves one connection over `read` and `writer` (TCP or TLS): the handshake, then requests.
