@@ -1,6 +1,6 @@
 //! A cluster of real vbs processes on loopback, each with its own data directory and log.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -110,10 +110,27 @@ pub fn free_port() -> anyhow::Result<u16> {
     free_port_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
-/// A free port on `ip` (bound, then released for the process to take).
+/// Where [`free_port_on`] looks: below Linux's default range of ephemeral ports (32768-60999).
+/// A port the kernel picked for us is released before the process binds it, and an outgoing
+/// connection can take an ephemeral one in that moment (a storage node then failed to start
+/// with "Address already in use"); nothing is handed ports from this range unasked.
+const TEST_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A free port on `ip` (bound, then released for the process to take), never one this test
+/// process handed out before: clusters started at once by concurrent tests do not collide.
 pub fn free_port_on(ip: IpAddr) -> anyhow::Result<u16> {
-    let listener = TcpListener::bind((ip, 0)).context("binding a free port")?;
-    Ok(listener.local_addr()?.port())
+    static HANDED_OUT: std::sync::Mutex<BTreeSet<(IpAddr, u16)>> =
+        std::sync::Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..1_000 {
+        let port = rand::random_range(TEST_PORTS);
+        if handed_out.contains(&(ip, port)) || TcpListener::bind((ip, port)).is_err() {
+            continue;
+        }
+        handed_out.insert((ip, port));
+        return Ok(port);
+    }
+    bail!("no free port on {ip} in {TEST_PORTS:?} after 1,000 tries")
 }
 
 /// Processes under test. Dropping the cluster kills them all; if the test is panicking, their
