@@ -20,11 +20,10 @@ use serde::Serialize;
 
 use crate::engine::{Device, DeviceOptions, Op, Unit};
 
-/// The unit the benchmark writes; removed when it ends.
-const BENCH_UNIT: UnitId = UnitId {
-    volume: VolumeId(u64::MAX),
-    slice: SliceIndex(0),
-};
+/// The volume whose units the benchmark writes; they are removed when it ends.
+const BENCH_VOLUME: VolumeId = VolumeId(u64::MAX);
+/// At most this many units (`--units`).
+pub const MAX_UNITS: usize = 64;
 const ROUNDS: u64 = 5;
 /// Blocks in the raw test's preallocated file.
 const RAW_FILE_BLOCKS: u64 = 256;
@@ -44,6 +43,10 @@ pub struct BenchOptions {
     pub iodepth: usize,
     pub count: u64,
     pub unit_bytes: u64,
+    /// Units written at once, as a storage node holding that many slices; writer `w` writes to
+    /// unit `w % units`, each unit with its own log and group commit.
+    pub units: usize,
+    pub driver: Driver,
     pub pattern: Pattern,
     pub sync: bool,
     pub segment_bytes: u64,
@@ -54,6 +57,8 @@ pub struct BenchOptions {
 pub struct BenchReport {
     pub bs: u64,
     pub iodepth: usize,
+    pub units: usize,
+    pub driver: Driver,
     pub count: u64,
     pub seed: u64,
     pub iops: f64,
@@ -95,6 +100,13 @@ pub fn run(options: &BenchOptions, progress: impl Fn(&str)) -> Result<BenchRepor
             options.unit_bytes
         );
     }
+    if options.units == 0 || options.units > MAX_UNITS || options.units > options.iodepth {
+        bail!(
+            "--units {} must be between 1 and {MAX_UNITS}, and at most --iodepth {}",
+            options.units,
+            options.iodepth
+        );
+    }
     let per_round = options.count.div_ceil(ROUNDS).max(options.iodepth as u64);
     let device_options = DeviceOptions {
         segment_bytes: options.segment_bytes,
@@ -103,14 +115,24 @@ pub fn run(options: &BenchOptions, progress: impl Fn(&str)) -> Result<BenchRepor
     };
     let (device, _) = Device::open_dir(&options.data_dir, &device_options)
         .with_context(|| format!("opening {}", options.data_dir.display()))?;
-    if device.unit(BENCH_UNIT).is_some() {
-        device
-            .remove_unit(BENCH_UNIT)
-            .context("removing a previous benchmark's unit")?;
+    let ids: Vec<UnitId> = (0..options.units)
+        .map(|slice| UnitId {
+            volume: BENCH_VOLUME,
+            slice: SliceIndex(slice as u32),
+        })
+        .collect();
+    for unit in device.units() {
+        if unit.id().volume == BENCH_VOLUME {
+            device
+                .remove_unit(unit.id())
+                .context("removing a previous benchmark's unit")?;
+        }
     }
-    let unit = device
-        .create_unit(BENCH_UNIT, options.unit_bytes)
-        .context("creating the benchmark unit")?;
+    let units = ids
+        .iter()
+        .map(|&id| device.create_unit(id, options.unit_bytes))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .context("creating the benchmark units")?;
     wait_for_spares(&device)?;
 
     let raw_path = options.data_dir.join("bench-raw.tmp");
@@ -124,7 +146,7 @@ pub fn run(options: &BenchOptions, progress: impl Fn(&str)) -> Result<BenchRepor
         raw.run(per_round.min(2000), options.seed + round, &mut raw_latency)?;
         progress(&format!("round {}/{ROUNDS}: engine", round + 1));
         let seed = options.seed + round * 1000;
-        let (elapsed, latency) = drive(&unit, options, per_round, done, seed)?;
+        let (elapsed, latency) = drive(&units, options, per_round, done, seed)?;
         engine_time += elapsed;
         engine_latency
             .add(latency)
@@ -134,11 +156,16 @@ pub fn run(options: &BenchOptions, progress: impl Fn(&str)) -> Result<BenchRepor
     drop(raw);
     std::fs::remove_file(&raw_path).with_context(|| format!("removing {}", raw_path.display()))?;
 
-    let stats = unit.stats();
-    drop(unit);
-    device
-        .remove_unit(BENCH_UNIT)
-        .context("removing the benchmark unit")?;
+    let stats: Vec<_> = units.iter().map(|unit| unit.stats()).collect();
+    let batches: u64 = stats.iter().map(|s| s.batches).sum();
+    let index_bytes: u64 = stats.iter().map(|s| s.index_bytes).sum();
+    let live_blocks: u64 = stats.iter().map(|s| s.written_blocks).sum();
+    drop(units);
+    for id in ids {
+        device
+            .remove_unit(id)
+            .context("removing a benchmark unit")?;
+    }
     let ops = done as f64;
     let secs = engine_time.as_secs_f64();
     let p50 = micros(engine_latency.value_at_quantile(0.5));
@@ -147,6 +174,8 @@ pub fn run(options: &BenchOptions, progress: impl Fn(&str)) -> Result<BenchRepor
     Ok(BenchReport {
         bs: options.bs,
         iodepth: options.iodepth,
+        units: options.units,
+        driver: options.driver,
         count: done,
         seed: options.seed,
         iops: (ops / secs).round(),
@@ -157,13 +186,10 @@ pub fn run(options: &BenchOptions, progress: impl Fn(&str)) -> Result<BenchRepor
         raw_fdatasync_us_p50: raw_p50,
         raw_fdatasync_us_p99: micros(raw_latency.value_at_quantile(0.99)),
         ratio_p50: (p50 / raw_p50 * 100.0).round() / 100.0,
-        batches: stats.batches,
-        writes_per_batch: ((done * blocks_per_op) as f64 / stats.batches as f64 * 10.0).round()
-            / 10.0,
-        index_bytes_per_live_block: (stats.index_bytes as f64 / stats.written_blocks as f64 * 10.0)
-            .round()
-            / 10.0,
-        live_blocks: stats.written_blocks,
+        batches,
+        writes_per_batch: ((done * blocks_per_op) as f64 / batches as f64 * 10.0).round() / 10.0,
+        index_bytes_per_live_block: (index_bytes as f64 / live_blocks as f64 * 10.0).round() / 10.0,
+        live_blocks,
     })
 }
 
@@ -180,63 +206,155 @@ fn wait_for_spares(device: &Device) -> Result<()> {
     Ok(())
 }
 
-/// Runs `count` writes of `bs` at the given depth; returns the elapsed time and latencies.
+/// How the benchmark's writers wait for the engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Driver {
+    /// One thread per write in flight, each blocking in `Unit::append`.
+    Threads,
+    /// One task per write in flight on a tokio runtime with a worker per CPU, each awaiting
+    /// `Ticket::wait_async`: how the storage node waits.
+    Tokio,
+}
+
+/// The writes of one writer: random data made once, each write differing in its first 16
+/// bytes, so the benchmark spends its CPU on the engine rather than on making data.
+struct Writer {
+    rng: rand::rngs::StdRng,
+    data: Vec<u8>,
+    op: u64,
+    step: u64,
+    count: u64,
+    first_op: u64,
+    slots: u64,
+    blocks_per_op: u64,
+    pattern: Pattern,
+}
+
+impl Writer {
+    fn new(
+        options: &BenchOptions,
+        slots: u64,
+        count: u64,
+        first_op: u64,
+        seed: u64,
+        worker: u64,
+    ) -> Writer {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (worker << 40));
+        let mut data = vec![0u8; BLOCK_BYTES as usize];
+        rng.fill(&mut data[..]);
+        Writer {
+            rng,
+            data,
+            op: worker,
+            step: options.iodepth as u64,
+            count,
+            first_op,
+            slots,
+            blocks_per_op: options.bs / BLOCK_BYTES,
+            pattern: options.pattern,
+        }
+    }
+
+    /// The ops of this writer's next write, if it has one left.
+    fn next(&mut self) -> Option<Vec<Op>> {
+        if self.op >= self.count {
+            return None;
+        }
+        let slot = match self.pattern {
+            Pattern::Rand => self.rng.random_range(0..self.slots),
+            Pattern::Seq => (self.first_op + self.op) % self.slots,
+        };
+        self.data[..8].copy_from_slice(&self.op.to_le_bytes());
+        self.data[8..16].copy_from_slice(&slot.to_le_bytes());
+        self.op += self.step;
+        let ops = (0..self.blocks_per_op)
+            .map(|i| Op::Write {
+                lba: Lba(slot * self.blocks_per_op + i),
+                data: Bytes::copy_from_slice(&self.data),
+            })
+            .collect();
+        Some(ops)
+    }
+}
+
+/// Runs `count` writes of `bs` at the given depth, writer `w` to unit `w % units`; returns the
+/// elapsed time and latencies.
 fn drive(
-    unit: &Arc<Unit>,
+    units: &[Arc<Unit>],
     options: &BenchOptions,
     count: u64,
     first_op: u64,
     seed: u64,
 ) -> Result<(Duration, Histogram<u64>)> {
-    let blocks_per_op = options.bs / BLOCK_BYTES;
-    let slots = unit.blocks() / blocks_per_op;
-    let start = Instant::now();
-    let results: Vec<Result<Histogram<u64>>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..options.iodepth as u64)
-            .map(|worker| {
-                scope.spawn(move || -> Result<Histogram<u64>> {
-                    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (worker << 40));
-                    let mut latency = histogram();
-                    // Random data once; each write then differs in its first 16 bytes only, so the
-                    // benchmark spends its CPU on the engine rather than on making data.
-                    let mut data = vec![0u8; BLOCK_BYTES as usize];
-                    rng.fill(&mut data[..]);
-                    let mut op = worker;
-                    while op < count {
-                        let slot = match options.pattern {
-                            Pattern::Rand => rng.random_range(0..slots),
-                            Pattern::Seq => (first_op + op) % slots,
-                        };
-                        data[..8].copy_from_slice(&op.to_le_bytes());
-                        data[8..16].copy_from_slice(&slot.to_le_bytes());
-                        let ops = (0..blocks_per_op)
-                            .map(|i| Op::Write {
-                                lba: Lba(slot * blocks_per_op + i),
-                                data: Bytes::copy_from_slice(&data),
-                            })
-                            .collect();
-                        let began = Instant::now();
-                        unit.append(Generation(1), ops)?;
-                        latency
-                            .record(began.elapsed().as_nanos() as u64)
-                            .expect("within bounds");
-                        op += options.iodepth as u64;
-                    }
-                    Ok(latency)
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().expect("benchmark worker panicked"))
-            .collect()
+    let slots = units[0].blocks() / (options.bs / BLOCK_BYTES);
+    let writers = (0..options.iodepth as u64).map(|worker| {
+        let unit = units[worker as usize % units.len()].clone();
+        (
+            unit,
+            Writer::new(options, slots, count, first_op, seed, worker),
+        )
     });
+    let start = Instant::now();
+    let results: Vec<Result<Histogram<u64>>> = match options.driver {
+        Driver::Threads => std::thread::scope(|scope| {
+            let workers: Vec<_> = writers
+                .map(|(unit, mut writer)| {
+                    scope.spawn(move || -> Result<Histogram<u64>> {
+                        let mut latency = histogram();
+                        while let Some(ops) = writer.next() {
+                            let began = Instant::now();
+                            unit.append(Generation(1), ops)?;
+                            record(&mut latency, began);
+                        }
+                        Ok(latency)
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().expect("benchmark worker panicked"))
+                .collect()
+        }),
+        Driver::Tokio => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")?;
+            runtime.block_on(async {
+                let tasks: Vec<_> = writers
+                    .map(|(unit, mut writer)| {
+                        tokio::spawn(async move {
+                            let mut latency = histogram();
+                            while let Some(ops) = writer.next() {
+                                let began = Instant::now();
+                                unit.begin_append(Generation(1), ops)?.wait_async().await?;
+                                record(&mut latency, began);
+                            }
+                            Ok(latency)
+                        })
+                    })
+                    .collect();
+                let mut results = Vec::new();
+                for task in tasks {
+                    results.push(task.await.expect("benchmark task panicked"));
+                }
+                results
+            })
+        }
+    };
     let elapsed = start.elapsed();
     let mut total = histogram();
     for result in results {
         total.add(result?).expect("histograms share bounds");
     }
     Ok((elapsed, total))
+}
+
+fn record(latency: &mut Histogram<u64>, began: Instant) {
+    latency
+        .record(began.elapsed().as_nanos() as u64)
+        .expect("within bounds");
 }
 
 /// The baseline: 4 KiB pwrite + fdatasync into a small file that is already allocated and

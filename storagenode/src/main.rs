@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use client::security::ServerArgs;
 use client::size::{parse_duration, parse_size};
 use client::types::NodeId;
-use storagenode::bench::{self, BenchOptions, Pattern};
+use storagenode::bench::{self, BenchOptions, Driver, Pattern};
 use storagenode::engine::check::check_device;
 use storagenode::engine::{DeviceOptions, FileBackend};
 use storagenode::node::{self, NodeConfig};
@@ -91,6 +91,14 @@ enum Command {
         /// Size of the unit written to.
         #[arg(long, default_value = "1G", value_parser = parse_size)]
         size: u64,
+        /// Units written at once (each with its own log), as on a node holding that many slices;
+        /// every unit has --size.
+        #[arg(long, default_value_t = 1)]
+        units: usize,
+        /// How writers wait for the engine: a blocked thread each, or a tokio task each (as in
+        /// the storage node).
+        #[arg(long, value_enum, default_value = "threads")]
+        driver: Driver,
         #[arg(long, value_enum, default_value = "rand")]
         pattern: Pattern,
         /// `data` syncs every batch (the only durable mode); `none` never syncs.
@@ -153,6 +161,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             iodepth,
             count,
             size,
+            units,
+            driver,
             pattern,
             sync,
             segment_size,
@@ -165,6 +175,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 iodepth,
                 count,
                 unit_bytes: size,
+                units,
+                driver,
                 pattern,
                 sync: sync == SyncMode::Data,
                 segment_bytes: segment_size,
@@ -172,8 +184,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             if !json {
                 println!(
-                    "vbs-storage bench: {} writes of {bs} bytes, iodepth {iodepth}, {:?} offsets, seed {}, in {}",
+                    "vbs-storage bench: {} writes of {bs} bytes, iodepth {iodepth}, {units} unit(s), {:?} driver, {:?} offsets, seed {}, in {}",
                     count,
+                    options.driver,
                     pattern,
                     options.seed,
                     options.data_dir.display()

@@ -10,49 +10,59 @@ fn vbs_storage() -> Command {
 
 #[test]
 fn bench_prints_its_figures_as_json() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = vbs_storage()
-        .args(["bench", "--data-dir"])
-        .arg(dir.path())
-        .args([
-            "--count",
-            "300",
-            "--iodepth",
-            "4",
-            "--size",
-            "16M",
-            "--segment-size",
-            "1M",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
-    for key in [
-        "iops",
-        "latency_us_p50",
-        "latency_us_p99",
-        "raw_fdatasync_us_p50",
-    ] {
+    // One unit written by threads (the defaults), and three written by tokio tasks, as a storage
+    // node holding three slices writes them.
+    for (units, driver) in [("1", "threads"), ("3", "tokio")] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = vbs_storage()
+            .args(["bench", "--data-dir"])
+            .arg(dir.path())
+            .args([
+                "--count",
+                "300",
+                "--iodepth",
+                "4",
+                "--units",
+                units,
+                "--driver",
+                driver,
+                "--size",
+                "16M",
+                "--segment-size",
+                "1M",
+                "--json",
+            ])
+            .output()
+            .unwrap();
         assert!(
-            report[key].as_f64().is_some_and(|v| v > 0.0),
-            "{key} missing in {report}"
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
         );
+        let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+        for key in [
+            "iops",
+            "latency_us_p50",
+            "latency_us_p99",
+            "raw_fdatasync_us_p50",
+        ] {
+            assert!(
+                report[key].as_f64().is_some_and(|v| v > 0.0),
+                "{key} missing in {report}"
+            );
+        }
+        assert_eq!(report["count"], 300);
+        assert_eq!(report["units"].to_string(), units);
+        assert_eq!(report["driver"], driver);
+        // The benchmark leaves no unit behind.
+        let check = vbs_storage()
+            .args(["check", "--json", "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let check: Value = serde_json::from_slice(&check.stdout).unwrap();
+        assert_eq!(check["units"].as_array().unwrap().len(), 0);
     }
-    assert_eq!(report["count"], 300);
-    // The benchmark leaves no unit behind.
-    let check = vbs_storage()
-        .args(["check", "--json", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let check: Value = serde_json::from_slice(&check.stdout).unwrap();
-    assert_eq!(check["units"].as_array().unwrap().len(), 0);
 }
 
 #[test]
@@ -73,6 +83,17 @@ fn bench_refuses_bad_sizes_in_one_line() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("multiple of 4096"));
+    let out = vbs_storage()
+        .args(["bench", "--units", "8", "--iodepth", "4", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--units 8") && stderr.contains("at most --iodepth 4"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -209,7 +209,12 @@ impl Device {
             if report.torn_tail.is_some() || !report.dropped_segments.is_empty() {
                 info!(unit = %id, ?report, "recovered");
             }
-            device.units.lock().insert(id, Arc::new(unit));
+            let unit = Arc::new(unit);
+            unit.start_committer().map_err(device_err(
+                device.backend.as_ref(),
+                "starting a commit thread",
+            ))?;
+            device.units.lock().insert(id, unit);
             reports.push(report);
         }
         Ok((device, reports))
@@ -237,6 +242,10 @@ impl Device {
             size_bytes,
             self.sync,
         )?);
+        unit.start_committer().map_err(device_err(
+            self.backend.as_ref(),
+            "starting a commit thread",
+        ))?;
         units.insert(id, unit.clone());
         Ok(unit)
     }

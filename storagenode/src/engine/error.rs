@@ -59,6 +59,8 @@ pub enum EngineError {
     },
     #[error("unit {unit}: cannot truncate after VBA {vba}: VBAs up to {stable} are acknowledged")]
     TruncateStable { unit: UnitId, vba: Vba, stable: Vba },
+    #[error("unit {unit}: VBA {vba} was dropped by a truncation before it became durable")]
+    Truncated { unit: UnitId, vba: Vba },
     #[error("unit {unit} stopped after a write error ({reason}); it must be reopened")]
     Failed { unit: UnitId, reason: String },
     #[error("unit {0} already exists")]

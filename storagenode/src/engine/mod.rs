@@ -7,12 +7,14 @@
 //! - [`pool`]: spare segments written ahead of need;
 //! - [`index`]: the in-memory maps;
 //! - [`unit`]: append (primary), apply (secondary), read, `records_after`; [`commit`]: group commit;
+//!   [`committer`]: the thread that writes batches under load;
 //! - [`recovery`]: opening a unit, truncation; [`compaction`]: reclaiming overwritten space;
 //! - [`device`]: a data directory of units; [`check`]: offline verification.
 
 pub mod backend;
 pub mod check;
 mod commit;
+mod committer;
 pub mod compaction;
 pub mod device;
 pub mod error;

@@ -339,6 +339,7 @@ impl Unit {
             durable_vba: AtomicU64::new(loaded.next_vba.0 - 1),
             durable_watch: tokio::sync::watch::Sender::new(Vba(loaded.next_vba.0 - 1)),
             maintenance: Mutex::new(()),
+            committer: std::sync::OnceLock::new(),
         }
     }
 

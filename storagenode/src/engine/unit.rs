@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -15,6 +15,7 @@ use client::types::{Generation, Lba, UnitId, Vba, BLOCK_BYTES};
 use parking_lot::{Mutex, MutexGuard};
 
 use super::backend::{Backend, BlockFile};
+use super::committer::Committer;
 use super::error::{io_err, EngineError, Result};
 use super::index::{Index, Location, Target};
 use super::meta::{self, GenerationStart, UnitMeta};
@@ -141,6 +142,8 @@ pub struct Unit {
     pub(super) durable_watch: tokio::sync::watch::Sender<Vba>,
     /// Held by compaction and truncation, which must not run at the same time.
     pub(super) maintenance: Mutex<()>,
+    /// The commit thread, for units that are written (see [`Unit::start_committer`]).
+    pub(super) committer: OnceLock<Committer>,
 }
 
 impl std::fmt::Debug for Unit {
@@ -452,7 +455,7 @@ impl Unit {
     /// Waits until every record accepted so far is durable (async callers).
     pub async fn drain_async(&self) -> Result<()> {
         let last = Vba(self.state.lock().next_vba.0 - 1);
-        self.wait_durable_async(last).await
+        self.wait_durable_async(last, last).await
     }
 
     /// The content checksum of the record held at `vba`, if it is still live (a record that was
@@ -607,6 +610,37 @@ impl Unit {
         }
     }
 
+    /// Starts the unit's commit thread, which writes batches for async writers under load
+    /// ([`Ticket::wait_async`]). Without it every batch is written by one of its writers.
+    pub fn start_committer(self: &Arc<Self>) -> std::io::Result<()> {
+        if self.committer.get().is_none() {
+            let _ = self.committer.set(Committer::start(self)?);
+        }
+        Ok(())
+    }
+
+    /// Writes every record accepted so far (the commit thread's work).
+    pub(super) fn commit_pending(&self) -> Result<()> {
+        let state = self.state.lock();
+        let Some(last) = state.pending.back().map(|p| p.vba) else {
+            return Ok(());
+        };
+        match self.wait_durable(state, last) {
+            // A truncation dropped them meanwhile: nothing is left to write.
+            Err(EngineError::Truncated { .. }) => Ok(()),
+            done => done,
+        }
+    }
+
+    /// Fails a wait for `vba` that can never end: with no batch being written and none pending,
+    /// every accepted record is durable, so a `vba` beyond them was dropped by a truncation.
+    fn check_dropped(&self, state: &State, vba: Vba) -> Result<()> {
+        if state.durable_vba < vba && state.cursor.is_some() && state.pending.is_empty() {
+            return Err(EngineError::Truncated { unit: self.id, vba });
+        }
+        Ok(())
+    }
+
     /// Waits until `vba` is durable, writing batches itself whenever no other thread is: the first
     /// thread to find the writer free writes everything pending as one batch with one sync, and the
     /// records that arrive meanwhile go in the next batch together (group commit without a
@@ -621,6 +655,7 @@ impl Unit {
             if state.durable_vba >= vba {
                 return Ok(());
             }
+            self.check_dropped(&state, vba)?;
             let Some(cursor) = state.cursor.take() else {
                 // Wait for the batch being written. Waiters sleep on a counter that the writer
                 // bumps and wakes all at once, and return without the state lock when their
@@ -668,11 +703,12 @@ impl Unit {
         state
     }
 
-    /// [`Unit::wait_durable`] for async callers: waiting does not hold a thread. The first
-    /// caller to find the writer free writes the next batch on its own thread (in
-    /// `block_in_place`), so at queue depth 1 there is still no hand-off; under load one batch
-    /// is written at a time while every other caller waits as a task.
-    async fn wait_durable_async(&self, vba: Vba) -> Result<()> {
+    /// [`Unit::wait_durable`] for async callers: waiting does not hold a thread. A caller that
+    /// finds the unit idle writes the next batch on its own thread (in `block_in_place`), so at
+    /// queue depth 1 there is no hand-off. A caller that finds a batch being written, or the
+    /// commit thread at work, leaves its records to the commit thread and waits as a task: under
+    /// load the thread writes batch after batch, and no runtime thread is handed off per batch.
+    async fn wait_durable_async(&self, first: Vba, vba: Vba) -> Result<()> {
         enum Next {
             Done,
             Gather,
@@ -685,9 +721,18 @@ impl Unit {
             let next = {
                 let mut state = self.state.lock();
                 self.check_failed(&state)?;
+                self.check_dropped(&state, vba)?;
+                let committer = self.committer.get();
+                // Only this caller's records `first..=vba` wait to be written.
+                let alone = state.pending.front().is_some_and(|p| p.vba >= first)
+                    && state.pending.back().is_some_and(|p| p.vba <= vba);
                 if state.durable_vba >= vba {
                     Next::Done
-                } else if state.cursor.is_none() {
+                } else if state.cursor.is_none() || committer.is_some_and(|c| c.busy() || !alone) {
+                    // Without a commit thread, one of the waiters writes the next batch.
+                    if let Some(committer) = committer {
+                        committer.want();
+                    }
                     Next::Wait
                 } else if !gathered && state.pending.len() < state.last_batch_len {
                     Next::Gather
@@ -757,7 +802,7 @@ impl Ticket {
 
     /// Waits until every record of the ticket is durable, from a multi-threaded tokio runtime.
     pub async fn wait_async(self) -> Result<()> {
-        self.unit.wait_durable_async(self.last).await
+        self.unit.wait_durable_async(self.first, self.last).await
     }
 }
 

@@ -17,7 +17,7 @@ pub fn from_engine(error: EngineError) -> WireError {
             return WireError::new(ErrorCode::Hole, error.to_string()).with_detail(expected);
         }
         EngineError::Conflict { .. } | EngineError::ContentMismatch { .. } => ErrorCode::Conflict,
-        EngineError::TruncateStable { .. } => ErrorCode::Conflict,
+        EngineError::TruncateStable { .. } | EngineError::Truncated { .. } => ErrorCode::Conflict,
         EngineError::Invalid(_) => ErrorCode::BadRequest,
         EngineError::NoSuchUnit(_) => ErrorCode::UnknownUnit,
         EngineError::UnitExists(_) => ErrorCode::Internal,

@@ -1,0 +1,113 @@
+//! A unit's commit thread: under load it writes batch after batch, so that async writers hand
+//! their records over instead of each taking a thread of the runtime for its own batch.
+//!
+//! An async writer that finds the unit idle still writes its batch itself (in `block_in_place`),
+//! so a lone write pays no hand-off. Once writes overlap, the thread takes over: it loops while
+//! records keep arriving, and sleeps once a batch finds nothing new.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::thread;
+
+use parking_lot::{Condvar, Mutex};
+use tracing::warn;
+
+use super::unit::Unit;
+
+/// The commit thread's stack: it encodes into the unit's reused batch buffer, never on its stack.
+const STACK_BYTES: usize = 256 << 10;
+
+#[derive(Default)]
+struct Signal {
+    /// Records wait to be written.
+    wanted: AtomicBool,
+    /// The thread sleeps (or is about to): a writer must wake it.
+    idle: AtomicBool,
+    stop: AtomicBool,
+    sleep: Mutex<()>,
+    wake: Condvar,
+}
+
+/// The handle a unit keeps on its commit thread; the thread stops when the handle is dropped.
+#[derive(Default)]
+pub(super) struct Committer {
+    /// `None` until [`Committer::start`], and for units opened only to be read.
+    signal: Option<Arc<Signal>>,
+}
+
+impl Committer {
+    /// Starts the commit thread of `unit`. The thread holds the unit weakly, so it never keeps it
+    /// alive.
+    pub fn start(unit: &Arc<Unit>) -> std::io::Result<Committer> {
+        let signal = Arc::new(Signal {
+            idle: AtomicBool::new(true),
+            ..Signal::default()
+        });
+        let weak = Arc::downgrade(unit);
+        let shared = signal.clone();
+        thread::Builder::new()
+            .name(format!("vbs-commit-{}", unit.id()))
+            .stack_size(STACK_BYTES)
+            .spawn(move || commit_forever(&weak, &shared))?;
+        Ok(Committer {
+            signal: Some(signal),
+        })
+    }
+
+    /// Whether the thread is at work, so that records queued now are written by it without being
+    /// asked.
+    pub fn busy(&self) -> bool {
+        self.signal
+            .as_ref()
+            .is_some_and(|s| !s.idle.load(Ordering::SeqCst))
+    }
+
+    /// Asks the thread to write what is pending. False when the unit has no commit thread.
+    pub fn want(&self) -> bool {
+        let Some(signal) = &self.signal else {
+            return false;
+        };
+        signal.wanted.store(true, Ordering::SeqCst);
+        if signal.idle.load(Ordering::SeqCst) {
+            let _sleep = signal.sleep.lock();
+            signal.wake.notify_one();
+        }
+        true
+    }
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        // Not joined: the last reference to the unit may be dropped by the thread itself.
+        if let Some(signal) = &self.signal {
+            signal.stop.store(true, Ordering::SeqCst);
+            let _sleep = signal.sleep.lock();
+            signal.wake.notify_one();
+        }
+    }
+}
+
+fn commit_forever(unit: &Weak<Unit>, signal: &Signal) {
+    loop {
+        {
+            let mut sleep = signal.sleep.lock();
+            // `idle` is set before `wanted` is read, and a writer sets `wanted` before it reads
+            // `idle`: one of the two sees the other's store, so no request is slept through.
+            signal.idle.store(true, Ordering::SeqCst);
+            while !signal.wanted.swap(false, Ordering::SeqCst) {
+                if signal.stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                signal.wake.wait(&mut sleep);
+            }
+            signal.idle.store(false, Ordering::SeqCst);
+        }
+        let Some(unit) = unit.upgrade() else {
+            return;
+        };
+        if let Err(e) = unit.commit_pending() {
+            // The unit is failed; its writers get the error themselves.
+            warn!(unit = %unit.id(), error = %e, "the commit thread could not write a batch");
+        }
+    }
+}
