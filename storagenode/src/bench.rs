@@ -23,7 +23,7 @@ use crate::engine::{Device, DeviceOptions, Op, Unit};
 /// The volume whose units the benchmark writes; they are removed when it ends.
 const BENCH_VOLUME: VolumeId = VolumeId(u64::MAX);
 /// At most this many units (`--units`).
-pub const MAX_UNITS: usize = 64;
+const MAX_UNITS: usize = 64;
 const ROUNDS: u64 = 5;
 /// Blocks in the raw test's preallocated file.
 const RAW_FILE_BLOCKS: u64 = 256;

@@ -336,6 +336,7 @@ impl Unit {
                 last_batch_len: 0,
             }),
             batch_seq: AtomicU32::new(0),
+            batch_waiters: AtomicU32::new(0),
             durable_vba: AtomicU64::new(loaded.next_vba.0 - 1),
             durable_watch: tokio::sync::watch::Sender::new(Vba(loaded.next_vba.0 - 1)),
             maintenance: Mutex::new(()),

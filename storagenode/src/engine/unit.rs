@@ -136,6 +136,9 @@ pub struct Unit {
     pub(super) state: Mutex<State>,
     /// Bumped (and waited on) whenever a batch completes or fails.
     pub(super) batch_seq: AtomicU32,
+    /// Threads waiting on `batch_seq`: a batch wakes them only when there are any, which spares
+    /// the async writers' batches a system call.
+    pub(super) batch_waiters: AtomicU32,
     /// `state.durable_vba`, readable without the lock.
     pub(super) durable_vba: AtomicU64,
     /// `state.durable_vba` again, for async waiters; also sent when the unit fails.
@@ -659,10 +662,14 @@ impl Unit {
             let Some(cursor) = state.cursor.take() else {
                 // Wait for the batch being written. Waiters sleep on a counter that the writer
                 // bumps and wakes all at once, and return without the state lock when their
-                // record is durable, so a batch's writers resume in parallel.
-                let seen = self.batch_seq.load(Ordering::Acquire);
+                // record is durable, so a batch's writers resume in parallel. A waiter counts
+                // itself under the state lock, under which the writer bumps the counter and reads
+                // the count: a writer that saw no waiter bumped the counter before `seen`.
+                self.batch_waiters.fetch_add(1, Ordering::SeqCst);
+                let seen = self.batch_seq.load(Ordering::SeqCst);
                 drop(state);
                 atomic_wait::wait(&self.batch_seq, seen);
+                self.batch_waiters.fetch_sub(1, Ordering::SeqCst);
                 if self.durable_vba.load(Ordering::Acquire) >= vba.0 {
                     return Ok(());
                 }
@@ -697,8 +704,10 @@ impl Unit {
             Ok(written) => self.publish(&mut state, batch, written),
             Err(e) => state.failed = Some(e.to_string()),
         }
-        self.batch_seq.fetch_add(1, Ordering::Release);
-        atomic_wait::wake_all(&self.batch_seq);
+        self.batch_seq.fetch_add(1, Ordering::SeqCst);
+        if self.batch_waiters.load(Ordering::SeqCst) > 0 {
+            atomic_wait::wake_all(&self.batch_seq);
+        }
         self.durable_watch.send_replace(state.durable_vba);
         state
     }
