@@ -1,11 +1,14 @@
 //! Group commit: concurrent appends share syncs, and each returns only once its record is durable.
 
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use client::types::{Generation, Lba, UnitId, Vba, BLOCK_BYTES};
-use storagenode::engine::{Device, DeviceOptions, MemoryBackend, Op};
+use storagenode::engine::backend::{BlockFile, Space};
+use storagenode::engine::{Backend, Device, DeviceOptions, MemoryBackend, Op};
 
 #[test]
 fn concurrent_appends_share_one_sync() {
@@ -168,4 +171,171 @@ fn an_async_wait_for_a_truncated_record_fails_rather_than_hanging() {
         error.to_string().contains("dropped by a truncation"),
         "{error}"
     );
+}
+
+#[test]
+fn a_refused_catch_up_record_changes_nothing() {
+    let backend = MemoryBackend::new(1 << 30);
+    let (device, _) = slow_device(&backend);
+    let unit = device.create_unit(UnitId::new(1, 0), 64 << 20).unwrap();
+    for lba in 0..3 {
+        unit.append(Generation(2), vec![write(lba, 1)]).unwrap();
+    }
+    let error = unit
+        .begin_ingest(Vba(10), Generation(1), write(5, 1))
+        .err()
+        .expect("a record of an older generation is refused");
+    assert!(error.to_string().contains("older than"), "{error}");
+    assert_eq!(
+        unit.next_vba(),
+        Vba(4),
+        "the refused record moved the next VBA"
+    );
+    // Nothing is missing: a drain ends at once, and the next catch-up record is taken.
+    let runtime = tokio::runtime::Builder::new_multi_thread().build().unwrap();
+    runtime.block_on(unit.drain_async()).unwrap();
+    unit.begin_ingest(Vba(10), Generation(2), write(5, 2))
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(unit.last_vba(), Vba(10));
+}
+
+/// A backend whose unit segment files panic on write once `armed` is set: a broken invariant in
+/// the middle of a batch.
+#[derive(Debug)]
+struct PanickingWrites {
+    inner: MemoryBackend,
+    armed: Arc<AtomicBool>,
+}
+
+struct PanickingFile {
+    inner: Arc<dyn BlockFile>,
+    armed: Option<Arc<AtomicBool>>,
+}
+
+impl BlockFile for PanickingFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if self
+            .armed
+            .as_ref()
+            .is_some_and(|a| a.load(Ordering::SeqCst))
+        {
+            panic!("a deliberate panic in the middle of a batch");
+        }
+        self.inner.write_at(buf, offset)
+    }
+    fn sync(&self) -> io::Result<()> {
+        self.inner.sync()
+    }
+    fn size(&self) -> io::Result<u64> {
+        self.inner.size()
+    }
+    fn set_size(&self, size: u64) -> io::Result<()> {
+        self.inner.set_size(size)
+    }
+}
+
+impl PanickingWrites {
+    fn wrap(&self, path: &str, file: Arc<dyn BlockFile>) -> Arc<dyn BlockFile> {
+        let segment = path.starts_with("units/") && path.ends_with(".seg");
+        Arc::new(PanickingFile {
+            inner: file,
+            armed: segment.then(|| self.armed.clone()),
+        })
+    }
+}
+
+impl Backend for PanickingWrites {
+    fn open(&self, path: &str) -> io::Result<Arc<dyn BlockFile>> {
+        Ok(self.wrap(path, self.inner.open(path)?))
+    }
+    fn create(&self, path: &str) -> io::Result<Arc<dyn BlockFile>> {
+        Ok(self.wrap(path, self.inner.create(path)?))
+    }
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn remove(&self, path: &str) -> io::Result<()> {
+        self.inner.remove(path)
+    }
+    fn list(&self, dir: &str) -> io::Result<Vec<String>> {
+        self.inner.list(dir)
+    }
+    fn create_dir(&self, dir: &str) -> io::Result<()> {
+        self.inner.create_dir(dir)
+    }
+    fn remove_dir_all(&self, dir: &str) -> io::Result<()> {
+        self.inner.remove_dir_all(dir)
+    }
+    fn exists(&self, path: &str) -> io::Result<bool> {
+        self.inner.exists(path)
+    }
+    fn write_atomic(&self, path: &str, bytes: &[u8]) -> io::Result<()> {
+        self.inner.write_atomic(path, bytes)
+    }
+    fn read_all(&self, path: &str) -> io::Result<Vec<u8>> {
+        self.inner.read_all(path)
+    }
+    fn space(&self) -> io::Result<Space> {
+        self.inner.space()
+    }
+    fn describe(&self) -> String {
+        "panicking writes".into()
+    }
+}
+
+#[test]
+fn a_panic_in_a_batch_fails_the_unit_instead_of_hanging_its_writers() {
+    let armed = Arc::new(AtomicBool::new(false));
+    let backend = PanickingWrites {
+        inner: MemoryBackend::new(1 << 30),
+        armed: armed.clone(),
+    };
+    let options = DeviceOptions {
+        segment_bytes: 1 << 20,
+        spare_segments: 1,
+        sync: true,
+    };
+    let (device, _) = Device::open(Arc::new(backend), &options).unwrap();
+    let unit = device.create_unit(UnitId::new(1, 0), 64 << 20).unwrap();
+    unit.append(Generation(1), vec![write(0, 1)]).unwrap();
+    armed.store(true, Ordering::SeqCst);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    // Overlapping async writers: some write batches themselves, the rest leave them to the commit
+    // thread; every one must end, with an error.
+    let outcomes = runtime.block_on(async {
+        let tasks: Vec<_> = (1..9)
+            .map(|lba| {
+                let unit = unit.clone();
+                tokio::spawn(async move {
+                    let ticket = unit.begin_append(Generation(1), vec![write(lba, 2)])?;
+                    ticket.wait_async().await
+                })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for task in tasks {
+            let outcome = tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("a writer hung after a batch panicked");
+            outcomes.push(outcome.unwrap());
+        }
+        outcomes
+    });
+    for outcome in outcomes {
+        let error = outcome.expect_err("no write after the panic is durable");
+        assert!(
+            error.to_string().contains("stopped after a write error"),
+            "{error}"
+        );
+    }
+    // The write acknowledged before the panic still reads back.
+    assert_eq!(unit.read(Lba(0), 1).unwrap()[0], 1);
 }

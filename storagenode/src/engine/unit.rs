@@ -6,6 +6,7 @@
 //! can be lost in a crash.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -204,16 +205,23 @@ impl Unit {
     }
 
     /// Accepts records of `generation`, which must not be older than the unit's, and starts the
-    /// generation in the unit's history if it is new. The history is persisted before any record
-    /// of the new generation is written.
-    fn enter_generation(&self, state: &mut State, generation: Generation) -> Result<()> {
+    /// generation at `first_vba` in the unit's history if it is new. The history is persisted
+    /// before any record of the new generation is written; on an error nothing has changed.
+    fn enter_generation(
+        &self,
+        state: &mut State,
+        generation: Generation,
+        first_vba: Vba,
+    ) -> Result<()> {
         let current = self.check_generation(state, generation)?;
         if generation > current || state.generations.is_empty() {
-            state.generations.push(GenerationStart {
+            let mut generations = state.generations.clone();
+            generations.push(GenerationStart {
                 generation,
-                first_vba: state.next_vba,
+                first_vba,
             });
-            self.write_meta(&state.generations)?;
+            self.write_meta(&generations)?;
+            state.generations = generations;
         }
         Ok(())
     }
@@ -291,8 +299,8 @@ impl Unit {
         }
         let mut state = self.state.lock();
         self.check_failed(&state)?;
-        self.enter_generation(&mut state, generation)?;
         let first = state.next_vba;
+        self.enter_generation(&mut state, generation, first)?;
         for op in ops {
             let vba = state.next_vba;
             Self::push_pending(&mut state, vba, generation, op);
@@ -340,7 +348,7 @@ impl Unit {
             });
         }
         if vba == state.next_vba {
-            self.enter_generation(&mut state, generation)?;
+            self.enter_generation(&mut state, generation, vba)?;
             Self::push_pending(&mut state, vba, generation, op);
             return Ok(Applied::Written);
         }
@@ -398,8 +406,8 @@ impl Unit {
                 self.id, state.next_vba
             )));
         }
+        self.enter_generation(&mut state, generation, vba)?;
         state.next_vba = vba;
-        self.enter_generation(&mut state, generation)?;
         Self::push_pending(&mut state, vba, generation, op);
         Ok(Ticket {
             unit: self.clone(),
@@ -697,12 +705,23 @@ impl Unit {
         batch: Vec<Pending>,
     ) -> MutexGuard<'a, State> {
         state.last_batch_len = batch.len();
-        let written = MutexGuard::unlocked(&mut state, || self.write_batch(&mut cursor, &batch));
+        // A panic while writing or publishing (a broken invariant) fails the unit like a write
+        // error, so that its writers get an error rather than waiting for ever on a lost cursor.
+        let written = MutexGuard::unlocked(&mut state, || {
+            catch_unwind(AssertUnwindSafe(|| self.write_batch(&mut cursor, &batch)))
+        });
         state.cursor = Some(cursor);
         state.batches += 1;
-        match written {
-            Ok(written) => self.publish(&mut state, batch, written),
-            Err(e) => state.failed = Some(e.to_string()),
+        let published = match written {
+            Ok(Ok(written)) => catch_unwind(AssertUnwindSafe(|| {
+                self.publish(&mut state, batch, written)
+            }))
+            .map_err(panic_reason),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(panic) => Err(panic_reason(panic)),
+        };
+        if let Err(reason) = published {
+            state.failed = Some(reason);
         }
         self.batch_seq.fetch_add(1, Ordering::SeqCst);
         if self.batch_waiters.load(Ordering::SeqCst) > 0 {
@@ -770,6 +789,16 @@ impl Unit {
             }
         }
     }
+}
+
+/// Why a batch's writer panicked, as a failed unit reports it.
+fn panic_reason(panic: Box<dyn std::any::Any + Send>) -> String {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|m| m.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    format!("writing a batch panicked: {message}")
 }
 
 /// Takes pending records up to the batch size limit (at least one).
