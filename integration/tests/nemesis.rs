@@ -2,8 +2,9 @@
 //! loopback addresses, cut apart with iptables (installed when missing), and the checker's
 //! verdict on the clients' history. Invariants checked: no acknowledged write lost, no stale
 //! read, at most one primary acknowledging per slice and generation, every copy current and
-//! identical after healing, and, when only managers were struck, no slice failed over. `vbs-nemesis --seed S --duration D` runs long schedules; a
-//! failure prints the command that replays it.
+//! identical after healing, and, when only managers were struck, no slice failed over.
+//! `vbs-nemesis --seed S --duration D` runs long schedules; a failure prints the command that
+//! replays it.
 
 use std::time::Duration;
 

@@ -29,10 +29,8 @@ struct Signal {
 }
 
 /// The handle a unit keeps on its commit thread; the thread stops when the handle is dropped.
-#[derive(Default)]
 pub(super) struct Committer {
-    /// `None` until [`Committer::start`], and for units opened only to be read.
-    signal: Option<Arc<Signal>>,
+    signal: Arc<Signal>,
 }
 
 impl Committer {
@@ -49,41 +47,33 @@ impl Committer {
             .name(format!("vbs-commit-{}", unit.id()))
             .stack_size(STACK_BYTES)
             .spawn(move || commit_forever(&weak, &shared))?;
-        Ok(Committer {
-            signal: Some(signal),
-        })
+        Ok(Committer { signal })
     }
 
     /// Whether the thread is at work, so that records queued now are written by it without being
     /// asked.
     pub fn busy(&self) -> bool {
-        self.signal
-            .as_ref()
-            .is_some_and(|s| !s.idle.load(Ordering::SeqCst))
+        !self.signal.idle.load(Ordering::SeqCst)
     }
 
-    /// Asks the thread to write what is pending. False when the unit has no commit thread.
-    pub fn want(&self) -> bool {
-        let Some(signal) = &self.signal else {
-            return false;
-        };
+    /// Asks the thread to write what is pending.
+    pub fn want(&self) {
+        let signal = &self.signal;
         signal.wanted.store(true, Ordering::SeqCst);
         if signal.idle.load(Ordering::SeqCst) {
             let _sleep = signal.sleep.lock();
             signal.wake.notify_one();
         }
-        true
     }
 }
 
 impl Drop for Committer {
     fn drop(&mut self) {
         // Not joined: the last reference to the unit may be dropped by the thread itself.
-        if let Some(signal) = &self.signal {
-            signal.stop.store(true, Ordering::SeqCst);
-            let _sleep = signal.sleep.lock();
-            signal.wake.notify_one();
-        }
+        let signal = &self.signal;
+        signal.stop.store(true, Ordering::SeqCst);
+        let _sleep = signal.sleep.lock();
+        signal.wake.notify_one();
     }
 }
 

@@ -209,11 +209,7 @@ impl Device {
             if report.torn_tail.is_some() || !report.dropped_segments.is_empty() {
                 info!(unit = %id, ?report, "recovered");
             }
-            let unit = Arc::new(unit);
-            unit.start_committer().map_err(device_err(
-                device.backend.as_ref(),
-                "starting a commit thread",
-            ))?;
+            let unit = device.start(unit)?;
             device.units.lock().insert(id, unit);
             reports.push(report);
         }
@@ -234,19 +230,25 @@ impl Device {
         if units.contains_key(&id) {
             return Err(EngineError::UnitExists(id));
         }
-        let unit = Arc::new(Unit::create(
+        let unit = self.start(Unit::create(
             self.backend.clone(),
             self.pool.clone(),
             unit_dir(id),
             id,
             size_bytes,
             self.sync,
-        )?);
+        )?)?;
+        units.insert(id, unit.clone());
+        Ok(unit)
+    }
+
+    /// A unit opened or created to be written, with its commit thread started.
+    fn start(&self, unit: Unit) -> Result<Arc<Unit>> {
+        let unit = Arc::new(unit);
         unit.start_committer().map_err(device_err(
             self.backend.as_ref(),
             "starting a commit thread",
         ))?;
-        units.insert(id, unit.clone());
         Ok(unit)
     }
 
