@@ -8,37 +8,39 @@ use std::time::Duration;
 use bytes::Bytes;
 use client::types::{Generation, Lba, UnitId, Vba, BLOCK_BYTES};
 use storagenode::engine::backend::{BlockFile, Space};
-use storagenode::engine::{Backend, Device, DeviceOptions, MemoryBackend, Op};
+use storagenode::engine::{Backend, Device, DeviceOptions, MemoryBackend, Op, Unit};
 
 #[test]
 fn concurrent_appends_share_one_sync() {
     // A slow sync (2 ms) makes the sharing certain: while one batch syncs, every other writer
     // queues its record for the next one.
     let backend = MemoryBackend::new(1 << 30).with_sync_delay(Duration::from_millis(2));
-    let options = DeviceOptions {
-        segment_bytes: 1 << 20,
-        spare_segments: 1,
-        sync: true,
-    };
-    let (device, _) = Device::open(Arc::new(backend.clone()), &options).unwrap();
+    let device = open_device(&backend);
     let unit = device.create_unit(UnitId::new(1, 0), 64 << 20).unwrap();
-    const WRITERS: u64 = 16;
-    const EACH: u64 = 25;
     std::thread::scope(|scope| {
         for w in 0..WRITERS {
             let unit = unit.clone();
             scope.spawn(move || {
                 for i in 0..EACH {
-                    let lba = Lba(w * EACH + i);
-                    let data = Bytes::from(vec![(w + 1) as u8; BLOCK_BYTES as usize]);
-                    unit.append(Generation(1), vec![Op::Write { lba, data }])
+                    let lba = w * EACH + i;
+                    unit.append(Generation(1), vec![write(lba, (w + 1) as u8)])
                         .unwrap();
                     // Durable when acknowledged: visible to a reader at once.
-                    assert_eq!(unit.read(lba, 1).unwrap()[0], (w + 1) as u8);
+                    assert_eq!(unit.read(Lba(lba), 1).unwrap()[0], (w + 1) as u8);
                 }
             });
         }
     });
+    assert_shared_and_durable(unit, device, backend);
+}
+
+/// Concurrent writers in the group-commit tests, and writes each.
+const WRITERS: u64 = 16;
+const EACH: u64 = 25;
+
+/// After `WRITERS * EACH` concurrent writes to unit 1.0: all are in the log, they shared syncs
+/// (at least four writes per batch), and every one survives a power loss.
+fn assert_shared_and_durable(unit: Arc<Unit>, device: Device, backend: MemoryBackend) {
     let stats = unit.stats();
     let writes = WRITERS * EACH;
     assert_eq!(stats.last_vba, Vba(writes));
@@ -47,23 +49,28 @@ fn concurrent_appends_share_one_sync() {
         "{writes} concurrent writes took {} batches: group commit is not sharing syncs",
         stats.batches
     );
-    // And every acknowledged write survives a power loss.
     drop(unit);
     drop(device);
     backend.crash();
-    let (device, _) = Device::open(Arc::new(backend), &options).unwrap();
-    let unit = device.unit(UnitId::new(1, 0)).unwrap();
-    assert_eq!(unit.last_vba(), Vba(writes));
+    let device = open_device(&backend);
+    assert_eq!(
+        device.unit(UnitId::new(1, 0)).unwrap().last_vba(),
+        Vba(writes)
+    );
 }
 
-fn slow_device(backend: &MemoryBackend) -> (Device, DeviceOptions) {
-    let options = DeviceOptions {
+fn options() -> DeviceOptions {
+    DeviceOptions {
         segment_bytes: 1 << 20,
         spare_segments: 1,
         sync: true,
-    };
-    let (device, _) = Device::open(Arc::new(backend.clone()), &options).unwrap();
-    (device, options)
+    }
+}
+
+fn open_device(backend: &MemoryBackend) -> Device {
+    Device::open(Arc::new(backend.clone()), &options())
+        .unwrap()
+        .0
 }
 
 fn write(lba: u64, tag: u8) -> Op {
@@ -78,10 +85,8 @@ fn async_writers_share_syncs_and_are_durable_when_acknowledged() {
     // Tasks on a runtime, as in the storage node: once writes overlap, the unit's commit thread
     // writes the batches while the tasks wait.
     let backend = MemoryBackend::new(1 << 30).with_sync_delay(Duration::from_millis(2));
-    let (device, options) = slow_device(&backend);
+    let device = open_device(&backend);
     let unit = device.create_unit(UnitId::new(1, 0), 64 << 20).unwrap();
-    const WRITERS: u64 = 16;
-    const EACH: u64 = 25;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .build()
@@ -106,29 +111,14 @@ fn async_writers_share_syncs_and_are_durable_when_acknowledged() {
             task.await.unwrap();
         }
     });
-    let stats = unit.stats();
-    let writes = WRITERS * EACH;
-    assert_eq!(stats.last_vba, Vba(writes));
-    assert!(
-        stats.batches * 4 <= writes,
-        "{writes} concurrent writes took {} batches: group commit is not sharing syncs",
-        stats.batches
-    );
-    drop(unit);
-    drop(device);
-    backend.crash();
-    let (device, _) = Device::open(Arc::new(backend), &options).unwrap();
-    assert_eq!(
-        device.unit(UnitId::new(1, 0)).unwrap().last_vba(),
-        Vba(writes)
-    );
+    assert_shared_and_durable(unit, device, backend);
 }
 
 /// A unit holding VBAs 1..=5 durable and 6 accepted, whose ticket for 6 outlives a truncation
 /// after VBA 3.
 fn truncated_ticket() -> (Device, storagenode::engine::Ticket) {
     let backend = MemoryBackend::new(1 << 30);
-    let (device, _) = slow_device(&backend);
+    let device = open_device(&backend);
     let unit = device.create_unit(UnitId::new(1, 0), 64 << 20).unwrap();
     for lba in 0..5 {
         unit.append(Generation(1), vec![write(lba, 1)]).unwrap();
@@ -176,7 +166,7 @@ fn an_async_wait_for_a_truncated_record_fails_rather_than_hanging() {
 #[test]
 fn a_refused_catch_up_record_changes_nothing() {
     let backend = MemoryBackend::new(1 << 30);
-    let (device, _) = slow_device(&backend);
+    let device = open_device(&backend);
     let unit = device.create_unit(UnitId::new(1, 0), 64 << 20).unwrap();
     for lba in 0..3 {
         unit.append(Generation(2), vec![write(lba, 1)]).unwrap();
@@ -295,12 +285,7 @@ fn a_panic_in_a_batch_fails_the_unit_instead_of_hanging_its_writers() {
         inner: MemoryBackend::new(1 << 30),
         armed: armed.clone(),
     };
-    let options = DeviceOptions {
-        segment_bytes: 1 << 20,
-        spare_segments: 1,
-        sync: true,
-    };
-    let (device, _) = Device::open(Arc::new(backend), &options).unwrap();
+    let (device, _) = Device::open(Arc::new(backend), &options()).unwrap();
     let unit = device.create_unit(UnitId::new(1, 0), 64 << 20).unwrap();
     unit.append(Generation(1), vec![write(0, 1)]).unwrap();
     armed.store(true, Ordering::SeqCst);
