@@ -161,14 +161,41 @@ fn sm_write_err(e: io::Error) -> StorageError {
     StorageIOError::write_state_machine(&e).into()
 }
 
+/// How long [`open_sled`] waits for the lock of a database that was just closed.
+const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Opens sled at `path`, waiting (bounded) for its file lock. Dropping a `sled::Db` does not
+/// release the lock at once: its flusher thread holds it until it exits (sled issue #1289), so
+/// a reopen right after a close, in the same process or by a restarted manager, may find it
+/// still held for a moment.
+fn open_sled(path: &Path) -> io::Result<sled::Db> {
+    let deadline = std::time::Instant::now() + SLED_LOCK_WAIT;
+    loop {
+        match sled::Config::new().path(path).open() {
+            Ok(db) => return Ok(db),
+            // sled 0.34 reports a held lock only in the message of an `Other` error.
+            Err(sled::Error::Io(e))
+                if e.to_string().starts_with("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(sled::Error::Io(e)) if e.to_string().starts_with("could not acquire lock") => {
+                return Err(io::Error::other(format!(
+                    "{e}: is another vbs-manager using {}?",
+                    path.display()
+                )))
+            }
+            Err(e) => return Err(io::Error::other(e)),
+        }
+    }
+}
+
 impl StateMachine {
     /// Opens the state machine in `dir` (sled under `dir/state`, the snapshot file in `dir`).
     pub fn open(dir: &Path) -> io::Result<StateMachine> {
         std::fs::create_dir_all(dir)?;
-        let db = sled::Config::new()
-            .path(dir.join("state"))
-            .open()
-            .map_err(io::Error::other)?;
+        let db = open_sled(&dir.join("state"))?;
         let tree = db.open_tree(TREE).map_err(io::Error::other)?;
         let mut applied = load(&tree)?;
         let stored = snapshot::read(dir)?;

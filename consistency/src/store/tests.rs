@@ -362,3 +362,34 @@ async fn a_snapshot_built_from_an_older_state_never_replaces_a_newer_installed_o
     let (_flog, follower) = open(dir.path()).expect("reopens");
     assert_eq!(state_of(&follower), state_of(&leader));
 }
+
+#[test]
+fn a_state_database_in_use_is_refused_in_one_clear_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _held = StateMachine::open(dir.path()).expect("opens");
+    let error = StateMachine::open(dir.path())
+        .err()
+        .expect("a second open of a database in use is refused");
+    let message = error.to_string();
+    assert!(
+        message.contains("could not acquire lock") && message.contains("another vbs-manager"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_reopen_waits_for_the_lock_of_a_database_just_closed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let held = StateMachine::open(dir.path()).expect("opens");
+    // Closed from another thread a moment after the reopen started: the reopen must wait for
+    // the lock rather than fail.
+    let (started, starting) = std::sync::mpsc::channel();
+    let closer = std::thread::spawn(move || {
+        starting.recv().expect("the reopen started");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        drop(held);
+    });
+    started.send(()).expect("the closer waits");
+    StateMachine::open(dir.path()).expect("reopens once the lock is released");
+    closer.join().expect("the closer finished");
+}
