@@ -162,11 +162,24 @@ pub struct CopyInfo {
     pub addr: String,
     pub role: Role,
     pub status: CopyStatus,
-    /// Highest VBA the node reported for this copy when its status last changed.
+    /// Highest VBA the node reported for this copy when its status last changed (replicated).
     pub last_vba: Vba,
+    /// The last VBA the node reported for this copy in a heartbeat, as the leader remembers it;
+    /// absent where the answering manager remembers none (a follower's local read, a leader just
+    /// elected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported_vba: Option<Vba>,
     /// The copy's resync, while one runs and after the last one finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resync: Option<ResyncStatus>,
+}
+
+impl CopyInfo {
+    /// The newest last VBA known for this copy: the one its node last reported, or else the one
+    /// committed with its last status change.
+    pub fn latest_vba(&self) -> Vba {
+        self.reported_vba.unwrap_or(self.last_vba)
+    }
 }
 
 /// What a storage node must serve for one of its units, in a heartbeat reply.

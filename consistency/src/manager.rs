@@ -15,7 +15,7 @@ use crate::api::error::ApiFailure;
 use crate::config::Config;
 use crate::decide::liveness::Liveness;
 use crate::raft_types::{Raft, RaftId};
-use crate::state::view::{no_resyncs, Resyncs};
+use crate::state::view::{nothing_remembered, Remembered};
 use crate::state::{Command, Outcome};
 use crate::store::{Applied, LogStore, SharedState};
 
@@ -121,19 +121,23 @@ impl Manager {
         memory.as_mut().map(|m| f(&mut m.liveness))
     }
 
-    /// Reads the applied state together with the resync progress the leader remembers (none
-    /// when this replica does not lead), for views that show it at `now`.
-    pub fn read_with_resyncs<T>(&self, now: Instant, f: impl FnOnce(&Applied, Resyncs) -> T) -> T {
+    /// Reads the applied state together with what the leader remembers of each copy (its resync,
+    /// its last reported VBA; nothing when this replica does not lead), for views at `now`.
+    pub fn read_with_memory<T>(
+        &self,
+        now: Instant,
+        f: impl FnOnce(&Applied, Remembered) -> T,
+    ) -> T {
         let mut f = Some(f);
         let led = self.with_liveness(now, |l| {
             let f = f.take().expect("with_liveness runs its closure once");
-            self.read(|a| f(a, &|unit, copy| l.resyncs.status(unit, copy, now)))
+            self.read(|a| f(a, &|unit, copy| l.remembered(unit, copy, now)))
         });
         if let Some(value) = led {
             return value;
         }
         let f = f.expect("with_liveness runs its closure only when it returns a value");
-        self.read(|a| f(a, &no_resyncs))
+        self.read(|a| f(a, &nothing_remembered))
     }
 
     /// Reads the applied state.

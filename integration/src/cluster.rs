@@ -105,6 +105,22 @@ impl Default for ClusterOptions {
     }
 }
 
+/// The replicated part of a status's volume maps: without what only the leader remembers (resync
+/// progress and the VBAs heard in heartbeats), which the other managers do not show and which
+/// moves without any change to the state.
+pub fn replicated_volumes(status: &ClusterStatus) -> Vec<client::api::VolumeMap> {
+    let mut volumes = status.volumes.clone();
+    for copy in volumes
+        .iter_mut()
+        .flat_map(|v| v.slices.iter_mut())
+        .flat_map(|s| s.copies.iter_mut())
+    {
+        copy.resync = None;
+        copy.reported_vba = None;
+    }
+    volumes
+}
+
 /// A free port on 127.0.0.1 (bound, then released for the process to take).
 pub fn free_port() -> anyhow::Result<u16> {
     free_port_on(IpAddr::V4(Ipv4Addr::LOCALHOST))

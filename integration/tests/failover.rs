@@ -527,3 +527,105 @@ async fn a_drained_node_hands_its_copies_over_while_a_client_writes() {
     cluster.storage_node(&drained.0).unwrap().kill();
     assert_reads_back(&volume, &acked).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_back_with_an_empty_disk_within_its_lease_does_not_serve_it() {
+    back_with_an_empty_disk(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secondary_back_with_an_empty_disk_within_its_lease_is_not_current() {
+    back_with_an_empty_disk(false).await;
+}
+
+/// A node whose disk was replaced or wiped comes back before its lease ran out, so nothing failed
+/// over and the database still holds its copy `current`: the empty unit must neither serve as the
+/// primary nor count as a current copy. It resyncs in full, then holds every acknowledged block
+/// alone.
+async fn back_with_an_empty_disk(wipe_primary: bool) {
+    let mut cluster = start(&["--lease", "5s"], &[]);
+    cluster.wait_for_storage_up(STARTUP).await.unwrap();
+    create(&cluster, "wiped", "16M", "2", "16M");
+    let volume = open(&cluster, "wiped").await;
+    let before = slice_of(&cluster.status().await.unwrap(), "wiped", 0);
+    let wiped = if wipe_primary {
+        before.primary.clone()
+    } else {
+        let secondary = before.copies.iter().find(|c| c.node != before.primary);
+        secondary.expect("two copies").node.clone()
+    };
+    let mut acked = BTreeMap::new();
+    for block in 0..64u64 {
+        volume
+            .write(block * 4096, tagged_block(block + 1))
+            .await
+            .unwrap();
+        acked.insert(block, block + 1);
+    }
+    // The heartbeats tell the managers how far each copy is, with no status change.
+    let watched = &cluster;
+    wait_until(
+        "the status to show both copies at the last VBA",
+        Duration::from_secs(30),
+        || async move {
+            let slice = slice_of(&watched.status().await?, "wiped", 0);
+            let vbas: Vec<Option<u64>> = slice
+                .copies
+                .iter()
+                .map(|c| c.reported_vba.map(|v| v.0))
+                .collect();
+            Ok::<_, anyhow::Error>((vbas == [Some(64), Some(64)]).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+
+    // The node's disk is replaced: killed, its data gone, back at once.
+    cluster.storage_node(&wiped.0).unwrap().kill();
+    let data_dir = cluster.storage_data_dir(&wiped.0);
+    std::fs::remove_dir_all(&data_dir).unwrap();
+    std::fs::create_dir_all(&data_dir).unwrap();
+    cluster.storage_node(&wiped.0).unwrap().restart().unwrap();
+    // Read only once the node has its unit again (empty), so that the reads find it up.
+    let unit_dir = data_dir.join("units").join(before.unit.to_string());
+    wait_until(
+        "the node back with its unit created again",
+        STARTUP,
+        || async { Ok::<_, anyhow::Error>(unit_dir.exists().then_some(())) },
+    )
+    .await
+    .unwrap();
+
+    // Every acknowledged block reads back: the empty unit never serves as the current primary.
+    assert_reads_back(&volume, &acked).await;
+    if wipe_primary {
+        let after = slice_of(&cluster.status().await.unwrap(), "wiped", 0);
+        assert_ne!(after.primary, wiped, "the empty copy is still the primary");
+        assert!(after.generation > before.generation);
+    }
+
+    // It resyncs in full from the primary and is current again.
+    let (watched, node) = (&cluster, &wiped);
+    let report = wait_until(
+        "the emptied copy to be current again",
+        Duration::from_secs(90),
+        || async move {
+            let slice = slice_of(&watched.status().await?, "wiped", 0);
+            let copy = copy_on(&slice, node).cloned().expect("copy kept");
+            let finished = copy.resync.as_ref().is_some_and(|r| r.progress.finished);
+            Ok::<_, anyhow::Error>(
+                (copy.status == CopyStatus::Current && finished).then(|| copy.resync.unwrap()),
+            )
+        },
+    )
+    .await
+    .unwrap()
+    .progress;
+    assert!(report.full, "an emptied copy resyncs in full: {report:?}");
+    // The other copy goes away: the emptied one serves every acknowledged block alone.
+    let after = slice_of(&cluster.status().await.unwrap(), "wiped", 0);
+    let other = after.copies.iter().find(|c| c.node != wiped);
+    let other = other.expect("two copies").node.clone();
+    cluster.storage_node(&other.0).unwrap().kill();
+    assert_reads_back(&volume, &acked).await;
+}

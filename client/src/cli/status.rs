@@ -230,6 +230,7 @@ mod tests {
             role,
             status,
             last_vba: Vba(12),
+            reported_vba: None,
             resync: None,
         }
     }

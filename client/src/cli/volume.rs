@@ -152,7 +152,7 @@ pub fn render(map: &VolumeMap) -> String {
                     Role::Secondary => "secondary".into(),
                 },
                 copy_status(copy),
-                copy.last_vba.to_string(),
+                copy.latest_vba().to_string(),
             ]);
         }
     }
@@ -175,6 +175,7 @@ mod tests {
             role,
             status,
             last_vba: Vba(7),
+            reported_vba: None,
             resync: None,
         };
         let map = VolumeMap {

@@ -252,6 +252,7 @@ pub(crate) mod tests {
             role,
             status: CopyStatus::Current,
             last_vba: Vba::ZERO,
+            reported_vba: None,
             resync: None,
         }
     }

@@ -248,6 +248,7 @@ impl FakeNode {
             role,
             status: CopyStatus::Current,
             last_vba: Vba::ZERO,
+            reported_vba: None,
             resync: None,
         }
     }

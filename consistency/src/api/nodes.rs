@@ -122,7 +122,7 @@ pub async fn heartbeat(
                     units: a.state.assigned_units(
                         &id,
                         |unit, generation| l.renews(&a.state, &id, unit, generation),
-                        &|unit, copy| l.resyncs.status(unit, copy, received),
+                        &|unit, copy| l.remembered(unit, copy, received),
                     ),
                 })
             })

@@ -66,10 +66,10 @@ pub async fn notify(State(manager): State<SharedManager>, request: Request) -> R
                 return Err(Refusal::LeaseNotExpired { retry_after_ms }.into());
             }
         }
-        let slices = m.read_with_resyncs(Instant::now(), |a, resyncs| {
+        let slices = m.read_with_memory(Instant::now(), |a, remembered| {
             notify::units_of(&notification)
                 .iter()
-                .filter_map(|u| a.state.slice_map(u.unit, resyncs))
+                .filter_map(|u| a.state.slice_map(u.unit, remembered))
                 .collect()
         });
         Ok(Json(NotificationResponse { slices }).into_response())

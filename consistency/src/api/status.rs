@@ -86,7 +86,7 @@ pub(crate) fn cluster_status(manager: &SharedManager) -> ClusterStatus {
             })
         })
         .unwrap_or_default();
-    manager.read_with_resyncs(now, |a, resyncs| {
+    manager.read_with_memory(now, |a, remembered| {
         let nodes = node_statuses(&a.state, &heard, now);
         ClusterStatus {
             answered_by: ManagerId(manager.id()),
@@ -99,7 +99,7 @@ pub(crate) fn cluster_status(manager: &SharedManager) -> ClusterStatus {
                 .state
                 .volumes
                 .values()
-                .map(|v| a.state.volume_map(v, resyncs))
+                .map(|v| a.state.volume_map(v, remembered))
                 .collect(),
         }
     })

@@ -14,7 +14,7 @@ use super::parse_json;
 use super::status::ReadParams;
 use crate::decide::placement;
 use crate::manager::SharedManager;
-use crate::state::view::no_resyncs;
+use crate::state::view::nothing_remembered;
 use crate::state::{Command, Outcome, Refusal};
 
 pub async fn list(State(manager): State<SharedManager>, request: Request) -> Response {
@@ -23,12 +23,12 @@ pub async fn list(State(manager): State<SharedManager>, request: Request) -> Res
         Err(failure) => return failure.into_response(),
     };
     let read = |m: &SharedManager| {
-        m.read_with_resyncs(Instant::now(), |a, resyncs| VolumeList {
+        m.read_with_memory(Instant::now(), |a, remembered| VolumeList {
             volumes: a
                 .state
                 .volumes
                 .values()
-                .map(|v| a.state.volume_map(v, resyncs))
+                .map(|v| a.state.volume_map(v, remembered))
                 .collect(),
         })
     };
@@ -53,10 +53,10 @@ pub async fn show(
         Err(failure) => return failure.into_response(),
     };
     let read = move |m: &SharedManager| -> Result<Response, ApiFailure> {
-        m.read_with_resyncs(Instant::now(), |a, resyncs| {
+        m.read_with_memory(Instant::now(), |a, remembered| {
             a.state
                 .volume_by_name(&name)
-                .map(|v| a.state.volume_map(v, resyncs))
+                .map(|v| a.state.volume_map(v, remembered))
         })
         .map(|map| Json(map).into_response())
         .ok_or_else(|| ApiFailure::not_found(format!("volume {name:?} does not exist")))
@@ -90,7 +90,7 @@ pub async fn create(State(manager): State<SharedManager>, request: Request) -> R
                     a.state
                         .volumes
                         .get(&id)
-                        .map(|v| a.state.volume_map(v, &no_resyncs))
+                        .map(|v| a.state.volume_map(v, &nothing_remembered))
                 });
                 let map = map.ok_or_else(|| {
                     ApiFailure::internal(format!("volume {id} vanished right after creation"))
@@ -119,7 +119,7 @@ pub async fn delete(
         let map = m.read(|a| {
             a.state
                 .volume_by_name(&name)
-                .map(|v| a.state.volume_map(v, &no_resyncs))
+                .map(|v| a.state.volume_map(v, &nothing_remembered))
         });
         let map = map.ok_or_else(|| {
             ApiFailure::from(Refusal::NotFound(format!("volume {name:?} does not exist")))

@@ -31,7 +31,8 @@ use client::types::{Generation, NodeId, UnitId, Vba};
 
 use super::resync::ResyncTracker;
 use crate::state::command::{CopyChange, SliceUpdate};
-use crate::state::{Command, State};
+use crate::state::view::CopyMemory;
+use crate::state::{Command, Copy, State};
 
 /// Most unit reports kept from one heartbeat; a node holding more reports the rest next time.
 pub const MAX_UNITS_PER_HEARTBEAT: usize = 100_000;
@@ -149,6 +150,14 @@ impl Liveness {
         self.heard
             .get(node)
             .and_then(|h| h.last_vbas.get(&unit).copied())
+    }
+
+    /// What this leader remembers of `copy` of `unit`, for views at `now`.
+    pub fn remembered(&self, unit: UnitId, copy: &Copy, now: Instant) -> CopyMemory {
+        CopyMemory {
+            resync: self.resyncs.status(unit, copy, now),
+            reported_vba: self.last_vba(&copy.node, unit),
+        }
     }
 
     /// Every VBA the leader heard from `node`, for committing with a status change.

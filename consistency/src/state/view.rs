@@ -2,61 +2,76 @@
 //! storage node.
 
 use client::api::{AssignedUnit, CopyInfo, NodeStatus, ResyncStatus, Role, SliceMap, VolumeMap};
-use client::types::{Generation, NodeId, SliceIndex, UnitId, BLOCK_BYTES};
+use client::types::{Generation, NodeId, SliceIndex, UnitId, Vba, BLOCK_BYTES};
 
 use super::{Copy, Node, Slice, State, Volume};
 
-/// The resync of a copy of a unit, where the leader heard of one
-/// ([`crate::decide::resync::ResyncTracker`]); not replicated state, so views take it from the
+/// What the leader heard of a copy of a unit and keeps in memory only
+/// ([`crate::decide::liveness::Liveness`]): not replicated state, so views take it from the
 /// caller.
-pub type Resyncs<'a> = &'a dyn Fn(UnitId, &Copy) -> Option<ResyncStatus>;
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CopyMemory {
+    /// The copy's resync, if the leader heard of one.
+    pub resync: Option<ResyncStatus>,
+    /// The last VBA the copy's node reported in a heartbeat.
+    pub reported_vba: Option<Vba>,
+}
 
-/// For views made where no resync progress is known (a follower's local read).
-pub fn no_resyncs(_: UnitId, _: &Copy) -> Option<ResyncStatus> {
-    None
+/// The leader's memory of each copy, for views.
+pub type Remembered<'a> = &'a dyn Fn(UnitId, &Copy) -> CopyMemory;
+
+/// For views made where nothing is remembered (a follower's local read).
+pub fn nothing_remembered(_: UnitId, _: &Copy) -> CopyMemory {
+    CopyMemory::default()
 }
 
 impl State {
-    fn copy_infos(&self, unit: UnitId, slice: &Slice, resyncs: Resyncs) -> Vec<CopyInfo> {
+    fn copy_infos(&self, unit: UnitId, slice: &Slice, remembered: Remembered) -> Vec<CopyInfo> {
         // Primary first: clients and secondaries look for it there.
         let mut copies: Vec<&super::Copy> = slice.copies.iter().collect();
         copies.sort_by_key(|c| c.node != slice.primary);
         copies
             .into_iter()
-            .map(|c| CopyInfo {
-                node: c.node.clone(),
-                addr: self
-                    .nodes
-                    .get(&c.node)
-                    .map(|n| n.addr.clone())
-                    .unwrap_or_default(),
-                role: slice.role_of(&c.node),
-                status: c.status,
-                last_vba: c.last_vba,
-                resync: resyncs(unit, c),
+            .map(|c| {
+                let memory = remembered(unit, c);
+                CopyInfo {
+                    node: c.node.clone(),
+                    addr: self
+                        .nodes
+                        .get(&c.node)
+                        .map(|n| n.addr.clone())
+                        .unwrap_or_default(),
+                    role: slice.role_of(&c.node),
+                    status: c.status,
+                    last_vba: c.last_vba,
+                    // A volume written but never failed over has nothing committed past VBA 0:
+                    // a node back with its unit lost learns from this that it was written.
+                    reported_vba: memory.reported_vba,
+                    resync: memory.resync,
+                }
             })
             .collect()
     }
 
-    pub fn slice_map(&self, unit: UnitId, resyncs: Resyncs) -> Option<SliceMap> {
+    pub fn slice_map(&self, unit: UnitId, remembered: Remembered) -> Option<SliceMap> {
         let slice = self.slice(unit)?;
         Some(SliceMap {
             unit,
             index: unit.slice,
             generation: slice.generation,
             primary: slice.primary.clone(),
-            copies: self.copy_infos(unit, slice, resyncs),
+            copies: self.copy_infos(unit, slice, remembered),
         })
     }
 
-    pub fn volume_map(&self, volume: &Volume, resyncs: Resyncs) -> VolumeMap {
+    pub fn volume_map(&self, volume: &Volume, remembered: Remembered) -> VolumeMap {
         let slices = (0..volume.slices.len())
             .filter_map(|i| {
                 let unit = UnitId {
                     volume: volume.id,
                     slice: SliceIndex(i as u32),
                 };
-                self.slice_map(unit, resyncs)
+                self.slice_map(unit, remembered)
             })
             .collect();
         VolumeMap {
@@ -89,7 +104,7 @@ impl State {
         &self,
         node: &NodeId,
         lease_renewed: impl Fn(UnitId, Generation) -> bool,
-        resyncs: Resyncs,
+        remembered: Remembered,
     ) -> Vec<AssignedUnit> {
         let Some(n) = self.nodes.get(node) else {
             return Vec::new();
@@ -110,7 +125,7 @@ impl State {
                     role,
                     status: copy.status,
                     lease_renewed: role == Role::Primary && lease_renewed(*unit, slice.generation),
-                    copies: self.copy_infos(*unit, slice, resyncs),
+                    copies: self.copy_infos(*unit, slice, remembered),
                 })
             })
             .collect()

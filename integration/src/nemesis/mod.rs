@@ -37,7 +37,7 @@ use client::api::{ClusterStatus, CopyStatus, NodeState};
 use client::types::BLOCK_BYTES;
 
 use crate::binaries::binary_with_features;
-use crate::cluster::{Addresses, Cluster, ClusterOptions};
+use crate::cluster::{replicated_volumes, Addresses, Cluster, ClusterOptions};
 use crate::wait::wait_until;
 use checker::Verdict;
 use faults::slices;
@@ -531,19 +531,6 @@ async fn final_read(
         first += count;
     }
     Ok(())
-}
-
-/// The replicated part of a status's volume maps (resync progress lives in the leader's memory).
-fn replicated_volumes(status: &ClusterStatus) -> Vec<client::api::VolumeMap> {
-    let mut volumes = status.volumes.clone();
-    for copy in volumes
-        .iter_mut()
-        .flat_map(|v| v.slices.iter_mut())
-        .flat_map(|s| s.copies.iter_mut())
-    {
-        copy.resync = None;
-    }
-    volumes
 }
 
 /// Waits until every manager's own state holds the same volume map as the leader's.

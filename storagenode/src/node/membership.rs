@@ -123,7 +123,7 @@ async fn apply(node: &Arc<Node>, sent: Instant, reply: HeartbeatResponse) {
                 Some(runtime) => {
                     // A copy the database believes current but which this node has to create
                     // empty was lost (a wiped or replaced disk): it must not serve as current.
-                    let written = unit.copies.iter().any(|c| c.last_vba > Vba::ZERO);
+                    let written = unit.copies.iter().any(|c| c.latest_vba() > Vba::ZERO);
                     if unit.status == CopyStatus::Current && written {
                         runtime.lost.store(true, Ordering::Relaxed);
                     }
@@ -150,6 +150,12 @@ async fn apply(node: &Arc<Node>, sent: Instant, reply: HeartbeatResponse) {
         {
             warn!(unit = %unit.unit, "this primary's log lost a torn tail; stepping down");
             runtime.lost.store(true, Ordering::Relaxed);
+        }
+        // A copy reported as having lost records serves again only once the database no longer
+        // holds it current (it resyncs first): the report being accepted is not enough, since
+        // until this node hears of the change it would still serve as a current copy.
+        if unit.status != CopyStatus::Current {
+            runtime.lost.store(false, Ordering::Relaxed);
         }
         let before = runtime.assignment();
         let assignment = Assignment::from_assigned(unit);
@@ -278,24 +284,18 @@ async fn drop_unit(node: &Arc<Node>, runtime: &UnitRuntime) {
 }
 
 /// Reports units that lost records (created empty, or a primary that lost a tail a copy holds)
-/// as not current; until that is committed they do not serve.
+/// as not current. They do not serve until a heartbeat reply shows them no longer current, and
+/// are reported again at every beat until then.
 async fn report_not_current(node: &Node, units: Vec<UnitGeneration>) {
     let notification = Notification::NotCurrent {
         source: node.id.clone(),
         units: units.clone(),
     };
     match node.managers.notify(&notification).await {
-        Ok(_) => {
-            for unit in &units {
-                if let Some(runtime) = node.unit(unit.unit) {
-                    runtime.lost.store(false, Ordering::Relaxed);
-                }
-            }
-            info!(
-                units = units.len(),
-                "reported units that lost records as not current"
-            );
-        }
+        Ok(_) => info!(
+            units = units.len(),
+            "reported units that lost records as not current"
+        ),
         Err(e) => {
             warn!(error = %e, "could not report lost units as not current; retrying at the next beat")
         }

@@ -273,3 +273,60 @@ fn a_node_is_lost_once_down_for_the_grace_period_after_its_lease() {
         "n2 is up"
     );
 }
+
+#[test]
+fn views_show_the_last_vba_each_node_reported_beside_the_committed_one() {
+    let mut state = cluster(&["n1", "n2"]);
+    volume_on(&mut state, "vol", &[&["n1", "n2"]]);
+    let unit = UnitId::new(1, 0);
+    let t0 = Instant::now();
+    let mut memory = liveness(t0);
+    // The copies as n1's heartbeat reply lists them, and as the volume map shows them:
+    // (node, committed last VBA, reported last VBA).
+    let shown = |memory: &Liveness| {
+        let remembered = |u, c: &Copy| memory.remembered(u, c, t0);
+        let assigned = state.assigned_units(&node("n1"), |_, _| false, &remembered);
+        let volume = state.volume_by_name("vol").expect("volume");
+        let map = state.volume_map(volume, &remembered);
+        assert_eq!(map.slices[0].copies, assigned[0].copies);
+        assigned[0]
+            .copies
+            .iter()
+            .map(|c| (c.node.0.clone(), c.last_vba.0, c.reported_vba.map(|v| v.0)))
+            .collect::<Vec<_>>()
+    };
+    let rows = |list: &[(&str, u64, Option<u64>)]| {
+        list.iter()
+            .map(|(n, committed, reported)| (n.to_string(), *committed, *reported))
+            .collect::<Vec<_>>()
+    };
+
+    // Nothing heard yet: only what was committed with the copies (nothing written).
+    assert_eq!(shown(&memory), rows(&[("n1", 0, None), ("n2", 0, None)]));
+    // Written since, without any status change: nothing new is committed, and the heartbeats
+    // say how far each copy is.
+    memory.heard(&node("n1"), t0, &heartbeat(&[(unit, 40)]));
+    memory.heard(&node("n2"), t0, &heartbeat(&[(unit, 39)]));
+    assert_eq!(
+        shown(&memory),
+        rows(&[("n1", 0, Some(40)), ("n2", 0, Some(39))])
+    );
+    // n1 comes back with an empty disk before its lease ran out, so nothing failed over. Its
+    // first heartbeat lists no unit; the reply that has it create the unit again still says the
+    // copies were written, so it knows its empty unit lost them.
+    memory.heard(&node("n1"), t0 + Duration::from_secs(1), &heartbeat(&[]));
+    assert_eq!(
+        shown(&memory),
+        rows(&[("n1", 0, Some(40)), ("n2", 0, Some(39))])
+    );
+    // Once the new, empty unit reports, the view says so.
+    memory.heard(
+        &node("n1"),
+        t0 + Duration::from_secs(2),
+        &heartbeat(&[(unit, 0)]),
+    );
+    assert_eq!(
+        shown(&memory),
+        rows(&[("n1", 0, Some(0)), ("n2", 0, Some(39))])
+    );
+}
