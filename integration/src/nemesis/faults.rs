@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use client::api::{ClusterStatus, Role, SliceMap};
+use client::api::{ClusterStatus, CopyStatus, Role, SliceMap};
 use storagenode::engine::segment::{read_header, scan, Vsid};
 use storagenode::engine::{Backend, FileBackend};
 
@@ -166,12 +166,23 @@ pub async fn inject(
         FaultKind::TornTail => {
             let node = pick_node(slices, pick, None)?;
             let slice = &slices[(pick % slices.len() as u64) as usize];
+            // The last batch may be synced and acknowledged: zeroing it stands for a disk that
+            // lost acknowledged writes, which only another current copy can give back. Without
+            // one, no design survives it, so the node is only killed.
+            let backed = slice
+                .copies
+                .iter()
+                .any(|c| c.node.0 != node && c.status == CopyStatus::Current);
             cluster.storage_node(&node)?.kill();
-            let torn = tear_tail(
-                &cluster.storage_data_dir(&node),
-                &slice.unit.to_string(),
-                pick,
-            )?;
+            let torn = if backed {
+                tear_tail(
+                    &cluster.storage_data_dir(&node),
+                    &slice.unit.to_string(),
+                    pick,
+                )?
+            } else {
+                format!("nothing torn: {} has no other current copy", slice.unit)
+            };
             (format!("killed {node}, {torn}"), Heal::RestartStorage(node))
         }
     })
