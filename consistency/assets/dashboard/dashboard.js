@@ -312,10 +312,12 @@ function resync(copy) {
 
 function copyChip(volume, slice, copy) {
   const role = copy.role === "primary" ? "P" : "S";
+  const reported = copy.reported_vba === undefined || copy.reported_vba === null
+    ? "" : `last VBA ${esc(copy.reported_vba)}, `;
   return `<div class="copy s-${esc(copy.status)}" data-copy="${esc(volume.name)}/${slice.index}/${esc(copy.node)}" ` +
     `data-role="${esc(copy.role)}" data-status="${esc(copy.status)}" ` +
     `title="${esc(copy.node)} at ${esc(copy.addr)}: ${esc(copy.role)}, ${esc(copy.status)}, ` +
-    `VBA ${esc(copy.last_vba)} at its last status change">` +
+    `${reported}VBA ${esc(copy.last_vba)} at its last status change">` +
     `<div class="line"><span class="role">${role}</span><span class="node">${esc(copy.node)}</span>` +
     `<span class="status">${esc(copy.status)}</span></div>${resync(copy)}</div>`;
 }
