@@ -76,6 +76,31 @@ fn copy_on<'a>(slice: &'a SliceMap, node: &NodeId) -> Option<&'a CopyInfo> {
     slice.copies.iter().find(|c| &c.node == node)
 }
 
+/// Waits until `node`'s copy of slice 0 of `volume` is `current` again and its resync reported
+/// finished (the copy's own last progress report may land just after its primary reports it
+/// caught up); `observe` sees the copy at every probe. Returns the copy.
+async fn copy_current_again(
+    cluster: &Cluster,
+    volume: &str,
+    node: &NodeId,
+    observe: impl Fn(&CopyInfo),
+) -> CopyInfo {
+    let observe = &observe;
+    wait_until(
+        &format!("{node}'s copy of {volume} to be current again"),
+        Duration::from_secs(90),
+        || async move {
+            let slice = slice_of(&cluster.status().await?, volume, 0);
+            let copy = copy_on(&slice, node).cloned().expect("copy kept");
+            observe(&copy);
+            let finished = copy.resync.as_ref().is_some_and(|r| r.progress.finished);
+            Ok::<_, anyhow::Error>((copy.status == CopyStatus::Current && finished).then_some(copy))
+        },
+    )
+    .await
+    .unwrap()
+}
+
 /// One client writing block after block (each block once, so every record stays live), recording
 /// what was acknowledged and when.
 struct Writer {
@@ -257,25 +282,13 @@ async fn a_killed_primary_fails_over_resyncs_when_back_and_serves_alone() {
         .restart()
         .unwrap();
     let seen = Mutex::new(Vec::new());
-    let (watched, seen_ref, node) = (&cluster, &seen, &old_primary);
-    let returned = wait_until(
-        "the returning copy to be current again",
-        Duration::from_secs(90),
-        || async move {
-            let slice = slice_of(&watched.status().await?, "fo", 0);
-            let copy = copy_on(&slice, node).cloned().expect("copy kept");
-            {
-                let mut seen = seen_ref.lock().unwrap();
-                if seen.last() != Some(&copy.status) {
-                    seen.push(copy.status);
-                }
-            }
-            let finished = copy.resync.is_some_and(|r| r.progress.finished);
-            Ok::<_, anyhow::Error>((copy.status == CopyStatus::Current && finished).then_some(copy))
-        },
-    )
-    .await
-    .unwrap();
+    let returned = copy_current_again(&cluster, "fo", &old_primary, |copy| {
+        let mut seen = seen.lock().unwrap();
+        if seen.last() != Some(&copy.status) {
+            seen.push(copy.status);
+        }
+    })
+    .await;
     let seen = seen.into_inner().unwrap();
     assert!(
         seen.contains(&CopyStatus::Syncing),
@@ -605,22 +618,8 @@ async fn back_with_an_empty_disk(wipe_primary: bool) {
     }
 
     // It resyncs in full from the primary and is current again.
-    let (watched, node) = (&cluster, &wiped);
-    let report = wait_until(
-        "the emptied copy to be current again",
-        Duration::from_secs(90),
-        || async move {
-            let slice = slice_of(&watched.status().await?, "wiped", 0);
-            let copy = copy_on(&slice, node).cloned().expect("copy kept");
-            let finished = copy.resync.as_ref().is_some_and(|r| r.progress.finished);
-            Ok::<_, anyhow::Error>(
-                (copy.status == CopyStatus::Current && finished).then(|| copy.resync.unwrap()),
-            )
-        },
-    )
-    .await
-    .unwrap()
-    .progress;
+    let returned = copy_current_again(&cluster, "wiped", &wiped, |_| {}).await;
+    let report = returned.resync.unwrap().progress;
     assert!(report.full, "an emptied copy resyncs in full: {report:?}");
     // The other copy goes away: the emptied one serves every acknowledged block alone.
     let after = slice_of(&cluster.status().await.unwrap(), "wiped", 0);

@@ -174,17 +174,14 @@ fn open_sled(path: &Path) -> io::Result<sled::Db> {
         match sled::Config::new().path(path).open() {
             Ok(db) => return Ok(db),
             // sled 0.34 reports a held lock only in the message of an `Other` error.
-            Err(sled::Error::Io(e))
-                if e.to_string().starts_with("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
             Err(sled::Error::Io(e)) if e.to_string().starts_with("could not acquire lock") => {
-                return Err(io::Error::other(format!(
-                    "{e}: is another vbs-manager using {}?",
-                    path.display()
-                )))
+                if std::time::Instant::now() >= deadline {
+                    return Err(io::Error::other(format!(
+                        "{e}: is another vbs-manager using {}?",
+                        path.display()
+                    )));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
             }
             Err(e) => return Err(io::Error::other(e)),
         }

@@ -287,13 +287,14 @@ async fn drop_unit(node: &Arc<Node>, runtime: &UnitRuntime) {
 /// as not current. They do not serve until a heartbeat reply shows them no longer current, and
 /// are reported again at every beat until then.
 async fn report_not_current(node: &Node, units: Vec<UnitGeneration>) {
+    let count = units.len();
     let notification = Notification::NotCurrent {
         source: node.id.clone(),
-        units: units.clone(),
+        units,
     };
     match node.managers.notify(&notification).await {
         Ok(_) => info!(
-            units = units.len(),
+            units = count,
             "reported units that lost records as not current"
         ),
         Err(e) => {
