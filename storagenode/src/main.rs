@@ -67,6 +67,11 @@ struct ServeArgs {
     /// `data` syncs every write batch (the only durable mode); `none` never syncs (tests only).
     #[arg(long, value_enum, default_value = "data")]
     sync: SyncMode,
+    /// Threads that run the node's network and replication work. Disk writes and fsyncs run on
+    /// threads of their own, so one is enough for one device; see docs/operations.md.
+    #[arg(long, env = "VBS_WORKER_THREADS", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    worker_threads: u16,
     #[command(flatten)]
     security: ServerArgs,
 }
@@ -263,6 +268,7 @@ fn serve(args: ServeArgs) -> Result<()> {
     let security = args.security.load().context("security settings")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .worker_threads(usize::from(args.worker_threads))
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async move {

@@ -88,6 +88,10 @@ type Model = BTreeMap<u64, u64>;
 
 fn assert_reads(unit: &storagenode::engine::Unit, model: &Model, blocks: u64) {
     let data = unit.read(Lba(0), blocks).expect("read");
+    // A read from memory alone gives the same bytes, or declines.
+    if let Some(cached) = unit.read_cached(Lba(0), blocks).expect("cached read") {
+        assert!(cached == data, "a cached read differs from a read");
+    }
     for lba in 0..blocks {
         let chunk = &data[(lba * BLOCK_BYTES) as usize..((lba + 1) * BLOCK_BYTES) as usize];
         let want = model.get(&lba).copied().unwrap_or(0);

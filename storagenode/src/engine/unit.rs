@@ -480,6 +480,28 @@ impl Unit {
     /// Reads `blocks` blocks from `lba`: the newest durable data, zeroes where never written or
     /// trimmed.
     pub fn read(&self, lba: Lba, blocks: u64) -> Result<Vec<u8>> {
+        let read = self.read_with(lba, blocks, |file, buf, offset| {
+            file.read_exact_at(buf, offset).map(|()| true)
+        })?;
+        Ok(read.expect("a blocking read always reads"))
+    }
+
+    /// As [`Unit::read`], but only if every block is in memory, so that an async task can read
+    /// without blocking its thread: `None` if any would wait for the device.
+    pub fn read_cached(&self, lba: Lba, blocks: u64) -> Result<Option<Vec<u8>>> {
+        self.read_with(lba, blocks, |file, buf, offset| {
+            file.read_exact_at_once(buf, offset)
+        })
+    }
+
+    /// Reads with `fetch`, which fills a record's bytes from a segment file or answers `false`
+    /// to give up (then `None`).
+    fn read_with(
+        &self,
+        lba: Lba,
+        blocks: u64,
+        fetch: impl Fn(&dyn BlockFile, &mut [u8], u64) -> std::io::Result<bool>,
+    ) -> Result<Option<Vec<u8>>> {
         self.check_range(lba, blocks)?;
         let mut out = vec![0u8; (blocks * BLOCK_BYTES) as usize];
         let mut buf = vec![0u8; WRITE_RECORD_BYTES];
@@ -496,13 +518,14 @@ impl Unit {
                         }
                     }
                 };
-                let read = file
-                    .read_exact_at(&mut buf, location.offset as u64)
-                    .map_err(io_err(
+                let read = match fetch(file.as_ref(), &mut buf, location.offset as u64) {
+                    Ok(false) => return Ok(None),
+                    Ok(true) => Ok(record::decode(&buf, nonce)),
+                    Err(e) => Err(io_err(
                         self.id,
                         format!("reading segment {}", location.vsid),
-                    ))
-                    .map(|()| record::decode(&buf, nonce));
+                    )(e)),
+                };
                 match read {
                     Ok(Ok(header)) if header.vba == vba && header.lba == lba => {
                         block.copy_from_slice(&buf[HEADER_BYTES..]);
@@ -522,7 +545,7 @@ impl Unit {
                 }
             }
         }
-        Ok(out)
+        Ok(Some(out))
     }
 
     fn moved(&self, lba: Lba, vba: Vba, location: Location) -> bool {

@@ -63,11 +63,22 @@ pub async fn read(
             // The lease may have run out while the read waited.
             runtime.serving_primary(generation)?;
         }
-        let engine = runtime.engine.clone();
-        let data = tokio::task::spawn_blocking(move || engine.read(lba, u64::from(blocks)))
-            .await
-            .map_err(from_join)?
+        // Blocks in the page cache are copied here; only a read that would wait for the disk
+        // takes a blocking thread.
+        let cached = runtime
+            .engine
+            .read_cached(lba, u64::from(blocks))
             .map_err(from_engine)?;
+        let data = match cached {
+            Some(data) => data,
+            None => {
+                let engine = runtime.engine.clone();
+                tokio::task::spawn_blocking(move || engine.read(lba, u64::from(blocks)))
+                    .await
+                    .map_err(from_join)?
+                    .map_err(from_engine)?
+            }
+        };
         // No block was written meanwhile (that would have raised the newest VBA): what was read
         // is what was waited for.
         if runtime.engine.newest_vba_in(lba, u64::from(blocks)) == newest {

@@ -2,6 +2,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -56,6 +57,30 @@ impl BlockFile for DiskFile {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 other => return other,
             }
+        }
+    }
+
+    /// `preadv2` with `RWF_NOWAIT`: the kernel copies from the page cache, or answers `EAGAIN`
+    /// where it would have to wait for the disk or a lock.
+    fn read_exact_at_once(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+        let Ok(offset) = libc::off_t::try_from(offset) else {
+            return Ok(false);
+        };
+        let iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: one iovec over `buf`, which outlives the call; the fd is open while `self` is.
+        let n = unsafe { libc::preadv2(self.0.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+        if n >= 0 {
+            // Fewer bytes: the rest would have waited, or the file ends; `read_exact_at` tells.
+            return Ok(n as usize == buf.len());
+        }
+        let error = io::Error::last_os_error();
+        match error.raw_os_error() {
+            // Would block; or a kernel or filesystem without RWF_NOWAIT; or a signal.
+            Some(libc::EAGAIN | libc::EOPNOTSUPP | libc::EINVAL | libc::EINTR) => Ok(false),
+            _ => Err(error),
         }
     }
 
@@ -187,5 +212,77 @@ impl Backend for FileBackend {
 
     fn describe(&self) -> String {
         self.root.display().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether the kernel holds the first page of `file` in its page cache (`mincore`).
+    fn first_page_cached(file: &File) -> bool {
+        const PAGE: usize = 4096;
+        // SAFETY: a private read-only mapping of one page of an open file, unmapped below;
+        // `mincore` writes one byte per page into `resident`.
+        unsafe {
+            let map = libc::mmap(
+                std::ptr::null_mut(),
+                PAGE,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            );
+            assert_ne!(
+                map,
+                libc::MAP_FAILED,
+                "mmap: {}",
+                io::Error::last_os_error()
+            );
+            let mut resident = 0u8;
+            let status = libc::mincore(map, PAGE, &mut resident);
+            libc::munmap(map, PAGE);
+            assert_eq!(status, 0, "mincore: {}", io::Error::last_os_error());
+            resident & 1 == 1
+        }
+    }
+
+    #[test]
+    fn a_read_at_once_copies_cached_bytes_and_declines_what_would_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = FileBackend::open(dir.path()).unwrap();
+        let file = backend.create("f").unwrap();
+        let data: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
+        file.write_at(&data, 0).unwrap();
+        file.sync().unwrap();
+
+        let mut buf = vec![0u8; 4096];
+        assert!(file.read_exact_at_once(&mut buf, 4096).unwrap());
+        assert_eq!(buf, data[4096..]);
+        // The file ends before the buffer does.
+        assert!(!file.read_exact_at_once(&mut buf, 8192 - 100).unwrap());
+
+        // Drop the synced pages from the page cache; a read would now wait for the disk.
+        let raw = File::open(dir.path().join("f")).unwrap();
+        // SAFETY: advice on an open descriptor.
+        let advice =
+            unsafe { libc::posix_fadvise(raw.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(advice, 0);
+        if first_page_cached(&raw) {
+            // tmpfs and some others keep their pages: nothing here can be read from a disk.
+            println!(
+                "the filesystem of {} kept its pages: eviction not tested",
+                dir.path().display()
+            );
+            return;
+        }
+        assert!(!file.read_exact_at_once(&mut buf, 0).unwrap());
+        assert!(
+            !first_page_cached(&raw),
+            "a declined read must not start one"
+        );
+        file.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(buf, data[..4096]);
+        assert!(file.read_exact_at_once(&mut buf, 0).unwrap());
     }
 }

@@ -33,6 +33,10 @@ impl BlockFile for MemFile {
         Ok(n)
     }
 
+    fn read_exact_at_once(&self, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+        self.read_exact_at(buf, offset).map(|()| true)
+    }
+
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let mut contents = self.contents.lock();
         let end = offset as usize + buf.len();

@@ -24,6 +24,14 @@ pub trait BlockFile: Send + Sync {
     /// Cuts or extends the file to `size` bytes (extension reads as zeroes).
     fn set_size(&self, size: u64) -> io::Result<()>;
 
+    /// Reads all of `buf` at `offset` if that needs no wait for the device (the bytes are in
+    /// memory); `Ok(false)` when it would, with `buf` unspecified. For reads on an async
+    /// thread: a backend that cannot tell answers `false`, and the caller then reads with
+    /// `read_exact_at` on a thread that may block.
+    fn read_exact_at_once(&self, _buf: &mut [u8], _offset: u64) -> io::Result<bool> {
+        Ok(false)
+    }
+
     /// Reads exactly `buf.len()` bytes, or fails with `UnexpectedEof`.
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let mut done = 0;
