@@ -187,6 +187,17 @@ fn vbs_up_serves_a_volume_stops_on_ctrl_c_and_resumes_with_its_data() {
         2 << 20,
         "bytes written by the clients, as the primaries count them"
     );
+    // The blocks read back were just written: the primaries found them in the page cache.
+    let from_cache: u64 = nodes
+        .iter()
+        .flat_map(|text| text.lines())
+        .filter(|l| l.starts_with("vbs_reads_total{path=\"page_cache\"}"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        from_cache > 0,
+        "no read served from the page cache: {nodes:?}"
+    );
     interrupt(first);
     // Every process of the cluster is gone: nothing listens on its ports any more.
     for offset in [1, 2, 3, 101, 102, 103, 201, 202, 203, 809] {

@@ -1,7 +1,8 @@
 //! The storage node's `/metrics` (Prometheus text format), on `--metrics-listen`: client IO by
-//! volume and operation (counts, bytes, latency histograms), each unit's last VBA, the primary's
-//! replication lag per copy, resync progress, and refused connections and requests. With a
-//! token it answers only requests that carry it; with TLS on, it serves HTTPS.
+//! volume and operation (counts, bytes, latency histograms), reads by where they found their
+//! blocks, each unit's last VBA, the primary's replication lag per copy, resync progress, and
+//! refused connections and requests. With a token it answers only requests that carry it; with
+//! TLS on, it serves HTTPS.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -56,13 +57,32 @@ struct Series {
     sum_us: AtomicU64,
 }
 
+/// Where a client read found its blocks.
+#[derive(Clone, Copy, Debug)]
+pub enum ReadPath {
+    /// Every block in the page cache, copied on the async thread.
+    PageCache,
+    /// At least one block would have waited for the device: read on a blocking thread.
+    Blocking,
+}
+
 /// Counters of client IO served as primary.
 #[derive(Default)]
 pub struct IoMetrics {
     series: Mutex<BTreeMap<(VolumeId, IoKind), Arc<Series>>>,
+    reads_cached: AtomicU64,
+    reads_blocking: AtomicU64,
 }
 
 impl IoMetrics {
+    pub fn read_path(&self, path: ReadPath) {
+        let counter = match path {
+            ReadPath::PageCache => &self.reads_cached,
+            ReadPath::Blocking => &self.reads_blocking,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn record(&self, volume: VolumeId, kind: IoKind, bytes: u64, latency: Duration, ok: bool) {
         let series = {
             let mut map = self.series.lock().unwrap_or_else(|p| p.into_inner());
@@ -160,6 +180,23 @@ impl IoMetrics {
             let sum = s.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
             let _ = writeln!(out, "vbs_io_latency_seconds_sum{{{labels}}} {sum}");
             let _ = writeln!(out, "vbs_io_latency_seconds_count{{{labels}}} {cumulative}");
+        }
+        header(
+            out,
+            "vbs_reads_total",
+            "counter",
+            "Client reads by where their blocks were found: the page cache (copied on the async \
+             thread) or not (read on a blocking thread).",
+        );
+        for (path, counter) in [
+            ("page_cache", &self.reads_cached),
+            ("blocking", &self.reads_blocking),
+        ] {
+            let _ = writeln!(
+                out,
+                "vbs_reads_total{{path=\"{path}\"}} {}",
+                counter.load(Ordering::Relaxed)
+            );
         }
     }
 }

@@ -24,6 +24,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tracing::{error, info, warn};
 
 use super::errors::{from_engine, from_join};
+use super::metrics::ReadPath;
 use super::unit::UnitRuntime;
 use super::Node;
 use crate::engine::Op;
@@ -34,6 +35,7 @@ use crate::replication::progress::{Failure, Marked, Reply, Step, WriteProgress};
 /// that (up to `wait`), so that no read returns a write that a failover could still lose, nor
 /// one a later read would not see.
 pub async fn read(
+    node: &Node,
     runtime: &Arc<UnitRuntime>,
     generation: Generation,
     lba: Lba,
@@ -70,8 +72,12 @@ pub async fn read(
             .read_cached(lba, u64::from(blocks))
             .map_err(from_engine)?;
         let data = match cached {
-            Some(data) => data,
+            Some(data) => {
+                node.io_metrics.read_path(ReadPath::PageCache);
+                data
+            }
             None => {
+                node.io_metrics.read_path(ReadPath::Blocking);
                 let engine = runtime.engine.clone();
                 tokio::task::spawn_blocking(move || engine.read(lba, u64::from(blocks)))
                     .await

@@ -192,7 +192,15 @@ async fn handle(
             (
                 IoKind::Read,
                 bytes,
-                primary::read(&runtime, generation, lba, blocks, node.config.write_timeout).await,
+                primary::read(
+                    node,
+                    &runtime,
+                    generation,
+                    lba,
+                    blocks,
+                    node.config.write_timeout,
+                )
+                .await,
             )
         }
         Request::Write {
