@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 use super::backend::Backend;
 
 pub const SPARE_DIR: &str = "spare";
-const ZERO_CHUNK_BYTES: usize = 1 << 20;
+const ZERO_CHUNK_BYTES: usize = 256 << 10;
 
 struct PoolState {
     ready: Vec<String>,
@@ -181,6 +181,9 @@ impl Shared {
         while offset < self.segment_bytes {
             let n = (self.segment_bytes - offset).min(ZERO_CHUNK_BYTES as u64) as usize;
             file.write_at(&zeroes[..n], offset)?;
+            // Chunk by chunk to the device: a foreground fdatasync on the same disk then waits
+            // behind one chunk of this at most, not behind the whole segment.
+            file.write_back(offset, n as u64)?;
             offset += n as u64;
         }
         file.sync()?;
@@ -222,5 +225,134 @@ impl Drop for SegmentPool {
         if let Some(filler) = self.filler.lock().take() {
             let _ = filler.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::backend::memory::MemoryBackend;
+    use crate::engine::backend::{BlockFile, Space};
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Event {
+        Write(u64, u64),
+        WriteBack(u64, u64),
+        Sync,
+    }
+
+    type Events = Arc<Mutex<Vec<Event>>>;
+
+    /// A memory backend whose created files record their writes, write-backs and syncs.
+    #[derive(Debug)]
+    struct Recording {
+        inner: MemoryBackend,
+        events: Events,
+    }
+
+    struct RecordingFile {
+        inner: Arc<dyn BlockFile>,
+        events: Events,
+    }
+
+    impl BlockFile for RecordingFile {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+            self.inner.read_at(buf, offset)
+        }
+        fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+            self.events
+                .lock()
+                .push(Event::Write(offset, buf.len() as u64));
+            self.inner.write_at(buf, offset)
+        }
+        fn write_back(&self, offset: u64, len: u64) -> io::Result<()> {
+            self.events.lock().push(Event::WriteBack(offset, len));
+            self.inner.write_back(offset, len)
+        }
+        fn sync(&self) -> io::Result<()> {
+            self.events.lock().push(Event::Sync);
+            self.inner.sync()
+        }
+        fn size(&self) -> io::Result<u64> {
+            self.inner.size()
+        }
+        fn set_size(&self, size: u64) -> io::Result<()> {
+            self.inner.set_size(size)
+        }
+    }
+
+    impl Backend for Recording {
+        fn open(&self, path: &str) -> io::Result<Arc<dyn BlockFile>> {
+            self.inner.open(path)
+        }
+        fn create(&self, path: &str) -> io::Result<Arc<dyn BlockFile>> {
+            Ok(Arc::new(RecordingFile {
+                inner: self.inner.create(path)?,
+                events: self.events.clone(),
+            }))
+        }
+        fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+            self.inner.rename(from, to)
+        }
+        fn remove(&self, path: &str) -> io::Result<()> {
+            self.inner.remove(path)
+        }
+        fn list(&self, dir: &str) -> io::Result<Vec<String>> {
+            self.inner.list(dir)
+        }
+        fn create_dir(&self, dir: &str) -> io::Result<()> {
+            self.inner.create_dir(dir)
+        }
+        fn remove_dir_all(&self, dir: &str) -> io::Result<()> {
+            self.inner.remove_dir_all(dir)
+        }
+        fn exists(&self, path: &str) -> io::Result<bool> {
+            self.inner.exists(path)
+        }
+        fn write_atomic(&self, path: &str, bytes: &[u8]) -> io::Result<()> {
+            self.inner.write_atomic(path, bytes)
+        }
+        fn read_all(&self, path: &str) -> io::Result<Vec<u8>> {
+            self.inner.read_all(path)
+        }
+        fn space(&self) -> io::Result<Space> {
+            self.inner.space()
+        }
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+    }
+
+    #[test]
+    fn a_spare_reaches_the_device_a_chunk_at_a_time_then_is_synced() {
+        let events = Events::default();
+        let backend = Arc::new(Recording {
+            inner: MemoryBackend::new(1 << 30),
+            events: events.clone(),
+        });
+        backend.create_dir(SPARE_DIR).unwrap();
+        let segment_bytes = 4 * ZERO_CHUNK_BYTES as u64 + 4096;
+        let pool = SegmentPool::inert(backend.clone(), segment_bytes);
+        let path = pool.shared.make_spare().unwrap();
+
+        let events = events.lock().clone();
+        let (last, chunks) = events.split_last().expect("the spare was written");
+        assert_eq!(*last, Event::Sync, "a spare is durable before it is ready");
+        let mut next = 0;
+        for pair in chunks.chunks(2) {
+            // Each chunk is written, then sent to the device before the next is written.
+            let [Event::Write(offset, len), Event::WriteBack(back, back_len)] = pair else {
+                panic!("expected a write, then its write-back: {pair:?} in {events:?}");
+            };
+            assert_eq!(
+                (*offset, *back, *back_len),
+                (next, next, *len),
+                "{events:?}"
+            );
+            assert!(*len <= ZERO_CHUNK_BYTES as u64);
+            next += len;
+        }
+        assert_eq!(next, segment_bytes);
+        assert_eq!(backend.open(&path).unwrap().size().unwrap(), segment_bytes);
     }
 }

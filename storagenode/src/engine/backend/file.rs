@@ -92,6 +92,23 @@ impl BlockFile for DiskFile {
         self.0.sync_data()
     }
 
+    fn write_back(&self, offset: u64, len: u64) -> io::Result<()> {
+        let (Ok(offset), Ok(len)) = (
+            libc::off64_t::try_from(offset),
+            libc::off64_t::try_from(len),
+        ) else {
+            return Ok(());
+        };
+        let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+        // SAFETY: a plain syscall on a descriptor that is open while `self` is.
+        if unsafe { libc::sync_file_range(self.0.as_raw_fd(), offset, len, flags) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     fn size(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
     }
@@ -254,6 +271,7 @@ mod tests {
         let file = backend.create("f").unwrap();
         let data: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
         file.write_at(&data, 0).unwrap();
+        file.write_back(0, 8192).unwrap();
         file.sync().unwrap();
 
         let mut buf = vec![0u8; 4096];

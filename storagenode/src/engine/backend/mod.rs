@@ -20,6 +20,14 @@ pub trait BlockFile: Send + Sync {
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Makes every write so far durable (fdatasync).
     fn sync(&self) -> io::Result<()>;
+    /// Sends the range's written bytes to the device and waits until it has them, without
+    /// making them durable (no cache flush, no metadata). A background writer that calls it
+    /// after each chunk keeps no more than a chunk of its own in the device's queue, so a
+    /// foreground sync never waits behind a whole file of it. Does nothing where there is no
+    /// device.
+    fn write_back(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
     fn size(&self) -> io::Result<u64>;
     /// Cuts or extends the file to `size` bytes (extension reads as zeroes).
     fn set_size(&self, size: u64) -> io::Result<()>;
