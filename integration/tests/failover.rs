@@ -628,3 +628,119 @@ async fn back_with_an_empty_disk(wipe_primary: bool) {
     cluster.storage_node(&other.0).unwrap().kill();
     assert_reads_back(&volume, &acked).await;
 }
+
+/// As above, but the managers' leader changed just before the node came back, so the leader
+/// answering it has not yet heard how far the other copy is (its node is stopped, within its
+/// lease). The emptied primary must not serve until it knows whether the slice was written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_back_with_an_empty_disk_after_a_leader_change_waits_to_learn_what_it_lost() {
+    // A lease long enough that the stopped node is not marked down while the test reads.
+    let mut cluster = start(&["--lease", "12s"], &[]);
+    cluster.wait_for_storage_up(STARTUP).await.unwrap();
+    create(&cluster, "wiped", "16M", "2", "16M");
+    let volume = open(&cluster, "wiped").await;
+    let before = slice_of(&cluster.status().await.unwrap(), "wiped", 0);
+    let wiped = before.primary.clone();
+    let other = before.copies.iter().find(|c| c.node != wiped);
+    let other = other.expect("two copies").node.clone();
+    let mut acked = BTreeMap::new();
+    for block in 0..64u64 {
+        volume
+            .write(block * 4096, tagged_block(block + 1))
+            .await
+            .unwrap();
+        acked.insert(block, block + 1);
+    }
+
+    // The other copy's node stops (no heartbeats), then the leader is replaced: the new leader
+    // knows of the slice only its committed state, in which both copies are current at VBA 0.
+    cluster
+        .storage_node(&other.0)
+        .unwrap()
+        .signal(libc::SIGSTOP)
+        .unwrap();
+    let leader = cluster
+        .wait_for_leader(&cluster.manager_ids(), STARTUP)
+        .await
+        .unwrap();
+    cluster.kill_manager(leader).unwrap();
+    let others: Vec<u64> = cluster
+        .manager_ids()
+        .into_iter()
+        .filter(|id| *id != leader)
+        .collect();
+    cluster.wait_for_leader(&others, STARTUP).await.unwrap();
+
+    // The primary's disk is replaced: killed, its data gone, back at once.
+    cluster.storage_node(&wiped.0).unwrap().kill();
+    let data_dir = cluster.storage_data_dir(&wiped.0);
+    std::fs::remove_dir_all(&data_dir).unwrap();
+    std::fs::create_dir_all(&data_dir).unwrap();
+    cluster.storage_node(&wiped.0).unwrap().restart().unwrap();
+    let unit_dir = data_dir.join("units").join(before.unit.to_string());
+    wait_until(
+        "the node back with its unit created again",
+        STARTUP,
+        || async { Ok::<_, anyhow::Error>(unit_dir.exists().then_some(())) },
+    )
+    .await
+    .unwrap();
+
+    // The new leader hears the emptied unit reported at VBA 0, and from the other copy nothing.
+    let watched = &cluster;
+    let emptied = &wiped;
+    wait_until(
+        "the leader to hear the emptied unit",
+        STARTUP,
+        || async move {
+            let slice = slice_of(&watched.status().await?, "wiped", 0);
+            let heard = slice
+                .copies
+                .iter()
+                .map(|c| (&c.node == emptied, c.reported_vba.map(|v| v.0)))
+                .collect::<Vec<_>>();
+            let want = heard.iter().all(|(mine, vba)| {
+                if *mine {
+                    *vba == Some(0)
+                } else {
+                    vba.is_none()
+                }
+            });
+            Ok::<_, anyhow::Error>(want.then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+
+    // While the other copy is silent, the emptied primary serves nothing: for four seconds
+    // reads fail or wait, and never return the empty unit's zeroes.
+    let volume = open(&cluster, "wiped").await;
+    let silent_until = Instant::now() + Duration::from_secs(4);
+    let mut answered = 0;
+    while Instant::now() < silent_until {
+        let read = tokio::time::timeout(Duration::from_millis(500), volume.read(0, 4096)).await;
+        if let Ok(Ok(data)) = read {
+            assert!(
+                data == tagged_block(1),
+                "block 0 read from the emptied unit (all zeroes: {})",
+                data.iter().all(|b| *b == 0)
+            );
+            answered += 1;
+        }
+    }
+    println!("reads answered while the other copy was stopped: {answered}");
+
+    // The other node heartbeats again; the primary learns the slice was written, reports its
+    // copy not current, and the other copy takes over with every acknowledged block.
+    cluster
+        .storage_node(&other.0)
+        .unwrap()
+        .signal(libc::SIGCONT)
+        .unwrap();
+    assert_reads_back(&volume, &acked).await;
+    let after = slice_of(&cluster.status().await.unwrap(), "wiped", 0);
+    assert_eq!(
+        after.primary, other,
+        "the copy that kept the data is the primary"
+    );
+}

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use client::api::{
-    CopyStatus, ErrorCode, HeartbeatRequest, HeartbeatResponse, Notification, RegisterNodeRequest,
-    Role, UnitGeneration, UnitReport,
+    AssignedUnit, CopyStatus, ErrorCode, HeartbeatRequest, HeartbeatResponse, Notification,
+    RegisterNodeRequest, Role, UnitGeneration, UnitReport,
 };
 use client::managers::{Hedge, ManagerError};
-use client::types::Vba;
+use client::types::{NodeId, Vba};
 use tracing::{debug, error, info, warn};
 
 use super::unit::{Assignment, UnitRuntime};
@@ -122,16 +122,27 @@ async fn apply(node: &Arc<Node>, sent: Instant, reply: HeartbeatResponse) {
             None => match create(node, unit.unit, unit.unit_bytes).await {
                 Some(runtime) => {
                     // A copy the database believes current but which this node has to create
-                    // empty was lost (a wiped or replaced disk): it must not serve as current.
-                    let written = unit.copies.iter().any(|c| c.latest_vba() > Vba::ZERO);
-                    if unit.status == CopyStatus::Current && written {
-                        runtime.lost.store(true, Ordering::Relaxed);
-                    }
+                    // empty may have been lost (a wiped or replaced disk): it serves nothing
+                    // until it is known whether the slice was ever written.
+                    runtime.undecided.store(true, Ordering::Relaxed);
                     runtime
                 }
                 None => continue,
             },
         };
+        if runtime.undecided.load(Ordering::Relaxed) {
+            match emptied_copy(unit, &node.id) {
+                Emptied::Lost => {
+                    warn!(unit = %unit.unit, "this unit had to be created empty, but the slice was written: its data here was lost; reporting it not current");
+                    runtime.lost.store(true, Ordering::Relaxed);
+                    runtime.undecided.store(false, Ordering::Relaxed);
+                }
+                Emptied::Unwritten => runtime.undecided.store(false, Ordering::Relaxed),
+                Emptied::Unknown => {
+                    debug!(unit = %unit.unit, "created empty; waiting to hear how far the slice's other current copies are");
+                }
+            }
+        }
         if runtime.engine.size_bytes() != unit.unit_bytes {
             error!(unit = %unit.unit, local = runtime.engine.size_bytes(), assigned = unit.unit_bytes,
                 "the unit here has another size than the database's; not serving it");
@@ -236,6 +247,37 @@ async fn apply(node: &Arc<Node>, sent: Instant, reply: HeartbeatResponse) {
     }
 }
 
+/// What a node that had to create a unit empty can tell of its copy.
+#[derive(Debug, PartialEq, Eq)]
+enum Emptied {
+    /// The database holds the copy current and the slice was written: the copy lost records.
+    Lost,
+    /// Not current, or current and never written: nothing was lost.
+    Unwritten,
+    /// Current, no copy known to be written, but another current copy has not reported to the
+    /// answering leader yet (one just elected remembers no heartbeat, and the copies' committed
+    /// VBAs date from their last status change).
+    Unknown,
+}
+
+fn emptied_copy(unit: &AssignedUnit, me: &NodeId) -> Emptied {
+    if unit.status != CopyStatus::Current {
+        return Emptied::Unwritten;
+    }
+    if unit.copies.iter().any(|c| c.latest_vba() > Vba::ZERO) {
+        return Emptied::Lost;
+    }
+    let unheard = unit
+        .copies
+        .iter()
+        .any(|c| &c.node != me && c.status == CopyStatus::Current && c.reported_vba.is_none());
+    if unheard {
+        Emptied::Unknown
+    } else {
+        Emptied::Unwritten
+    }
+}
+
 async fn create(
     node: &Arc<Node>,
     unit: client::types::UnitId,
@@ -299,6 +341,111 @@ async fn report_not_current(node: &Node, units: Vec<UnitGeneration>) {
         ),
         Err(e) => {
             warn!(error = %e, "could not report lost units as not current; retrying at the next beat")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use client::api::CopyInfo;
+    use client::types::{Generation, UnitId};
+
+    use super::*;
+
+    fn copy(node: &str, status: CopyStatus, last_vba: u64, reported: Option<u64>) -> CopyInfo {
+        CopyInfo {
+            node: NodeId::parse(node).unwrap(),
+            addr: format!("{node}:1"),
+            role: Role::Secondary,
+            status,
+            last_vba: Vba(last_vba),
+            reported_vba: reported.map(Vba),
+            resync: None,
+        }
+    }
+
+    fn unit(status: CopyStatus, copies: Vec<CopyInfo>) -> AssignedUnit {
+        AssignedUnit {
+            unit: UnitId::new(1, 0),
+            volume_size_bytes: 1 << 20,
+            slice_bytes: 1 << 20,
+            unit_bytes: 1 << 20,
+            generation: Generation(1),
+            role: Role::Primary,
+            status,
+            lease_renewed: true,
+            copies,
+        }
+    }
+
+    #[test]
+    fn an_emptied_copy_is_lost_only_where_the_slice_was_written() {
+        use CopyStatus::{Current, Down, Stale};
+        let me = NodeId::parse("a").unwrap();
+        let cases = [
+            // The other copy reported records: this one lost them.
+            (
+                Current,
+                vec![
+                    copy("a", Current, 0, Some(0)),
+                    copy("b", Current, 0, Some(64)),
+                ],
+                Emptied::Lost,
+            ),
+            // A committed VBA says so too, with no heartbeat heard.
+            (
+                Current,
+                vec![copy("a", Current, 0, None), copy("b", Current, 64, None)],
+                Emptied::Lost,
+            ),
+            // Heard from the other copy, at 0: never written.
+            (
+                Current,
+                vec![
+                    copy("a", Current, 0, Some(0)),
+                    copy("b", Current, 0, Some(0)),
+                ],
+                Emptied::Unwritten,
+            ),
+            // A leader just elected has heard from nobody: wait.
+            (
+                Current,
+                vec![copy("a", Current, 0, None), copy("b", Current, 0, None)],
+                Emptied::Unknown,
+            ),
+            // Only this node's own report, which is of the new empty unit: still wait.
+            (
+                Current,
+                vec![copy("a", Current, 0, Some(0)), copy("b", Current, 0, None)],
+                Emptied::Unknown,
+            ),
+            // The other copy is not current: nothing better to learn from it.
+            (
+                Current,
+                vec![copy("a", Current, 0, None), copy("b", Stale, 0, None)],
+                Emptied::Unwritten,
+            ),
+            (
+                Current,
+                vec![copy("a", Current, 0, None), copy("b", Down, 0, None)],
+                Emptied::Unwritten,
+            ),
+            // A copy that is not current resyncs anyway.
+            (
+                Stale,
+                vec![copy("a", Stale, 0, None), copy("b", Current, 64, Some(64))],
+                Emptied::Unwritten,
+            ),
+            // One copy only.
+            (
+                Current,
+                vec![copy("a", Current, 0, None)],
+                Emptied::Unwritten,
+            ),
+        ];
+        for (status, copies, want) in cases {
+            let assigned = unit(status, copies);
+            assert_eq!(emptied_copy(&assigned, &me), want, "{assigned:?}");
         }
     }
 }

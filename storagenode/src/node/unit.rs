@@ -71,6 +71,10 @@ pub struct UnitRuntime {
     /// data was lost), or as primary it lost records a current copy holds (a torn tail). It
     /// serves nothing until the database has been told it is not current.
     pub lost: AtomicBool,
+    /// The node created this unit empty although the database holds the copy current, and does
+    /// not know yet whether the slice was written (see `membership::emptied_copy`): it serves
+    /// nothing until it does.
+    pub undecided: AtomicBool,
     /// Recovery cut a torn tail off this unit's log when the node started, and the first
     /// assignment since has not been applied yet.
     pub torn: AtomicBool,
@@ -103,6 +107,7 @@ impl UnitRuntime {
             applying: tokio::sync::Mutex::new(()),
             expected: watch::Sender::new(next),
             lost: AtomicBool::new(false),
+            undecided: AtomicBool::new(false),
             torn: AtomicBool::new(false),
             announced: Mutex::new((Generation(0), BTreeSet::new())),
             committed_changed: tokio::sync::Notify::new(),
@@ -260,7 +265,10 @@ impl UnitRuntime {
                 format!("this node is not the primary of slice {}", self.id),
             ));
         }
-        if assignment.status != CopyStatus::Current || self.lost.load(Ordering::Relaxed) {
+        if assignment.status != CopyStatus::Current
+            || self.lost.load(Ordering::Relaxed)
+            || self.undecided.load(Ordering::Relaxed)
+        {
             return Err(WireError::new(
                 ErrorCode::NotCurrent,
                 format!(
