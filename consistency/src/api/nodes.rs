@@ -65,11 +65,9 @@ pub async fn register(State(manager): State<SharedManager>, request: Request) ->
             free_bytes,
         };
         refused(m.propose(command).await?)?;
-        let heard = HeartbeatRequest {
-            free_bytes: Some(free_bytes),
-            units: Vec::new(),
-        };
-        m.with_liveness(Instant::now(), |l| l.heard(&id, Instant::now(), &heard));
+        m.with_liveness(Instant::now(), |l| {
+            l.registered(&id, Instant::now(), Some(free_bytes))
+        });
         let status = m.read(|a| a.state.nodes.get(&id).map(|n| a.state.node_status(n)));
         let status =
             status.ok_or_else(|| ApiFailure::internal("node vanished after registering"))?;

@@ -59,6 +59,8 @@ struct Heard {
     at: Instant,
     free_bytes: Option<u64>,
     last_vbas: BTreeMap<UnitId, Vba>,
+    /// The units the node's last heartbeat listed, when it listed all it holds.
+    listed: Option<BTreeSet<UnitId>>,
 }
 
 /// A primary lease that heartbeat replies no longer renew.
@@ -117,20 +119,33 @@ impl Liveness {
         self.config
     }
 
-    /// Records a heartbeat (or registration) from `node` received at `now`.
+    /// Records a heartbeat from `node` received at `now`.
     pub fn heard(&mut self, node: &NodeId, now: Instant, request: &HeartbeatRequest) {
+        let entry = self.heard_from(node, now, request.free_bytes);
+        for report in request.units.iter().take(MAX_UNITS_PER_HEARTBEAT) {
+            entry.last_vbas.insert(report.unit, report.last_vba);
+        }
+        entry.listed = (request.units.len() <= MAX_UNITS_PER_HEARTBEAT)
+            .then(|| request.units.iter().map(|r| r.unit).collect());
+    }
+
+    /// Records a registration from `node` received at `now` (it lists no units).
+    pub fn registered(&mut self, node: &NodeId, now: Instant, free_bytes: Option<u64>) {
+        self.heard_from(node, now, free_bytes);
+    }
+
+    fn heard_from(&mut self, node: &NodeId, now: Instant, free_bytes: Option<u64>) -> &mut Heard {
         let entry = self.heard.entry(node.clone()).or_insert_with(|| Heard {
             at: now,
             free_bytes: None,
             last_vbas: BTreeMap::new(),
+            listed: None,
         });
         entry.at = entry.at.max(now);
-        if request.free_bytes.is_some() {
-            entry.free_bytes = request.free_bytes;
+        if free_bytes.is_some() {
+            entry.free_bytes = free_bytes;
         }
-        for report in request.units.iter().take(MAX_UNITS_PER_HEARTBEAT) {
-            entry.last_vbas.insert(report.unit, report.last_vba);
-        }
+        entry
     }
 
     /// When the leader last heard from `node`, if it has since it was elected.
@@ -152,11 +167,16 @@ impl Liveness {
             .and_then(|h| h.last_vbas.get(&unit).copied())
     }
 
-    /// What this leader remembers of `copy` of `unit`, for views at `now`.
+    /// What this leader remembers of `copy` of `unit`, for views at `now`. A node whose last
+    /// heartbeat listed all its units but not this one holds none of it: it reported VBA 0.
     pub fn remembered(&self, unit: UnitId, copy: &Copy, now: Instant) -> CopyMemory {
+        let unlisted = || {
+            let listed = self.heard.get(&copy.node)?.listed.as_ref()?;
+            (!listed.contains(&unit)).then_some(Vba::ZERO)
+        };
         CopyMemory {
             resync: self.resyncs.status(unit, copy, now),
-            reported_vba: self.last_vba(&copy.node, unit),
+            reported_vba: self.last_vba(&copy.node, unit).or_else(unlisted),
         }
     }
 

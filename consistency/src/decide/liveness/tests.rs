@@ -330,3 +330,34 @@ fn views_show_the_last_vba_each_node_reported_beside_the_committed_one() {
         rows(&[("n1", 0, Some(0)), ("n2", 0, Some(39))])
     );
 }
+
+#[test]
+fn a_node_whose_heartbeat_lists_no_such_unit_is_shown_at_vba_0() {
+    let mut state = cluster(&["n1", "n2"]);
+    volume_on(&mut state, "vol", &[&["n1", "n2"]]);
+    let unit = UnitId::new(1, 0);
+    let t0 = Instant::now();
+    let mut memory = liveness(t0);
+    let reported = |memory: &Liveness| {
+        let remembered = |u, c: &Copy| memory.remembered(u, c, t0);
+        let assigned = state.assigned_units(&node("n1"), |_, _| false, &remembered);
+        assigned[0]
+            .copies
+            .iter()
+            .map(|c| c.reported_vba.map(|v| v.0))
+            .collect::<Vec<_>>()
+    };
+    // A registration lists no units and says nothing of them.
+    memory.registered(&node("n2"), t0, Some(1 << 30));
+    assert_eq!(reported(&memory), [None, None]);
+    // A heartbeat listing every unit of n2, this one not among them: n2 holds none of it yet.
+    memory.heard(&node("n2"), t0, &heartbeat(&[(UnitId::new(7, 0), 5)]));
+    assert_eq!(reported(&memory), [None, Some(0)]);
+    // Once n2 lists the unit, its own figure.
+    memory.heard(
+        &node("n2"),
+        t0,
+        &heartbeat(&[(UnitId::new(7, 0), 5), (unit, 3)]),
+    );
+    assert_eq!(reported(&memory), [None, Some(3)]);
+}
