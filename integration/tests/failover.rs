@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use client::api::{ClusterStatus, CopyInfo, CopyStatus, SliceMap};
 use client::managers::Managers;
-use client::types::NodeId;
+use client::types::{NodeId, UnitId};
 use client::volume::{Volume, VolumeOptions};
 use integration::gateway::tagged_block;
 use integration::{wait_until, Cluster, ClusterOptions};
@@ -461,16 +461,7 @@ async fn a_failover_completes_once_when_the_manager_leader_dies_in_the_middle() 
     )
     .await
     .unwrap();
-    cluster.kill_manager(leader).unwrap();
-    let others: Vec<u64> = cluster
-        .manager_ids()
-        .into_iter()
-        .filter(|id| *id != leader)
-        .collect();
-    cluster
-        .wait_for_leader(&others, Duration::from_secs(20))
-        .await
-        .unwrap();
+    kill_leader(&mut cluster, leader, Duration::from_secs(20)).await;
     let after = wait_until(
         "the slice to fail over",
         Duration::from_secs(30),
@@ -551,6 +542,48 @@ async fn a_secondary_back_with_an_empty_disk_within_its_lease_is_not_current() {
     back_with_an_empty_disk(false).await;
 }
 
+/// Kills manager `leader` and waits up to `timeout` for another to be elected.
+async fn kill_leader(cluster: &mut Cluster, leader: u64, timeout: Duration) {
+    cluster.kill_manager(leader).unwrap();
+    let others: Vec<u64> = cluster
+        .manager_ids()
+        .into_iter()
+        .filter(|id| *id != leader)
+        .collect();
+    cluster.wait_for_leader(&others, timeout).await.unwrap();
+}
+
+/// Writes blocks `0..blocks`, block `b` tagged `b + 1`; what was acknowledged, by block.
+async fn write_tagged_blocks(volume: &Volume, blocks: u64) -> BTreeMap<u64, u64> {
+    let mut acked = BTreeMap::new();
+    for block in 0..blocks {
+        volume
+            .write(block * 4096, tagged_block(block + 1))
+            .await
+            .unwrap();
+        acked.insert(block, block + 1);
+    }
+    acked
+}
+
+/// Kills `node`, deletes its data and starts it again at once, as after a replaced disk; returns
+/// once the node has created `unit` again (empty).
+async fn back_with_its_disk_wiped(cluster: &mut Cluster, node: &NodeId, unit: UnitId) {
+    cluster.storage_node(&node.0).unwrap().kill();
+    let data_dir = cluster.storage_data_dir(&node.0);
+    std::fs::remove_dir_all(&data_dir).unwrap();
+    std::fs::create_dir_all(&data_dir).unwrap();
+    cluster.storage_node(&node.0).unwrap().restart().unwrap();
+    let unit_dir = data_dir.join("units").join(unit.to_string());
+    wait_until(
+        "the node back with its unit created again",
+        STARTUP,
+        || async { Ok::<_, anyhow::Error>(unit_dir.exists().then_some(())) },
+    )
+    .await
+    .unwrap();
+}
+
 /// A node whose disk was replaced or wiped comes back before its lease ran out, so nothing failed
 /// over and the database still holds its copy `current`: the empty unit must neither serve as the
 /// primary nor count as a current copy. It resyncs in full, then holds every acknowledged block
@@ -567,14 +600,7 @@ async fn back_with_an_empty_disk(wipe_primary: bool) {
         let secondary = before.copies.iter().find(|c| c.node != before.primary);
         secondary.expect("two copies").node.clone()
     };
-    let mut acked = BTreeMap::new();
-    for block in 0..64u64 {
-        volume
-            .write(block * 4096, tagged_block(block + 1))
-            .await
-            .unwrap();
-        acked.insert(block, block + 1);
-    }
+    let acked = write_tagged_blocks(&volume, 64).await;
     // The heartbeats tell the managers how far each copy is, with no status change.
     let watched = &cluster;
     wait_until(
@@ -593,21 +619,9 @@ async fn back_with_an_empty_disk(wipe_primary: bool) {
     .await
     .unwrap();
 
-    // The node's disk is replaced: killed, its data gone, back at once.
-    cluster.storage_node(&wiped.0).unwrap().kill();
-    let data_dir = cluster.storage_data_dir(&wiped.0);
-    std::fs::remove_dir_all(&data_dir).unwrap();
-    std::fs::create_dir_all(&data_dir).unwrap();
-    cluster.storage_node(&wiped.0).unwrap().restart().unwrap();
-    // Read only once the node has its unit again (empty), so that the reads find it up.
-    let unit_dir = data_dir.join("units").join(before.unit.to_string());
-    wait_until(
-        "the node back with its unit created again",
-        STARTUP,
-        || async { Ok::<_, anyhow::Error>(unit_dir.exists().then_some(())) },
-    )
-    .await
-    .unwrap();
+    // The node's disk is replaced; read only once it has its unit again (empty), so that the
+    // reads find it up.
+    back_with_its_disk_wiped(&mut cluster, &wiped, before.unit).await;
 
     // Every acknowledged block reads back: the empty unit never serves as the current primary.
     assert_reads_back(&volume, &acked).await;
@@ -643,14 +657,7 @@ async fn a_primary_back_with_an_empty_disk_after_a_leader_change_waits_to_learn_
     let wiped = before.primary.clone();
     let other = before.copies.iter().find(|c| c.node != wiped);
     let other = other.expect("two copies").node.clone();
-    let mut acked = BTreeMap::new();
-    for block in 0..64u64 {
-        volume
-            .write(block * 4096, tagged_block(block + 1))
-            .await
-            .unwrap();
-        acked.insert(block, block + 1);
-    }
+    let acked = write_tagged_blocks(&volume, 64).await;
 
     // The other copy's node stops (no heartbeats), then the leader is replaced: the new leader
     // knows of the slice only its committed state, in which both copies are current at VBA 0.
@@ -663,28 +670,10 @@ async fn a_primary_back_with_an_empty_disk_after_a_leader_change_waits_to_learn_
         .wait_for_leader(&cluster.manager_ids(), STARTUP)
         .await
         .unwrap();
-    cluster.kill_manager(leader).unwrap();
-    let others: Vec<u64> = cluster
-        .manager_ids()
-        .into_iter()
-        .filter(|id| *id != leader)
-        .collect();
-    cluster.wait_for_leader(&others, STARTUP).await.unwrap();
+    kill_leader(&mut cluster, leader, STARTUP).await;
 
-    // The primary's disk is replaced: killed, its data gone, back at once.
-    cluster.storage_node(&wiped.0).unwrap().kill();
-    let data_dir = cluster.storage_data_dir(&wiped.0);
-    std::fs::remove_dir_all(&data_dir).unwrap();
-    std::fs::create_dir_all(&data_dir).unwrap();
-    cluster.storage_node(&wiped.0).unwrap().restart().unwrap();
-    let unit_dir = data_dir.join("units").join(before.unit.to_string());
-    wait_until(
-        "the node back with its unit created again",
-        STARTUP,
-        || async { Ok::<_, anyhow::Error>(unit_dir.exists().then_some(())) },
-    )
-    .await
-    .unwrap();
+    // The primary's disk is replaced.
+    back_with_its_disk_wiped(&mut cluster, &wiped, before.unit).await;
 
     // The new leader hears the emptied unit reported at VBA 0, and from the other copy nothing.
     let watched = &cluster;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use client::types::{Generation, Lba, UnitId, Vba, BLOCK_BYTES};
-use storagenode::engine::backend::{BlockFile, Space};
-use storagenode::engine::{Backend, Device, DeviceOptions, MemoryBackend, Op, Unit};
+use storagenode::engine::backend::{BlockFile, Wrapped};
+use storagenode::engine::{Device, DeviceOptions, MemoryBackend, Op, Unit};
 
 #[test]
 fn concurrent_appends_share_one_sync() {
@@ -191,14 +191,6 @@ fn a_refused_catch_up_record_changes_nothing() {
     assert_eq!(unit.last_vba(), Vba(10));
 }
 
-/// A backend whose unit segment files panic on write once `armed` is set: a broken invariant in
-/// the middle of a batch.
-#[derive(Debug)]
-struct PanickingWrites {
-    inner: MemoryBackend,
-    armed: Arc<AtomicBool>,
-}
-
 struct PanickingFile {
     inner: Arc<dyn BlockFile>,
     armed: Option<Arc<AtomicBool>>,
@@ -229,62 +221,23 @@ impl BlockFile for PanickingFile {
     }
 }
 
-impl PanickingWrites {
-    fn wrap(&self, path: &str, file: Arc<dyn BlockFile>) -> Arc<dyn BlockFile> {
+/// A memory backend whose unit segment files panic on write once `armed` is set: a broken
+/// invariant in the middle of a batch.
+fn panicking_writes(armed: &Arc<AtomicBool>) -> Wrapped {
+    let armed = armed.clone();
+    Wrapped::new(Arc::new(MemoryBackend::new(1 << 30)), move |path, file| {
         let segment = path.starts_with("units/") && path.ends_with(".seg");
         Arc::new(PanickingFile {
             inner: file,
-            armed: segment.then(|| self.armed.clone()),
+            armed: segment.then(|| armed.clone()),
         })
-    }
-}
-
-impl Backend for PanickingWrites {
-    fn open(&self, path: &str) -> io::Result<Arc<dyn BlockFile>> {
-        Ok(self.wrap(path, self.inner.open(path)?))
-    }
-    fn create(&self, path: &str) -> io::Result<Arc<dyn BlockFile>> {
-        Ok(self.wrap(path, self.inner.create(path)?))
-    }
-    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
-        self.inner.rename(from, to)
-    }
-    fn remove(&self, path: &str) -> io::Result<()> {
-        self.inner.remove(path)
-    }
-    fn list(&self, dir: &str) -> io::Result<Vec<String>> {
-        self.inner.list(dir)
-    }
-    fn create_dir(&self, dir: &str) -> io::Result<()> {
-        self.inner.create_dir(dir)
-    }
-    fn remove_dir_all(&self, dir: &str) -> io::Result<()> {
-        self.inner.remove_dir_all(dir)
-    }
-    fn exists(&self, path: &str) -> io::Result<bool> {
-        self.inner.exists(path)
-    }
-    fn write_atomic(&self, path: &str, bytes: &[u8]) -> io::Result<()> {
-        self.inner.write_atomic(path, bytes)
-    }
-    fn read_all(&self, path: &str) -> io::Result<Vec<u8>> {
-        self.inner.read_all(path)
-    }
-    fn space(&self) -> io::Result<Space> {
-        self.inner.space()
-    }
-    fn describe(&self) -> String {
-        "panicking writes".into()
-    }
+    })
 }
 
 #[test]
 fn a_panic_in_a_batch_fails_the_unit_instead_of_hanging_its_writers() {
     let armed = Arc::new(AtomicBool::new(false));
-    let backend = PanickingWrites {
-        inner: MemoryBackend::new(1 << 30),
-        armed: armed.clone(),
-    };
+    let backend = panicking_writes(&armed);
     let (device, _) = Device::open(Arc::new(backend), &options()).unwrap();
     let unit = device.create_unit(UnitId::new(1, 0), 64 << 20).unwrap();
     unit.append(Generation(1), vec![write(0, 1)]).unwrap();

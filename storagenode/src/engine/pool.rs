@@ -232,7 +232,7 @@ impl Drop for SegmentPool {
 mod tests {
     use super::*;
     use crate::engine::backend::memory::MemoryBackend;
-    use crate::engine::backend::{BlockFile, Space};
+    use crate::engine::backend::{BlockFile, Wrapped};
 
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     enum Event {
@@ -243,13 +243,7 @@ mod tests {
 
     type Events = Arc<Mutex<Vec<Event>>>;
 
-    /// A memory backend whose created files record their writes, write-backs and syncs.
-    #[derive(Debug)]
-    struct Recording {
-        inner: MemoryBackend,
-        events: Events,
-    }
-
+    /// A file that records its writes, write-backs and syncs.
     struct RecordingFile {
         inner: Arc<dyn BlockFile>,
         events: Events,
@@ -281,55 +275,19 @@ mod tests {
         }
     }
 
-    impl Backend for Recording {
-        fn open(&self, path: &str) -> io::Result<Arc<dyn BlockFile>> {
-            self.inner.open(path)
-        }
-        fn create(&self, path: &str) -> io::Result<Arc<dyn BlockFile>> {
-            Ok(Arc::new(RecordingFile {
-                inner: self.inner.create(path)?,
-                events: self.events.clone(),
-            }))
-        }
-        fn rename(&self, from: &str, to: &str) -> io::Result<()> {
-            self.inner.rename(from, to)
-        }
-        fn remove(&self, path: &str) -> io::Result<()> {
-            self.inner.remove(path)
-        }
-        fn list(&self, dir: &str) -> io::Result<Vec<String>> {
-            self.inner.list(dir)
-        }
-        fn create_dir(&self, dir: &str) -> io::Result<()> {
-            self.inner.create_dir(dir)
-        }
-        fn remove_dir_all(&self, dir: &str) -> io::Result<()> {
-            self.inner.remove_dir_all(dir)
-        }
-        fn exists(&self, path: &str) -> io::Result<bool> {
-            self.inner.exists(path)
-        }
-        fn write_atomic(&self, path: &str, bytes: &[u8]) -> io::Result<()> {
-            self.inner.write_atomic(path, bytes)
-        }
-        fn read_all(&self, path: &str) -> io::Result<Vec<u8>> {
-            self.inner.read_all(path)
-        }
-        fn space(&self) -> io::Result<Space> {
-            self.inner.space()
-        }
-        fn describe(&self) -> String {
-            self.inner.describe()
-        }
-    }
-
     #[test]
     fn a_spare_reaches_the_device_a_chunk_at_a_time_then_is_synced() {
         let events = Events::default();
-        let backend = Arc::new(Recording {
-            inner: MemoryBackend::new(1 << 30),
-            events: events.clone(),
-        });
+        let recorded = events.clone();
+        let backend = Arc::new(Wrapped::new(
+            Arc::new(MemoryBackend::new(1 << 30)),
+            move |_, inner| {
+                Arc::new(RecordingFile {
+                    inner,
+                    events: recorded.clone(),
+                })
+            },
+        ));
         backend.create_dir(SPARE_DIR).unwrap();
         let segment_bytes = 4 * ZERO_CHUNK_BYTES as u64 + 4096;
         let pool = SegmentPool::inert(backend.clone(), segment_bytes);

@@ -274,6 +274,17 @@ fn a_node_is_lost_once_down_for_the_grace_period_after_its_lease() {
     );
 }
 
+/// The copies of volume `vol`'s first slice as n1's heartbeat reply lists them at `now`, checked
+/// to be those the volume map shows.
+fn copies_shown(state: &State, memory: &Liveness, now: Instant) -> Vec<client::api::CopyInfo> {
+    let remembered = |u, c: &Copy| memory.remembered(u, c, now);
+    let assigned = state.assigned_units(&node("n1"), |_, _| false, &remembered);
+    let volume = state.volume_by_name("vol").expect("volume");
+    let map = state.volume_map(volume, &remembered);
+    assert_eq!(map.slices[0].copies, assigned[0].copies);
+    assigned[0].copies.clone()
+}
+
 #[test]
 fn views_show_the_last_vba_each_node_reported_beside_the_committed_one() {
     let mut state = cluster(&["n1", "n2"]);
@@ -284,13 +295,7 @@ fn views_show_the_last_vba_each_node_reported_beside_the_committed_one() {
     // The copies as n1's heartbeat reply lists them, and as the volume map shows them:
     // (node, committed last VBA, reported last VBA).
     let shown = |memory: &Liveness| {
-        let remembered = |u, c: &Copy| memory.remembered(u, c, t0);
-        let assigned = state.assigned_units(&node("n1"), |_, _| false, &remembered);
-        let volume = state.volume_by_name("vol").expect("volume");
-        let map = state.volume_map(volume, &remembered);
-        assert_eq!(map.slices[0].copies, assigned[0].copies);
-        assigned[0]
-            .copies
+        copies_shown(&state, memory, t0)
             .iter()
             .map(|c| (c.node.0.clone(), c.last_vba.0, c.reported_vba.map(|v| v.0)))
             .collect::<Vec<_>>()
@@ -339,10 +344,7 @@ fn a_node_whose_heartbeat_lists_no_such_unit_is_shown_at_vba_0() {
     let t0 = Instant::now();
     let mut memory = liveness(t0);
     let reported = |memory: &Liveness| {
-        let remembered = |u, c: &Copy| memory.remembered(u, c, t0);
-        let assigned = state.assigned_units(&node("n1"), |_, _| false, &remembered);
-        assigned[0]
-            .copies
+        copies_shown(&state, memory, t0)
             .iter()
             .map(|c| c.reported_vba.map(|v| v.0))
             .collect::<Vec<_>>()

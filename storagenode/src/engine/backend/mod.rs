@@ -90,6 +90,76 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn describe(&self) -> String;
 }
 
+/// Turns a file of a [`Wrapped`] backend into the one its callers get.
+pub type WrapFile = dyn Fn(&str, Arc<dyn BlockFile>) -> Arc<dyn BlockFile> + Send + Sync;
+
+/// A backend that hands every file it opens or creates through a function, and leaves everything
+/// else to another backend: for tests that watch or break a device's file IO.
+pub struct Wrapped {
+    inner: Arc<dyn Backend>,
+    wrap: Box<WrapFile>,
+}
+
+impl Wrapped {
+    /// `inner`, with `wrap(path, file)` applied to every file opened or created.
+    pub fn new(
+        inner: Arc<dyn Backend>,
+        wrap: impl Fn(&str, Arc<dyn BlockFile>) -> Arc<dyn BlockFile> + Send + Sync + 'static,
+    ) -> Wrapped {
+        Wrapped {
+            inner,
+            wrap: Box::new(wrap),
+        }
+    }
+}
+
+impl fmt::Debug for Wrapped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Wrapped")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl Backend for Wrapped {
+    fn open(&self, path: &str) -> io::Result<Arc<dyn BlockFile>> {
+        Ok((self.wrap)(path, self.inner.open(path)?))
+    }
+    fn create(&self, path: &str) -> io::Result<Arc<dyn BlockFile>> {
+        Ok((self.wrap)(path, self.inner.create(path)?))
+    }
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        self.inner.rename(from, to)
+    }
+    fn remove(&self, path: &str) -> io::Result<()> {
+        self.inner.remove(path)
+    }
+    fn list(&self, dir: &str) -> io::Result<Vec<String>> {
+        self.inner.list(dir)
+    }
+    fn create_dir(&self, dir: &str) -> io::Result<()> {
+        self.inner.create_dir(dir)
+    }
+    fn remove_dir_all(&self, dir: &str) -> io::Result<()> {
+        self.inner.remove_dir_all(dir)
+    }
+    fn exists(&self, path: &str) -> io::Result<bool> {
+        self.inner.exists(path)
+    }
+    fn write_atomic(&self, path: &str, bytes: &[u8]) -> io::Result<()> {
+        self.inner.write_atomic(path, bytes)
+    }
+    fn read_all(&self, path: &str) -> io::Result<Vec<u8>> {
+        self.inner.read_all(path)
+    }
+    fn space(&self) -> io::Result<Space> {
+        self.inner.space()
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
 /// The parent directory of a backend path (`""` for the root).
 pub fn parent(path: &str) -> &str {
     path.rsplit_once('/').map_or("", |(dir, _)| dir)
