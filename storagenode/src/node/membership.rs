@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use client::api::{
-    AssignedUnit, CopyStatus, ErrorCode, HeartbeatRequest, HeartbeatResponse, Notification,
-    RegisterNodeRequest, Role, UnitGeneration, UnitReport,
+    AssignedUnit, CopyInfo, CopyStatus, ErrorCode, HeartbeatRequest, HeartbeatResponse,
+    Notification, RegisterNodeRequest, Role, UnitGeneration, UnitReport,
 };
 use client::managers::{Hedge, ManagerError};
 use client::types::{NodeId, Vba};
@@ -264,7 +264,11 @@ fn emptied_copy(unit: &AssignedUnit, me: &NodeId) -> Emptied {
     if unit.status != CopyStatus::Current {
         return Emptied::Unwritten;
     }
-    if unit.copies.iter().any(|c| c.latest_vba() > Vba::ZERO) {
+    // Written if anything says so: a VBA committed with a status change, or one a node reported.
+    // A report of 0 (a node whose heartbeat does not list the unit) does not undo a committed one.
+    let written =
+        |c: &CopyInfo| c.last_vba > Vba::ZERO || c.reported_vba.is_some_and(|v| v > Vba::ZERO);
+    if unit.copies.iter().any(written) {
         return Emptied::Lost;
     }
     let unheard = unit
@@ -347,7 +351,6 @@ async fn report_not_current(node: &Node, units: Vec<UnitGeneration>) {
 
 #[cfg(test)]
 mod tests {
-    use client::api::CopyInfo;
     use client::types::{Generation, UnitId};
 
     use super::*;
@@ -389,6 +392,15 @@ mod tests {
                 vec![
                     copy("a", Current, 0, Some(0)),
                     copy("b", Current, 0, Some(64)),
+                ],
+                Emptied::Lost,
+            ),
+            // A committed VBA says so too, even where the nodes' heartbeats list no such unit.
+            (
+                Current,
+                vec![
+                    copy("a", Current, 64, Some(0)),
+                    copy("b", Current, 0, Some(0)),
                 ],
                 Emptied::Lost,
             ),
