@@ -86,6 +86,9 @@ pub async fn serve(
     }
     if let Some(joined_at) = runtime.joined_at(&copy) {
         if pull.after.next() >= joined_at {
+            // It holds everything up to its join point: the window counts that, or reads of
+            // what was written before the join would wait for the next write to the slice.
+            runtime.update_window(|window| window.acked(&copy, pull.after));
             return confirm(node, runtime, &copy, pull.generation).await;
         }
     }

@@ -53,15 +53,7 @@ pub async fn read(
     loop {
         let newest = runtime.engine.newest_vba_in(lba, u64::from(blocks));
         if newest > runtime.generation_start(generation) {
-            if !runtime.wait_committed(newest, deadline).await {
-                return Err(WireError::new(
-                    ErrorCode::Unavailable,
-                    format!(
-                        "a write to these blocks of slice {} is not yet held by every copy",
-                        runtime.id
-                    ),
-                ));
-            }
+            held_by_every_copy(node, runtime, generation, newest, deadline).await?;
             // The lease may have run out while the read waited.
             runtime.serving_primary(generation)?;
         }
@@ -102,6 +94,131 @@ pub async fn read(
             ));
         }
     }
+}
+
+/// What a read waiting for every copy to hold a VBA does next.
+enum Held {
+    Yes,
+    /// Ask these copies how far they are: nothing in flight will tell.
+    Ask(Vec<NodeId>),
+}
+
+/// Waits until every copy this primary waits for holds `vba` (the window's committed VBA
+/// reached it), or `deadline` passes. A copy whose acknowledgement no write in flight can bring
+/// (`Window::unconfirmed`: this primary numbered `vba` before it restarted, took the role, or
+/// the copy joined) is asked how far it is; without that, a read would wait for the next write
+/// to the slice, however long that takes.
+async fn held_by_every_copy(
+    node: &Node,
+    runtime: &UnitRuntime,
+    generation: Generation,
+    vba: Vba,
+    deadline: tokio::time::Instant,
+) -> Result<(), WireError> {
+    loop {
+        let held = runtime
+            .wait_window(deadline, |window| {
+                if window.committed() >= vba {
+                    return Some(Held::Yes);
+                }
+                let unconfirmed = window.unconfirmed(vba);
+                (!unconfirmed.is_empty()).then_some(Held::Ask(unconfirmed))
+            })
+            .await;
+        match held {
+            Some(Held::Yes) => return Ok(()),
+            Some(Held::Ask(copies)) => ask_copies(node, runtime, generation, vba, copies).await?,
+            None => {
+                return Err(WireError::new(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "a write to these blocks of slice {} is not yet held by every copy",
+                        runtime.id
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+/// Asks `copies` for their last VBA with the frame that tells a copy where this generation
+/// starts (`announce`), and counts their answers in the window. A copy still short of `vba`
+/// lacks records this primary holds but never acknowledged (it numbered them just before it
+/// stopped); nothing can send them from the window, so the copy is marked stale and resyncs,
+/// as a write it could not take would have it. One round at a time per unit: reads that wait
+/// meanwhile find the window answered.
+async fn ask_copies(
+    node: &Node,
+    runtime: &UnitRuntime,
+    generation: Generation,
+    vba: Vba,
+    copies: Vec<NodeId>,
+) -> Result<(), WireError> {
+    let _one_round = runtime.asking.lock().await;
+    let assignment = runtime.serving_primary(generation)?;
+    let unconfirmed = runtime
+        .window
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .unconfirmed(vba);
+    let targets: Vec<CopyInfo> = runtime
+        .replicas(&assignment)
+        .into_iter()
+        .filter(|c| copies.contains(&c.node) && unconfirmed.contains(&c.node))
+        .collect();
+    let deadline = Instant::now() + node.config.write_timeout;
+    let replies: Vec<(NodeId, Reply)> = targets
+        .iter()
+        .map(|target| async move {
+            let request = replicate_request(
+                runtime,
+                generation,
+                runtime.generation_start(generation),
+                &[],
+            );
+            let pending = match node.peers.get(&target.addr).await {
+                Ok(connection) => connection.send(request.clone()).await,
+                Err(e) => Err(e),
+            };
+            let reply = replicate_to(node, runtime, target, pending, request, deadline).await;
+            if reply == Reply::Acked {
+                runtime.set_announced(generation, &target.node);
+            }
+            (target.node.clone(), reply)
+        })
+        .collect::<FuturesUnordered<_>>()
+        .collect()
+        .await;
+    for (target, reply) in replies {
+        let short = || {
+            runtime
+                .window
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .unconfirmed(vba)
+                .contains(&target)
+        };
+        match reply {
+            Reply::Acked if !short() => continue,
+            Reply::Acked => {
+                info!(unit = %runtime.id, %target, %vba,
+                    "a current copy lacks records this primary numbered before it restarted; marking it stale")
+            }
+            Reply::Failed(_) => {}
+            Reply::Deposed(generation) => {
+                return Err(refusal(runtime, Failure::Deposed(generation)))
+            }
+            Reply::Diverged(reason) => return Err(refusal(runtime, Failure::Diverged(reason))),
+        }
+        match mark_stale(node, runtime, &target, generation).await {
+            Marked::Stale => {}
+            Marked::Deposed(generation) => {
+                return Err(refusal(runtime, Failure::Deposed(generation)))
+            }
+            Marked::Failed(reason) => return Err(refusal(runtime, Failure::Unavailable(reason))),
+        }
+    }
+    Ok(())
 }
 
 pub async fn write(

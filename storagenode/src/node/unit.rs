@@ -53,6 +53,8 @@ pub struct UnitRuntime {
     pub window: Mutex<Window>,
     /// Primary: one report of an unresponsive secondary at a time.
     pub marking: tokio::sync::Mutex<()>,
+    /// Primary: one round of asking copies how far they are at a time (`primary::ask_copies`).
+    pub asking: tokio::sync::Mutex<()>,
     /// Secondary: records are queued to the engine in VBA order under this lock.
     pub applying: tokio::sync::Mutex<()>,
     /// Secondary: the next VBA the engine expects, watched by frames that arrived early.
@@ -104,6 +106,7 @@ impl UnitRuntime {
             sequencer: tokio::sync::Mutex::new(()),
             window: Mutex::new(Window::new(last)),
             marking: tokio::sync::Mutex::new(()),
+            asking: tokio::sync::Mutex::new(()),
             applying: tokio::sync::Mutex::new(()),
             expected: watch::Sender::new(next),
             lost: AtomicBool::new(false),
@@ -297,7 +300,7 @@ impl UnitRuntime {
     }
 
     /// Changes the replication window, then wakes the reads waiting for its committed VBA
-    /// ([`UnitRuntime::wait_committed`]), which the change may have moved.
+    /// ([`UnitRuntime::wait_window`]), which the change may have moved.
     pub fn update_window<T>(&self, change: impl FnOnce(&mut Window) -> T) -> T {
         let changed = change(&mut lock(&self.window));
         self.committed_changed.notify_waiters();
@@ -316,19 +319,23 @@ impl UnitRuntime {
         .with_detail(current.0)
     }
 
-    /// Waits until every current copy holds VBA `vba` (the window's committed VBA reached it);
-    /// `false` if it did not by `deadline`.
-    pub async fn wait_committed(&self, vba: Vba, deadline: tokio::time::Instant) -> bool {
+    /// Waits until `look` finds what it looks for in the replication window, looking again
+    /// each time the window changes; `None` if it did not by `deadline`.
+    pub async fn wait_window<T>(
+        &self,
+        deadline: tokio::time::Instant,
+        mut look: impl FnMut(&Window) -> Option<T>,
+    ) -> Option<T> {
         loop {
             let changed = self.committed_changed.notified();
             tokio::pin!(changed);
             // Registered before looking, so that a change right after the look is not missed.
             changed.as_mut().enable();
-            if lock(&self.window).committed() >= vba {
-                return true;
+            if let Some(found) = look(&lock(&self.window)) {
+                return Some(found);
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return false;
+                return None;
             }
         }
     }

@@ -116,6 +116,20 @@ impl Window {
         Resend { records, through }
     }
 
+    /// The copies waited for that have not acknowledged `vba` and that no record in flight can
+    /// bring there: the VBA after the last one they acknowledged is not in the window (this
+    /// primary numbered it before the window began: before it restarted, or took the role, or
+    /// before the copy joined). Only asking them tells how far they are.
+    pub fn unconfirmed(&self, vba: Vba) -> Vec<NodeId> {
+        let first_in_flight = self.records.keys().next().copied();
+        self.acked
+            .iter()
+            .filter(|(_, acked)| **acked < vba)
+            .filter(|(_, acked)| first_in_flight.is_none_or(|first| acked.next() < first))
+            .map(|(node, _)| node.clone())
+            .collect()
+    }
+
     /// Each copy waited for, with the highest VBA it acknowledged.
     pub fn acknowledged(&self) -> Vec<(NodeId, Vba)> {
         self.acked
@@ -184,6 +198,33 @@ mod tests {
         let mut alone = Window::new(Vba(7));
         alone.set_current(&[]);
         assert_eq!(alone.committed(), Vba(7));
+    }
+
+    #[test]
+    fn copies_that_nothing_in_flight_can_advance_are_unconfirmed() {
+        // A primary that restarted with VBAs 1..=10 in its log knows nothing of its copies.
+        let mut window = Window::new(Vba(10));
+        window.set_current(&[node("b"), node("c")]);
+        assert_eq!(window.committed(), Vba(0));
+        assert_eq!(window.unconfirmed(Vba(10)), vec![node("b"), node("c")]);
+        assert!(
+            window.unconfirmed(Vba(0)).is_empty(),
+            "VBA 0 is held by all"
+        );
+        // Asked, b says it holds VBA 10: it counts; c holds 8 only.
+        window.acked(&node("b"), Vba(10));
+        window.acked(&node("c"), Vba(8));
+        assert_eq!(window.committed(), Vba(8));
+        assert_eq!(window.unconfirmed(Vba(10)), vec![node("c")]);
+        assert!(window.unconfirmed(Vba(8)).is_empty());
+        // Records 11.. are in flight: a copy at 10 gets them, one at 8 cannot get 9 and 10.
+        window.push(&(11..=12).map(record).collect::<Vec<_>>());
+        assert_eq!(window.unconfirmed(Vba(12)), vec![node("c")]);
+        window.acked(&node("c"), Vba(10));
+        assert!(
+            window.unconfirmed(Vba(12)).is_empty(),
+            "VBAs 11 and 12 are on their way to both"
+        );
     }
 
     #[test]
