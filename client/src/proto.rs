@@ -18,6 +18,8 @@ pub const MAX_IO_BYTES: u64 = 1 << 20;
 pub const MAX_FRAME_BYTES: usize = 4 << 20;
 /// Records one replicate or records frame may carry.
 pub const MAX_RECORDS_PER_FRAME: usize = 1024;
+/// The most extents one allocation answer carries; a longer map is answered in part.
+pub const MAX_EXTENTS_PER_FRAME: usize = 64 << 10;
 /// Requests one connection may have in flight; a client that sends more waits.
 pub const MAX_IN_FLIGHT: usize = 256;
 
@@ -36,6 +38,7 @@ const MAX_NAME_BYTES: usize = 255;
 
 const _: () = assert!(MAX_IO_BYTES as usize + 1024 <= MAX_FRAME_BYTES);
 const _: () = assert!(MAX_IO_BYTES % BLOCK_BYTES == 0);
+const _: () = assert!(FRAME_HEADER_BYTES + 4 + MAX_EXTENTS_PER_FRAME * 9 <= MAX_FRAME_BYTES);
 
 /// Frame kinds.
 mod kind {
@@ -50,12 +53,14 @@ mod kind {
     pub const REPLICATE: u8 = 0x14;
     pub const RESEND_RANGE: u8 = 0x15;
     pub const CATCH_UP: u8 = 0x16;
+    pub const ALLOCATION: u8 = 0x17;
     pub const READ_OK: u8 = 0x90;
     pub const WRITE_OK: u8 = 0x91;
     pub const FLUSH_OK: u8 = 0x92;
     pub const TRIM_OK: u8 = 0x93;
     pub const REPLICATE_OK: u8 = 0x94;
     pub const RECORDS: u8 = 0x95;
+    pub const ALLOCATION_OK: u8 = 0x96;
     pub const ERROR: u8 = 0xff;
 }
 
@@ -166,6 +171,13 @@ pub enum Request {
         lba: Lba,
         blocks: u64,
     },
+    /// Which of `blocks` blocks from `lba` hold data, from the index alone (client -> primary).
+    Allocation {
+        unit: UnitId,
+        generation: Generation,
+        lba: Lba,
+        blocks: u64,
+    },
     /// Records the primary numbered, in VBA order (primary -> secondary). `committed` is the VBA up
     /// to which every copy holds the log (what the secondary may compact under).
     Replicate {
@@ -204,6 +216,7 @@ impl Request {
             | Request::Write { unit, .. }
             | Request::Flush { unit, .. }
             | Request::Trim { unit, .. }
+            | Request::Allocation { unit, .. }
             | Request::Replicate { unit, .. }
             | Request::ResendRange { unit, .. }
             | Request::CatchUp { unit, .. } => *unit,
@@ -216,6 +229,7 @@ impl Request {
             | Request::Write { generation, .. }
             | Request::Flush { generation, .. }
             | Request::Trim { generation, .. }
+            | Request::Allocation { generation, .. }
             | Request::Replicate { generation, .. }
             | Request::ResendRange { generation, .. }
             | Request::CatchUp { generation, .. } => *generation,
@@ -330,7 +344,21 @@ pub enum Response {
         joined: bool,
         records: Vec<WireRecord>,
     },
+    /// Runs of blocks from the request's LBA on, each all holding data or all not (never
+    /// written, or trimmed: they read as zeroes). They cover the request's blocks, or a prefix
+    /// of them when there were more than [`MAX_EXTENTS_PER_FRAME`] runs.
+    Allocation {
+        extents: Vec<Extent>,
+    },
     Error(WireError),
+}
+
+/// A run of blocks of one allocation status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    pub blocks: u64,
+    /// The blocks hold written data; `false`: they read as zeroes without a record to read.
+    pub allocated: bool,
 }
 
 /// A frame as read off the wire.
@@ -378,6 +406,7 @@ pub fn encode(out: &mut BytesMut, id: u64, frame: &Frame) {
             Request::Replicate { .. } => kind::REPLICATE,
             Request::ResendRange { .. } => kind::RESEND_RANGE,
             Request::CatchUp { .. } => kind::CATCH_UP,
+            Request::Allocation { .. } => kind::ALLOCATION,
         },
         Frame::Response(response) => match response {
             Response::Read { .. } => kind::READ_OK,
@@ -386,6 +415,7 @@ pub fn encode(out: &mut BytesMut, id: u64, frame: &Frame) {
             Response::Trim { .. } => kind::TRIM_OK,
             Response::Replicate { .. } => kind::REPLICATE_OK,
             Response::Records { .. } => kind::RECORDS,
+            Response::Allocation { .. } => kind::ALLOCATION_OK,
             Response::Error(_) => kind::ERROR,
         },
     };
@@ -478,7 +508,7 @@ fn encode_request(out: &mut BytesMut, request: &Request) {
             out.put_slice(data);
         }
         Request::Flush { .. } => {}
-        Request::Trim { lba, blocks, .. } => {
+        Request::Trim { lba, blocks, .. } | Request::Allocation { lba, blocks, .. } => {
             out.put_u64_le(lba.0);
             out.put_u64_le(*blocks);
         }
@@ -530,6 +560,14 @@ fn encode_response(out: &mut BytesMut, response: &Response) {
             out.put_u64_le(*remaining_bytes);
             out.put_u8(u8::from(*joined));
             put_records(out, records);
+        }
+        Response::Allocation { extents } => {
+            debug_assert!(extents.len() <= MAX_EXTENTS_PER_FRAME);
+            out.put_u32_le(extents.len() as u32);
+            for extent in extents {
+                out.put_u64_le(extent.blocks);
+                out.put_u8(u8::from(extent.allocated));
+            }
         }
         Response::Error(error) => {
             out.put_u16_le(error.code as u16);
@@ -742,7 +780,8 @@ fn decode_body(kind: u8, body: &mut Bytes) -> Result<Frame, ProtocolError> {
         | kind::TRIM
         | kind::REPLICATE
         | kind::RESEND_RANGE
-        | kind::CATCH_UP => {
+        | kind::CATCH_UP
+        | kind::ALLOCATION => {
             let (unit, generation) = r.unit()?;
             Frame::Request(match kind {
                 kind::READ => {
@@ -769,6 +808,15 @@ fn decode_body(kind: u8, body: &mut Bytes) -> Result<Frame, ProtocolError> {
                 kind::TRIM => {
                     let lba = Lba(r.u64("LBA")?);
                     Request::Trim {
+                        unit,
+                        generation,
+                        lba,
+                        blocks: r.u64("blocks")?,
+                    }
+                }
+                kind::ALLOCATION => {
+                    let lba = Lba(r.u64("LBA")?);
+                    Request::Allocation {
                         unit,
                         generation,
                         lba,
@@ -840,6 +888,22 @@ fn decode_body(kind: u8, body: &mut Bytes) -> Result<Frame, ProtocolError> {
                 joined,
                 records: r.records()?,
             })
+        }
+        kind::ALLOCATION_OK => {
+            let count = r.u32("extent count")? as usize;
+            if count > MAX_EXTENTS_PER_FRAME {
+                return Err(malformed(kind, "too many extents"));
+            }
+            r.need(count * 9, "extents")?;
+            let extents = (0..count)
+                .map(|_| {
+                    Ok(Extent {
+                        blocks: r.u64("extent blocks")?,
+                        allocated: r.u8("extent status")? != 0,
+                    })
+                })
+                .collect::<Result<_, ProtocolError>>()?;
+            Frame::Response(Response::Allocation { extents })
         }
         kind::ERROR => {
             let code = r.u16("error code")?;
@@ -979,6 +1043,25 @@ mod tests {
             Frame::Response(Response::Flush),
             Frame::Response(Response::Trim { vba: Vba(78) }),
             Frame::Response(Response::Replicate { last_vba: Vba(79) }),
+            Frame::Request(Request::Allocation {
+                unit: unit(),
+                generation: g,
+                lba: Lba(5),
+                blocks: 1 << 18,
+            }),
+            Frame::Response(Response::Allocation {
+                extents: vec![
+                    Extent {
+                        blocks: 3,
+                        allocated: false,
+                    },
+                    Extent {
+                        blocks: 1 << 17,
+                        allocated: true,
+                    },
+                ],
+            }),
+            Frame::Response(Response::Allocation { extents: vec![] }),
             Frame::Response(Response::Records {
                 through: Vba(9),
                 last_vba: Vba(12),

@@ -114,6 +114,12 @@ pub fn frame_seeds() -> Vec<Vec<u8>> {
             unit,
             generation: g,
         }),
+        Frame::Request(Request::Allocation {
+            unit,
+            generation: g,
+            lba: Lba(2),
+            blocks: 300,
+        }),
         Frame::Request(Request::Replicate {
             unit,
             generation: g,
@@ -136,6 +142,18 @@ pub fn frame_seeds() -> Vec<Vec<u8>> {
         }),
         Frame::Response(Response::Read { data: block }),
         Frame::Response(Response::Write { first_vba: Vba(4) }),
+        Frame::Response(Response::Allocation {
+            extents: vec![
+                client::proto::Extent {
+                    blocks: 2,
+                    allocated: false,
+                },
+                client::proto::Extent {
+                    blocks: 298,
+                    allocated: true,
+                },
+            ],
+        }),
         Frame::Response(Response::Records {
             through: Vba(10),
             last_vba: Vba(10),

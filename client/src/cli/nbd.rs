@@ -1,4 +1,4 @@
-//! `vbs nbd NAME --listen ADDR`: serve a volume over NBD until interrupted.
+//! `vbs nbd [NAME] --listen ADDR`: serve every volume over NBD until interrupted.
 
 use std::sync::Arc;
 
@@ -6,31 +6,47 @@ use anyhow::Context;
 use clap::Args;
 
 use client::managers::Managers;
-use client::volume::{Volume, VolumeOptions};
+use client::nbd::Exports;
+use client::volume::VolumeOptions;
 
 #[derive(Debug, Args)]
 pub struct NbdArgs {
-    /// The volume to export (also the NBD export name).
+    /// The default export: the volume a client gets when it names none. Every volume is served
+    /// by its name either way.
     #[arg(value_parser = super::volume_name)]
-    pub name: String,
+    pub name: Option<String>,
     /// Address to listen on, HOST:PORT.
     #[arg(long, default_value = "127.0.0.1:10809")]
     pub listen: String,
 }
 
 pub async fn run(managers: Arc<Managers>, args: NbdArgs) -> anyhow::Result<()> {
-    let volume = Volume::open(managers, &args.name, VolumeOptions::default()).await?;
+    let exports = Arc::new(Exports::new(
+        managers,
+        VolumeOptions::default(),
+        args.name.clone(),
+    ));
+    if let Some(name) = &args.name {
+        // A default export that does not exist is a mistake worth saying now.
+        exports
+            .open(name)
+            .await
+            .with_context(|| format!("exporting volume {name}"))?;
+    }
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    eprintln!(
-        "vbs: serving volume {} over NBD at nbd://{addr}/{}",
-        args.name, args.name
-    );
+    match &args.name {
+        Some(name) => eprintln!(
+            "vbs: serving every volume over NBD at nbd://{addr}/NAME (default export: \
+             nbd://{addr}/{name})"
+        ),
+        None => eprintln!("vbs: serving every volume over NBD at nbd://{addr}/NAME"),
+    }
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    client::nbd::serve(listener, Arc::new(volume), args.name, shutdown).await?;
+    client::nbd::serve(listener, exports, shutdown).await?;
     Ok(())
 }

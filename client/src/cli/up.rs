@@ -23,9 +23,10 @@ use serde::{Deserialize, Serialize};
 
 use client::api::{CreateVolumeRequest, ErrorCode, NodeState};
 use client::managers::Managers;
+use client::nbd::Exports;
 use client::security::{Security, Token};
 use client::size::{format_size, parse_size};
-use client::volume::{Volume, VolumeOptions};
+use client::volume::VolumeOptions;
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -356,8 +357,15 @@ pub async fn run(args: UpArgs, token_file: Option<PathBuf>) -> anyhow::Result<()
         }
         Err(e) => return Err(e).context("creating the volume"),
     }
-    let volume =
-        Arc::new(Volume::open(managers.clone(), &spec.name, VolumeOptions::default()).await?);
+    let exports = Arc::new(Exports::new(
+        managers.clone(),
+        VolumeOptions::default(),
+        Some(spec.name.clone()),
+    ));
+    exports
+        .open(&spec.name)
+        .await
+        .with_context(|| format!("exporting volume {}", spec.name))?;
     let listener = tokio::net::TcpListener::bind(&layout.nbd)
         .await
         .with_context(|| format!("listening for NBD on {}", layout.nbd))?;
@@ -383,7 +391,10 @@ pub async fn run(args: UpArgs, token_file: Option<PathBuf>) -> anyhow::Result<()
         "  token      {} (every request to the cluster needs it)",
         token_path.display()
     );
-    println!("  NBD        {url}");
+    println!(
+        "  NBD        {url} (every volume: nbd://{}/NAME)",
+        layout.nbd
+    );
     println!("  metrics    http://{}/metrics (managers), http://{}/metrics (storage nodes: ports {}..), with the header \"Authorization: Bearer TOKEN\"",
         layout.managers[0], layout.node_metrics[0], layout.node_metrics[0].rsplit(':').next().unwrap_or(""));
     println!("  logs       {}", logs.display());
@@ -407,7 +418,7 @@ pub async fn run(args: UpArgs, token_file: Option<PathBuf>) -> anyhow::Result<()
             _ = term.recv() => {}
         }
     };
-    let served = client::nbd::serve(listener, volume, spec.name.clone(), stop).await;
+    let served = client::nbd::serve(listener, exports, stop).await;
     eprintln!("vbs: stopping ...");
     // Storage nodes first (they talk to the managers), then the managers.
     for child in children.iter_mut().rev() {

@@ -14,6 +14,8 @@ pub enum Op {
     Write,
     Flush,
     Trim,
+    /// Which blocks hold data (`Volume::allocation`).
+    Allocation,
 }
 
 impl fmt::Display for Op {
@@ -23,6 +25,7 @@ impl fmt::Display for Op {
             Op::Write => "write",
             Op::Flush => "flush",
             Op::Trim => "trim",
+            Op::Allocation => "allocation map",
         })
     }
 }

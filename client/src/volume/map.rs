@@ -6,7 +6,8 @@
 //! asking the managers again. So 32 requests that fail together cost one `GET`, not 32.
 //!
 //! A slice's entry never moves back to an older generation: an answer that was overtaken by a
-//! failover (a slow `GET` racing a notification's reply) cannot undo it.
+//! failover (a slow `GET` racing a notification's reply) cannot undo it. The volume may grow
+//! (`vbs volume resize`): a refresh takes in its new size and slices; it never shrinks.
 
 use std::sync::{Arc, RwLock};
 
@@ -33,6 +34,7 @@ pub struct Snapshot {
     /// Bumped by every refresh and every merge, whether or not anything changed.
     pub version: u64,
     pub map: Arc<VolumeMap>,
+    pub geometry: Geometry,
     routes: Vec<Route>,
 }
 
@@ -46,7 +48,6 @@ impl Snapshot {
 pub struct MapCache {
     name: String,
     id: VolumeId,
-    geometry: Geometry,
     current: RwLock<Arc<Snapshot>>,
     /// Held while asking the managers, so that refreshes queue behind one another and find the
     /// map already refreshed.
@@ -65,10 +66,10 @@ impl MapCache {
         Ok(MapCache {
             name: map.name.clone(),
             id: map.id,
-            geometry,
             current: RwLock::new(Arc::new(Snapshot {
                 version: 0,
                 map: Arc::new(map),
+                geometry,
                 routes,
             })),
             refreshing: tokio::sync::Mutex::new(()),
@@ -83,8 +84,9 @@ impl MapCache {
         self.id
     }
 
+    /// The volume's shape as last learned (it only grows).
     pub fn geometry(&self) -> Geometry {
-        self.geometry
+        self.snapshot().geometry
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -116,9 +118,18 @@ impl MapCache {
         if fresh.id != self.id {
             return Err(self.deleted());
         }
+        let known = current.geometry;
         let reason = match geometry(&fresh) {
-            Ok(geometry) if geometry == self.geometry => return self.install(fresh.slices),
-            Ok(_) => "the volume's size or slice size changed".to_string(),
+            Ok(geometry)
+                if geometry.slice_bytes == known.slice_bytes
+                    && geometry.size_bytes >= known.size_bytes =>
+            {
+                return self.install(fresh.slices, Some((fresh.size_bytes, geometry)));
+            }
+            Ok(geometry) => format!(
+                "the volume went from {} bytes in slices of {} to {} bytes in slices of {}",
+                known.size_bytes, known.slice_bytes, geometry.size_bytes, geometry.slice_bytes
+            ),
             Err(reason) => reason,
         };
         Err(ClientError::InvalidMap {
@@ -129,7 +140,7 @@ impl MapCache {
 
     /// Takes in slices the managers sent with another answer (a notification's reply).
     pub fn merge(&self, slices: Vec<SliceMap>) -> Result<Arc<Snapshot>, ClientError> {
-        self.install(slices)
+        self.install(slices, None)
     }
 
     fn deleted(&self) -> ClientError {
@@ -141,10 +152,22 @@ impl MapCache {
 
     /// Makes a new snapshot from the current one and `slices`, keeping for each slice whichever
     /// has the newer generation (the incoming one on a tie: copy statuses change without a new
-    /// generation).
-    fn install(&self, slices: Vec<SliceMap>) -> Result<Arc<Snapshot>, ClientError> {
+    /// generation). With `grown`, the volume's new size and shape: the slices past the old end
+    /// are taken as they come.
+    fn install(
+        &self,
+        slices: Vec<SliceMap>,
+        grown: Option<(u64, Geometry)>,
+    ) -> Result<Arc<Snapshot>, ClientError> {
         let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
         let mut map = VolumeMap::clone(&current.map);
+        let mut geometry = current.geometry;
+        if let Some((size_bytes, grown)) = grown.filter(|(size, _)| *size > map.size_bytes) {
+            map.size_bytes = size_bytes;
+            geometry = grown;
+            let known = map.slices.len();
+            map.slices.extend(slices.iter().skip(known).cloned());
+        }
         for slice in slices {
             let Some(old) = map.slices.get_mut(slice.index.0 as usize) else {
                 continue;
@@ -157,9 +180,20 @@ impl MapCache {
             volume: self.name.clone(),
             reason,
         })?;
+        if map.slices.len() as u64 != geometry.slice_count() {
+            return Err(ClientError::InvalidMap {
+                volume: self.name.clone(),
+                reason: format!(
+                    "{} slices listed for a volume of {} bytes",
+                    map.slices.len(),
+                    geometry.size_bytes
+                ),
+            });
+        }
         let snapshot = Arc::new(Snapshot {
             version: current.version + 1,
             map: Arc::new(map),
+            geometry,
             routes,
         });
         *current = snapshot.clone();
@@ -313,6 +347,45 @@ pub(crate) mod tests {
         let mut map = volume_map();
         map.slices.swap(0, 1);
         assert!(MapCache::new(map).is_err());
+    }
+
+    #[test]
+    fn a_grown_volume_gets_its_new_slices_and_size() {
+        let cache = MapCache::new(volume_map()).expect("valid map");
+        // 10 MiB grew to 16 MiB: the last slice is whole now and a fourth one follows.
+        let mut grown = volume_map();
+        grown.size_bytes = 16 << 20;
+        grown.slices.push(slice(7, 3, 1, "n2"));
+        let shape = geometry(&grown).expect("valid");
+        let snapshot = cache
+            .install(grown.slices.clone(), Some((grown.size_bytes, shape)))
+            .expect("valid");
+        assert_eq!(snapshot.geometry.size_bytes, 16 << 20);
+        assert_eq!(cache.geometry().slice_count(), 4);
+        assert_eq!(snapshot.route(SliceIndex(3)).primary, NodeId("n2".into()));
+        // An answer from before the growth does not shrink it back.
+        let old = volume_map();
+        let old_shape = geometry(&old).unwrap();
+        let snapshot = cache
+            .install(old.slices, Some((old.size_bytes, old_shape)))
+            .expect("valid");
+        assert_eq!(snapshot.geometry.size_bytes, 16 << 20);
+        // A grown size without its slices is refused.
+        let mut short = grown.clone();
+        short.size_bytes = 32 << 20;
+        let error = cache
+            .install(
+                short.slices,
+                Some((
+                    short.size_bytes,
+                    Geometry {
+                        size_bytes: 32 << 20,
+                        slice_bytes: 4 << 20,
+                    },
+                )),
+            )
+            .expect_err("slices missing");
+        assert!(error.to_string().contains("4 slices listed"), "{error}");
     }
 
     #[test]

@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use crate::api::{ErrorCode as ApiCode, VolumeMap};
 use crate::conn::Pool;
 use crate::managers::Managers;
-use crate::proto::{PeerKind, Request, Response, MAX_IO_BYTES};
+use crate::proto::{Extent, PeerKind, Request, Response, MAX_EXTENTS_PER_FRAME, MAX_IO_BYTES};
 use crate::types::{Generation, Lba, NodeId, SliceIndex, UnitId, Vba, VolumeId, BLOCK_BYTES};
 
 pub use error::{ClientError, Op};
@@ -180,6 +180,13 @@ impl Volume {
         self.map.geometry()
     }
 
+    /// Asks the managers for the volume's map now: its size (it may have grown) and where its
+    /// slices are served.
+    pub async fn refresh_map(&self) -> Result<(), ClientError> {
+        let seen = self.map.snapshot().version;
+        self.map.refresh(&self.managers, seen).await.map(drop)
+    }
+
     /// The volume map as last cached (refreshed when nodes say it is out of date).
     pub fn map(&self) -> Arc<VolumeMap> {
         self.map.snapshot().map.clone()
@@ -251,6 +258,35 @@ impl Volume {
         let deadline = self.deadline();
         self.run_parts(parts, |part| self.trim_part(part, deadline))
             .await
+    }
+
+    /// Which blocks of `len` bytes at `offset` hold data, as runs of one status from `offset` on
+    /// (`false`: never written or trimmed, they read as zeroes), answered from the primaries'
+    /// indexes without reading data. The runs cover the whole range, or a prefix of it when it
+    /// has more than [`MAX_EXTENTS_PER_FRAME`] runs (ask again from where they end).
+    pub async fn allocation(&self, offset: u64, len: u64) -> Result<Vec<Extent>, ClientError> {
+        let parts = self.plan(offset, len, MAX_TRIM_PART_BYTES)?;
+        let deadline = self.deadline();
+        let mut answers = stream::iter(parts)
+            .map(|part| async move { (part, self.allocation_part(part, deadline).await) })
+            .buffered(MAX_PARTS_IN_FLIGHT);
+        let mut runs: Vec<Extent> = Vec::new();
+        while let Some((part, extents)) = answers.next().await {
+            let extents = extents?;
+            let covered: u64 = extents.iter().map(|e| e.blocks).sum();
+            for extent in extents {
+                match runs.last_mut() {
+                    Some(last) if last.allocated == extent.allocated => {
+                        last.blocks += extent.blocks
+                    }
+                    _ => runs.push(extent),
+                }
+            }
+            if covered < part.blocks() || runs.len() >= MAX_EXTENTS_PER_FRAME {
+                break;
+            }
+        }
+        Ok(runs)
     }
 
     /// A barrier: returns once every write and trim this `Volume` completed before the call is
@@ -388,6 +424,40 @@ impl Volume {
         .await?;
         self.lock_dirty().insert(part.slice);
         Ok(())
+    }
+
+    async fn allocation_part(
+        &self,
+        part: Part,
+        deadline: Instant,
+    ) -> Result<Vec<Extent>, ClientError> {
+        self.call(
+            Op::Allocation,
+            part.slice,
+            deadline,
+            |route| Request::Allocation {
+                unit: route.unit,
+                generation: route.generation,
+                lba: part.lba,
+                blocks: part.blocks(),
+            },
+            |response| match response {
+                Response::Allocation { extents } => {
+                    let covered: u64 = extents.iter().map(|e| e.blocks).sum();
+                    if covered == 0 || covered > part.blocks() {
+                        Err(format!(
+                            "an allocation map of {covered} blocks for {} blocks",
+                            part.blocks()
+                        ))
+                    } else {
+                        Ok(extents)
+                    }
+                }
+                other => Err(format!("{other:?} for an allocation map")),
+            },
+        )
+        .await
+        .map(|(extents, _)| extents)
     }
 
     async fn flush_slice(&self, slice: SliceIndex, deadline: Instant) -> Result<(), ClientError> {

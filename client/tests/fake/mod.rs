@@ -456,6 +456,21 @@ fn serve_request(state: &NodeState, request: Request) -> Result<Response, WireEr
             Response::Trim { vba: Vba(1) }
         }
         Request::Flush { .. } => Response::Flush,
+        Request::Allocation { lba, blocks, .. } => {
+            in_range(lba, blocks)?;
+            let mut extents: Vec<proto::Extent> = Vec::new();
+            for i in 0..blocks {
+                let allocated = stored.contains_key(&(unit, lba.0 + i));
+                match extents.last_mut() {
+                    Some(last) if last.allocated == allocated => last.blocks += 1,
+                    _ => extents.push(proto::Extent {
+                        blocks: 1,
+                        allocated,
+                    }),
+                }
+            }
+            Response::Allocation { extents }
+        }
         _ => {
             return Err(WireError::new(
                 ErrorCode::BadRequest,

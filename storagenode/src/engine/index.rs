@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 
+use client::proto::Extent;
 use client::types::{Lba, Vba};
 
 use super::record::{HEADER_BYTES, WRITE_RECORD_BYTES};
@@ -92,6 +93,53 @@ impl LbaTable {
             lba = page_end;
         }
         max
+    }
+
+    /// Appends to `out` the runs of `[first, first + blocks)` whose blocks hold data or not
+    /// (`holds(vba)` for a block pointing at `vba`; a block never written holds none), merging
+    /// with `out`'s last run, until `out` has `max_runs` runs. Returns the blocks covered.
+    pub fn runs(
+        &self,
+        first: Lba,
+        blocks: u64,
+        holds: impl Fn(Vba) -> bool,
+        out: &mut Vec<Extent>,
+        max_runs: usize,
+    ) -> u64 {
+        let add = |out: &mut Vec<Extent>, blocks: u64, allocated: bool| -> bool {
+            if let Some(last) = out.last_mut().filter(|last| last.allocated == allocated) {
+                last.blocks += blocks;
+            } else if out.len() == max_runs {
+                return false;
+            } else {
+                out.push(Extent { blocks, allocated });
+            }
+            true
+        };
+        let (start, end) = (first.0 as usize, (first.0 + blocks) as usize);
+        let mut lba = start;
+        while lba < end {
+            let page = lba / PAGE_ENTRIES;
+            let page_end = ((page + 1) * PAGE_ENTRIES).min(end);
+            match self.pages[page].as_ref() {
+                None => {
+                    if !add(out, (page_end - lba) as u64, false) {
+                        break;
+                    }
+                    lba = page_end;
+                }
+                Some(entries) => {
+                    for entry in &entries[lba % PAGE_ENTRIES..lba % PAGE_ENTRIES + (page_end - lba)]
+                    {
+                        if !add(out, 1, *entry != 0 && holds(Vba(*entry))) {
+                            return (lba - start) as u64;
+                        }
+                        lba += 1;
+                    }
+                }
+            }
+        }
+        (lba - start) as u64
     }
 
     pub fn memory_bytes(&self) -> usize {
@@ -338,6 +386,24 @@ impl Index {
         }
     }
 
+    /// Which blocks of `[first, first + blocks)` hold written data (not never written, not
+    /// trimmed), as runs appended to `out` up to `max_runs`; returns the blocks covered.
+    pub fn allocation(
+        &self,
+        first: Lba,
+        blocks: u64,
+        out: &mut Vec<Extent>,
+        max_runs: usize,
+    ) -> u64 {
+        self.lba.runs(
+            first,
+            blocks,
+            |vba| !self.trims.contains_key(&vba),
+            out,
+            max_runs,
+        )
+    }
+
     /// The VBA a block points at (0 if never written).
     pub fn vba_of(&self, lba: Lba) -> Vba {
         self.lba.get(lba)
@@ -521,6 +587,49 @@ mod tests {
         index.add_write(Vba(3), Lba(1), at(1, 8320));
         assert!(!index.is_live_trim(Vba(1)));
         assert_eq!(index.live_records(), 2);
+    }
+
+    fn runs(index: &Index, first: u64, blocks: u64, max: usize) -> (Vec<(u64, bool)>, u64) {
+        let mut out = Vec::new();
+        let covered = index.allocation(Lba(first), blocks, &mut out, max);
+        (
+            out.iter().map(|e| (e.blocks, e.allocated)).collect(),
+            covered,
+        )
+    }
+
+    #[test]
+    fn allocation_runs_tell_written_blocks_from_holes_and_trims() {
+        let mut index = Index::new(4 * PAGE_ENTRIES as u64);
+        // Blocks 10..20 written, 14..16 trimmed again; a whole page further on is untouched,
+        // then one block written on the page after it.
+        for lba in 10..20 {
+            index.add_write(Vba(lba), Lba(lba), at(1, lba as u32 * 4160));
+        }
+        index.add_trim(Vba(30), Lba(14), 2, at(1, 200_000));
+        index.add_write(Vba(31), Lba(2 * PAGE_ENTRIES as u64 + 7), at(1, 300_000));
+        let all = 4 * PAGE_ENTRIES as u64;
+        let (found, covered) = runs(&index, 0, all, 100);
+        assert_eq!(covered, all);
+        assert_eq!(
+            found,
+            vec![
+                (10, false),
+                (4, true),
+                (2, false),
+                (4, true),
+                (2 * PAGE_ENTRIES as u64 - 13, false),
+                (1, true),
+                (2 * PAGE_ENTRIES as u64 - 8, false),
+            ]
+        );
+        // A range inside: starts mid-run.
+        assert_eq!(
+            runs(&index, 12, 6, 100),
+            (vec![(2, true), (2, false), (2, true)], 6)
+        );
+        // Fewer runs wanted than there are: a prefix, and how far it reaches.
+        assert_eq!(runs(&index, 0, all, 2), (vec![(10, false), (4, true)], 14));
     }
 
     #[test]

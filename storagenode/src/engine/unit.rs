@@ -12,6 +12,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use client::proto::Extent;
 use client::types::{Generation, Lba, UnitId, Vba, BLOCK_BYTES};
 use parking_lot::{Mutex, MutexGuard};
 
@@ -380,6 +381,30 @@ impl Unit {
     /// them raises it, since VBAs only grow.
     pub fn newest_vba_in(&self, lba: Lba, blocks: u64) -> Vba {
         self.state.lock().index.max_vba_in(lba, blocks)
+    }
+
+    /// Which blocks of `[lba, lba + blocks)` hold written data, from the index alone, as runs
+    /// of one status: all of them, or the runs of a prefix when there are more than
+    /// `max_runs`. The index is looked at a bounded number of blocks at a time, so a large
+    /// range does not hold up writes.
+    pub fn allocation(&self, lba: Lba, blocks: u64, max_runs: usize) -> Result<Vec<Extent>> {
+        const BLOCKS_PER_LOOK: u64 = 32 << 10;
+        self.check_range(lba, blocks)?;
+        let mut runs = Vec::new();
+        let mut done = 0;
+        while done < blocks {
+            let want = (blocks - done).min(BLOCKS_PER_LOOK);
+            let covered =
+                self.state
+                    .lock()
+                    .index
+                    .allocation(Lba(lba.0 + done), want, &mut runs, max_runs);
+            done += covered;
+            if covered < want {
+                break;
+            }
+        }
+        Ok(runs)
     }
 
     /// The VBA the next record will get (primary) or must have (secondary).

@@ -17,7 +17,8 @@ use client::api::{CopyInfo, CopyStatus, Notification, Source, UnitGeneration};
 use client::conn::{Connection, DataError, Reply as Pending};
 use client::managers::ManagerError;
 use client::proto::{
-    ErrorCode, RecordBody, Request, Response, WireError, WireRecord, MAX_IO_BYTES,
+    ErrorCode, RecordBody, Request, Response, WireError, WireRecord, MAX_EXTENTS_PER_FRAME,
+    MAX_IO_BYTES,
 };
 use client::types::{Generation, Lba, NodeId, Vba, BLOCK_BYTES};
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -94,6 +95,35 @@ pub async fn read(
             ));
         }
     }
+}
+
+/// Which of `blocks` blocks from `lba` hold data, from the index alone (no data is read). Like
+/// a read, it answers only with what every current copy holds.
+pub async fn allocation(
+    node: &Node,
+    runtime: &Arc<UnitRuntime>,
+    generation: Generation,
+    lba: Lba,
+    blocks: u64,
+    wait: Duration,
+) -> Result<Response, WireError> {
+    runtime.serving_primary(generation)?;
+    let engine = &runtime.engine;
+    // Checks the range before anything else looks at the index.
+    let extents = engine
+        .allocation(lba, blocks, MAX_EXTENTS_PER_FRAME)
+        .map_err(from_engine)?;
+    let newest = engine.newest_vba_in(lba, blocks);
+    if newest <= runtime.generation_start(generation) {
+        return Ok(Response::Allocation { extents });
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    held_by_every_copy(node, runtime, generation, newest, deadline).await?;
+    runtime.serving_primary(generation)?;
+    let extents = engine
+        .allocation(lba, blocks, MAX_EXTENTS_PER_FRAME)
+        .map_err(from_engine)?;
+    Ok(Response::Allocation { extents })
 }
 
 /// What a read waiting for every copy to hold a VBA does next.

@@ -233,6 +233,22 @@ async fn handle(
             let result = runtime.serving_primary(generation).map(|_| Response::Flush);
             (IoKind::Flush, 0, result)
         }
+        Request::Allocation {
+            generation,
+            lba,
+            blocks,
+            ..
+        } => {
+            return primary::allocation(
+                node,
+                &runtime,
+                generation,
+                lba,
+                blocks,
+                node.config.write_timeout,
+            )
+            .await
+        }
         request => return peer_request(node, peer, &runtime, request).await,
     };
     node.io_metrics
@@ -286,7 +302,8 @@ async fn peer_request(
         Request::Read { .. }
         | Request::Write { .. }
         | Request::Trim { .. }
-        | Request::Flush { .. } => {
+        | Request::Flush { .. }
+        | Request::Allocation { .. } => {
             unreachable!("client requests are served by `handle`")
         }
     }
