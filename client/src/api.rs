@@ -335,6 +335,14 @@ pub struct CreateVolumeRequest {
     pub slice_bytes: Option<u64>,
 }
 
+/// `POST /v1/volumes/{name}/resize`: grow the volume to `size_bytes` (volumes never shrink).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeVolumeRequest {
+    /// A multiple of 4096, at least the volume's size.
+    pub size_bytes: u64,
+}
+
 /// One slice of a volume: where its copies are and which one is primary.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SliceMap {

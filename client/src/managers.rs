@@ -17,7 +17,8 @@ use serde::Serialize;
 
 use crate::api::{
     ApiError, ClusterStatus, CreateVolumeRequest, ErrorCode, HeartbeatRequest, HeartbeatResponse,
-    NodeStatus, Notification, NotificationResponse, RegisterNodeRequest, VolumeList, VolumeMap,
+    NodeStatus, Notification, NotificationResponse, RegisterNodeRequest, ResizeVolumeRequest,
+    VolumeList, VolumeMap,
 };
 use crate::security::Security;
 use crate::types::NodeId;
@@ -320,6 +321,21 @@ impl Managers {
     ) -> Result<VolumeMap, ManagerError> {
         self.request(Method::POST, "/v1/volumes", Some(request))
             .await
+    }
+
+    /// Grows volume `name` to `size_bytes`; answers its map as it is then.
+    pub async fn resize_volume(
+        &self,
+        name: &str,
+        size_bytes: u64,
+    ) -> Result<VolumeMap, ManagerError> {
+        let request = ResizeVolumeRequest { size_bytes };
+        self.request(
+            Method::POST,
+            &format!("/v1/volumes/{name}/resize"),
+            Some(&request),
+        )
+        .await
     }
 
     pub async fn delete_volume(&self, name: &str) -> Result<VolumeMap, ManagerError> {

@@ -661,6 +661,29 @@ mod cases {
         let device = open(fixture);
         assert_eq!(device.unit(UNIT).unwrap().last_vba(), Vba(0));
     }
+
+    pub fn a_grown_unit_takes_its_new_blocks_and_keeps_its_size_on_reopen(fixture: &dyn Fixture) {
+        let device = open(fixture);
+        let unit = device.create_unit(UNIT, 8 * BLOCK_BYTES).unwrap();
+        unit.append(G1, vec![write(7, 1)]).unwrap();
+        assert!(matches!(
+            unit.append(G1, vec![write(8, 2)]),
+            Err(EngineError::OutOfRange { .. })
+        ));
+        unit.grow(4 * BLOCK_BYTES).unwrap();
+        assert_eq!(unit.size_bytes(), 8 * BLOCK_BYTES, "never shrinks");
+        unit.grow(1000 * BLOCK_BYTES).unwrap();
+        assert_eq!(unit.blocks(), 1000);
+        unit.append(G1, vec![write(999, 3)]).unwrap();
+        let model = Model::from([(7, 1), (999, 3)]);
+        assert_reads(&unit, &model, 1000);
+        drop(unit);
+        drop(device);
+        let device = open(fixture);
+        let unit = device.unit(UNIT).unwrap();
+        assert_eq!(unit.blocks(), 1000);
+        assert_reads(&unit, &model, 1000);
+    }
 }
 
 macro_rules! conformance {
@@ -690,4 +713,5 @@ conformance!(
     a_truncation_never_takes_in_records_stacked_past_the_tail,
     bad_requests_are_refused_whole,
     removed_units_are_gone_and_their_segments_reused,
+    a_grown_unit_takes_its_new_blocks_and_keeps_its_size_on_reopen,
 );

@@ -1,4 +1,4 @@
-//! `vbs volume create|list|show|delete`.
+//! `vbs volume create|list|show|resize|delete`.
 
 use anyhow::Context;
 use client::api::{CopyStatus, CreateVolumeRequest, Role, VolumeMap};
@@ -36,6 +36,18 @@ pub enum VolumeCommand {
         /// Volume name
         #[arg(value_parser = super::volume_name)]
         name: String,
+        /// Print the volume map as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Grow a volume, while it is in use (volumes never shrink)
+    Resize {
+        /// Volume name
+        #[arg(value_parser = super::volume_name)]
+        name: String,
+        /// The new size, a multiple of 4k, at least the volume's size (e.g. 20G)
+        #[arg(long, value_parser = super::size)]
+        size: u64,
         /// Print the volume map as JSON
         #[arg(long)]
         json: bool,
@@ -80,6 +92,17 @@ pub async fn run(managers: &Managers, command: VolumeCommand) -> anyhow::Result<
         }
         VolumeCommand::Show { name, json } => {
             let map = managers.volume(&name).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&map)?);
+            } else {
+                print!("{}", render(&map));
+            }
+        }
+        VolumeCommand::Resize { name, size, json } => {
+            let map = managers
+                .resize_volume(&name, size)
+                .await
+                .with_context(|| format!("resizing volume {name:?} to {}", format::size(size)))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&map)?);
             } else {

@@ -56,6 +56,7 @@ pub fn router(manager: SharedManager) -> Router {
             "/v1/volumes/{name}",
             get(volumes::show).delete(volumes::delete),
         )
+        .route("/v1/volumes/{name}/resize", post(volumes::resize))
         .route("/v1/managers", post(managers::add))
         .route("/v1/managers/{id}", axum::routing::delete(managers::remove))
         .route("/metrics", get(metrics::metrics))

@@ -1,4 +1,4 @@
-//! `GET|POST /v1/volumes`, `GET|DELETE /v1/volumes/{name}`.
+//! `GET|POST /v1/volumes`, `GET|DELETE /v1/volumes/{name}`, `POST /v1/volumes/{name}/resize`.
 
 use std::time::Instant;
 
@@ -6,7 +6,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use client::api::{CreateVolumeRequest, VolumeList};
+use client::api::{CreateVolumeRequest, ResizeVolumeRequest, VolumeList};
 
 use super::error::ApiFailure;
 use super::leader::on_leader;
@@ -102,6 +102,49 @@ pub async fn create(State(manager): State<SharedManager>, request: Request) -> R
                 "unexpected outcome {other:?}"
             ))),
         }
+    })
+    .await
+}
+
+/// Grows a volume (its new slices placed as a new volume's are) and answers its map. The same
+/// size again changes nothing; a smaller one is refused.
+pub async fn resize(
+    State(manager): State<SharedManager>,
+    Path(name): Path<String>,
+    request: Request,
+) -> Response {
+    let m = manager.clone();
+    on_leader(&manager, request, |body| async move {
+        let request: ResizeVolumeRequest = parse_json(&body)?;
+        // Placement on a new leader's lagging view would count space already assigned as free.
+        m.caught_up().await?;
+        let _serialized = m.placement_lock.lock().await;
+        let free = m
+            .with_liveness(Instant::now(), |l| l.reported_free())
+            .unwrap_or_default();
+        let command = m.read(|a| {
+            placement::grow(&a.state, &name, request.size_bytes, |n| {
+                free.get(n).copied()
+            })
+        })?;
+        if let Some(command) = command {
+            match m.propose(command).await? {
+                Outcome::VolumeResized(_) => {}
+                Outcome::Refused(refusal) => return Err(refusal.into()),
+                other => {
+                    return Err(ApiFailure::internal(format!(
+                        "unexpected outcome {other:?}"
+                    )))
+                }
+            }
+        }
+        let map = m.read(|a| {
+            a.state
+                .volume_by_name(&name)
+                .map(|v| a.state.volume_map(v, &nothing_remembered))
+        });
+        map.map(|map| Json(map).into_response())
+            .ok_or_else(|| ApiFailure::not_found(format!("volume {name:?} does not exist")))
     })
     .await
 }

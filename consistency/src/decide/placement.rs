@@ -66,74 +66,67 @@ pub fn validate(request: &CreateVolumeRequest) -> Result<VolumeSpec, Refusal> {
     })
 }
 
-/// Decides where every slice of `spec` goes. `reported_free(node)` is the free space the node
-/// last reported, when the leader has heard one.
-pub fn place(
-    state: &State,
-    spec: &VolumeSpec,
-    reported_free: impl Fn(&NodeId) -> Option<u64>,
-) -> Result<Command, Refusal> {
-    if state.volume_by_name(&spec.name).is_some() {
-        return Err(Refusal::AlreadyExists(format!(
-            "volume {:?} already exists",
-            spec.name
-        )));
-    }
-    let up: Vec<&Node> = state
+/// A node that may take new copies, as placement counts it.
+struct Candidate {
+    free_bytes: u64,
+    units: usize,
+    primaries: usize,
+    id: NodeId,
+}
+
+/// Every `up` node that is not draining, with its room and load. `reported_free(node)` is the
+/// free space the node last reported, when the leader has heard one.
+fn candidates(state: &State, reported_free: impl Fn(&NodeId) -> Option<u64>) -> Vec<Candidate> {
+    state
         .nodes
         .values()
         .filter(|n| state.node_takes_copies(&n.id))
-        .collect();
-    if up.len() < spec.replicas as usize {
-        return Err(Refusal::InsufficientNodes(format!(
-            "{} replicas need {} storage nodes up and not draining, but {} are up and not \
-             draining",
-            spec.replicas,
-            spec.replicas,
-            up.len()
-        )));
-    }
-    // Updated as slices are placed so that the copies of one volume spread instead of piling on
-    // the emptiest node, and its primaries spread over the nodes chosen.
-    struct Candidate {
-        free_bytes: u64,
-        units: usize,
-        primaries: usize,
-        id: NodeId,
-    }
-    let mut candidates: Vec<Candidate> = up
-        .iter()
         .map(|n| {
-            let free_bytes = free_bytes(state, n, reported_free(&n.id));
             let primaries = n
                 .units
                 .iter()
                 .filter(|u| state.slice(**u).is_some_and(|s| s.primary == n.id))
                 .count();
             Candidate {
-                free_bytes,
+                free_bytes: free_bytes(state, n, reported_free(&n.id)),
                 units: n.units.len(),
                 primaries,
                 id: n.id.clone(),
             }
         })
-        .collect();
-    let count = slice_count(spec.size_bytes, spec.slice_bytes);
-    let mut placement = Vec::with_capacity(count as usize);
-    for index in 0..count {
-        let unit_bytes = (spec.size_bytes - index * spec.slice_bytes).min(spec.slice_bytes);
+        .collect()
+}
+
+/// Places one list of `replicas` nodes, primary first, for each slice of `unit_bytes`
+/// (`(index, bytes)`). Candidates are updated as slices are placed so that the copies of one
+/// volume spread instead of piling on the emptiest node, and its primaries spread over the
+/// nodes chosen.
+fn place_slices(
+    candidates: &mut [Candidate],
+    replicas: u32,
+    unit_bytes: impl Iterator<Item = (u64, u64)>,
+) -> Result<Vec<Vec<NodeId>>, Refusal> {
+    if candidates.len() < replicas as usize {
+        return Err(Refusal::InsufficientNodes(format!(
+            "{replicas} replicas need {replicas} storage nodes up and not draining, but {} are \
+             up and not draining",
+            candidates.len()
+        )));
+    }
+    let mut placement = Vec::new();
+    for (index, unit_bytes) in unit_bytes {
         candidates.sort_by(|a, b| {
             b.free_bytes
                 .cmp(&a.free_bytes)
                 .then(a.units.cmp(&b.units))
                 .then(a.id.cmp(&b.id))
         });
-        let chosen = &mut candidates[..spec.replicas as usize];
+        let chosen = &mut candidates[..replicas as usize];
         if let Some(short) = chosen.iter().find(|c| c.free_bytes < unit_bytes) {
             return Err(Refusal::InsufficientNodes(format!(
-                "not enough free capacity: slice {index} needs {unit_bytes} bytes on {} distinct \
-                 nodes, and node {} (among the roomiest up nodes) has {}",
-                spec.replicas, short.id, short.free_bytes
+                "not enough free capacity: slice {index} needs {unit_bytes} bytes on {replicas} \
+                 distinct nodes, and node {} (among the roomiest up nodes) has {}",
+                short.id, short.free_bytes
             )));
         }
         chosen.sort_by(|a, b| {
@@ -149,6 +142,30 @@ pub fn place(
         }
         placement.push(chosen.iter().map(|c| c.id.clone()).collect());
     }
+    Ok(placement)
+}
+
+/// The bytes of slice `index` of a volume of `size_bytes` in slices of `slice_bytes`.
+fn unit_bytes(size_bytes: u64, slice_bytes: u64, index: u64) -> u64 {
+    (size_bytes - index * slice_bytes).min(slice_bytes)
+}
+
+/// Decides where every slice of `spec` goes. `reported_free(node)` is the free space the node
+/// last reported, when the leader has heard one.
+pub fn place(
+    state: &State,
+    spec: &VolumeSpec,
+    reported_free: impl Fn(&NodeId) -> Option<u64>,
+) -> Result<Command, Refusal> {
+    if state.volume_by_name(&spec.name).is_some() {
+        return Err(Refusal::AlreadyExists(format!(
+            "volume {:?} already exists",
+            spec.name
+        )));
+    }
+    let count = slice_count(spec.size_bytes, spec.slice_bytes);
+    let sizes = (0..count).map(|i| (i, unit_bytes(spec.size_bytes, spec.slice_bytes, i)));
+    let placement = place_slices(&mut candidates(state, reported_free), spec.replicas, sizes)?;
     Ok(Command::CreateVolume {
         name: spec.name.clone(),
         size_bytes: spec.size_bytes,
@@ -158,12 +175,86 @@ pub fn place(
     })
 }
 
+/// Decides how volume `name` grows to `size_bytes`: its last slice grows to its full size if it
+/// was shorter (on the nodes that hold it), and new slices are placed as a new volume's are.
+/// `Ok(None)`: the volume already has that size. A volume never shrinks: its blocks past the
+/// new end would be lost, and a filesystem on it broken.
+pub fn grow(
+    state: &State,
+    name: &str,
+    size_bytes: u64,
+    reported_free: impl Fn(&NodeId) -> Option<u64>,
+) -> Result<Option<Command>, Refusal> {
+    let volume = state
+        .volume_by_name(name)
+        .ok_or_else(|| Refusal::NotFound(format!("volume {name:?} does not exist")))?;
+    if size_bytes == 0 || size_bytes % BLOCK_BYTES != 0 {
+        return Err(Refusal::BadRequest(format!(
+            "size_bytes must be a positive multiple of {BLOCK_BYTES}, got {size_bytes}"
+        )));
+    }
+    if size_bytes < volume.size_bytes {
+        return Err(Refusal::BadRequest(format!(
+            "volume {name:?} is {} bytes; it cannot shrink to {size_bytes} (volumes only grow: \
+             the blocks past the new end would be lost)",
+            volume.size_bytes
+        )));
+    }
+    if size_bytes == volume.size_bytes {
+        return Ok(None);
+    }
+    let (old_count, new_count) = (
+        slice_count(volume.size_bytes, volume.slice_bytes),
+        slice_count(size_bytes, volume.slice_bytes),
+    );
+    if new_count > MAX_SLICES_PER_VOLUME {
+        return Err(Refusal::BadRequest(format!(
+            "a volume of {size_bytes} bytes in slices of {} bytes has more than \
+             {MAX_SLICES_PER_VOLUME} slices",
+            volume.slice_bytes
+        )));
+    }
+    let mut candidates = candidates(state, reported_free);
+    // The last slice grows where it is: its nodes need the room for its new bytes.
+    let last = old_count - 1;
+    let grown_by = unit_bytes(size_bytes, volume.slice_bytes, last)
+        - unit_bytes(volume.size_bytes, volume.slice_bytes, last);
+    if grown_by > 0 {
+        let slice = &volume.slices[last as usize];
+        for copy in &slice.copies {
+            if let Some(c) = candidates.iter_mut().find(|c| c.id == copy.node) {
+                if c.free_bytes < grown_by {
+                    return Err(Refusal::InsufficientNodes(format!(
+                        "not enough free capacity: slice {last} grows by {grown_by} bytes on \
+                         node {}, which has {}",
+                        c.id, c.free_bytes
+                    )));
+                }
+                c.free_bytes -= grown_by;
+            }
+        }
+    }
+    let sizes = (old_count..new_count).map(|i| (i, unit_bytes(size_bytes, volume.slice_bytes, i)));
+    let placement = if new_count > old_count {
+        place_slices(&mut candidates, volume.replicas, sizes)?
+    } else {
+        Vec::new()
+    };
+    Ok(Some(Command::ResizeVolume {
+        name: name.to_string(),
+        size_bytes,
+        placement,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::state::apply::Touched;
     use crate::state::fixtures::{cluster, node};
+    use crate::state::Outcome;
     use client::api::NodeState;
+    use client::types::SliceIndex;
 
     fn request(size_bytes: u64, replicas: u32, slice_bytes: u64) -> CreateVolumeRequest {
         CreateVolumeRequest {
@@ -250,6 +341,53 @@ mod tests {
         let err = place(&state, &spec, |_| None).expect_err("nodes hold 1 GiB each");
         assert!(matches!(err, Refusal::InsufficientNodes(_)), "{err:?}");
         assert!(err.to_string().contains("free capacity"), "{err}");
+    }
+
+    #[test]
+    fn a_volume_grows_with_its_last_slice_filled_and_new_slices_placed() {
+        let mut state = cluster(&["n1", "n2", "n3"]);
+        // 6 blocks in slices of 4: the last slice holds 2.
+        let spec = validate(&request(6 * 4096, 2, 4 * 4096)).expect("valid");
+        let command = place(&state, &spec, |_| None).expect("placed");
+        state.apply(&command, &mut Touched::default());
+        assert!(grow(&state, "vol", 6 * 4096, |_| None)
+            .expect("same size")
+            .is_none());
+        let shrink = grow(&state, "vol", 4096, |_| None).expect_err("never shrinks");
+        assert!(shrink.to_string().contains("cannot shrink"), "{shrink}");
+        let odd = grow(&state, "vol", 4097 * 8, |_| None).expect_err("not whole blocks");
+        assert!(odd.to_string().contains("multiple of 4096"), "{odd}");
+        let missing = grow(&state, "nope", 8192, |_| None).expect_err("no such volume");
+        assert!(matches!(missing, Refusal::NotFound(_)), "{missing:?}");
+
+        let command = grow(&state, "vol", 13 * 4096, |_| None)
+            .expect("grows")
+            .expect("a change");
+        match &command {
+            Command::ResizeVolume { placement, .. } => {
+                assert_eq!(placement.len(), 2, "slices 2 and 3 are new: {placement:?}");
+                assert!(placement.iter().all(|nodes| nodes.len() == 2));
+            }
+            other => panic!("not a resize: {other:?}"),
+        }
+        let before = state.volume_by_name("vol").expect("volume").clone();
+        let mut touched = Touched::default();
+        state.apply(&command, &mut touched);
+        state.check_invariants().expect("consistent");
+        let after = state.volume_by_name("vol").expect("volume");
+        assert_eq!(after.size_bytes, 13 * 4096);
+        assert_eq!(after.slices.len(), 4);
+        assert_eq!(after.slices[..2], before.slices[..], "old slices unchanged");
+        assert_eq!(
+            after.unit_bytes(SliceIndex(1)),
+            4 * 4096,
+            "the last slice is whole"
+        );
+        assert_eq!(after.unit_bytes(SliceIndex(3)), 4096);
+        assert!(touched.volumes.contains(&after.id));
+        // Applying the same decision again (a stale proposal) changes nothing.
+        let again = state.apply(&command, &mut Touched::default());
+        assert!(matches!(again, Outcome::Refused(_)), "{again:?}");
     }
 
     #[test]

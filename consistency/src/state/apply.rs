@@ -63,6 +63,13 @@ impl State {
                     touched,
                 )
                 .map(Outcome::VolumeCreated),
+            Command::ResizeVolume {
+                name,
+                size_bytes,
+                placement,
+            } => self
+                .resize_volume(name, *size_bytes, placement, touched)
+                .map(Outcome::VolumeResized),
             Command::DeleteVolume { name } => self
                 .delete_volume(name, touched)
                 .map(Outcome::VolumeDeleted),
@@ -375,6 +382,27 @@ impl State {
                 placement.len()
             )));
         }
+        self.check_placement(placement, replicas)?;
+        let id = VolumeId(self.next_volume_id);
+        self.next_volume_id += 1;
+        touched.next_volume_id = true;
+        let slices = self.new_slices(id, 0, placement, touched);
+        let volume = Volume {
+            id,
+            name: name.to_string(),
+            size_bytes,
+            slice_bytes,
+            replicas,
+            slices,
+        };
+        self.volumes.insert(id, volume);
+        touched.volumes.insert(id);
+        Ok(id)
+    }
+
+    /// Checks that every slice's nodes are `replicas` distinct registered nodes that take
+    /// copies now.
+    fn check_placement(&self, placement: &[Vec<NodeId>], replicas: u32) -> Result<(), Refusal> {
         for nodes in placement {
             let distinct: BTreeSet<&NodeId> = nodes.iter().collect();
             if nodes.is_empty() || distinct.len() != nodes.len() || nodes.len() != replicas as usize
@@ -397,14 +425,23 @@ impl State {
                 )));
             }
         }
-        let id = VolumeId(self.next_volume_id);
-        self.next_volume_id += 1;
-        touched.next_volume_id = true;
+        Ok(())
+    }
+
+    /// New slices of volume `id` from index `first` on, one per entry of `placement` (checked),
+    /// every copy `current` at VBA 0 (nothing was written to them), assigned to their nodes.
+    fn new_slices(
+        &mut self,
+        id: VolumeId,
+        first: usize,
+        placement: &[Vec<NodeId>],
+        touched: &mut Touched,
+    ) -> Vec<Slice> {
         let mut slices = Vec::with_capacity(placement.len());
-        for (index, nodes) in placement.iter().enumerate() {
+        for (offset, nodes) in placement.iter().enumerate() {
             let unit = UnitId {
                 volume: id,
-                slice: SliceIndex(index as u32),
+                slice: SliceIndex((first + offset) as u32),
             };
             let copies = nodes
                 .iter()
@@ -422,21 +459,43 @@ impl State {
             for node in nodes {
                 self.nodes
                     .get_mut(node)
-                    .expect("checked above")
+                    .expect("placement was checked")
                     .units
                     .insert(unit);
                 touched.nodes.insert(node.clone());
             }
         }
-        let volume = Volume {
-            id,
-            name: name.to_string(),
-            size_bytes,
-            slice_bytes,
-            replicas,
-            slices,
-        };
-        self.volumes.insert(id, volume);
+        slices
+    }
+
+    fn resize_volume(
+        &mut self,
+        name: &str,
+        size_bytes: u64,
+        placement: &[Vec<NodeId>],
+        touched: &mut Touched,
+    ) -> Result<VolumeId, Refusal> {
+        let volume = self
+            .volume_by_name(name)
+            .ok_or_else(|| Refusal::NotFound(format!("volume {name:?} does not exist")))?;
+        let (id, old_count) = (volume.id, volume.slices.len());
+        let new_count = slice_count(size_bytes, volume.slice_bytes);
+        if size_bytes < volume.size_bytes
+            || size_bytes % client::types::BLOCK_BYTES != 0
+            || new_count - old_count as u64 != placement.len() as u64
+        {
+            return Err(Refusal::BadRequest(format!(
+                "{} new slices placed for volume {name:?} to grow from {} to {size_bytes} bytes",
+                placement.len(),
+                volume.size_bytes
+            )));
+        }
+        let replicas = volume.replicas;
+        self.check_placement(placement, replicas)?;
+        let slices = self.new_slices(id, old_count, placement, touched);
+        let volume = self.volumes.get_mut(&id).expect("looked up above");
+        volume.size_bytes = size_bytes;
+        volume.slices.extend(slices);
         touched.volumes.insert(id);
         Ok(id)
     }

@@ -45,6 +45,15 @@ pub enum Command {
     DeleteVolume {
         name: String,
     },
+    /// Grow a volume to `size_bytes`: its last slice grows to its full size where it is, and
+    /// the new slices go where `placement` says (one list of nodes per new slice, primary
+    /// first). Refused unless the placement fits the growth from the volume's size when it is
+    /// applied, so a decision taken on an older size changes nothing.
+    ResizeVolume {
+        name: String,
+        size_bytes: u64,
+        placement: Vec<Vec<NodeId>>,
+    },
     /// Start (or stop) moving every copy off a node; a draining node gets no new copies. The
     /// moves themselves are [`Command::UpdateSlices`] decided by the leader afterwards.
     SetDraining {
@@ -145,6 +154,7 @@ pub enum Outcome {
     Done,
     VolumeCreated(VolumeId),
     VolumeDeleted(VolumeId),
+    VolumeResized(VolumeId),
     /// Refused; nothing changed.
     Refused(Refusal),
 }

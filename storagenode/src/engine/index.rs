@@ -42,6 +42,14 @@ impl LbaTable {
         }
     }
 
+    /// Takes LBAs up to `blocks` (the unit grew).
+    pub fn grow(&mut self, blocks: u64) {
+        let pages = (blocks as usize).div_ceil(PAGE_ENTRIES);
+        if pages > self.pages.len() {
+            self.pages.resize_with(pages, || None);
+        }
+    }
+
     pub fn get(&self, lba: Lba) -> Vba {
         let (page, slot) = (lba.0 as usize / PAGE_ENTRIES, lba.0 as usize % PAGE_ENTRIES);
         self.pages[page]
@@ -402,6 +410,11 @@ impl Index {
             out,
             max_runs,
         )
+    }
+
+    /// Takes LBAs up to `blocks` (the unit grew).
+    pub fn grow(&mut self, blocks: u64) {
+        self.lba.grow(blocks);
     }
 
     /// The VBA a block points at (0 if never written).

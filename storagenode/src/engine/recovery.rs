@@ -320,7 +320,7 @@ impl Unit {
             backend,
             pool,
             sync,
-            size_bytes: meta.size_bytes,
+            size_bytes: AtomicU64::new(meta.size_bytes),
             state: Mutex::new(State {
                 index: loaded.index,
                 segments: loaded.segments,
@@ -434,7 +434,7 @@ impl Unit {
         let meta = UnitMeta {
             format: meta::UNIT_FORMAT,
             unit: self.id,
-            size_bytes: self.size_bytes,
+            size_bytes: self.size_bytes(),
             generations: state.generations.clone(),
         };
         let loaded = load(self.backend.as_ref(), None, &self.dir, &meta, false)?;

@@ -134,7 +134,8 @@ pub struct Unit {
     pub(super) backend: Arc<dyn Backend>,
     pub(super) pool: Arc<SegmentPool>,
     pub(super) sync: bool,
-    pub(super) size_bytes: u64,
+    /// The bytes of LBAs the unit takes: it may grow (`Unit::grow`), never shrink.
+    pub(super) size_bytes: AtomicU64,
     pub(super) state: Mutex<State>,
     /// Bumped (and waited on) whenever a batch completes or fails.
     pub(super) batch_seq: AtomicU32,
@@ -163,11 +164,11 @@ impl Unit {
     }
 
     pub fn size_bytes(&self) -> u64 {
-        self.size_bytes
+        self.size_bytes.load(Ordering::Acquire)
     }
 
     pub fn blocks(&self) -> u64 {
-        self.size_bytes / BLOCK_BYTES
+        self.size_bytes() / BLOCK_BYTES
     }
 
     fn check_range(&self, lba: Lba, blocks: u64) -> Result<()> {
@@ -256,10 +257,14 @@ impl Unit {
     }
 
     pub(super) fn write_meta(&self, generations: &[GenerationStart]) -> Result<()> {
+        self.write_meta_sized(self.size_bytes(), generations)
+    }
+
+    fn write_meta_sized(&self, size_bytes: u64, generations: &[GenerationStart]) -> Result<()> {
         let meta = UnitMeta {
             format: meta::UNIT_FORMAT,
             unit: self.id,
-            size_bytes: self.size_bytes,
+            size_bytes,
             generations: generations.to_vec(),
         };
         let json = serde_json::to_vec_pretty(&meta).expect("unit metadata serializes");
@@ -267,6 +272,24 @@ impl Unit {
         self.backend
             .write_atomic(&path, &json)
             .map_err(io_err(self.id, "writing unit.json"))
+    }
+
+    /// Lets the unit take LBAs up to `size_bytes` (its slice grew); the new size is durable in
+    /// the unit's metadata before it is taken. A smaller size changes nothing.
+    pub fn grow(&self, size_bytes: u64) -> Result<()> {
+        if size_bytes % BLOCK_BYTES != 0 {
+            return Err(EngineError::Invalid(format!(
+                "unit size {size_bytes} is not a multiple of {BLOCK_BYTES}"
+            )));
+        }
+        let mut state = self.state.lock();
+        if size_bytes <= self.size_bytes() {
+            return Ok(());
+        }
+        self.write_meta_sized(size_bytes, &state.generations)?;
+        state.index.grow(size_bytes / BLOCK_BYTES);
+        self.size_bytes.store(size_bytes, Ordering::Release);
+        Ok(())
     }
 
     /// Primary: gives each op the next VBA, writes them, and returns the first VBA once all are

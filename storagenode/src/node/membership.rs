@@ -56,7 +56,14 @@ fn capacity(node: &Node) -> (u64, u64) {
         (0, 0)
     });
     let capacity = node.config.capacity_bytes.unwrap_or(total).max(1);
-    let assigned: u64 = node.units().iter().map(|u| u.engine.size_bytes()).sum();
+    let assigned: u64 = node
+        .units()
+        .iter()
+        .map(|u| {
+            u.assignment()
+                .map_or(u.engine.size_bytes(), |a| a.unit_bytes)
+        })
+        .sum();
     (capacity, free.min(capacity.saturating_sub(assigned)))
 }
 
@@ -119,7 +126,8 @@ async fn apply(node: &Arc<Node>, sent: Instant, reply: HeartbeatResponse) {
         assigned.insert(unit.unit);
         let runtime = match node.unit(unit.unit) {
             Some(runtime) => runtime,
-            None => match create(node, unit.unit, unit.unit_bytes).await {
+            // A unit takes its slice's whole span, so that the volume can grow without it.
+            None => match create(node, unit.unit, unit.slice_bytes.max(unit.unit_bytes)).await {
                 Some(runtime) => {
                     // A copy the database believes current but which this node has to create
                     // empty may have been lost (a wiped or replaced disk): it serves nothing
@@ -143,10 +151,22 @@ async fn apply(node: &Arc<Node>, sent: Instant, reply: HeartbeatResponse) {
                 }
             }
         }
-        if runtime.engine.size_bytes() != unit.unit_bytes {
-            error!(unit = %unit.unit, local = runtime.engine.size_bytes(), assigned = unit.unit_bytes,
-                "the unit here has another size than the database's; not serving it");
-            continue;
+        if runtime.engine.size_bytes() < unit.unit_bytes {
+            // The volume grew past this unit's end: a last slice grew, or a unit made before
+            // units took their slice's whole span.
+            let span = unit.slice_bytes.max(unit.unit_bytes);
+            let engine = runtime.engine.clone();
+            match tokio::task::spawn_blocking(move || engine.grow(span)).await {
+                Ok(Ok(())) => {
+                    info!(unit = %unit.unit, bytes = span, "the unit grew with its slice")
+                }
+                failed => {
+                    let error = failed.map_or_else(|e| e.to_string(), |r| format!("{r:?}"));
+                    error!(unit = %unit.unit, local = runtime.engine.size_bytes(), assigned = unit.unit_bytes,
+                        %error, "the unit cannot grow to its slice's size; not serving it");
+                    continue;
+                }
+            }
         }
         // A primary whose log lost a torn tail may have lost records its current copies hold
         // (acknowledged ones too, if the disk did not keep what it flushed): numbering writes on

@@ -43,7 +43,8 @@ pub async fn read(
     blocks: u32,
     wait: Duration,
 ) -> Result<Response, WireError> {
-    runtime.serving_primary(generation)?;
+    let assignment = runtime.serving_primary(generation)?;
+    runtime.in_slice(&assignment, lba, u64::from(blocks))?;
     if u64::from(blocks) * BLOCK_BYTES > MAX_IO_BYTES {
         return Err(WireError::new(
             ErrorCode::TooLarge,
@@ -107,7 +108,8 @@ pub async fn allocation(
     blocks: u64,
     wait: Duration,
 ) -> Result<Response, WireError> {
-    runtime.serving_primary(generation)?;
+    let assignment = runtime.serving_primary(generation)?;
+    runtime.in_slice(&assignment, lba, blocks)?;
     let engine = &runtime.engine;
     // Checks the range before anything else looks at the index.
     let extents = engine
@@ -264,6 +266,8 @@ pub async fn write(
             "a write carries whole blocks",
         ));
     }
+    let assignment = runtime.serving_primary(generation)?;
+    runtime.in_slice(&assignment, lba, data.len() as u64 / BLOCK_BYTES)?;
     let ops = (0..data.len() as u64 / BLOCK_BYTES)
         .map(|i| {
             let block = data.slice((i * BLOCK_BYTES) as usize..((i + 1) * BLOCK_BYTES) as usize);
@@ -284,6 +288,8 @@ pub async fn trim(
     lba: Lba,
     blocks: u64,
 ) -> Result<Response, WireError> {
+    let assignment = runtime.serving_primary(generation)?;
+    runtime.in_slice(&assignment, lba, blocks)?;
     let vba = replicated_append(node, runtime, generation, vec![Op::Trim { lba, blocks }]).await?;
     Ok(Response::Trim { vba })
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use client::api::{AssignedUnit, CopyInfo, CopyStatus, Role, SliceMap};
 use client::proto::{ErrorCode, WireError};
-use client::types::{Generation, NodeId, UnitId, Vba};
+use client::types::{Generation, Lba, NodeId, UnitId, Vba};
 use tokio::sync::watch;
 
 use crate::engine::Unit;
@@ -19,6 +19,9 @@ use crate::replication::window::Window;
 /// What the database says about this copy of the slice.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Assignment {
+    /// The bytes of the slice inside the volume (its last slice may be shorter than the span
+    /// the unit takes, and grows with the volume).
+    pub unit_bytes: u64,
     pub generation: Generation,
     pub role: Role,
     pub status: CopyStatus,
@@ -29,6 +32,7 @@ pub struct Assignment {
 impl Assignment {
     pub fn from_assigned(assigned: &AssignedUnit) -> Assignment {
         Assignment {
+            unit_bytes: assigned.unit_bytes,
             generation: assigned.generation,
             role: assigned.role,
             status: assigned.status,
@@ -292,6 +296,34 @@ impl UnitRuntime {
             ));
         }
         Ok(assignment)
+    }
+
+    /// Refuses client IO past the slice's end as this node knows it: the volume grew and the
+    /// client heard before this node did (it hears at its next heartbeat), so the client retries.
+    pub fn in_slice(
+        &self,
+        assignment: &Assignment,
+        lba: Lba,
+        blocks: u64,
+    ) -> Result<(), WireError> {
+        let end = lba
+            .0
+            .saturating_add(blocks)
+            .saturating_mul(client::types::BLOCK_BYTES);
+        if end <= assignment.unit_bytes {
+            return Ok(());
+        }
+        Err(WireError::new(
+            ErrorCode::Unavailable,
+            format!(
+                "blocks {}..{} are past the {} bytes of slice {} known here; if the volume grew, \
+                 this node learns it at its next heartbeat",
+                lba.0,
+                lba.0.saturating_add(blocks),
+                assignment.unit_bytes,
+                self.id
+            ),
+        ))
     }
 
     pub fn generation(&self) -> Generation {
