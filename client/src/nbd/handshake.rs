@@ -26,9 +26,6 @@ pub struct Session {
     pub structured: bool,
     /// The id of `base:allocation`, when the client selected it for this export.
     pub allocation_context: Option<u32>,
-    /// The client asked for the block sizes with `NBD_OPT_GO`: it promised to keep to them, and
-    /// requests that do not are refused (others get partial blocks read-modify-written).
-    pub strict_sizes: bool,
 }
 
 /// The transmission flags of an export.
@@ -166,7 +163,7 @@ pub async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
                         continue;
                     }
                 };
-                let mut session = haggle.session(exports, export);
+                let session = haggle.session(exports, export);
                 let info =
                     wire::info_export(session.size_bytes, transmission_flags(session.structured));
                 reply(stream, option, wire::REP_INFO, &info).await?;
@@ -182,7 +179,6 @@ pub async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
                 reply(stream, option, wire::REP_INFO, &sizes).await?;
                 reply(stream, option, wire::REP_ACK, &[]).await?;
                 if option == wire::OPT_GO {
-                    session.strict_sizes = requested.contains(&wire::INFO_BLOCK_SIZE);
                     return Ok(Some(session));
                 }
             }
@@ -209,7 +205,6 @@ impl Haggle {
             export,
             structured: self.structured,
             allocation_context: (self.structured && selected).then_some(ALLOCATION_CONTEXT_ID),
-            strict_sizes: false,
         }
     }
 

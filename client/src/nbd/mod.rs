@@ -11,10 +11,11 @@
 //! - Writes are durable on every current copy when the volume acknowledges them, so FLUSH and
 //!   FUA need no extra work beyond confirming the primaries still serve; the same makes
 //!   multi-conn safe (`NBD_FLAG_CAN_MULTI_CONN`).
-//! - Block sizes: minimum 512 bytes, preferred 4096, largest payload 32 MiB. A client that
-//!   asked for them (`NBD_INFO_BLOCK_SIZE`) must keep to them; for others any byte range works
-//!   (partial blocks are read-modified-written). TRIM, WRITE_ZEROES and BLOCK_STATUS take any
-//!   length inside the export.
+//! - Block sizes: minimum 1 byte, preferred 4096, largest payload 32 MiB. Any byte range
+//!   works: the partial blocks at its ends are read-modified-written. (FUSE clients such as
+//!   `nbdfuse` pass sub-sector writes through, and libnbd refuses to send a request a larger
+//!   advertised minimum forbids.) TRIM, WRITE_ZEROES and BLOCK_STATUS take any length inside
+//!   the export.
 //! - Every request gets a reply: an error the protocol names for one the server cannot take
 //!   (with a message when structured replies are on); only a broken stream ends a connection.
 //!
@@ -49,8 +50,8 @@ pub const MAX_IN_FLIGHT: usize = 128;
 pub const MAX_IN_FLIGHT_BYTES: usize = 256 << 20;
 /// Connections one client address may hold open at once.
 pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
-/// The advertised minimum block size (NBD_INFO_BLOCK_SIZE): a sector.
-pub const MIN_BLOCK_BYTES: u32 = 512;
+/// The advertised minimum block size (NBD_INFO_BLOCK_SIZE): any byte range is served.
+pub const MIN_BLOCK_BYTES: u32 = 1;
 /// The advertised preferred block size: vbs's block; anything smaller is read-modify-written.
 pub const PREFERRED_BLOCK_BYTES: u32 = crate::types::BLOCK_BYTES as u32;
 /// The largest read or write payload (what qemu and the kernel send at most).

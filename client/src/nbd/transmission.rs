@@ -14,7 +14,7 @@ use tracing::{debug, warn};
 use super::commands::{self, Outcome};
 use super::handshake::Session;
 use super::wire::{self, Command, Request};
-use super::{MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES, MAX_PAYLOAD_BYTES, MIN_BLOCK_BYTES};
+use super::{MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES, MAX_PAYLOAD_BYTES};
 use crate::writer::FrameWriter;
 
 /// A request refused before it runs: the NBD error, and why.
@@ -39,7 +39,6 @@ pub struct Limits {
     pub size_bytes: u64,
     pub structured: bool,
     pub allocation: bool,
-    pub strict_sizes: bool,
 }
 
 impl Limits {
@@ -48,7 +47,6 @@ impl Limits {
             size_bytes: session.size_bytes,
             structured: session.structured,
             allocation: session.allocation_context.is_some(),
-            strict_sizes: session.strict_sizes,
         }
     }
 }
@@ -67,8 +65,8 @@ fn name(command: Command) -> String {
 }
 
 /// Checks a request against the protocol and the export, with the errors the protocol names:
-/// `EINVAL` for unknown commands and flags, reads, trims and block status past the end,
-/// misalignment (to a client that asked for the block sizes), and lengths of 0; `ENOSPC` for
+/// `EINVAL` for unknown commands and flags, reads, trims and block status past the end, and
+/// lengths of 0 (any alignment is served: the minimum block size is 1); `ENOSPC` for
 /// writes past the end; `EOVERFLOW` for a read larger than the maximum payload, with
 /// structured replies; `ENOTSUP` for a fast zero that would not be fast.
 pub fn check(request: &Request, limits: &Limits) -> Result<(), Refusal> {
@@ -126,19 +124,6 @@ pub fn check(request: &Request, limits: &Limits) -> Result<(), Refusal> {
             format!(
                 "{what} of {} bytes at offset {} goes past the end of the export ({} bytes)",
                 request.length, request.offset, limits.size_bytes
-            ),
-        ));
-    }
-    let block = u64::from(MIN_BLOCK_BYTES);
-    if limits.strict_sizes
-        && (request.offset % block != 0 || u64::from(request.length) % block != 0)
-    {
-        return Err(Refusal::new(
-            wire::EINVAL,
-            format!(
-                "{what} of {} bytes at offset {} is not aligned to the minimum block size of \
-                 {MIN_BLOCK_BYTES} bytes",
-                request.length, request.offset
             ),
         ));
     }
@@ -287,7 +272,6 @@ mod tests {
             size_bytes: SIZE,
             structured: true,
             allocation: true,
-            strict_sizes: true,
         }
     }
 
@@ -353,8 +337,6 @@ mod tests {
                 request(Command::WriteZeroes, 0, u64::MAX - 1, 4096),
                 wire::ENOSPC,
             ),
-            (request(Command::Read, 0, 100, 4096), wire::EINVAL),
-            (request(Command::Write, 0, 4096, 1000), wire::EINVAL),
             (request(Command::Flush, 0, 4096, 0), wire::EINVAL),
             (
                 request(Command::Read, 0, 0, MAX_PAYLOAD_BYTES + 512),
@@ -388,11 +370,11 @@ mod tests {
         let simple = Limits {
             structured: false,
             allocation: false,
-            strict_sizes: false,
             ..limits()
         };
-        // No block sizes asked for: any alignment is served (read-modify-write).
+        // Any alignment is served (read-modify-write).
         assert_eq!(errno(request(Command::Write, 0, 100, 1000), &simple), None);
+        assert_eq!(errno(request(Command::Read, 0, 1, 1), &limits()), None);
         // Without structured replies, no block status, no DF, and large reads are EINVAL.
         assert_eq!(
             errno(request(Command::BlockStatus, 0, 0, 4096), &simple),
