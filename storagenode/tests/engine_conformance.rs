@@ -662,6 +662,34 @@ mod cases {
         assert_eq!(device.unit(UNIT).unwrap().last_vba(), Vba(0));
     }
 
+    /// A segment the pool took back after compaction keeps its old header until it is taken
+    /// again and its new header is written: a crash in between leaves the unit's newest log
+    /// segment naming another segment. It holds no record of this one, and is dropped.
+    pub fn a_recycled_segment_whose_new_header_never_landed_is_dropped(fixture: &dyn Fixture) {
+        let backend = fixture.backend();
+        {
+            let device = open(fixture);
+            let unit = device.create_unit(UNIT, UNIT_BYTES).unwrap();
+            for tag in 1..=3 {
+                unit.append(G1, vec![write(tag - 1, tag)]).unwrap();
+            }
+        }
+        // Segment 1's bytes under the name of segment 2: a recycled file, header not rewritten.
+        let old = backend.read_all(&segment_path(1)).unwrap();
+        let recycled = backend.create(&segment_path(2)).unwrap();
+        recycled.write_at(&old, 0).unwrap();
+        recycled.sync().unwrap();
+        drop(recycled);
+        let (device, reports) = Device::open(backend.clone(), &options()).unwrap();
+        assert_eq!(reports[0].dropped_segments, vec![2]);
+        let unit = device.unit(UNIT).unwrap();
+        assert_eq!(unit.last_vba(), Vba(3));
+        let model = Model::from([(0, 1), (1, 2), (2, 3)]);
+        assert_reads(&unit, &model, 4);
+        // The log goes on.
+        assert_eq!(unit.append(G1, vec![write(3, 4)]).unwrap(), Vba(4));
+    }
+
     pub fn a_grown_unit_takes_its_new_blocks_and_keeps_its_size_on_reopen(fixture: &dyn Fixture) {
         let device = open(fixture);
         let unit = device.create_unit(UNIT, 8 * BLOCK_BYTES).unwrap();
@@ -714,4 +742,5 @@ conformance!(
     bad_requests_are_refused_whole,
     removed_units_are_gone_and_their_segments_reused,
     a_grown_unit_takes_its_new_blocks_and_keeps_its_size_on_reopen,
+    a_recycled_segment_whose_new_header_never_landed_is_dropped,
 );

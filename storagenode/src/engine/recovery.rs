@@ -106,7 +106,9 @@ pub(super) fn load(
     }
 
     // Headers first: the newest log segment may have been taken from the pool just before a
-    // crash, its header not yet durable; such a segment holds no record and is dropped.
+    // crash, its header not yet durable; such a segment holds no record and is dropped. Its
+    // header is then zeroes, or, for a segment the pool took back from a unit after compaction,
+    // the header of what it was before (another segment, perhaps of another unit).
     let mut headers = BTreeMap::new();
     let newest_log = files.keys().filter(|v| v.is_log()).max().copied();
     for (vsid, path) in &files {
@@ -119,14 +121,7 @@ pub(super) fn load(
             Ok(header) if header.vsid == *vsid && header.unit == unit => {
                 headers.insert(*vsid, (header, file));
             }
-            Ok(header) => {
-                return Err(corrupt(
-                    *vsid,
-                    0,
-                    format!("header names {} {}", header.unit, header.vsid),
-                ))
-            }
-            Err(_) if Some(*vsid) == newest_log => {
+            _ if Some(*vsid) == newest_log => {
                 report.dropped_segments.push(vsid.0);
                 if repair {
                     let freed = match pool {
@@ -135,6 +130,13 @@ pub(super) fn load(
                     };
                     freed.map_err(io_err(unit, format!("dropping segment {vsid}")))?;
                 }
+            }
+            Ok(header) => {
+                return Err(corrupt(
+                    *vsid,
+                    0,
+                    format!("header names {} {}", header.unit, header.vsid),
+                ))
             }
             Err(reason) => return Err(corrupt(*vsid, 0, reason.to_string())),
         }
