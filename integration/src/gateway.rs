@@ -21,6 +21,15 @@ impl NbdGateway {
     /// Starts `vbs nbd VOLUME` against `cluster`, logging to the cluster's directory, and waits
     /// until it listens.
     pub async fn start(cluster: &Cluster, volume: &str) -> anyhow::Result<NbdGateway> {
+        NbdGateway::start_with(cluster, volume, &[]).await
+    }
+
+    /// [`NbdGateway::start`] with extra `vbs nbd` arguments (`--io-timeout 1s`, say).
+    pub async fn start_with(
+        cluster: &Cluster,
+        volume: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<NbdGateway> {
         let addr = format!("127.0.0.1:{}", free_port()?);
         let log = std::fs::File::create(cluster.dir.path().join(format!("nbd-{volume}.log")))?;
         let child = Command::new(binary("vbs")?)
@@ -33,6 +42,7 @@ impl NbdGateway {
                 "--listen",
                 &addr,
             ])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -15,7 +15,6 @@ const SYSTEM_DIRS: [&str; 4] = ["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/b
 /// `program`'s path, installing Debian's `package` first when it is missing. Installs are one
 /// at a time within a process; apt's own lock (waited for) orders them across processes.
 pub fn ensure(program: &str, package: &str) -> anyhow::Result<PathBuf> {
-    static INSTALLING: Mutex<()> = Mutex::new(());
     if let Some(path) = find(program) {
         return Ok(path);
     }
@@ -24,12 +23,27 @@ pub fn ensure(program: &str, package: &str) -> anyhow::Result<PathBuf> {
         return Ok(path);
     }
     eprintln!("{program} is missing: installing Debian's {package} with apt-get");
+    install_locked(package)?;
+    find(program).with_context(|| format!("apt-get installed {package}, but no {program} is there"))
+}
+
+/// Installs Debian's `package` (a library or module, which no program on the `PATH` stands
+/// for), one install at a time within a process.
+pub fn install(package: &str) -> anyhow::Result<()> {
+    let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|p| p.into_inner());
+    eprintln!("installing Debian's {package} with apt-get");
+    install_locked(package)
+}
+
+static INSTALLING: Mutex<()> = Mutex::new(());
+
+fn install_locked(package: &str) -> anyhow::Result<()> {
     if apt(&["install", "-y", "-q", package]).is_err() {
         // A fresh machine may have no package lists yet.
         apt(&["update", "-q"])?;
         apt(&["install", "-y", "-q", package])?;
     }
-    find(program).with_context(|| format!("apt-get installed {package}, but no {program} is there"))
+    Ok(())
 }
 
 /// `program` on the `PATH` or in [`SYSTEM_DIRS`]; a path with a `/` is taken as it is.

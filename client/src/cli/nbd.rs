@@ -18,14 +18,22 @@ pub struct NbdArgs {
     /// Address to listen on, HOST:PORT.
     #[arg(long, default_value = "127.0.0.1:10809")]
     pub listen: String,
+    /// How long one request to a storage node may take before its primary is reported
+    /// unresponsive (and the slice fails over once its lease runs out).
+    #[arg(long, default_value = "5s", value_parser = client::size::parse_duration)]
+    pub io_timeout: std::time::Duration,
+    /// How long an NBD request keeps retrying before it fails with EIO.
+    #[arg(long, default_value = "30s", value_parser = client::size::parse_duration)]
+    pub retry_deadline: std::time::Duration,
 }
 
 pub async fn run(managers: Arc<Managers>, args: NbdArgs) -> anyhow::Result<()> {
-    let exports = Arc::new(Exports::new(
-        managers,
-        VolumeOptions::default(),
-        args.name.clone(),
-    ));
+    let options = VolumeOptions {
+        io_timeout: args.io_timeout,
+        retry_deadline: args.retry_deadline,
+        ..VolumeOptions::default()
+    };
+    let exports = Arc::new(Exports::new(managers, options, args.name.clone()));
     if let Some(name) = &args.name {
         // A default export that does not exist is a mistake worth saying now.
         exports

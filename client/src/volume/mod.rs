@@ -36,7 +36,7 @@ use crate::types::{Generation, Lba, NodeId, SliceIndex, UnitId, Vba, VolumeId, B
 
 pub use error::{ClientError, Op};
 pub use plan::{Geometry, Part};
-pub use retry::{classify, classify_code, Action};
+pub use retry::{classify, classify_code, Action, MAX_BACKOFF};
 
 use flight::Flights;
 use map::MapCache;

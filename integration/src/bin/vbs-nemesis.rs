@@ -35,9 +35,12 @@ struct Args {
     /// The managers' `--lease`; hangs outlast it, kills and partitions straddle it.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     lease: Duration,
-    /// Concurrent clients.
+    /// Concurrent clients through the client library.
     #[arg(long, default_value_t = 4)]
     clients: u32,
+    /// Concurrent clients through the NBD gateway, with libnbd.
+    #[arg(long, default_value_t = 1)]
+    nbd_clients: u32,
 }
 
 fn main() -> ExitCode {
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
     config.bug = args.bug;
     config.lease = args.lease;
     config.workload.clients = args.clients;
+    config.workload.nbd_clients = args.nbd_clients;
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {

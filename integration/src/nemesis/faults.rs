@@ -5,7 +5,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use client::api::{ClusterStatus, CopyStatus, Role, SliceMap};
-use storagenode::engine::segment::{read_header, scan, Vsid};
+use storagenode::engine::backend::BlockFile;
+use storagenode::engine::segment::{read_header, scan, Found, Vsid};
 use storagenode::engine::{Backend, FileBackend};
 
 use super::netfilter::Netfilter;
@@ -174,12 +175,11 @@ pub async fn inject(
                 .iter()
                 .any(|c| c.node.0 != node && c.status == CopyStatus::Current);
             cluster.storage_node(&node)?.kill();
+            // From here on the node is stopped: whatever tearing finds, it is restarted.
             let torn = if backed {
-                tear_tail(
-                    &cluster.storage_data_dir(&node),
-                    &slice.unit.to_string(),
-                    pick,
-                )?
+                let unit = slice.unit.to_string();
+                tear_tail(&cluster.storage_data_dir(&node), &unit, pick)
+                    .unwrap_or_else(|e| format!("nothing torn in {unit}: {e:#}"))
             } else {
                 format!("nothing torn: {} has no other current copy", slice.unit)
             };
@@ -199,32 +199,49 @@ pub fn heal(cluster: &mut Cluster, net: &mut Netfilter, heal: &Heal) -> anyhow::
     }
 }
 
-/// Zeroes the end of the last write batch of `unit`'s newest log segment in the (stopped)
-/// storage node's data directory `data_dir`, from a point `pick` chooses inside the batch: what a
-/// crash in the middle of the batch's write could leave. Says what it cut.
+/// Zeroes the end of the last write batch of `unit`'s log in the (stopped) storage node's data
+/// directory `data_dir`, from a point `pick` chooses inside the batch: what a crash in the
+/// middle of the batch's write could leave. The log ends in its newest segment that holds
+/// records: a newer one may have been taken from the pool just before the kill, its header
+/// never written, which recovery rightly drops. Says what it cut.
 pub fn tear_tail(data_dir: &Path, unit: &str, pick: u64) -> anyhow::Result<String> {
     let backend = FileBackend::open(data_dir).context("opening the data directory")?;
     let dir = format!("units/{unit}");
-    let newest = backend
+    let mut logs: Vec<Vsid> = backend
         .list(&dir)
         .with_context(|| format!("listing {dir}"))?
         .into_iter()
         .filter_map(|name| Vsid::from_file_name(&name))
         .filter(|vsid| vsid.is_log())
-        .max()
-        .with_context(|| format!("{dir} has no log segment"))?;
-    let path = format!("{dir}/{}", newest.file_name());
-    let file = backend.open(&path)?;
-    let header = read_header(file.as_ref())?
-        .map_err(anyhow::Error::msg)
-        .with_context(|| format!("the header of {path}"))?;
-    let found = scan(file.as_ref(), header.nonce, true)?
-        .map_err(|c| anyhow::anyhow!("{path} is corrupt at {}: {}", c.offset, c.reason))?;
-    let Some(last) = found.records.last() else {
-        return Ok(format!("{path} holds no record yet: nothing torn"));
-    };
+        .collect();
+    logs.sort_unstable_by(|a, b| b.cmp(a));
+    for vsid in logs {
+        let path = format!("{dir}/{}", vsid.file_name());
+        let file = backend.open(&path)?;
+        // A segment taken from the pool whose header was never written holds zeroes there, or
+        // the header of the segment it was before it was recycled.
+        let header = match read_header(file.as_ref())? {
+            Ok(header) if header.vsid == vsid => header,
+            _ => continue,
+        };
+        let found = scan(file.as_ref(), header.nonce, true)?
+            .map_err(|c| anyhow::anyhow!("{path} is corrupt at {}: {}", c.offset, c.reason))?;
+        let Some(last) = found.records.last() else {
+            continue;
+        };
+        return tear(file.as_ref(), &path, last, found.end, pick);
+    }
+    Ok(format!("{dir} holds no record yet: nothing torn"))
+}
+
+fn tear(
+    file: &dyn BlockFile,
+    path: &str,
+    last: &Found,
+    end: u64,
+    pick: u64,
+) -> anyhow::Result<String> {
     let batch = u64::from(last.header.batch_start);
-    let end = found.end;
     let cut = batch + pick % (end - batch);
     let zeroes = vec![0u8; (end - cut) as usize];
     file.write_at(&zeroes, cut)?;
@@ -233,4 +250,57 @@ pub fn tear_tail(data_dir: &Path, unit: &str, pick: u64) -> anyhow::Result<Strin
         "zeroed bytes {cut}..{end} of {path} (last batch from {batch}, last VBA {})",
         last.header.vba
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use client::types::{Generation, Lba, UnitId, BLOCK_BYTES};
+    use storagenode::engine::{Device, DeviceOptions, Op};
+
+    use super::*;
+
+    /// A unit's log whose newest segment was taken from the pool but never written (its header
+    /// is zeroes, as after a kill at that moment): the tear lands in the segment before it.
+    #[test]
+    fn a_torn_tail_skips_a_segment_whose_header_was_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let unit = UnitId::new(1, 1);
+        {
+            let backend = Arc::new(FileBackend::open(dir.path()).unwrap());
+            let options = DeviceOptions {
+                segment_bytes: 64 << 10,
+                spare_segments: 1,
+                sync: true,
+            };
+            let (device, _) = Device::open(backend, &options).unwrap();
+            let unit = device.create_unit(unit, 1 << 20).unwrap();
+            for lba in 0..20 {
+                let data = Bytes::from(vec![lba as u8 + 1; BLOCK_BYTES as usize]);
+                unit.append(
+                    Generation(1),
+                    vec![Op::Write {
+                        lba: Lba(lba),
+                        data,
+                    }],
+                )
+                .unwrap();
+            }
+        }
+        let units = dir.path().join("units").join(unit.to_string());
+        let newest = std::fs::read_dir(&units)
+            .unwrap()
+            .filter_map(|e| Vsid::from_file_name(e.unwrap().file_name().to_str()?))
+            .filter(|v| v.is_log())
+            .max()
+            .unwrap();
+        let unwritten = Vsid(newest.0 + 1);
+        std::fs::write(units.join(unwritten.file_name()), vec![0u8; 64 << 10]).unwrap();
+
+        let torn = tear_tail(dir.path(), &unit.to_string(), 7).unwrap();
+        assert!(torn.contains(&newest.file_name()), "{torn}");
+        assert!(torn.contains("last VBA 20"), "{torn}");
+    }
 }

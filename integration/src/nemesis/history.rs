@@ -6,6 +6,7 @@
 //! so a read tells exactly which write it returned, or that it returned something no write
 //! produced.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -138,15 +139,38 @@ pub struct History {
     epoch: Instant,
     writes: Mutex<Vec<WriteEvent>>,
     reads: Mutex<Vec<ReadEvent>>,
+    blocks_per_slice: u64,
+    /// Per slice, when an operation on it last succeeded (microseconds since the epoch).
+    served: Vec<AtomicU64>,
 }
 
 impl History {
-    pub fn new(epoch: Instant) -> History {
+    /// The history of clients of a volume of `slices` slices of `blocks_per_slice` blocks.
+    pub fn new(epoch: Instant, slices: u32, blocks_per_slice: u64) -> History {
         History {
             epoch,
             writes: Mutex::new(Vec::new()),
             reads: Mutex::new(Vec::new()),
+            blocks_per_slice,
+            served: (0..slices).map(|_| AtomicU64::new(0)).collect(),
         }
+    }
+
+    /// Notes that an operation on `blocks` blocks from `first` succeeded at `at_us`.
+    fn served(&self, first: u64, blocks: u64, at_us: u64) {
+        let last = (first + blocks.max(1) - 1) / self.blocks_per_slice;
+        for slice in first / self.blocks_per_slice..=last {
+            if let Some(served) = self.served.get(slice as usize) {
+                served.fetch_max(at_us, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Whether an operation on every slice succeeded after `since_us`.
+    pub fn every_slice_served_since(&self, since_us: u64) -> bool {
+        self.served
+            .iter()
+            .all(|served| served.load(Ordering::Relaxed) > since_us)
     }
 
     /// Microseconds since the run started.
@@ -155,6 +179,9 @@ impl History {
     }
 
     pub fn record_write(&self, event: WriteEvent) {
+        if matches!(event.outcome, Outcome::Ok(_)) {
+            self.served(event.first_block, event.blocks, event.end_us);
+        }
         self.writes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -162,6 +189,9 @@ impl History {
     }
 
     pub fn record_read(&self, event: ReadEvent) {
+        if let Outcome::Ok(values) = &event.outcome {
+            self.served(event.first_block, values.len() as u64, event.end_us);
+        }
         self.reads
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -178,6 +208,61 @@ impl History {
     pub fn reads(&self) -> Vec<ReadEvent> {
         self.reads.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
+}
+
+/// Every operation of `writes` and `reads` as a line of tab-separated fields (kind, client,
+/// first block, blocks, start and end in microseconds, outcome), in order of start, for reading
+/// a failed run.
+pub fn write_tsv(
+    writes: &[WriteEvent],
+    reads: &[ReadEvent],
+    path: &std::path::Path,
+) -> std::io::Result<()> {
+    fn describe<T>(outcome: &Outcome<T>) -> String {
+        match outcome {
+            Outcome::Ok(_) => "ok".into(),
+            Outcome::Failed(e) => format!("failed: {e}"),
+            Outcome::Unknown(e) => format!("unknown: {e}"),
+        }
+    }
+    let mut lines: Vec<(u64, String)> = writes
+        .iter()
+        .map(|w| {
+            let line = format!(
+                "write\t{}\t{}\t{}\t{}\t{}\t{}",
+                w.id,
+                w.first_block,
+                w.blocks,
+                w.start_us,
+                w.end_us,
+                describe(&w.outcome)
+            );
+            (w.start_us, line)
+        })
+        .collect();
+    lines.extend(reads.iter().map(|r| {
+        let blocks = match &r.outcome {
+            Outcome::Ok(values) => values.len().to_string(),
+            _ => "?".into(),
+        };
+        let kind = if r.is_final { "final-read" } else { "read" };
+        let line = format!(
+            "{kind}\tc{}\t{}\t{blocks}\t{}\t{}\t{}",
+            r.client,
+            r.first_block,
+            r.start_us,
+            r.end_us,
+            describe(&r.outcome)
+        );
+        (r.start_us, line)
+    }));
+    lines.sort_by_key(|(start, _)| *start);
+    let mut text = String::from("kind\tclient\tfirst_block\tblocks\tstart_us\tend_us\toutcome\n");
+    for (_, line) in lines {
+        text.push_str(&line);
+        text.push('\n');
+    }
+    std::fs::write(path, text)
 }
 
 #[cfg(test)]

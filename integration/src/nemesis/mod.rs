@@ -7,7 +7,9 @@
 //! partitions made with packet filters ([`netfilter`]), torn log tails. Before each fault the
 //! cluster must be whole again (every copy current) within a bound. At the end, every fault
 //! healed, the clients stop, every block is read back, and the storage nodes are stopped so that
-//! every copy can be checked offline. The [`checker`] then judges the [`history`].
+//! every copy can be checked offline. The [`checker`] then judges the [`history`], and
+//! [`availability`] how long a slice that could serve kept its clients waiting. One client goes
+//! through the NBD gateway with libnbd ([`nbd`]), the others through the client library.
 //!
 //! # Layout
 //! - [`schedule`]: the fault kinds and the seeded schedule;
@@ -15,11 +17,15 @@
 //! - [`netfilter`]: iptables rules, removed on every exit path;
 //! - [`workload`]: the clients;
 //! - [`history`]: self-describing blocks and the record of every operation;
-//! - [`checker`]: lost writes, stale reads, split brain.
+//! - [`checker`]: lost writes, stale reads, split brain;
+//! - [`availability`]: the longest wait on a slice that could serve;
+//! - [`nbd`]: a client through the NBD gateway, with libnbd.
 
+pub mod availability;
 pub mod checker;
 pub mod faults;
 pub mod history;
+pub mod nbd;
 pub mod netfilter;
 pub mod schedule;
 pub mod workload;
@@ -38,13 +44,15 @@ use client::types::BLOCK_BYTES;
 
 use crate::binaries::binary_with_features;
 use crate::cluster::{replicated_volumes, Addresses, Cluster, ClusterOptions};
+use crate::gateway::NbdGateway;
 use crate::wait::wait_until;
+use availability::{Monitor, Unavailable};
 use checker::Verdict;
 use faults::slices;
 use history::History;
 use netfilter::Netfilter;
 use schedule::{FaultKind, Schedule};
-use workload::{Workload, WorkloadOptions};
+use workload::{Client, Workload, WorkloadOptions};
 
 /// The volume every run writes.
 const VOLUME: &str = "nemesis";
@@ -67,6 +75,11 @@ pub const MANAGER_BUGS: [&str; 3] = [
     "paused-leader-forgets-pause",
     "restart-loses-slices",
 ];
+/// The storage nodes' heartbeat interval, and the managers' clock margin and maximum election
+/// timeout: the defaults the nemesis runs them with.
+const STORAGE_HEARTBEAT: Duration = Duration::from_secs(1);
+const CLOCK_MARGIN: Duration = Duration::from_millis(500);
+const ELECTION_TIMEOUT_MAX: Duration = Duration::from_secs(2);
 /// Serializes runs on one machine: they share the loopback addresses and the packet filter.
 const LOCK_FILE: &str = "/tmp/vbs-nemesis.lock";
 
@@ -106,6 +119,25 @@ impl Config {
         }
     }
 
+    /// The longest a slice that could serve may keep its clients waiting (`docs/reliability.md`,
+    /// "Availability"): one recovery from one fault. A client's request to a primary that
+    /// stopped answering times out (`io_timeout`) and the client reports it; the managers
+    /// promote another copy once the primary's lease has run out, counted from the last
+    /// heartbeat they received (up to a heartbeat interval before the fault), plus their clock
+    /// margin; the new primary learns its role from its next heartbeat reply (one interval);
+    /// the client retries within its longest backoff. A manager election (up to its maximum
+    /// timeout) may stand between the report and the decision. A secondary that stopped
+    /// answering holds a write for the storage node's write timeout (2 s) before it is marked
+    /// stale, which is shorter than that path.
+    pub fn unavailable_bound(&self) -> Duration {
+        self.workload.io_timeout
+            + 2 * STORAGE_HEARTBEAT
+            + self.lease
+            + CLOCK_MARGIN
+            + ELECTION_TIMEOUT_MAX
+            + client::volume::MAX_BACKOFF
+    }
+
     /// The command that runs this configuration again.
     pub fn replay_command(&self) -> String {
         let mut command = format!(
@@ -136,6 +168,11 @@ pub struct Report {
     pub schedule: Schedule,
     /// Faults injected, by kind.
     pub injected: BTreeMap<FaultKind, u64>,
+    /// Faults that could not be injected as drawn (no leader to kill, no secondary), by kind,
+    /// with why.
+    pub skipped: Vec<(FaultKind, String)>,
+    /// The longest wait on a slice that could serve, and the bound it must stay within.
+    pub unavailable: Unavailable,
     pub verdict: Verdict,
     /// Whether the cluster was whole again after every fault, and at the end every copy was
     /// current and identical.
@@ -151,7 +188,12 @@ pub struct Report {
 
 impl Report {
     pub fn passed(&self) -> bool {
-        self.verdict.safe() && self.converged && self.needless_failovers() == 0
+        self.verdict.safe() && self.converged && self.needless_failovers() == 0 && self.available()
+    }
+
+    /// Whether no slice that could serve kept its clients waiting longer than the bound.
+    pub fn available(&self) -> bool {
+        Duration::from_micros(self.unavailable.longest_us) <= self.config.unavailable_bound()
     }
 
     /// Whether every fault of the schedule struck a manager alone.
@@ -169,16 +211,18 @@ impl Report {
         }
     }
 
-    /// `nemesis: ops=N acked=N lost=0 stale_reads=0 split_brain=0 converged=yes`, and
-    /// `needless_failovers=0` after it when the faults struck managers alone.
+    /// `nemesis: ops=N acked=N lost=0 stale_reads=0 split_brain=0 unavailable_max_ms=N
+    /// converged=yes`, and `needless_failovers=0` after it when the faults struck managers alone.
     pub fn summary_line(&self) -> String {
         let mut line = format!(
-            "nemesis: ops={} acked={} lost={} stale_reads={} split_brain={} converged={}",
+            "nemesis: ops={} acked={} lost={} stale_reads={} split_brain={} \
+             unavailable_max_ms={} converged={}",
             self.verdict.ops,
             self.verdict.acked,
             self.verdict.lost,
             self.verdict.stale_reads,
             self.verdict.split_brain,
+            self.unavailable.longest_us / 1000,
             if self.converged { "yes" } else { "no" }
         );
         if self.manager_faults_only() {
@@ -216,7 +260,28 @@ impl Report {
             v.reads,
             v.read_errors
         );
+        for (kind, why) in &self.skipped {
+            let _ = writeln!(out, "nemesis: skipped a {kind} fault: {why}");
+        }
         let _ = writeln!(out, "nemesis: slices failed over: {}", self.failovers);
+        let u = &self.unavailable;
+        let _ = writeln!(
+            out,
+            "nemesis: longest wait on a slice that could serve: {} ms (slice {}, ending at \
+             {:.1}s; bound {} ms)",
+            u.longest_us / 1000,
+            u.slice,
+            u.until_us as f64 / 1e6,
+            self.config.unavailable_bound().as_millis()
+        );
+        if !self.available() {
+            let _ = writeln!(
+                out,
+                "nemesis: PROBLEM slice {} kept its clients waiting {} ms, over the bound",
+                u.slice,
+                u.longest_us / 1000
+            );
+        }
         for problem in v.problems.iter().chain(&self.convergence_problems) {
             let _ = writeln!(out, "nemesis: PROBLEM {problem}");
         }
@@ -281,10 +346,14 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
         .await
         .context("waiting for the storage nodes")?;
     create_volume(&cluster, config)?;
-    let history = Arc::new(History::new(started));
-    let mut volumes = Vec::new();
+    let history = Arc::new(History::new(
+        started,
+        config.slices,
+        config.slice_bytes / BLOCK_BYTES,
+    ));
+    let mut io = Vec::new();
     for client in 1..=config.workload.clients {
-        volumes.push(
+        io.push(Client::Volume(
             workload::open(
                 &cluster.managers_arg(),
                 VOLUME,
@@ -292,30 +361,63 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
                 &config.workload,
             )
             .await?,
-        );
+        ));
     }
-    let clients = Workload::start(volumes, history.clone(), config.seed, &config.workload);
+    // The NBD gateway is a client of the cluster like the others, on the harness's address:
+    // the faults do not cut it off.
+    let timeouts = [
+        "--io-timeout".to_string(),
+        format!("{}ms", config.workload.io_timeout.as_millis()),
+        "--retry-deadline".to_string(),
+        format!("{}ms", config.workload.retry_deadline.as_millis()),
+    ];
+    let timeouts: Vec<&str> = timeouts.iter().map(String::as_str).collect();
+    let gateway = NbdGateway::start_with(&cluster, VOLUME, &timeouts)
+        .await
+        .context("starting the NBD gateway")?;
+    if config.workload.nbd_clients > 0 {
+        let script = nbd::prepare(cluster.dir.path())?;
+        for _ in 0..config.workload.nbd_clients {
+            let client = nbd::NbdClient::connect(&script, &gateway.url).await?;
+            io.push(Client::Nbd(Box::new(client)));
+        }
+    }
+    let monitor = Monitor::start(
+        client::managers::Managers::parse(&cluster.managers_arg(), Duration::from_secs(2))
+            .map_err(anyhow::Error::msg)?,
+        VOLUME,
+        history.clone(),
+    );
+    let clients = Workload::start(io, history.clone(), config.seed, &config.workload);
     let generations_before = generations(&cluster.status().await.context("reading the status")?)?;
 
     let mut injected = BTreeMap::new();
+    let mut skipped = Vec::new();
     let mut problems = Vec::new();
+    // Before each fault the cluster is whole and every slice served a client since the last
+    // heal, so that one wait on a slice spans one fault, not the tail of one and the next.
+    let mut healed_us = 0;
     for (i, step) in schedule.steps.iter().enumerate() {
-        if let Err(e) = wait_whole(&cluster, config, config.heal_timeout).await {
+        let served = Some((&*history, healed_us));
+        if let Err(e) = wait_whole(&cluster, config, config.heal_timeout, served).await {
             problems.push(format!("before fault {}: {e:#}", i + 1));
             break;
         }
         tokio::time::sleep(step.pause).await;
         let at = started.elapsed();
+        // A fault that cannot be injected as drawn changed nothing: it is skipped and counted.
         let (what, heal) = match faults::inject(&mut cluster, &mut net, VOLUME, step).await {
             Ok(injected) => injected,
             Err(e) => {
-                problems.push(format!("injecting fault {} ({step}): {e:#}", i + 1));
-                break;
+                println!("nemesis: {:>3}. skipped {step}: {e:#}", i + 1);
+                skipped.push((step.kind, format!("{e:#}")));
+                continue;
             }
         };
         *injected.entry(step.kind).or_insert(0) += 1;
         tokio::time::sleep(step.hold).await;
         let healed = faults::heal(&mut cluster, &mut net, &heal);
+        healed_us = history.now_us();
         println!(
             "nemesis: {:>3}. {:>7.1}s {}: {what}; healed after {:?} ({} ops so far)",
             i + 1,
@@ -335,7 +437,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
 
     // The end: whole again, quiet, every block read back, every copy checked.
     let whole_at = Instant::now();
-    match wait_whole(&cluster, config, config.heal_timeout).await {
+    match wait_whole(&cluster, config, config.heal_timeout, None).await {
         Ok(()) => println!(
             "nemesis: whole again {:.1?} after the last fault",
             whole_at.elapsed()
@@ -344,13 +446,16 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
     }
     // Clients that were retrying when told to stop may have moved a slice on (a report of a slow
     // primary fails it over): whole again before the final read, and after it.
+    let clients_stopped_us = history.now_us();
     clients.stop().await;
+    let samples = monitor.stop().await;
+    drop(gateway);
     let mut whole = true;
     for stage in ["after the clients stopped", "after the final read"] {
         if stage == "after the final read" {
             final_read(&cluster, config, &history, &mut problems).await?;
         }
-        if let Err(e) = wait_whole(&cluster, config, config.heal_timeout).await {
+        if let Err(e) = wait_whole(&cluster, config, config.heal_timeout, None).await {
             problems.push(format!("{stage}: {e:#}"));
             whole = false;
         }
@@ -371,12 +476,22 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
         .map(|(unit, g)| g.saturating_sub(generations_before.get(unit).copied().unwrap_or(*g)))
         .sum();
 
-    let verdict = checker::check(&history.writes(), &history.reads());
+    let (writes, reads) = (history.writes(), history.reads());
+    let verdict = checker::check(&writes, &reads);
+    let unavailable = availability::longest_wait(
+        &writes,
+        &reads,
+        &samples,
+        config.slice_bytes / BLOCK_BYTES,
+        clients_stopped_us,
+    );
     let converged = problems.is_empty();
     let mut report = Report {
         config: config.clone(),
         schedule,
         injected,
+        skipped,
+        unavailable,
         verdict,
         converged,
         failovers,
@@ -385,7 +500,15 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
         elapsed: started.elapsed(),
     };
     if !report.passed() {
-        report.kept_dir = Some(cluster.keep_dir());
+        let dir = cluster.keep_dir();
+        history::write_tsv(&writes, &reads, &dir.join("history.tsv"))
+            .context("writing the history")?;
+        std::fs::write(
+            dir.join("availability.tsv"),
+            availability::samples_tsv(&samples),
+        )
+        .context("writing the availability samples")?;
+        report.kept_dir = Some(dir);
     }
     Ok(report)
 }
@@ -482,12 +605,20 @@ fn missing(cluster: &Cluster, config: &Config, status: &ClusterStatus) -> Option
 }
 
 /// Waits until every process runs, every storage node is up and every slice has its replicas,
-/// all current.
-async fn wait_whole(cluster: &Cluster, config: &Config, timeout: Duration) -> anyhow::Result<()> {
+/// all current, and, with `served`, every slice served a client after the time it gives.
+async fn wait_whole(
+    cluster: &Cluster,
+    config: &Config,
+    timeout: Duration,
+    served: Option<(&History, u64)>,
+) -> anyhow::Result<()> {
     let last = std::sync::Mutex::new(String::new());
     let result = wait_until("the cluster to be whole", timeout, || async {
         let status = cluster.status().await?;
-        Ok::<_, anyhow::Error>(match missing(cluster, config, &status) {
+        let unserved = served
+            .filter(|(history, since)| !history.every_slice_served_since(*since))
+            .map(|_| "a slice has served no client since the last fault healed".to_string());
+        Ok::<_, anyhow::Error>(match missing(cluster, config, &status).or(unserved) {
             None => Some(()),
             Some(what) => {
                 *last.lock().unwrap_or_else(|p| p.into_inner()) = what;
@@ -511,13 +642,15 @@ async fn final_read(
     history: &History,
     problems: &mut Vec<String>,
 ) -> anyhow::Result<()> {
-    let volume = workload::open(
-        &cluster.managers_arg(),
-        VOLUME,
-        "nemesis-final-read".into(),
-        &config.workload,
-    )
-    .await?;
+    let volume = Client::Volume(
+        workload::open(
+            &cluster.managers_arg(),
+            VOLUME,
+            "nemesis-final-read".into(),
+            &config.workload,
+        )
+        .await?,
+    );
     let blocks = volume.size_bytes() / BLOCK_BYTES;
     let mut first = 0;
     while first < blocks {

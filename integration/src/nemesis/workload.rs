@@ -1,18 +1,21 @@
 //! The clients: each its own [`Volume`] (its own map cache and connections, like separate compute
-//! nodes), writing and reading random runs of blocks one operation at a time until told to stop,
-//! recording everything in the [`History`].
+//! nodes), or an NBD connection through the gateway with libnbd ([`NbdClient`]), writing and
+//! reading random runs of blocks one operation at a time until told to stop, recording
+//! everything in the [`History`].
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use client::managers::Managers;
 use client::types::BLOCK_BYTES;
-use client::volume::{ClientError, Volume, VolumeOptions};
+use client::volume::{ClientError, Volume, VolumeOptions, WriteAck};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::history::{decode_block, payload, History, Outcome, ReadEvent, WriteEvent, WriteId};
+use super::nbd::NbdClient;
 
 /// How the clients behave.
 #[derive(Clone, Debug)]
@@ -27,6 +30,8 @@ pub struct WorkloadOptions {
     pub max_read_blocks: u64,
     pub io_timeout: Duration,
     pub retry_deadline: Duration,
+    /// Clients besides `clients` that go through the NBD gateway (writers, like the others).
+    pub nbd_clients: u32,
 }
 
 impl Default for WorkloadOptions {
@@ -39,6 +44,7 @@ impl Default for WorkloadOptions {
             max_read_blocks: 8,
             io_timeout: Duration::from_secs(1),
             retry_deadline: Duration::from_secs(20),
+            nbd_clients: 1,
         }
     }
 }
@@ -48,6 +54,43 @@ fn outcome<T>(result: Result<T, ClientError>) -> Outcome<T> {
         Ok(value) => Outcome::Ok(value),
         Err(e) if e.is_invalid_request() => Outcome::Failed(e.to_string()),
         Err(e) => Outcome::Unknown(e.to_string()),
+    }
+}
+
+/// How one client reaches the volume.
+pub enum Client {
+    Volume(Arc<Volume>),
+    Nbd(Box<NbdClient>),
+}
+
+impl Client {
+    pub fn size_bytes(&self) -> u64 {
+        match self {
+            Client::Volume(volume) => volume.size_bytes(),
+            Client::Nbd(nbd) => nbd.size_bytes(),
+        }
+    }
+
+    async fn write(&self, offset: u64, data: Bytes) -> Outcome<Vec<WriteAck>> {
+        match self {
+            Client::Volume(volume) => outcome(volume.write_acked(offset, data).await),
+            // An NBD client does not learn which primary acknowledged; an error reply may come
+            // after the write was applied.
+            Client::Nbd(nbd) => match nbd.write(offset, &data).await {
+                Ok(()) => Outcome::Ok(Vec::new()),
+                Err(e) => Outcome::Unknown(e),
+            },
+        }
+    }
+
+    async fn read(&self, offset: u64, len: u64) -> Outcome<Bytes> {
+        match self {
+            Client::Volume(volume) => outcome(volume.read(offset, len).await),
+            Client::Nbd(nbd) => match nbd.read(offset, len).await {
+                Ok(data) => Outcome::Ok(data),
+                Err(e) => Outcome::Unknown(e),
+            },
+        }
     }
 }
 
@@ -80,30 +123,28 @@ pub struct Workload {
 }
 
 impl Workload {
-    /// Starts `options.clients` clients on `volumes` (one each); client `i` draws its operations
-    /// from `seed` and `i`.
+    /// Starts one client on each of `clients`; client `i` (from 1) draws its operations from
+    /// `seed` and `i`. Of the first `options.clients`, the last `options.readers` only read.
     pub fn start(
-        volumes: Vec<Arc<Volume>>,
+        clients: Vec<Client>,
         history: Arc<History>,
         seed: u64,
         options: &WorkloadOptions,
     ) -> Workload {
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicU64::new(0));
-        let tasks = volumes
+        let tasks = clients
             .into_iter()
             .enumerate()
-            .map(|(i, volume)| {
+            .map(|(i, io)| {
                 let client = i as u32 + 1;
                 let rng = StdRng::seed_from_u64(seed ^ (u64::from(client) << 32));
-                let write_percent = if client + options.readers > options.clients {
-                    0
-                } else {
-                    options.write_percent
-                };
+                let reader =
+                    client <= options.clients && client + options.readers > options.clients;
+                let write_percent = if reader { 0 } else { options.write_percent };
                 tokio::spawn(run_client(
                     client,
-                    volume,
+                    io,
                     history.clone(),
                     rng,
                     Mix {
@@ -142,7 +183,7 @@ struct Mix {
 
 async fn run_client(
     client: u32,
-    volume: Arc<Volume>,
+    volume: Client,
     history: Arc<History>,
     mut rng: StdRng,
     options: Mix,
@@ -159,14 +200,14 @@ async fn run_client(
             let first = rng.random_range(0..=volume_blocks - blocks);
             let data = payload(first, blocks, id);
             let start_us = history.now_us();
-            let result = volume.write_acked(first * BLOCK_BYTES, data).await;
+            let outcome = volume.write(first * BLOCK_BYTES, data).await;
             history.record_write(WriteEvent {
                 id,
                 first_block: first,
                 blocks,
                 start_us,
                 end_us: history.now_us(),
-                outcome: outcome(result),
+                outcome,
             });
         } else {
             let blocks = rng.random_range(1..=options.max_read_blocks);
@@ -182,7 +223,7 @@ async fn run_client(
 
 /// Reads `blocks` blocks from `first` and records what each held; returns whether it succeeded.
 pub async fn read(
-    volume: &Volume,
+    volume: &Client,
     history: &History,
     client: u32,
     first: u64,
@@ -190,22 +231,23 @@ pub async fn read(
     is_final: bool,
 ) -> bool {
     let start_us = history.now_us();
-    let result = volume
-        .read(first * BLOCK_BYTES, blocks * BLOCK_BYTES)
-        .await
-        .map(|data| {
+    let outcome = match volume.read(first * BLOCK_BYTES, blocks * BLOCK_BYTES).await {
+        Outcome::Ok(data) => Outcome::Ok(
             data.chunks(BLOCK_BYTES as usize)
                 .enumerate()
                 .map(|(i, block)| decode_block(first + i as u64, block))
-                .collect::<Vec<_>>()
-        });
-    let ok = result.is_ok();
+                .collect::<Vec<_>>(),
+        ),
+        Outcome::Failed(e) => Outcome::Failed(e),
+        Outcome::Unknown(e) => Outcome::Unknown(e),
+    };
+    let ok = matches!(outcome, Outcome::Ok(_));
     history.record_read(ReadEvent {
         client,
         first_block: first,
         start_us,
         end_us: history.now_us(),
-        outcome: outcome(result),
+        outcome,
         is_final,
     });
     ok
