@@ -391,9 +391,10 @@ pub async fn run(args: UpArgs, token_file: Option<PathBuf>) -> anyhow::Result<()
         "  token      {} (every request to the cluster needs it)",
         token_path.display()
     );
+    println!("  NBD        {url}");
     println!(
-        "  NBD        {url} (every volume: nbd://{}/NAME)",
-        layout.nbd
+        "  exports    every volume as nbd://{}/NAME (nbdinfo --list nbd://{})",
+        layout.nbd, layout.nbd
     );
     println!("  metrics    http://{}/metrics (managers), http://{}/metrics (storage nodes: ports {}..), with the header \"Authorization: Bearer TOKEN\"",
         layout.managers[0], layout.node_metrics[0], layout.node_metrics[0].rsplit(':').next().unwrap_or(""));
