@@ -53,12 +53,9 @@ pub async fn read(
     }
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let newest = runtime.engine.newest_vba_in(lba, u64::from(blocks));
-        if newest > runtime.generation_start(generation) {
-            held_by_every_copy(node, runtime, generation, newest, deadline).await?;
-            // The lease may have run out while the read waited.
-            runtime.serving_primary(generation)?;
-        }
+        let newest =
+            newest_held_by_every_copy(node, runtime, generation, lba, blocks.into(), deadline)
+                .await?;
         // Blocks in the page cache are copied here; only a read that would wait for the disk
         // takes a blocking thread.
         let cached = runtime
@@ -110,22 +107,32 @@ pub async fn allocation(
 ) -> Result<Response, WireError> {
     let assignment = runtime.serving_primary(generation)?;
     runtime.in_slice(&assignment, lba, blocks)?;
-    let engine = &runtime.engine;
-    // Checks the range before anything else looks at the index.
-    let extents = engine
-        .allocation(lba, blocks, MAX_EXTENTS_PER_FRAME)
-        .map_err(from_engine)?;
-    let newest = engine.newest_vba_in(lba, blocks);
-    if newest <= runtime.generation_start(generation) {
-        return Ok(Response::Allocation { extents });
-    }
     let deadline = tokio::time::Instant::now() + wait;
-    held_by_every_copy(node, runtime, generation, newest, deadline).await?;
-    runtime.serving_primary(generation)?;
-    let extents = engine
+    newest_held_by_every_copy(node, runtime, generation, lba, blocks, deadline).await?;
+    let extents = runtime
+        .engine
         .allocation(lba, blocks, MAX_EXTENTS_PER_FRAME)
         .map_err(from_engine)?;
     Ok(Response::Allocation { extents })
+}
+
+/// The newest VBA of `blocks` blocks from `lba` (inside the slice), once every current copy
+/// holds it when this primary numbered it (`held_by_every_copy`), and the primary still serves.
+async fn newest_held_by_every_copy(
+    node: &Node,
+    runtime: &UnitRuntime,
+    generation: Generation,
+    lba: Lba,
+    blocks: u64,
+    deadline: tokio::time::Instant,
+) -> Result<Vba, WireError> {
+    let newest = runtime.engine.newest_vba_in(lba, blocks);
+    if newest > runtime.generation_start(generation) {
+        held_by_every_copy(node, runtime, generation, newest, deadline).await?;
+        // The lease may have run out while it waited.
+        runtime.serving_primary(generation)?;
+    }
+    Ok(newest)
 }
 
 /// What a read waiting for every copy to hold a VBA does next.
