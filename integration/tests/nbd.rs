@@ -486,6 +486,8 @@ async fn fio_verifies_every_block_while_the_primary_is_killed_and_restarted() {
         cluster_exporting("fio", "48M", "64M", &["--lease", "2s"]).await;
     let report_path = cluster.dir.path().join("fio.json");
     let job = Command::new(&fio)
+        // fio saves its verify state in its working directory.
+        .current_dir(cluster.dir.path())
         .args([
             "--name=verify",
             "--ioengine=nbd",
