@@ -138,8 +138,8 @@ async fn newest_held_by_every_copy(
 /// What a read waiting for every copy to hold a VBA does next.
 enum Held {
     Yes,
-    /// Ask these copies how far they are: nothing in flight will tell.
-    Ask(Vec<NodeId>),
+    /// Ask the unconfirmed copies how far they are: nothing in flight will tell.
+    Ask,
 }
 
 /// Waits until every copy this primary waits for holds `vba` (the window's committed VBA
@@ -160,13 +160,12 @@ async fn held_by_every_copy(
                 if window.committed() >= vba {
                     return Some(Held::Yes);
                 }
-                let unconfirmed = window.unconfirmed(vba);
-                (!unconfirmed.is_empty()).then_some(Held::Ask(unconfirmed))
+                (!window.unconfirmed(vba).is_empty()).then_some(Held::Ask)
             })
             .await;
         match held {
             Some(Held::Yes) => return Ok(()),
-            Some(Held::Ask(copies)) => ask_copies(node, runtime, generation, vba, copies).await?,
+            Some(Held::Ask) => ask_copies(node, runtime, generation, vba).await?,
             None => {
                 return Err(WireError::new(
                     ErrorCode::Unavailable,
@@ -180,18 +179,18 @@ async fn held_by_every_copy(
     }
 }
 
-/// Asks `copies` for their last VBA with the frame that tells a copy where this generation
-/// starts (`announce`), and counts their answers in the window. A copy still short of `vba`
-/// lacks records this primary holds but never acknowledged (it numbered them just before it
-/// stopped); nothing can send them from the window, so the copy is marked stale and resyncs,
-/// as a write it could not take would have it. One round at a time per unit: reads that wait
-/// meanwhile find the window answered.
+/// Asks the copies the window has unconfirmed at `vba` for their last VBA, with the frame that
+/// tells a copy where this generation starts (`announce`), and counts their answers in the
+/// window. A copy still short of `vba` lacks records this primary holds but never acknowledged
+/// (it numbered them just before it stopped); nothing can send them from the window, so the
+/// copy is marked stale and resyncs, as a write it could not take would have it. One round at a
+/// time per unit, the copies looked up under its lock: reads that waited meanwhile find the
+/// window answered.
 async fn ask_copies(
     node: &Node,
     runtime: &UnitRuntime,
     generation: Generation,
     vba: Vba,
-    copies: Vec<NodeId>,
 ) -> Result<(), WireError> {
     let _one_round = runtime.asking.lock().await;
     let assignment = runtime.serving_primary(generation)?;
@@ -203,7 +202,7 @@ async fn ask_copies(
     let targets: Vec<CopyInfo> = runtime
         .replicas(&assignment)
         .into_iter()
-        .filter(|c| copies.contains(&c.node) && unconfirmed.contains(&c.node))
+        .filter(|c| unconfirmed.contains(&c.node))
         .collect();
     let deadline = Instant::now() + node.config.write_timeout;
     let replies: Vec<(NodeId, Reply)> = targets
