@@ -2,11 +2,13 @@
 //! leader is, proposing a command with a deadline, linearizable reads, and the leader's
 //! in-memory liveness table.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use client::security::Rejections;
+use client::types::NodeId;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
 use parking_lot::Mutex;
@@ -211,6 +213,22 @@ impl Manager {
             self.caught_up_term.store(term, Ordering::Release);
         }
         Ok(())
+    }
+
+    /// For a decision that counts free space (placing a volume or its growth, a drain's
+    /// feasibility): waits until this leader is caught up (a new leader's lagging view would
+    /// count space already assigned as free), takes the placement lock (no two such decisions
+    /// count the same space), and returns its guard with the free space each node last
+    /// reported.
+    pub async fn placing(
+        &self,
+    ) -> Result<(tokio::sync::MutexGuard<'_, ()>, BTreeMap<NodeId, u64>), ApiFailure> {
+        self.caught_up().await?;
+        let guard = self.placement_lock.lock().await;
+        let free = self
+            .with_liveness(Instant::now(), |l| l.reported_free())
+            .unwrap_or_default();
+        Ok((guard, free))
     }
 }
 

@@ -145,13 +145,8 @@ pub async fn drain(
         if !body.iter().all(u8::is_ascii_whitespace) {
             let _: DrainRequest = parse_json(&body)?;
         }
-        // The feasibility check counts free space: not on a new leader's lagging view, and not
-        // at the same time as a placement.
-        m.caught_up().await?;
-        let _placing = m.placement_lock.lock().await;
-        let free = m
-            .with_liveness(Instant::now(), |l| l.reported_free())
-            .unwrap_or_default();
+        // The feasibility check counts free space.
+        let (_placing, free) = m.placing().await?;
         if let Some(command) = m.read(|a| repair::drain(&a.state, &id, &free))? {
             refused(m.propose(command).await?)?;
             tracing::info!(node = %id, "draining storage node");

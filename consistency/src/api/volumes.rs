@@ -77,12 +77,7 @@ pub async fn create(State(manager): State<SharedManager>, request: Request) -> R
     on_leader(&manager, request, |body| async move {
         let request: CreateVolumeRequest = parse_json(&body)?;
         let spec = placement::validate(&request)?;
-        // Placement on a new leader's lagging view would count space already assigned as free.
-        m.caught_up().await?;
-        let _serialized = m.placement_lock.lock().await;
-        let free = m
-            .with_liveness(Instant::now(), |l| l.reported_free())
-            .unwrap_or_default();
+        let (_placing, free) = m.placing().await?;
         let command = m.read(|a| placement::place(&a.state, &spec, |n| free.get(n).copied()))?;
         match m.propose(command).await? {
             Outcome::VolumeCreated(id) => {
@@ -116,12 +111,7 @@ pub async fn resize(
     let m = manager.clone();
     on_leader(&manager, request, |body| async move {
         let request: ResizeVolumeRequest = parse_json(&body)?;
-        // Placement on a new leader's lagging view would count space already assigned as free.
-        m.caught_up().await?;
-        let _serialized = m.placement_lock.lock().await;
-        let free = m
-            .with_liveness(Instant::now(), |l| l.reported_free())
-            .unwrap_or_default();
+        let (_placing, free) = m.placing().await?;
         let command = m.read(|a| {
             placement::grow(&a.state, &name, request.size_bytes, |n| {
                 free.get(n).copied()
