@@ -210,7 +210,7 @@ pub fn record_seeds() -> Vec<Vec<u8>> {
     ops.iter()
         .map(|op| {
             let mut buf = vec![0u8; op.record_bytes()];
-            record::encode(&mut buf, op, Generation(1), Vba(7), RECORD_NONCE, 4096);
+            record::encode(&mut buf, op, 1, Generation(1), Vba(7), RECORD_NONCE, 4096);
             buf
         })
         .collect()
@@ -367,10 +367,10 @@ pub fn recovery(input: &[u8]) {
         }
         unit.last_vba()
     };
-    let dir = format!("units/{RECOVERY_UNIT}");
+    let dir = storagenode::engine::log::LOG_DIR;
     let segments: Vec<String> = backend
-        .list(&dir)
-        .expect("listing the unit's files")
+        .list(dir)
+        .expect("listing the log's files")
         .into_iter()
         .filter(|name| name.ends_with(".seg"))
         .collect();

@@ -157,7 +157,7 @@ pub fn run(options: &BenchOptions, progress: impl Fn(&str)) -> Result<BenchRepor
     std::fs::remove_file(&raw_path).with_context(|| format!("removing {}", raw_path.display()))?;
 
     let stats: Vec<_> = units.iter().map(|unit| unit.stats()).collect();
-    let batches: u64 = stats.iter().map(|s| s.batches).sum();
+    let batches = device.log_stats().0.batches;
     let index_bytes: u64 = stats.iter().map(|s| s.index_bytes).sum();
     let live_blocks: u64 = stats.iter().map(|s| s.written_blocks).sum();
     drop(units);

@@ -136,7 +136,7 @@ fn check_finds_damage_and_names_where() {
     assert_eq!(report["units"][0]["last_vba"], 10);
 
     // Flip one data byte of the fourth record.
-    let segment = dir.path().join("units/3.2/00000001.seg");
+    let segment = dir.path().join("log/00000001.seg");
     let mut bytes = std::fs::read(&segment).unwrap();
     let offset = 4096 + 3 * 4160;
     bytes[offset + 1000] ^= 0xff;
@@ -145,7 +145,7 @@ fn check_finds_damage_and_names_where() {
     assert!(!out.status.success(), "damage must fail the check");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("unit 3.2, segment 00000001, offset 16576"),
+        text.contains("segment 00000001, offset 16576: corrupt log: a record of unit 3.2 (VBA 4)"),
         "{text}"
     );
     assert!(text.contains("INCONSISTENT"), "{text}");

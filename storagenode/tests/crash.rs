@@ -64,6 +64,7 @@ fn decode(lba: u64, data: &[u8]) -> Option<u64> {
 
 fn child(dir: &str, seed: u64, first_seq: u64) {
     let (device, _) = Device::open_dir(dir.as_ref(), &options()).expect("device opens");
+    let device = Arc::new(device);
     let unit = match device.unit(UNIT) {
         Some(unit) => unit,
         None => device
@@ -73,9 +74,10 @@ fn child(dir: &str, seed: u64, first_seq: u64) {
     let seq = Arc::new(AtomicU64::new(first_seq));
     let compactor = {
         let unit = unit.clone();
+        let device = device.clone();
         std::thread::spawn(move || loop {
             unit.set_stable_vba(unit.last_vba());
-            unit.compact(0.5).expect("compaction");
+            device.compact(0.5).expect("compaction");
             std::thread::yield_now();
         })
     };

@@ -112,7 +112,7 @@ fn assert_reads(unit: &storagenode::engine::Unit, model: &Model, blocks: u64) {
 }
 
 fn segment_path(vsid: u32) -> String {
-    format!("units/{UNIT}/{vsid:08x}.seg")
+    format!("log/{vsid:08x}.seg")
 }
 
 mod cases {
@@ -192,12 +192,12 @@ mod cases {
             other => panic!("a VBA beyond the next one must be a hole, got {other:?}"),
         }
         // Idempotent: the same record again is acknowledged and not written twice.
-        let batches = unit.stats().batches;
+        let batches = device.log_stats().0.batches;
         assert_eq!(
             unit.apply(Vba(2), G1, write(1, 2)).unwrap(),
             Applied::Duplicate
         );
-        assert_eq!(unit.stats().batches, batches);
+        assert_eq!(device.log_stats().0.batches, batches);
         assert!(matches!(
             unit.apply(Vba(2), G1, write(1, 99)),
             Err(EngineError::ContentMismatch { .. })
@@ -329,7 +329,7 @@ mod cases {
         }
     }
 
-    pub fn corruption_inside_the_log_names_unit_segment_and_offset(fixture: &dyn Fixture) {
+    pub fn corruption_inside_the_log_names_segment_and_offset(fixture: &dyn Fixture) {
         let backend = fixture.backend();
         {
             let device = open(fixture);
@@ -347,13 +347,12 @@ mod cases {
             file.write_at(&[byte[0] ^ 0x40], offset + 100).unwrap();
             file.sync().unwrap();
             match Device::open(backend.clone(), &options()) {
-                Err(EngineError::Corrupt {
-                    unit,
+                Err(EngineError::CorruptLog {
                     vsid: at,
                     offset: found,
                     ..
                 }) => {
-                    assert_eq!((unit, at.0, found), (UNIT, vsid, offset));
+                    assert_eq!((at.0, found), (vsid, offset));
                 }
                 Err(other) => panic!("expected a corruption error, got {other}"),
                 Ok(_) => panic!("a damaged record inside segment {vsid} went unnoticed"),
@@ -398,7 +397,7 @@ mod cases {
                 .collect::<Vec<_>>();
             let segments = unit.stats().segments;
             unit.set_stable_vba(unit.last_vba());
-            let report = unit.compact(0.5).unwrap();
+            let report = device.compact(0.5).unwrap();
             assert!(report.segments_freed >= 2, "{report:?}");
             assert!(unit.stats().segments < segments);
             assert_reads(&unit, &model, 32);
@@ -424,7 +423,7 @@ mod cases {
             }
             // Everything up to 20 is acknowledged; 21..=30 overwrote blocks of it.
             unit.set_stable_vba(Vba(20));
-            unit.compact(1.0).unwrap();
+            device.compact(1.0).unwrap();
             assert!(matches!(
                 unit.truncate_after(Vba(19), Generation(2)),
                 Err(EngineError::TruncateStable { .. })
@@ -640,7 +639,54 @@ mod cases {
         ));
     }
 
-    pub fn removed_units_are_gone_and_their_segments_reused(fixture: &dyn Fixture) {
+    /// Units of a device share its log: their records interleave in its segments, and each unit
+    /// gets its own back on reopen and after a compaction that drops a removed unit's records.
+    pub fn units_sharing_the_log_keep_their_own_records(fixture: &dyn Fixture) {
+        let other = UnitId::new(2, 3);
+        let mut models = [Model::new(), Model::new()];
+        {
+            let device = open(fixture);
+            let units = [
+                device.create_unit(UNIT, UNIT_BYTES).unwrap(),
+                device.create_unit(other, UNIT_BYTES).unwrap(),
+            ];
+            let doomed = device.create_unit(UnitId::new(9, 0), UNIT_BYTES).unwrap();
+            for tag in 1..=60u64 {
+                let i = (tag % 2) as usize;
+                let lba = (tag * 7) % 16;
+                units[i].append(G1, vec![write(lba, tag)]).unwrap();
+                models[i].insert(lba, tag);
+                doomed.append(G1, vec![write(lba, tag + 1000)]).unwrap();
+            }
+            for (unit, model) in units.iter().zip(&models) {
+                assert_reads(unit, model, 16);
+                assert_eq!(unit.last_vba(), Vba(30));
+            }
+            drop(doomed);
+            device.remove_unit(UnitId::new(9, 0)).unwrap();
+            for unit in &units {
+                unit.set_stable_vba(unit.last_vba());
+            }
+            let report = device.compact(0.9).unwrap();
+            assert!(report.segments_freed > 0, "{report:?}");
+            for (unit, model) in units.iter().zip(&models) {
+                assert_reads(unit, model, 16);
+            }
+        }
+        let device = open(fixture);
+        assert_eq!(device.units().len(), 2);
+        for (id, model) in [UNIT, other].into_iter().zip(&models) {
+            let unit = device.unit(id).unwrap();
+            assert_eq!(unit.last_vba(), Vba(30), "unit {id}");
+            assert_reads(&unit, model, 16);
+        }
+        // A unit created again under a removed unit's id does not inherit its records.
+        let again = device.create_unit(UnitId::new(9, 0), UNIT_BYTES).unwrap();
+        assert_eq!(again.last_vba(), Vba(0));
+        assert_reads(&again, &Model::new(), 16);
+    }
+
+    pub fn removed_units_are_gone_and_their_ids_start_afresh(fixture: &dyn Fixture) {
         let device = open(fixture);
         let unit = device.create_unit(UNIT, UNIT_BYTES).unwrap();
         for tag in 1..=40 {
@@ -680,8 +726,7 @@ mod cases {
         recycled.write_at(&old, 0).unwrap();
         recycled.sync().unwrap();
         drop(recycled);
-        let (device, reports) = Device::open(backend.clone(), &options()).unwrap();
-        assert_eq!(reports[0].dropped_segments, vec![2]);
+        let (device, _) = Device::open(backend.clone(), &options()).unwrap();
         let unit = device.unit(UNIT).unwrap();
         assert_eq!(unit.last_vba(), Vba(3));
         let model = Model::from([(0, 1), (1, 2), (2, 3)]);
@@ -733,14 +778,15 @@ conformance!(
     records_after_streams_live_records_in_vba_order,
     reopen_recovers_every_durable_write,
     a_torn_last_record_is_cut_at_every_byte_offset,
-    corruption_inside_the_log_names_unit_segment_and_offset,
+    corruption_inside_the_log_names_segment_and_offset,
+    units_sharing_the_log_keep_their_own_records,
     compaction_keeps_every_live_block,
     truncation_restores_what_the_tail_overwrote,
     catch_up_streams_what_a_copy_missed,
     a_tail_of_a_later_generation_gives_way_to_an_earlier_one,
     a_truncation_never_takes_in_records_stacked_past_the_tail,
     bad_requests_are_refused_whole,
-    removed_units_are_gone_and_their_segments_reused,
+    removed_units_are_gone_and_their_ids_start_afresh,
     a_grown_unit_takes_its_new_blocks_and_keeps_its_size_on_reopen,
     a_recycled_segment_whose_new_header_never_landed_is_dropped,
 );

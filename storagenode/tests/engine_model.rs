@@ -94,7 +94,7 @@ proptest! {
                 }
                 Step::Compact => {
                     unit.set_stable_vba(unit.last_vba());
-                    unit.compact(0.75).unwrap();
+                    device.compact(0.75).unwrap();
                 }
             }
             let data = unit.read(Lba(0), BLOCKS).unwrap();

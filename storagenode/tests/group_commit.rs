@@ -41,22 +41,56 @@ const EACH: u64 = 25;
 /// After `WRITERS * EACH` concurrent writes to unit 1.0: all are in the log, they shared syncs
 /// (at least four writes per batch), and every one survives a power loss.
 fn assert_shared_and_durable(unit: Arc<Unit>, device: Device, backend: MemoryBackend) {
-    let stats = unit.stats();
     let writes = WRITERS * EACH;
-    assert_eq!(stats.last_vba, Vba(writes));
-    assert!(
-        stats.batches * 4 <= writes,
-        "{writes} concurrent writes took {} batches: group commit is not sharing syncs",
-        stats.batches
-    );
+    assert_eq!(unit.stats().last_vba, Vba(writes));
     drop(unit);
+    assert_durable_sharing(device, backend, &[(UnitId::new(1, 0), Vba(writes))]);
+}
+
+/// The device's writes shared syncs (at least four writes per batch), and every unit's last VBA
+/// survives a power loss.
+fn assert_durable_sharing(device: Device, backend: MemoryBackend, last: &[(UnitId, Vba)]) {
+    let writes = WRITERS * EACH;
+    let batches = device.log_stats().0.batches;
+    assert!(
+        batches * 4 <= writes,
+        "{writes} concurrent writes took {batches} batches: group commit is not sharing syncs",
+    );
     drop(device);
     backend.crash();
     let device = open_device(&backend);
-    assert_eq!(
-        device.unit(UnitId::new(1, 0)).unwrap().last_vba(),
-        Vba(writes)
-    );
+    for (id, vba) in last {
+        assert_eq!(device.unit(*id).unwrap().last_vba(), *vba, "unit {id}");
+    }
+}
+
+#[test]
+fn writes_to_different_units_share_one_sync() {
+    // One writer per unit: the units of a device share its log, so their writes in flight
+    // together share a flush.
+    let backend = MemoryBackend::new(1 << 30).with_sync_delay(Duration::from_millis(2));
+    let device = open_device(&backend);
+    let units: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            device
+                .create_unit(UnitId::new(1, w as u32), 1 << 20)
+                .unwrap()
+        })
+        .collect();
+    std::thread::scope(|scope| {
+        for (w, unit) in units.iter().enumerate() {
+            scope.spawn(move || {
+                for i in 0..EACH {
+                    unit.append(Generation(1), vec![write(i, w as u8 + 1)])
+                        .unwrap();
+                    assert_eq!(unit.read(Lba(i), 1).unwrap()[0], w as u8 + 1);
+                }
+            });
+        }
+    });
+    let last: Vec<_> = units.iter().map(|u| (u.id(), Vba(EACH))).collect();
+    drop(units);
+    assert_durable_sharing(device, backend, &last);
 }
 
 fn options() -> DeviceOptions {
@@ -221,12 +255,12 @@ impl BlockFile for PanickingFile {
     }
 }
 
-/// A memory backend whose unit segment files panic on write once `armed` is set: a broken
+/// A memory backend whose log segment files panic on write once `armed` is set: a broken
 /// invariant in the middle of a batch.
 fn panicking_writes(armed: &Arc<AtomicBool>) -> Wrapped {
     let armed = armed.clone();
     Wrapped::new(Arc::new(MemoryBackend::new(1 << 30)), move |path, file| {
-        let segment = path.starts_with("units/") && path.ends_with(".seg");
+        let segment = path.starts_with("log/") && path.ends_with(".seg");
         Arc::new(PanickingFile {
             inner: file,
             armed: segment.then(|| armed.clone()),

@@ -5,7 +5,12 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 use client::api::{ClusterStatus, CopyStatus, Role, SliceMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use client::types::UnitId;
 use storagenode::engine::backend::BlockFile;
+use storagenode::engine::log::LOG_DIR;
+use storagenode::engine::meta::{UnitMeta, UNIT_META};
 use storagenode::engine::segment::{read_header, scan, Found, Vsid};
 use storagenode::engine::{Backend, FileBackend};
 
@@ -166,23 +171,23 @@ pub async fn inject(
         }
         FaultKind::TornTail => {
             let node = pick_node(slices, pick, None)?;
-            let slice = &slices[(pick % slices.len() as u64) as usize];
             // The last batch may be synced and acknowledged: zeroing it stands for a disk that
             // lost acknowledged writes, which only another current copy can give back. Without
-            // one, no design survives it, so the node is only killed.
-            let backed = slice
-                .copies
+            // one, no design survives it: only records of units backed by a current copy on
+            // another node are torn.
+            let backed: BTreeSet<UnitId> = slices
                 .iter()
-                .any(|c| c.node.0 != node && c.status == CopyStatus::Current);
+                .filter(|s| {
+                    s.copies
+                        .iter()
+                        .any(|c| c.node.0 != node && c.status == CopyStatus::Current)
+                })
+                .map(|s| s.unit)
+                .collect();
             cluster.storage_node(&node)?.kill();
             // From here on the node is stopped: whatever tearing finds, it is restarted.
-            let torn = if backed {
-                let unit = slice.unit.to_string();
-                tear_tail(&cluster.storage_data_dir(&node), &unit, pick)
-                    .unwrap_or_else(|e| format!("nothing torn in {unit}: {e:#}"))
-            } else {
-                format!("nothing torn: {} has no other current copy", slice.unit)
-            };
+            let torn = tear_tail(&cluster.storage_data_dir(&node), &backed, pick)
+                .unwrap_or_else(|e| format!("nothing torn: {e:#}"));
             (format!("killed {node}, {torn}"), Heal::RestartStorage(node))
         }
     })
@@ -199,24 +204,24 @@ pub fn heal(cluster: &mut Cluster, net: &mut Netfilter, heal: &Heal) -> anyhow::
     }
 }
 
-/// Zeroes the end of the last write batch of `unit`'s log in the (stopped) storage node's data
-/// directory `data_dir`, from a point `pick` chooses inside the batch: what a crash in the
-/// middle of the batch's write could leave. The log ends in its newest segment that holds
-/// records: a newer one may have been taken from the pool just before the kill, its header
-/// never written, which recovery rightly drops. Says what it cut.
-pub fn tear_tail(data_dir: &Path, unit: &str, pick: u64) -> anyhow::Result<String> {
+/// Zeroes the end of the last write batch of the device log in the (stopped) storage node's data
+/// directory `data_dir`, from a point `pick` chooses among the batch's trailing records of units in
+/// `backed`: what a crash in the middle of the batch's write could leave. The log ends in its
+/// newest segment that holds records: a newer one may have been taken from the pool just before
+/// the kill, its header never written, which recovery rightly drops. Says what it cut.
+pub fn tear_tail(data_dir: &Path, backed: &BTreeSet<UnitId>, pick: u64) -> anyhow::Result<String> {
     let backend = FileBackend::open(data_dir).context("opening the data directory")?;
-    let dir = format!("units/{unit}");
+    let units = unit_numbers(&backend)?;
     let mut logs: Vec<Vsid> = backend
-        .list(&dir)
-        .with_context(|| format!("listing {dir}"))?
+        .list(LOG_DIR)
+        .with_context(|| format!("listing {LOG_DIR}"))?
         .into_iter()
         .filter_map(|name| Vsid::from_file_name(&name))
         .filter(|vsid| vsid.is_log())
         .collect();
     logs.sort_unstable_by(|a, b| b.cmp(a));
     for vsid in logs {
-        let path = format!("{dir}/{}", vsid.file_name());
+        let path = format!("{LOG_DIR}/{}", vsid.file_name());
         let file = backend.open(&path)?;
         // A segment taken from the pool whose header was never written holds zeroes there, or
         // the header of the segment it was before it was recycled.
@@ -229,25 +234,68 @@ pub fn tear_tail(data_dir: &Path, unit: &str, pick: u64) -> anyhow::Result<Strin
         let Some(last) = found.records.last() else {
             continue;
         };
-        return tear(file.as_ref(), &path, last, found.end, pick);
+        let batch = last.header.batch_start;
+        let unit_of = |f: &Found| units.get(&f.header.unit).copied();
+        let tearable = found
+            .records
+            .iter()
+            .rev()
+            .take_while(|f| {
+                f.header.batch_start == batch && unit_of(f).is_some_and(|u| backed.contains(&u))
+            })
+            .last();
+        let Some(first) = tearable else {
+            let whose = unit_of(last).map_or("a removed unit".into(), |u| u.to_string());
+            return Ok(format!(
+                "nothing torn: the log's last record is of {whose}, which has no other current copy"
+            ));
+        };
+        let torn: BTreeSet<String> = found
+            .records
+            .iter()
+            .filter(|f| f.offset >= first.offset)
+            .filter_map(|f| unit_of(f).map(|u| u.to_string()))
+            .collect();
+        let what = tear(file.as_ref(), &path, first, last, found.end, pick)?;
+        return Ok(format!(
+            "{what}: records of {}",
+            torn.into_iter().collect::<Vec<_>>().join(", ")
+        ));
     }
-    Ok(format!("{dir} holds no record yet: nothing torn"))
+    Ok(format!("{LOG_DIR} holds no record yet: nothing torn"))
 }
 
+/// The units of a data directory by their number on the device.
+fn unit_numbers(backend: &FileBackend) -> anyhow::Result<BTreeMap<u32, UnitId>> {
+    let mut units = BTreeMap::new();
+    for name in backend.list("units").context("listing units")? {
+        let path = format!("units/{name}/{UNIT_META}");
+        let Ok(bytes) = backend.read_all(&path) else {
+            continue;
+        };
+        let meta: UnitMeta =
+            serde_json::from_slice(&bytes).with_context(|| format!("reading {path}"))?;
+        units.insert(meta.number, meta.unit);
+    }
+    Ok(units)
+}
+
+/// Zeroes `path` from a point `pick` chooses between the start of `first` and `end`.
 fn tear(
     file: &dyn BlockFile,
     path: &str,
+    first: &Found,
     last: &Found,
     end: u64,
     pick: u64,
 ) -> anyhow::Result<String> {
-    let batch = u64::from(last.header.batch_start);
+    let batch = first.offset;
     let cut = batch + pick % (end - batch);
     let zeroes = vec![0u8; (end - cut) as usize];
     file.write_at(&zeroes, cut)?;
     file.sync()?;
     Ok(format!(
-        "zeroed bytes {cut}..{end} of {path} (last batch from {batch}, last VBA {})",
+        "zeroed bytes {cut}..{end} of {path} (tearable from {batch}, last VBA {})",
         last.header.vba
     ))
 }
@@ -262,7 +310,7 @@ mod tests {
 
     use super::*;
 
-    /// A unit's log whose newest segment was taken from the pool but never written (its header
+    /// A device log whose newest segment was taken from the pool but never written (its header
     /// is zeroes, as after a kill at that moment): the tear lands in the segment before it.
     #[test]
     fn a_torn_tail_skips_a_segment_whose_header_was_never_written() {
@@ -289,18 +337,22 @@ mod tests {
                 .unwrap();
             }
         }
-        let units = dir.path().join("units").join(unit.to_string());
-        let newest = std::fs::read_dir(&units)
+        let log = dir.path().join(LOG_DIR);
+        let newest = std::fs::read_dir(&log)
             .unwrap()
             .filter_map(|e| Vsid::from_file_name(e.unwrap().file_name().to_str()?))
             .filter(|v| v.is_log())
             .max()
             .unwrap();
         let unwritten = Vsid(newest.0 + 1);
-        std::fs::write(units.join(unwritten.file_name()), vec![0u8; 64 << 10]).unwrap();
+        std::fs::write(log.join(unwritten.file_name()), vec![0u8; 64 << 10]).unwrap();
 
-        let torn = tear_tail(dir.path(), &unit.to_string(), 7).unwrap();
+        let torn = tear_tail(dir.path(), &BTreeSet::from([unit]), 7).unwrap();
         assert!(torn.contains(&newest.file_name()), "{torn}");
         assert!(torn.contains("last VBA 20"), "{torn}");
+        assert!(torn.contains("records of 1.1"), "{torn}");
+        // A unit with no other current copy is never torn.
+        let spared = tear_tail(dir.path(), &BTreeSet::new(), 7).unwrap();
+        assert!(spared.starts_with("nothing torn"), "{spared}");
     }
 }

@@ -2,15 +2,14 @@
 
 use std::sync::Arc;
 
-use client::types::{UnitId, Vba};
+use client::types::Vba;
 use serde::Serialize;
 
 use super::backend::Backend;
-use super::device::{device_meta, list_units, unit_dir};
+use super::device::{device_meta, Device};
 use super::error::Result;
-use super::pool::SegmentPool;
 use super::record::Op;
-use super::recovery::TornTail;
+use super::recovery::{RecoveryReport, TornTail};
 use super::unit::Unit;
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -45,7 +44,7 @@ impl DeviceCheck {
 }
 
 /// Checks every unit of the device: every record's checksum and the VBA order of each log segment
-/// (while rebuilding the index, as recovery does), then that every live record reads back and is
+/// (while reading the log back, as recovery does), then that every live record reads back and is
 /// the one the index points at.
 pub fn check_device(backend: Arc<dyn Backend>) -> Result<DeviceCheck> {
     let meta = device_meta(backend.as_ref(), 0, false)?;
@@ -54,18 +53,18 @@ pub fn check_device(backend: Arc<dyn Backend>) -> Result<DeviceCheck> {
         segment_bytes: meta.segment_bytes,
         ..DeviceCheck::default()
     };
-    let pool = Arc::new(SegmentPool::inert(backend.clone(), meta.segment_bytes));
-    let units = match list_units(backend.as_ref()) {
-        Ok(units) => units,
+    let (device, reports) = match Device::open_read_only(backend) {
+        Ok(opened) => opened,
         Err(e) => {
             check.problems.push(e.to_string());
             return Ok(check);
         }
     };
-    for id in units {
-        check
-            .units
-            .push(check_unit(backend.clone(), pool.clone(), id));
+    let mut reports: std::collections::HashMap<_, _> =
+        reports.into_iter().map(|r| (r.unit, r)).collect();
+    for unit in device.units() {
+        let report = reports.remove(&Some(unit.id())).unwrap_or_default();
+        check.units.push(check_unit(&unit, report));
     }
     Ok(check)
 }
@@ -84,17 +83,10 @@ fn content_digest(unit: &Unit) -> super::error::Result<u32> {
     Ok(crc)
 }
 
-fn check_unit(backend: Arc<dyn Backend>, pool: Arc<SegmentPool>, id: UnitId) -> UnitCheck {
+fn check_unit(unit: &Unit, report: RecoveryReport) -> UnitCheck {
     let mut check = UnitCheck {
-        unit: id.to_string(),
+        unit: unit.id().to_string(),
         ..UnitCheck::default()
-    };
-    let (unit, report) = match Unit::open(backend, pool, unit_dir(id), false, false) {
-        Ok(opened) => opened,
-        Err(e) => {
-            check.problems.push(e.to_string());
-            return check;
-        }
     };
     check.segments = report.segments;
     check.records = report.records;
@@ -136,7 +128,7 @@ fn check_unit(backend: Arc<dyn Backend>, pool: Arc<SegmentPool>, id: UnitId) -> 
         }
     }
     check.live_blocks = live_blocks;
-    match content_digest(&unit) {
+    match content_digest(unit) {
         Ok(digest) => check.digest = format!("{digest:08x}"),
         Err(e) => check.problems.push(e.to_string()),
     }

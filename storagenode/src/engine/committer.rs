@@ -1,7 +1,8 @@
-//! A unit's commit thread: under load it writes batch after batch, so that async writers hand
-//! their records over instead of each taking a thread of the runtime for its own batch.
+//! A device's commit thread: under load it writes batch after batch of the device log, so that
+//! async writers hand their records over instead of each taking a thread of the runtime for its
+//! own batch. One per device, however many units the device holds.
 //!
-//! An async writer that finds the unit idle still writes its batch itself (in `block_in_place`),
+//! An async writer that finds the log idle still writes its batch itself (in `block_in_place`),
 //! so a lone write pays no hand-off. Once writes overlap, the thread takes over: it loops while
 //! records keep arriving, and sleeps once a batch finds nothing new.
 
@@ -12,9 +13,9 @@ use std::thread;
 use parking_lot::{Condvar, Mutex};
 use tracing::warn;
 
-use super::unit::Unit;
+use super::log::Log;
 
-/// The commit thread's stack: it encodes into the unit's reused batch buffer, never on its stack.
+/// The commit thread's stack: it encodes into the log's reused batch buffer, never on its stack.
 const STACK_BYTES: usize = 256 << 10;
 
 #[derive(Default)]
@@ -28,23 +29,24 @@ struct Signal {
     wake: Condvar,
 }
 
-/// The handle a unit keeps on its commit thread; the thread stops when the handle is dropped.
+/// The handle a log keeps on its commit thread; the thread stops when the handle is dropped.
 pub(super) struct Committer {
     signal: Arc<Signal>,
 }
 
 impl Committer {
-    /// Starts the commit thread of `unit`. The thread holds the unit weakly, so it never keeps it
+    /// Starts the commit thread of `log`. The thread holds the log weakly, so it never keeps it
     /// alive.
-    pub fn start(unit: &Arc<Unit>) -> std::io::Result<Committer> {
+    pub fn start(log: &Arc<Log>, device: &str) -> std::io::Result<Committer> {
         let signal = Arc::new(Signal {
             idle: AtomicBool::new(true),
             ..Signal::default()
         });
-        let weak = Arc::downgrade(unit);
+        let weak = Arc::downgrade(log);
         let shared = signal.clone();
+        let name = device.rsplit('/').next().unwrap_or(device);
         thread::Builder::new()
-            .name(format!("vbs-commit-{}", unit.id()))
+            .name(format!("vbs-commit-{name}"))
             .stack_size(STACK_BYTES)
             .spawn(move || commit_forever(&weak, &shared))?;
         Ok(Committer { signal })
@@ -69,7 +71,7 @@ impl Committer {
 
 impl Drop for Committer {
     fn drop(&mut self) {
-        // Not joined: the last reference to the unit may be dropped by the thread itself.
+        // Not joined: the last reference to the log may be dropped by the thread itself.
         let signal = &self.signal;
         signal.stop.store(true, Ordering::SeqCst);
         let _sleep = signal.sleep.lock();
@@ -77,7 +79,7 @@ impl Drop for Committer {
     }
 }
 
-fn commit_forever(unit: &Weak<Unit>, signal: &Signal) {
+fn commit_forever(log: &Weak<Log>, signal: &Signal) {
     loop {
         {
             let mut sleep = signal.sleep.lock();
@@ -92,12 +94,12 @@ fn commit_forever(unit: &Weak<Unit>, signal: &Signal) {
             }
             signal.idle.store(false, Ordering::SeqCst);
         }
-        let Some(unit) = unit.upgrade() else {
+        let Some(log) = log.upgrade() else {
             return;
         };
-        if let Err(e) = unit.commit_pending() {
-            // The unit is failed; its writers get the error themselves.
-            warn!(unit = %unit.id(), error = %e, "the commit thread could not write a batch");
+        if let Err(e) = log.commit_pending() {
+            // The log is failed; its writers get the error themselves.
+            warn!(error = %e, "the commit thread could not write a batch");
         }
     }
 }

@@ -1,28 +1,30 @@
-//! A device: one data directory (or other backend) holding many units and a pool of spare
-//! segments.
+//! A device: one data directory (or other backend) holding many units, their shared log and a
+//! pool of spare segments.
 //!
 //! ```text
-//! DATA_DIR/device.json        format and segment size
-//! DATA_DIR/spare/N.seg        zero-filled segments ready for use
-//! DATA_DIR/units/V.S/unit.json   the unit's size and generation history
-//! DATA_DIR/units/V.S/VSID.seg    its segments
+//! DATA_DIR/device.json          format and segment size
+//! DATA_DIR/spare/N.seg          zero-filled segments ready for use
+//! DATA_DIR/log/VSID.seg         the device log, shared by every unit of the device
+//! DATA_DIR/units/V.S/unit.json  a unit's number, size and generation history
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use client::types::{UnitId, BLOCK_BYTES};
 use parking_lot::Mutex;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::backend::file::FileBackend;
 use super::backend::{Backend, Space};
-use super::compaction::CompactionReport;
+use super::compaction::{self, CompactionReport};
 use super::error::{EngineError, Result};
+use super::log::{Log, LogStats, LOG_DIR};
 use super::meta::{self, DeviceMeta};
 use super::pool::SegmentPool;
-use super::recovery::RecoveryReport;
+use super::recovery::{self, RecoveryReport};
 use super::unit::Unit;
 
 pub const UNITS_DIR: &str = "units";
@@ -52,9 +54,11 @@ impl Default for DeviceOptions {
 
 pub struct Device {
     backend: Arc<dyn Backend>,
-    pool: Arc<SegmentPool>,
-    sync: bool,
+    log: Arc<Log>,
     units: Mutex<BTreeMap<UnitId, Arc<Unit>>>,
+    /// The number the next unit created gets; numbers are never reused on a device while records
+    /// carrying them may remain in its log.
+    next_number: AtomicU32,
 }
 
 impl std::fmt::Debug for Device {
@@ -63,14 +67,11 @@ impl std::fmt::Debug for Device {
     }
 }
 
-fn device_err(backend: &dyn Backend, context: &str) -> impl FnOnce(std::io::Error) -> EngineError {
-    let device = backend.describe();
-    let context = context.to_string();
-    move |source| EngineError::Device {
-        device,
-        context,
-        source,
-    }
+fn device_err(
+    backend: &dyn Backend,
+    context: &str,
+) -> impl FnOnce(std::io::Error) -> EngineError + use<> {
+    super::error::device_err(backend.describe(), context.to_string())
 }
 
 /// Reads `device.json`, or writes it for a device used for the first time.
@@ -89,6 +90,16 @@ pub(super) fn device_meta(
         let meta: DeviceMeta = serde_json::from_slice(&bytes).map_err(|e| {
             EngineError::Invalid(format!("{}/device.json: {e}", backend.describe()))
         })?;
+        if meta.format == 1 {
+            return Err(EngineError::Invalid(format!(
+                "{} holds vbs data of format 1 (one log per storage unit); this vbs reads only \
+                 format {} (one log per device). Nothing was changed. Move the node's copies \
+                 elsewhere first (`vbs node drain`, with the previous vbs), then start this vbs on \
+                 an empty data directory",
+                backend.describe(),
+                meta::DEVICE_FORMAT
+            )));
+        }
         if meta.format != meta::DEVICE_FORMAT {
             return Err(EngineError::Invalid(format!(
                 "{} has device format {}, this vbs reads format {}",
@@ -154,6 +165,31 @@ pub(super) fn list_units(backend: &dyn Backend) -> Result<Vec<UnitId>> {
         .collect()
 }
 
+/// Reads the `unit.json` of every unit of the device, by unit number.
+fn read_metas(backend: &dyn Backend) -> Result<BTreeMap<u32, meta::UnitMeta>> {
+    let mut metas = BTreeMap::new();
+    for id in list_units(backend)? {
+        let meta = recovery::read_meta(backend, &unit_dir(id))?;
+        if meta.unit != id {
+            return Err(EngineError::Invalid(format!(
+                "{}/{}/unit.json names unit {}",
+                backend.describe(),
+                unit_dir(id),
+                meta.unit
+            )));
+        }
+        if let Some(other) = metas.insert(meta.number, meta) {
+            return Err(EngineError::Invalid(format!(
+                "{}: units {} and {id} have the same number {}",
+                backend.describe(),
+                other.unit,
+                other.number
+            )));
+        }
+    }
+    Ok(metas)
+}
+
 impl Device {
     /// Opens the directory `path` as a device with the file backend.
     pub fn open_dir(path: &Path, options: &DeviceOptions) -> Result<(Device, Vec<RecoveryReport>)> {
@@ -171,9 +207,11 @@ impl Device {
         options: &DeviceOptions,
     ) -> Result<(Device, Vec<RecoveryReport>)> {
         let meta = device_meta(backend.as_ref(), options.segment_bytes, true)?;
-        backend
-            .create_dir(UNITS_DIR)
-            .map_err(device_err(backend.as_ref(), "creating units/"))?;
+        for dir in [UNITS_DIR, LOG_DIR] {
+            backend
+                .create_dir(dir)
+                .map_err(device_err(backend.as_ref(), &format!("creating {dir}/")))?;
+        }
         // A unit whose removal was interrupted is finished off.
         for name in backend
             .list(UNITS_DIR)
@@ -191,28 +229,91 @@ impl Device {
             backend.as_ref(),
             "opening the spare segment pool",
         ))?;
-        let device = Device {
-            backend,
-            pool: Arc::new(pool),
-            sync: options.sync,
-            units: Mutex::new(BTreeMap::new()),
-        };
+        let (device, reports) = Device::load(backend, Arc::new(pool), options.sync, true)?;
+        device.log.start_committer().map_err(device_err(
+            device.backend.as_ref(),
+            "starting the commit thread",
+        ))?;
+        Ok((device, reports))
+    }
+
+    /// Opens a device without changing anything on it (a torn tail is reported, not cut), for
+    /// checks: its units must not be written to.
+    pub fn open_read_only(backend: Arc<dyn Backend>) -> Result<(Device, Vec<RecoveryReport>)> {
+        let meta = device_meta(backend.as_ref(), 0, false)?;
+        let pool = SegmentPool::inert(backend.clone(), meta.segment_bytes);
+        if !backend
+            .exists(LOG_DIR)
+            .map_err(device_err(backend.as_ref(), "reading the log"))?
+        {
+            return Err(EngineError::Invalid(format!(
+                "{} has no log directory",
+                backend.describe()
+            )));
+        }
+        Device::load(backend, Arc::new(pool), false, false)
+    }
+
+    /// Reads the log and the units' metadata and builds every unit.
+    fn load(
+        backend: Arc<dyn Backend>,
+        pool: Arc<SegmentPool>,
+        sync: bool,
+        repair: bool,
+    ) -> Result<(Device, Vec<RecoveryReport>)> {
+        let metas = read_metas(backend.as_ref())?;
+        let names = metas.iter().map(|(n, m)| (*n, m.unit)).collect();
+        let recovery::ScannedLog {
+            segments,
+            cursor,
+            next_compacted_vsid,
+            mut records,
+            torn,
+            dropped_segments,
+            max_number,
+        } = recovery::scan_log(backend.as_ref(), Some(&pool), &names, repair)?;
+        if !dropped_segments.is_empty() {
+            info!(device = %backend.describe(), dropped = ?dropped_segments, "dropped log segments whose header was never written");
+        }
+        let next_number = metas.keys().copied().chain([max_number]).max().unwrap_or(0) + 1;
+        let log = Arc::new(Log::new(
+            backend.clone(),
+            pool,
+            sync,
+            segments,
+            cursor,
+            next_compacted_vsid,
+        ));
+        let mut units = BTreeMap::new();
         let mut reports = Vec::new();
-        for id in list_units(device.backend.as_ref())? {
-            let (unit, report) = Unit::open(
-                device.backend.clone(),
-                device.pool.clone(),
-                unit_dir(id),
-                device.sync,
-                true,
-            )?;
-            if report.torn_tail.is_some() || !report.dropped_segments.is_empty() {
-                info!(unit = %id, ?report, "recovered");
+        for (number, meta) in metas {
+            let id = meta.unit;
+            let found = records.remove(&number).unwrap_or_default();
+            let (unit, mut report) = Unit::open(log.clone(), unit_dir(id), meta, found)?;
+            if let Some((tail, named)) = &torn {
+                if named.contains(&number) {
+                    report.torn_tail = Some(tail.clone());
+                    info!(unit = %id, ?report, "recovered a unit named in a torn log tail");
+                }
             }
-            let unit = device.start(unit)?;
-            device.units.lock().insert(id, unit);
+            units.insert(id, Arc::new(unit));
             reports.push(report);
         }
+        let orphans: usize = records.values().map(Vec::len).sum();
+        if orphans > 0 {
+            info!(device = %backend.describe(), records = orphans, "log records of removed units, left for compaction");
+        }
+        if let Some((tail, named)) = &torn {
+            if named.is_empty() {
+                warn!(device = %backend.describe(), ?tail, "a torn log tail named no unit");
+            }
+        }
+        let device = Device {
+            backend,
+            log,
+            units: Mutex::new(units),
+            next_number: AtomicU32::new(next_number),
+        };
         Ok((device, reports))
     }
 
@@ -221,7 +322,7 @@ impl Device {
     }
 
     pub fn segment_bytes(&self) -> u64 {
-        self.pool.segment_bytes()
+        self.log.pool.segment_bytes()
     }
 
     /// Creates an empty unit of `size_bytes`.
@@ -230,25 +331,15 @@ impl Device {
         if units.contains_key(&id) {
             return Err(EngineError::UnitExists(id));
         }
-        let unit = self.start(Unit::create(
-            self.backend.clone(),
-            self.pool.clone(),
+        let number = self.next_number.fetch_add(1, Ordering::SeqCst);
+        let unit = Arc::new(Unit::create(
+            self.log.clone(),
             unit_dir(id),
             id,
+            number,
             size_bytes,
-            self.sync,
-        )?)?;
+        )?);
         units.insert(id, unit.clone());
-        Ok(unit)
-    }
-
-    /// A unit opened or created to be written, with its commit thread started.
-    fn start(&self, unit: Unit) -> Result<Arc<Unit>> {
-        let unit = Arc::new(unit);
-        unit.start_committer().map_err(device_err(
-            self.backend.as_ref(),
-            "starting a commit thread",
-        ))?;
         Ok(unit)
     }
 
@@ -260,7 +351,8 @@ impl Device {
         self.units.lock().values().cloned().collect()
     }
 
-    /// Removes a unit and all its data. Its log segments go back to the spare pool.
+    /// Removes a unit. Its records stay in the log, belonging to no unit, until compaction
+    /// drops them.
     pub fn remove_unit(&self, id: UnitId) -> Result<()> {
         let unit = self
             .units
@@ -275,17 +367,6 @@ impl Device {
         backend
             .rename(&dir, &doomed)
             .map_err(device_err(backend, "removing a unit"))?;
-        for name in backend
-            .list(&doomed)
-            .map_err(device_err(backend, "removing a unit"))?
-        {
-            if name.ends_with(".seg") {
-                let path = format!("{doomed}/{name}");
-                self.pool
-                    .give_back(&path)
-                    .map_err(device_err(backend, "freeing a segment"))?;
-            }
-        }
         backend
             .remove_dir_all(&doomed)
             .map_err(device_err(backend, "removing a unit"))?;
@@ -299,21 +380,30 @@ impl Device {
             .map_err(device_err(self.backend.as_ref(), "reading free space"))
     }
 
-    /// Compacts every unit's segments whose live share is at most `max_live_ratio`.
+    /// The units by number, as the log's records name them.
+    fn units_by_number(&self) -> HashMap<u32, Arc<Unit>> {
+        self.units
+            .lock()
+            .values()
+            .map(|u| (u.number(), u.clone()))
+            .collect()
+    }
+
+    /// Compacts the log segments whose live share is at most `max_live_ratio`.
     pub fn compact(&self, max_live_ratio: f64) -> Result<CompactionReport> {
-        let mut total = CompactionReport::default();
-        for unit in self.units() {
-            let report = unit.compact(max_live_ratio)?;
-            total.segments_freed += report.segments_freed;
-            total.records_copied += report.records_copied;
-            total.bytes_copied += report.bytes_copied;
-            total.bytes_freed += report.bytes_freed;
-        }
-        Ok(total)
+        self.log.compact(&self.units_by_number(), max_live_ratio)
+    }
+
+    /// The log's counters, and the bytes of its records that are live.
+    pub fn log_stats(&self) -> (LogStats, u64) {
+        let live = compaction::live_bytes(&self.units_by_number())
+            .values()
+            .sum();
+        (self.log.stats(), live)
     }
 
     /// Spare segments ready now.
     pub fn spare_segments(&self) -> usize {
-        self.pool.ready()
+        self.log.pool.ready()
     }
 }

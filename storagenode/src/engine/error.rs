@@ -29,6 +29,13 @@ pub enum EngineError {
         offset: u64,
         reason: String,
     },
+    #[error("device {device}, segment {vsid}, offset {offset}: corrupt log: {reason}")]
+    CorruptLog {
+        device: String,
+        vsid: Vsid,
+        offset: u64,
+        reason: String,
+    },
     #[error("unit {unit}: blocks {lba}..{end} are outside the unit's {blocks} blocks")]
     OutOfRange {
         unit: UnitId,
@@ -61,7 +68,7 @@ pub enum EngineError {
     TruncateStable { unit: UnitId, vba: Vba, stable: Vba },
     #[error("unit {unit}: VBA {vba} was dropped by a truncation before it became durable")]
     Truncated { unit: UnitId, vba: Vba },
-    #[error("unit {unit} stopped after a write error ({reason}); it must be reopened")]
+    #[error("unit {unit} stopped after a write error of its device's log ({reason}); the device must be reopened")]
     Failed { unit: UnitId, reason: String },
     #[error("unit {0} already exists")]
     UnitExists(UnitId),
@@ -72,6 +79,19 @@ pub enum EngineError {
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// Wraps an io::Error with the device and what was being done.
+pub(crate) fn device_err(
+    device: String,
+    context: impl Into<String>,
+) -> impl FnOnce(io::Error) -> EngineError {
+    let context = context.into();
+    move |source| EngineError::Device {
+        device,
+        context,
+        source,
+    }
+}
 
 /// Wraps an io::Error with the unit and what was being done.
 pub(crate) fn io_err(

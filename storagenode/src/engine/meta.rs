@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 
 pub const DEVICE_META: &str = "device.json";
 pub const UNIT_META: &str = "unit.json";
-pub const DEVICE_FORMAT: u32 = 1;
-pub const UNIT_FORMAT: u32 = 1;
+/// Format 2: one log per device, shared by its units. Format 1 had one log per unit.
+pub const DEVICE_FORMAT: u32 = 2;
+pub const UNIT_FORMAT: u32 = 2;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,6 +35,8 @@ pub struct UnitMeta {
     pub format: u32,
     #[serde(with = "unit_id_string")]
     pub unit: UnitId,
+    /// The unit's number on its device, which its log records carry; never reused on the device.
+    pub number: u32,
     pub size_bytes: u64,
     pub generations: Vec<GenerationStart>,
 }
@@ -102,6 +105,7 @@ mod tests {
         let meta = UnitMeta {
             format: UNIT_FORMAT,
             unit: UnitId::new(3, 1),
+            number: 7,
             size_bytes: 1 << 30,
             generations: vec![GenerationStart {
                 generation: Generation(2),

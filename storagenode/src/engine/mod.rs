@@ -1,24 +1,26 @@
-//! The storage engine: per storage unit, an append-only VBA log of segment files and an in-memory
-//! `LBA -> VBA -> (VSID, offset)` index. See `docs/storage-engine.md`.
+//! The storage engine: per device, one append-only log of segment files shared by its storage
+//! units; per unit, an in-memory `LBA -> VBA -> (VSID, offset)` index. See
+//! `docs/storage-engine.md`.
 //!
 //! - [`record`]: the on-disk record format;
 //! - [`segment`]: segment files, their headers and the scan that reads them back;
 //! - [`backend`]: where bytes live (`file`, `memory`);
 //! - [`pool`]: spare segments written ahead of need;
 //! - [`index`]: the in-memory maps;
-//! - [`unit`]: append (primary), apply (secondary), read, `records_after`; [`commit`]: group commit;
-//!   [`committer`]: the thread that writes batches under load;
-//! - [`recovery`]: opening a unit, truncation; [`compaction`]: reclaiming overwritten space;
+//! - [`unit`]: append (primary), apply (secondary), read, `records_after`;
+//! - [`log`]: the device log and its group commit across units; [`committer`]: the device's thread
+//!   that writes batches under load;
+//! - [`recovery`]: reading the log back, truncation; [`compaction`]: reclaiming overwritten space;
 //! - [`device`]: a data directory of units; [`check`]: offline verification.
 
 pub mod backend;
 pub mod check;
-mod commit;
 mod committer;
 pub mod compaction;
 pub mod device;
 pub mod error;
 pub mod index;
+pub mod log;
 pub mod meta;
 pub mod pool;
 pub mod record;
@@ -32,6 +34,7 @@ pub use backend::Backend;
 pub use compaction::CompactionReport;
 pub use device::{Device, DeviceOptions};
 pub use error::{EngineError, Result};
+pub use log::LogStats;
 pub use record::Op;
 pub use recovery::RecoveryReport;
 pub use unit::{Applied, Record, Ticket, Unit, UnitStats};

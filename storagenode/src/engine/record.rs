@@ -1,4 +1,5 @@
-//! The on-disk record: one write of one block, or one trim of a range, in a unit's VBA log.
+//! The on-disk record: one write of one block, or one trim of a range, of one unit, in the
+//! device's log.
 //!
 //! Layout (little-endian, [`HEADER_BYTES`] bytes, then `length` bytes of data for a write):
 //!
@@ -15,7 +16,8 @@
 //! | 32 | VBA `u64` | |
 //! | 40 | LBA `u64` | first block |
 //! | 48 | length `u64` | bytes written (one block) or trimmed |
-//! | 56 | reserved `u64` | 0 |
+//! | 56 | unit number `u32` | the device-local number of the unit the record belongs to |
+//! | 60 | reserved `u32` | 0 |
 //!
 //! The nonce ties a record to one life of its segment file, so records left over in a recycled file
 //! never read as valid. The batch start lets recovery tell a torn last batch (cut off) from
@@ -25,7 +27,7 @@ use bytes::Bytes;
 use client::types::{Generation, Lba, Vba, BLOCK_BYTES};
 
 pub const RECORD_MAGIC: u32 = 0x5253_4256; // "VBSR" when read as bytes
-pub const RECORD_VERSION: u8 = 1;
+pub const RECORD_VERSION: u8 = 2;
 pub const HEADER_BYTES: usize = 64;
 /// A write record always carries exactly one block.
 pub const WRITE_RECORD_BYTES: usize = HEADER_BYTES + BLOCK_BYTES as usize;
@@ -93,6 +95,8 @@ impl Op {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
     pub kind: Kind,
+    /// The device-local number of the unit (`unit.json`'s `number`).
+    pub unit: u32,
     pub crc: u32,
     pub batch_start: u32,
     pub nonce: u64,
@@ -139,6 +143,7 @@ pub enum Invalid {
 pub fn encode(
     out: &mut [u8],
     op: &Op,
+    unit: u32,
     generation: Generation,
     vba: Vba,
     nonce: u64,
@@ -171,6 +176,7 @@ pub fn encode(
     head[32..40].copy_from_slice(&vba.0.to_le_bytes());
     head[40..48].copy_from_slice(&op.lba().0.to_le_bytes());
     head[48..56].copy_from_slice(&length.to_le_bytes());
+    head[56..60].copy_from_slice(&unit.to_le_bytes());
     data.copy_from_slice(op.data());
     let crc = crc32c::crc32c_append(crc32c::crc32c(head), data);
     head[8..12].copy_from_slice(&crc.to_le_bytes());
@@ -231,8 +237,12 @@ pub fn decode_header(bytes: &[u8], nonce: u64) -> Result<Header, Invalid> {
         _ => return Err(Invalid::Corrupt("unknown record kind")),
     };
     let length = u64_at(bytes, 48);
+    if u32_at(bytes, 60) != 0 {
+        return Err(Invalid::Corrupt("reserved header bytes are not zero"));
+    }
     let header = Header {
         kind,
+        unit: u32_at(bytes, 56),
         crc: u32_at(bytes, 8),
         batch_start: u32_at(bytes, 12),
         nonce,
@@ -307,13 +317,14 @@ mod tests {
         ];
         for op in ops {
             let mut buf = vec![0u8; op.record_bytes()];
-            encode(&mut buf, &op, Generation(4), Vba(99), 0xfeed, 4096);
+            encode(&mut buf, &op, 12, Generation(4), Vba(99), 0xfeed, 4096);
             let header = decode(&buf, 0xfeed).expect("valid record");
             assert_eq!(header.kind, op.kind());
             assert_eq!(
                 (header.generation, header.vba, header.lba),
                 (Generation(4), Vba(99), op.lba())
             );
+            assert_eq!(header.unit, 12);
             assert_eq!(header.blocks(), op.blocks());
             assert_eq!(header.batch_start, 4096);
             assert_eq!(content_crc(&header, &buf), op.content_crc());
@@ -327,7 +338,7 @@ mod tests {
             data: block(0x5a),
         };
         let mut buf = vec![0u8; op.record_bytes()];
-        encode(&mut buf, &op, Generation(1), Vba(1), 1, 0);
+        encode(&mut buf, &op, 1, Generation(1), Vba(1), 1, 0);
         for byte in (0..buf.len()).step_by(7) {
             for bit in 0..8 {
                 let mut bad = buf.clone();
@@ -347,7 +358,7 @@ mod tests {
             data: block(3),
         };
         let mut buf = vec![0u8; op.record_bytes()];
-        encode(&mut buf, &op, Generation(1), Vba(9), 111, 4096);
+        encode(&mut buf, &op, 1, Generation(1), Vba(9), 111, 4096);
         reseal(&mut buf, 222, 8192);
         let header = decode(&buf, 222).expect("resealed record decodes");
         assert_eq!((header.vba, header.batch_start), (Vba(9), 8192));
@@ -361,7 +372,7 @@ mod tests {
             blocks: 1,
         };
         let mut buf = vec![0u8; op.record_bytes()];
-        encode(&mut buf, &op, Generation(1), Vba(1), 5, 0);
+        encode(&mut buf, &op, 1, Generation(1), Vba(1), 5, 0);
         assert_eq!(decode(&buf, 6), Err(Invalid::OtherNonce));
         assert_eq!(decode(&[0u8; 64], 5), Err(Invalid::NoRecord));
         assert_eq!(decode(&buf[..30], 5), Err(Invalid::Truncated));
@@ -380,8 +391,8 @@ mod tests {
         assert_ne!(op.content_crc(), other.content_crc());
         let mut a = vec![0u8; op.record_bytes()];
         let mut b = vec![0u8; op.record_bytes()];
-        encode(&mut a, &op, Generation(1), Vba(5), 10, 0);
-        encode(&mut b, &op, Generation(1), Vba(5), 11, 8192);
+        encode(&mut a, &op, 1, Generation(1), Vba(5), 10, 0);
+        encode(&mut b, &op, 1, Generation(1), Vba(5), 11, 8192);
         let (ha, hb) = (decode(&a, 10).unwrap(), decode(&b, 11).unwrap());
         assert_eq!(content_crc(&ha, &a), content_crc(&hb, &b));
     }

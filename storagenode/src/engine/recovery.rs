@@ -1,14 +1,15 @@
-//! Opening a unit: rebuilding its index from its segments.
+//! Opening a device: reading its log back and rebuilding each unit's index; and truncation, which
+//! rebuilds one unit's index from its records.
 //!
-//! The index is rebuilt by a full scan of the unit's segments, checking every record's checksum
-//! (see `docs/storage-engine.md` for the figures that make this fast enough). The result does not
-//! depend on the order in which segments are read: a record belongs to the unit's history if its
-//! generation is the one in force at its VBA (`unit.json`), and each block takes the record with the
-//! highest VBA that covers it. So a crash in the middle of a compaction, which leaves a record in
-//! two segments, or a truncated tail still on disk, recover to the same state.
+//! The log is read by a full scan of its segments, checking every record's checksum. Each record
+//! names its unit by the unit's device-local number. The result does not depend on the order in
+//! which segments are read: a record belongs to its unit's history if its generation is the one in
+//! force at its VBA (`unit.json`), and each block takes the record with the highest VBA that covers
+//! it. So a crash in the middle of a compaction, which leaves a record in two segments, or a
+//! truncated tail still on disk, recover to the same state.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use client::types::{Generation, Lba, UnitId, Vba, BLOCK_BYTES};
@@ -16,27 +17,28 @@ use parking_lot::Mutex;
 use tracing::warn;
 
 use super::backend::Backend;
-use super::error::{io_err, EngineError, Result};
+use super::error::{device_err, io_err, EngineError, Result};
 use super::index::{Index, Location};
+use super::log::{segment_path, Active, Cursor, Log, Segment, LOG_DIR};
 use super::meta::{self, GenerationStart, UnitMeta};
 use super::pool::SegmentPool;
 use super::record::Kind;
-use super::segment::{self, Vsid, COMPACTED_VSID_BASE};
-use super::unit::{Active, Cursor, Segment, State, Unit};
+use super::segment::{self, Found, Vsid, COMPACTED_VSID_BASE};
+use super::unit::{State, Unit};
 
 /// What opening a unit found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
     pub unit: Option<UnitId>,
+    /// Segments of the device log holding live records of the unit.
     pub segments: usize,
-    /// Valid records found, live or not.
+    /// Valid records of the unit found, live or not.
     pub records: u64,
     /// Records of a tail truncated after a change of primary, ignored.
     pub void_records: u64,
-    /// A torn tail found at the end of the newest log segment (cut off when repairing).
+    /// A torn tail at the end of the device log that named this unit (cut off when repairing):
+    /// the copy may have lost records of a batch that was being written.
     pub torn_tail: Option<TornTail>,
-    /// Newest log segments whose header never became durable, dropped.
-    pub dropped_segments: Vec<u32>,
     pub last_vba: Vba,
 }
 
@@ -47,7 +49,8 @@ pub struct TornTail {
     pub reason: &'static str,
 }
 
-struct Scanned {
+/// A record found in the log.
+pub(super) struct Scanned {
     vba: Vba,
     generation: Generation,
     kind: Kind,
@@ -56,31 +59,50 @@ struct Scanned {
     location: Location,
 }
 
-pub(super) struct Loaded {
-    pub index: Index,
-    pub segments: BTreeMap<Vsid, Segment>,
-    pub cursor: Cursor,
-    pub next_vba: Vba,
-    pub next_compacted_vsid: u32,
-    pub report: RecoveryReport,
+impl Scanned {
+    fn from(found: &Found, vsid: Vsid) -> Scanned {
+        let h = found.header;
+        Scanned {
+            vba: h.vba,
+            generation: h.generation,
+            kind: h.kind,
+            lba: h.lba,
+            blocks: h.blocks(),
+            location: Location {
+                vsid,
+                offset: found.offset as u32,
+            },
+        }
+    }
 }
 
-/// Reads a unit's segments and rebuilds its state. With `repair`, a torn tail is zeroed and
-/// leftovers of interrupted work are removed; without it, nothing on the device changes.
-pub(super) fn load(
+/// The device log as a scan found it.
+pub(super) struct ScannedLog {
+    pub segments: BTreeMap<Vsid, Segment>,
+    pub cursor: Cursor,
+    pub next_compacted_vsid: u32,
+    /// Records by unit number.
+    pub records: HashMap<u32, Vec<Scanned>>,
+    /// A torn tail cut off the newest log segment, and the units its records named.
+    pub torn: Option<(TornTail, Vec<u32>)>,
+    /// Newest log segments whose header never became durable, dropped.
+    pub dropped_segments: Vec<u32>,
+    /// The highest unit number any record carries.
+    pub max_number: u32,
+}
+
+/// Reads every segment of the device log. With `repair`, a torn tail is zeroed and leftovers of
+/// interrupted work are removed; without it, nothing on the device changes.
+pub(super) fn scan_log(
     backend: &dyn Backend,
     pool: Option<&SegmentPool>,
-    dir: &str,
-    meta: &UnitMeta,
+    names: &BTreeMap<u32, UnitId>,
     repair: bool,
-) -> Result<Loaded> {
-    let unit = meta.unit;
-    let mut report = RecoveryReport {
-        unit: Some(unit),
-        ..RecoveryReport::default()
-    };
-    let corrupt = |vsid: Vsid, offset: u64, reason: String| EngineError::Corrupt {
-        unit,
+) -> Result<ScannedLog> {
+    let device = backend.describe();
+    let err = |context: String| device_err(device.clone(), context);
+    let corrupt = |vsid: Vsid, offset: u64, reason: String| EngineError::CorruptLog {
+        device: device.clone(),
         vsid,
         offset,
         reason,
@@ -88,54 +110,55 @@ pub(super) fn load(
 
     let mut files = BTreeMap::new();
     for name in backend
-        .list(dir)
-        .map_err(io_err(unit, "listing the unit directory"))?
+        .list(LOG_DIR)
+        .map_err(err("listing the log".into()))?
     {
-        let path = format!("{dir}/{name}");
+        let path = format!("{LOG_DIR}/{name}");
         if let Some(vsid) = segment::Vsid::from_file_name(&name) {
             files.insert(vsid, path);
         } else if name.ends_with(".tmp") {
             if repair {
                 backend
                     .remove(&path)
-                    .map_err(io_err(unit, "removing an unfinished file"))?;
+                    .map_err(err("removing an unfinished file".into()))?;
             }
-        } else if name != meta::UNIT_META {
-            warn!(%unit, file = %name, "ignoring an unknown file in the unit directory");
+        } else {
+            warn!(%device, file = %name, "ignoring an unknown file in the log directory");
         }
     }
 
     // Headers first: the newest log segment may have been taken from the pool just before a
     // crash, its header not yet durable; such a segment holds no record and is dropped. Its
-    // header is then zeroes, or, for a segment the pool took back from a unit after compaction,
-    // the header of what it was before (another segment, perhaps of another unit).
+    // header is then zeroes, or, for a segment the pool took back after compaction, the header
+    // of what it was before.
     let mut headers = BTreeMap::new();
+    let mut dropped_segments = Vec::new();
     let newest_log = files.keys().filter(|v| v.is_log()).max().copied();
     for (vsid, path) in &files {
         let file = backend
             .open(path)
-            .map_err(io_err(unit, format!("opening segment {vsid}")))?;
+            .map_err(err(format!("opening log segment {vsid}")))?;
         let header = segment::read_header(file.as_ref())
-            .map_err(io_err(unit, format!("reading segment {vsid}")))?;
+            .map_err(err(format!("reading log segment {vsid}")))?;
         match header {
-            Ok(header) if header.vsid == *vsid && header.unit == unit => {
+            Ok(header) if header.vsid == *vsid => {
                 headers.insert(*vsid, (header, file));
             }
             _ if Some(*vsid) == newest_log => {
-                report.dropped_segments.push(vsid.0);
+                dropped_segments.push(vsid.0);
                 if repair {
                     let freed = match pool {
                         Some(pool) => pool.give_back(path),
                         None => backend.remove(path),
                     };
-                    freed.map_err(io_err(unit, format!("dropping segment {vsid}")))?;
+                    freed.map_err(err(format!("dropping log segment {vsid}")))?;
                 }
             }
             Ok(header) => {
                 return Err(corrupt(
                     *vsid,
                     0,
-                    format!("header names {} {}", header.unit, header.vsid),
+                    format!("header names segment {}", header.vsid),
                 ))
             }
             Err(reason) => return Err(corrupt(*vsid, 0, reason.to_string())),
@@ -143,57 +166,78 @@ pub(super) fn load(
     }
 
     let last_log = headers.keys().filter(|v| v.is_log()).max().copied();
-    let mut scanned = Vec::new();
+    let mut records: HashMap<u32, Vec<Scanned>> = HashMap::new();
     let mut segments = BTreeMap::new();
     let mut active = None;
+    let mut torn = None;
+    let mut max_number = 0;
     for (vsid, (header, file)) in headers {
         let is_last = Some(vsid) == last_log;
         let scan = segment::scan(file.as_ref(), header.nonce, is_last)
-            .map_err(io_err(unit, format!("reading segment {vsid}")))?
-            .map_err(|c| corrupt(vsid, c.offset, c.reason))?;
-        if let Some(torn) = scan.torn {
-            report.torn_tail = Some(TornTail {
-                vsid: vsid.0,
-                offset: torn.offset,
-                reason: torn.reason,
-            });
+            .map_err(err(format!("reading log segment {vsid}")))?
+            .map_err(|c| {
+                let whose = whose_record(file.as_ref(), header.nonce, c.offset, names);
+                corrupt(vsid, c.offset, format!("{whose}{}", c.reason))
+            })?;
+        if let Some(cut) = scan.torn {
             if repair {
-                warn!(%unit, %vsid, offset = torn.offset, reason = torn.reason, "cutting off a torn log tail");
-                segment::zero_torn_tail(file.as_ref(), torn.offset)
-                    .map_err(io_err(unit, format!("cutting the tail of segment {vsid}")))?;
+                warn!(%device, %vsid, offset = cut.offset, reason = cut.reason, units = ?scan.torn_units, "cutting off a torn log tail");
+                segment::zero_torn_tail(file.as_ref(), cut.offset)
+                    .map_err(err(format!("cutting the tail of log segment {vsid}")))?;
             }
+            let tail = TornTail {
+                vsid: vsid.0,
+                offset: cut.offset,
+                reason: cut.reason,
+            };
+            // The units that may have lost a record: those a torn record's header names (a
+            // header torn in its middle may name a wrong one), and those of the last batch before
+            // the cut, which the torn records may have belonged to.
+            let last_batch = scan.records.last().map(|f| f.header.batch_start);
+            let mut named: Vec<u32> = scan
+                .torn_units
+                .iter()
+                .copied()
+                .filter(|n| names.contains_key(n))
+                .chain(
+                    scan.records
+                        .iter()
+                        .filter(|f| Some(f.header.batch_start) == last_batch)
+                        .map(|f| f.header.unit),
+                )
+                .collect();
+            named.sort_unstable();
+            named.dedup();
+            torn = Some((tail, named));
         }
-        let mut previous = Vba::ZERO;
+        // Each unit's records follow one another in VBA order within a log segment, except where
+        // a truncation started another generation.
+        let mut previous: HashMap<u32, (Vba, Generation)> = HashMap::new();
         for found in &scan.records {
             let h = found.header;
-            if vsid.is_log() && h.vba <= previous {
-                let reason = format!("VBA {} follows VBA {previous} in a log segment", h.vba);
+            let last = previous.entry(h.unit).or_insert((Vba::ZERO, h.generation));
+            if vsid.is_log() && h.vba <= last.0 && h.generation == last.1 {
+                let reason = format!(
+                    "VBA {} of unit number {} follows its VBA {} of the same generation in a log \
+                     segment",
+                    h.vba, h.unit, last.0
+                );
                 return Err(corrupt(vsid, found.offset, reason));
             }
-            previous = h.vba;
-            scanned.push(Scanned {
-                vba: h.vba,
-                generation: h.generation,
-                kind: h.kind,
-                lba: h.lba,
-                blocks: h.blocks(),
-                location: Location {
-                    vsid,
-                    offset: found.offset as u32,
-                },
-            });
+            *last = (h.vba, h.generation);
+            max_number = max_number.max(h.unit);
+            records
+                .entry(h.unit)
+                .or_default()
+                .push(Scanned::from(found, vsid));
         }
-        report.records += scan.records.len() as u64;
         if is_last {
-            active = Some((
-                header.first_vba,
-                Active {
-                    vsid,
-                    file: file.clone(),
-                    nonce: header.nonce,
-                    offset: scan.end,
-                },
-            ));
+            active = Some(Active {
+                vsid,
+                file: file.clone(),
+                nonce: header.nonce,
+                offset: scan.end,
+            });
         }
         segments.insert(
             vsid,
@@ -204,163 +248,224 @@ pub(super) fn load(
             },
         );
     }
-    report.segments = segments.len();
-
-    scanned.retain(|r| meta.generation_at(r.vba) == Some(r.generation));
-    report.void_records = report.records - scanned.len() as u64;
-    scanned.sort_by_key(|r| r.vba);
-    scanned.dedup_by_key(|r| r.vba);
-
-    let blocks = meta.size_bytes / BLOCK_BYTES;
-    let mut index = Index::new(blocks);
-    for r in &scanned {
-        if r.lba.0.saturating_add(r.blocks) > blocks {
-            let reason = format!("VBA {} covers blocks past the unit's end", r.vba);
-            return Err(corrupt(r.location.vsid, r.location.offset as u64, reason));
-        }
-        match r.kind {
-            Kind::Write => index.add_write(r.vba, r.lba, r.location),
-            Kind::Trim => index.add_trim(r.vba, r.lba, r.blocks, r.location),
-        }
-    }
-
-    let after_records = scanned.last().map_or(Vba(1), |r| r.vba.next());
-    let generation_start = meta.generations.last().map_or(Vba(1), |g| g.first_vba);
-    let segment_start = active.as_ref().map_or(Vba(1), |(first, _)| *first);
-    let next_vba = after_records.max(generation_start).max(segment_start);
-    report.last_vba = Vba(next_vba.0 - 1);
     let next_log_vsid = last_log.map_or(1, |v| v.0 + 1);
     let next_compacted_vsid = segments
         .keys()
         .filter(|v| !v.is_log())
         .max()
         .map_or(COMPACTED_VSID_BASE, |v| v.0 + 1);
-    Ok(Loaded {
-        index,
+    Ok(ScannedLog {
         segments,
         cursor: Cursor {
-            active: active.map(|(_, a)| a),
+            active,
             next_log_vsid,
             buf: Vec::new(),
         },
-        next_vba,
         next_compacted_vsid,
+        records,
+        torn,
+        dropped_segments,
+        max_number,
+    })
+}
+
+/// "a record of unit V.S (VBA n): " when the header at `offset` still reads, to name the copy a
+/// damaged record belongs to; empty otherwise.
+fn whose_record(
+    file: &dyn super::backend::BlockFile,
+    nonce: u64,
+    offset: u64,
+    names: &BTreeMap<u32, UnitId>,
+) -> String {
+    let mut head = [0u8; super::record::HEADER_BYTES];
+    if file.read_exact_at(&mut head, offset).is_err() {
+        return String::new();
+    }
+    match super::record::decode_header(&head, nonce) {
+        Ok(h) => match names.get(&h.unit) {
+            Some(unit) => format!("a record of unit {unit} (VBA {}): ", h.vba),
+            None => format!(
+                "a record of removed unit number {} (VBA {}): ",
+                h.unit, h.vba
+            ),
+        },
+        Err(_) => String::new(),
+    }
+}
+
+/// A unit's state rebuilt from its records.
+pub(super) struct Built {
+    index: Index,
+    next_vba: Vba,
+    segments: BTreeSet<Vsid>,
+    report: RecoveryReport,
+}
+
+/// Builds a unit's index from the records the log holds for it.
+fn build(meta: &UnitMeta, mut scanned: Vec<Scanned>) -> Result<Built> {
+    let mut report = RecoveryReport {
+        unit: Some(meta.unit),
+        records: scanned.len() as u64,
+        ..RecoveryReport::default()
+    };
+    scanned.retain(|r| meta.generation_at(r.vba) == Some(r.generation));
+    report.void_records = report.records - scanned.len() as u64;
+    // A record copied by a compaction interrupted before it freed the original is found twice.
+    scanned.sort_by_key(|r| r.vba);
+    scanned.dedup_by_key(|r| r.vba);
+
+    let blocks = meta.size_bytes / BLOCK_BYTES;
+    let mut index = Index::new(blocks);
+    let mut segments = BTreeSet::new();
+    for r in &scanned {
+        if r.lba.0.saturating_add(r.blocks) > blocks {
+            return Err(EngineError::Corrupt {
+                unit: meta.unit,
+                vsid: r.location.vsid,
+                offset: r.location.offset as u64,
+                reason: format!("VBA {} covers blocks past the unit's end", r.vba),
+            });
+        }
+        segments.insert(r.location.vsid);
+        match r.kind {
+            Kind::Write => index.add_write(r.vba, r.lba, r.location),
+            Kind::Trim => index.add_trim(r.vba, r.lba, r.blocks, r.location),
+        }
+    }
+    report.segments = segments
+        .iter()
+        .filter(|v| index.live_bytes(**v) > 0)
+        .count();
+    let after_records = scanned.last().map_or(Vba(1), |r| r.vba.next());
+    let generation_start = meta.generations.last().map_or(Vba(1), |g| g.first_vba);
+    let next_vba = after_records.max(generation_start);
+    report.last_vba = Vba(next_vba.0 - 1);
+    Ok(Built {
+        index,
+        next_vba,
+        segments,
         report,
     })
 }
 
 impl Unit {
-    /// Creates an empty unit in `dir`.
+    /// Creates an empty unit numbered `number` on the device of `log`.
     pub(super) fn create(
-        backend: Arc<dyn Backend>,
-        pool: Arc<SegmentPool>,
+        log: Arc<Log>,
         dir: String,
         id: UnitId,
+        number: u32,
         size_bytes: u64,
-        sync: bool,
     ) -> Result<Unit> {
         if size_bytes == 0 || size_bytes % BLOCK_BYTES != 0 {
             return Err(EngineError::Invalid(format!(
                 "unit size {size_bytes} is not a positive multiple of {BLOCK_BYTES}"
             )));
         }
+        let backend = log.backend.clone();
         backend
             .create_dir(&dir)
             .map_err(io_err(id, "creating the unit directory"))?;
         let meta = UnitMeta {
             format: meta::UNIT_FORMAT,
             unit: id,
+            number,
             size_bytes,
             generations: vec![],
         };
-        let loaded = Loaded {
+        let built = Built {
             index: Index::new(size_bytes / BLOCK_BYTES),
-            segments: BTreeMap::new(),
-            cursor: Cursor {
-                active: None,
-                next_log_vsid: 1,
-                buf: Vec::new(),
-            },
             next_vba: Vba(1),
-            next_compacted_vsid: COMPACTED_VSID_BASE,
+            segments: BTreeSet::new(),
             report: RecoveryReport::default(),
         };
-        let unit = Unit::assemble(backend, pool, dir, meta, loaded, sync);
+        let unit = Unit::assemble(log, dir, meta, built);
         unit.write_meta(&[])?;
         Ok(unit)
     }
 
-    /// Opens the unit in `dir`, recovering its state from disk. With `repair` false nothing on the
-    /// device is changed (for `vbs-storage check`), and the unit must not be written to.
+    /// The unit described by `meta`, its index built from `records` (what the log holds of it).
     pub(super) fn open(
-        backend: Arc<dyn Backend>,
-        pool: Arc<SegmentPool>,
-        dir: String,
-        sync: bool,
-        repair: bool,
-    ) -> Result<(Unit, RecoveryReport)> {
-        let meta = read_meta(backend.as_ref(), &dir)?;
-        let loaded = load(backend.as_ref(), Some(&pool), &dir, &meta, repair)?;
-        let report = loaded.report.clone();
-        Ok((
-            Unit::assemble(backend, pool, dir, meta, loaded, sync),
-            report,
-        ))
-    }
-
-    fn assemble(
-        backend: Arc<dyn Backend>,
-        pool: Arc<SegmentPool>,
+        log: Arc<Log>,
         dir: String,
         meta: UnitMeta,
-        loaded: Loaded,
-        sync: bool,
-    ) -> Unit {
+        records: Vec<Scanned>,
+    ) -> Result<(Unit, RecoveryReport)> {
+        let built = build(&meta, records)?;
+        let report = built.report.clone();
+        Ok((Unit::assemble(log, dir, meta, built), report))
+    }
+
+    fn assemble(log: Arc<Log>, dir: String, meta: UnitMeta, built: Built) -> Unit {
+        let last = Vba(built.next_vba.0 - 1);
         Unit {
             id: meta.unit,
+            number: meta.number,
             dir,
-            backend,
-            pool,
-            sync,
+            backend: log.backend.clone(),
+            log,
             size_bytes: AtomicU64::new(meta.size_bytes),
             state: Mutex::new(State {
-                index: loaded.index,
-                segments: loaded.segments,
-                cursor: Some(loaded.cursor),
-                next_vba: loaded.next_vba,
-                durable_vba: Vba(loaded.next_vba.0 - 1),
-                pending: VecDeque::new(),
-                failed: None,
+                index: built.index,
+                next_vba: built.next_vba,
+                durable_vba: last,
+                queued: 0,
                 generations: meta.generations,
                 stable_vba: Vba::ZERO,
-                next_compacted_vsid: loaded.next_compacted_vsid,
-                batches: 0,
-                last_batch_len: 0,
+                segments: built.segments,
             }),
-            batch_seq: AtomicU32::new(0),
-            batch_waiters: AtomicU32::new(0),
-            durable_vba: AtomicU64::new(loaded.next_vba.0 - 1),
-            durable_watch: tokio::sync::watch::Sender::new(Vba(loaded.next_vba.0 - 1)),
-            maintenance: Mutex::new(()),
-            committer: std::sync::OnceLock::new(),
+            durable_vba: AtomicU64::new(last.0),
+            durable_watch: tokio::sync::watch::Sender::new(last),
         }
+    }
+
+    /// Every record of the unit the log holds now, read back from the segments that hold any.
+    fn reread(&self, segments: &BTreeSet<Vsid>) -> Result<Vec<Scanned>> {
+        let mut records = Vec::new();
+        for (vsid, end) in self.log.segment_ends() {
+            if !segments.contains(&vsid) {
+                continue;
+            }
+            let Some((file, nonce)) = self.log.segment(vsid) else {
+                continue;
+            };
+            let found = segment::records_until(file.as_ref(), nonce, end)
+                .map_err(io_err(self.id, format!("reading log segment {vsid}")))?
+                .map_err(|c| EngineError::Corrupt {
+                    unit: self.id,
+                    vsid,
+                    offset: c.offset,
+                    reason: c.reason,
+                })?;
+            records.extend(
+                found
+                    .iter()
+                    .filter(|f| f.header.unit == self.number)
+                    .map(|f| Scanned::from(f, vsid)),
+            );
+        }
+        Ok(records)
     }
 
     /// Drops every record after `vba` and starts `generation` at `vba + 1`: what a copy does
     /// when a new primary's records (of `generation`) meet an unacknowledged tail it holds from an
     /// old primary. Returns the number of VBAs dropped.
-    pub fn truncate_after(&self, vba: Vba, generation: Generation) -> Result<u64> {
-        let _maintenance = self.maintenance.lock();
-        let mut state = self.state.lock();
-        // Let writes in progress finish, so that the log's end is known.
-        while state.cursor.is_none() || !state.pending.is_empty() {
+    pub fn truncate_after(self: &Arc<Self>, vba: Vba, generation: Generation) -> Result<u64> {
+        let _maintenance = self.log.maintenance.lock();
+        // Let the unit's writes in progress finish, so that its log's end is known.
+        let mut state = loop {
+            let state = self.state.lock();
+            if state.queued == 0 {
+                break state;
+            }
             let last = Vba(state.next_vba.0 - 1);
-            state = match self.wait_durable(state, last) {
-                Ok(()) => self.state.lock(),
+            drop(state);
+            match self.log.wait_durable(self, last) {
+                Ok(()) | Err(EngineError::Truncated { .. }) => {}
                 Err(e) => return Err(e),
-            };
-        }
-        self.check_failed(&state)?;
+            }
+        };
+        self.check_failed()?;
         if vba < state.stable_vba {
             return Err(EngineError::TruncateStable {
                 unit: self.id,
@@ -401,29 +506,8 @@ impl Unit {
                 self.id
             )));
         }
-        // A new log segment first, whose header says the log goes on at `vba + 1`; then the
-        // history. A crash between the two leaves the tail in place, to be truncated again.
-        let mut cursor = state.cursor.take().expect("no batch is being written");
-        let started = self.start_segment(Vsid(cursor.next_log_vsid), vba.next());
-        let active = match started {
-            Ok(active) => active,
-            Err(e) => {
-                state.cursor = Some(cursor);
-                return Err(e);
-            }
-        };
-        cursor.next_log_vsid += 1;
-        state.segments.insert(
-            active.vsid,
-            Segment {
-                file: active.file.clone(),
-                nonce: active.nonce,
-                end: active.offset,
-            },
-        );
-        cursor.active = Some(active);
-        state.cursor = Some(cursor);
-
+        // The history first: once it is durable, the dropped records no longer belong to the
+        // unit, wherever they are in the log. Then the index, rebuilt from the records.
         let mut generations = state.generations.clone();
         generations.retain(|g| g.first_vba <= vba);
         generations.push(GenerationStart {
@@ -436,29 +520,28 @@ impl Unit {
         let meta = UnitMeta {
             format: meta::UNIT_FORMAT,
             unit: self.id,
+            number: self.number,
             size_bytes: self.size_bytes(),
             generations: state.generations.clone(),
         };
-        let loaded = load(self.backend.as_ref(), None, &self.dir, &meta, false)?;
-        state.index = loaded.index;
-        state.segments = loaded.segments;
+        let built = build(&meta, self.reread(&state.segments)?)?;
+        state.index = built.index;
+        state.segments = built.segments;
         state.next_vba = vba.next();
         state.durable_vba = vba;
         self.durable_vba.store(vba.0, Ordering::Release);
+        drop(state);
         self.durable_watch.send_replace(vba);
         Ok(dropped)
     }
 }
 
+/// Reads a unit's `unit.json`.
 pub(super) fn read_meta(backend: &dyn Backend, dir: &str) -> Result<UnitMeta> {
     let path = format!("{dir}/{}", meta::UNIT_META);
     let bytes = backend
         .read_all(&path)
-        .map_err(|source| EngineError::Device {
-            device: backend.describe(),
-            context: format!("reading {path}"),
-            source,
-        })?;
+        .map_err(device_err(backend.describe(), format!("reading {path}")))?;
     let meta: UnitMeta = serde_json::from_slice(&bytes)
         .map_err(|e| EngineError::Invalid(format!("{path} in {}: {e}", backend.describe())))?;
     if meta.format != meta::UNIT_FORMAT {
@@ -469,4 +552,9 @@ pub(super) fn read_meta(backend: &dyn Backend, dir: &str) -> Result<UnitMeta> {
         )));
     }
     Ok(meta)
+}
+
+/// The log directory's path for `vsid` (for tools that damage or inspect a device).
+pub fn log_segment_path(vsid: Vsid) -> String {
+    segment_path(vsid)
 }

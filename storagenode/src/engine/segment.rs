@@ -1,25 +1,23 @@
 //! Segment files: the header that names a segment, and the scan that reads its records back.
 //!
-//! A segment is one file of a unit's log. Log segments are taken from the device's pool of
-//! pre-written files, so a write into them never changes the file's size or extents and fdatasync
-//! has only data to flush; compaction writes its output as ordinary files. The first
-//! [`SEGMENT_HEADER_BYTES`] hold the header, then records follow back to back.
+//! A segment is one file of a device's log, shared by all the units of the device. Log segments
+//! are taken from the device's pool of pre-written files, so a write into them never changes the
+//! file's size or extents and fdatasync has only data to flush; compaction writes its output as
+//! ordinary files. The first [`SEGMENT_HEADER_BYTES`] hold the header, then records follow back to
+//! back.
 //!
-//! Log segments get VSIDs counting up from 1 in the order they are started, so copies that receive
-//! the same records lay them out in segments with the same VSIDs; compaction output takes VSIDs from
-//! [`COMPACTED_VSID_BASE`] up, so it never collides with them.
+//! Log segments get VSIDs counting up from 1 in the order they are started; compaction output
+//! takes VSIDs from [`COMPACTED_VSID_BASE`] up, so it never collides with them.
 
 use std::fmt;
 use std::io;
-
-use client::types::{UnitId, Vba};
 
 use super::backend::BlockFile;
 use super::record::{self, Header, Invalid, HEADER_BYTES};
 
 pub const SEGMENT_HEADER_BYTES: u64 = 4096;
 const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"VBSSEGMT");
-const SEGMENT_VERSION: u32 = 1;
+const SEGMENT_VERSION: u32 = 2;
 /// Header fields occupy the first bytes of the header block; the rest is zero.
 const SEGMENT_FIELDS_BYTES: usize = 64;
 /// The most bytes one group-commit batch writes with a single write call. Recovery relies on it:
@@ -43,7 +41,7 @@ impl Vsid {
         self.0 < COMPACTED_VSID_BASE
     }
 
-    /// The file name of the segment inside its unit directory.
+    /// The file name of the segment inside the log directory.
     pub fn file_name(self) -> String {
         format!("{:08x}.seg", self.0)
     }
@@ -67,12 +65,8 @@ impl fmt::Display for Vsid {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SegmentHeader {
     pub vsid: Vsid,
-    pub unit: UnitId,
     /// Records of this incarnation of the file carry this nonce.
     pub nonce: u64,
-    /// The unit's VBA counter when the segment was started: every record written to the log after
-    /// it has at least this VBA.
-    pub first_vba: Vba,
 }
 
 impl SegmentHeader {
@@ -82,9 +76,6 @@ impl SegmentHeader {
         block[8..12].copy_from_slice(&SEGMENT_VERSION.to_le_bytes());
         block[16..20].copy_from_slice(&self.vsid.0.to_le_bytes());
         block[24..32].copy_from_slice(&self.nonce.to_le_bytes());
-        block[32..40].copy_from_slice(&self.unit.volume.0.to_le_bytes());
-        block[40..44].copy_from_slice(&self.unit.slice.0.to_le_bytes());
-        block[48..56].copy_from_slice(&self.first_vba.0.to_le_bytes());
         let crc = crc32c::crc32c(&block[..SEGMENT_FIELDS_BYTES]);
         block[12..16].copy_from_slice(&crc.to_le_bytes());
         block
@@ -99,8 +90,14 @@ impl SegmentHeader {
         if u64_at(0) != SEGMENT_MAGIC {
             return Err("no segment header (bad magic)");
         }
-        if u32_at(8) != SEGMENT_VERSION {
-            return Err("unknown segment format version");
+        match u32_at(8) {
+            SEGMENT_VERSION => {}
+            1 => {
+                return Err(
+                    "a segment of format 1 (one log per unit), which this vbs does not read",
+                )
+            }
+            _ => return Err("unknown segment format version"),
         }
         let mut fields = [0u8; SEGMENT_FIELDS_BYTES];
         fields.copy_from_slice(&block[..SEGMENT_FIELDS_BYTES]);
@@ -111,8 +108,6 @@ impl SegmentHeader {
         Ok(SegmentHeader {
             vsid: Vsid(u32_at(16)),
             nonce: u64_at(24),
-            unit: UnitId::new(u64_at(32), u32_at(40)),
-            first_vba: Vba(u64_at(48)),
         })
     }
 }
@@ -143,6 +138,9 @@ pub struct Scan {
     /// Offset just after the last valid record.
     pub end: u64,
     pub torn: Option<TornTail>,
+    /// The units named by the records of a torn tail whose headers still read: the copies that
+    /// may have lost records in it.
+    pub torn_units: Vec<u32>,
 }
 
 /// Damage that is not a torn tail: data that was durable is no longer readable.
@@ -240,8 +238,13 @@ pub fn scan(
             records,
             end,
             torn: None,
+            torn_units: Vec::new(),
         }));
     };
+    let mut torn_units = Vec::new();
+    if let Ok(header) = record::decode_header(reader.bytes(end, HEADER_BYTES)?, nonce) {
+        torn_units.push(header.unit);
+    }
     // Look for any valid record further on. Records are 8-byte aligned, so step by 8.
     let mut torn_batch_follows = false;
     let mut probe = end + 8;
@@ -251,6 +254,7 @@ pub fn scan(
             if let Ok(header) = reader.record(probe, nonce)? {
                 let same_batch = u64::from(header.batch_start) <= end;
                 torn_batch_follows = true;
+                torn_units.push(header.unit);
                 if !(last_log && same_batch) {
                     return Ok(Err(Corruption {
                         offset: end,
@@ -286,7 +290,44 @@ pub fn scan(
             reason: "record cut short",
         }),
     };
-    Ok(Ok(Scan { records, end, torn }))
+    if torn.is_none() {
+        torn_units.clear();
+    }
+    torn_units.sort_unstable();
+    torn_units.dedup();
+    Ok(Ok(Scan {
+        records,
+        end,
+        torn,
+        torn_units,
+    }))
+}
+
+/// Every record of a segment up to `end`, the published end of its log (a batch may be in flight
+/// past it): for rereading a segment that is in use. Anything invalid before `end` is corruption.
+pub fn records_until(
+    file: &dyn BlockFile,
+    nonce: u64,
+    end: u64,
+) -> io::Result<Result<Vec<Found>, Corruption>> {
+    let mut reader = Reader::new(file, end.min(file.size()?));
+    let mut records = Vec::new();
+    let mut offset = SEGMENT_HEADER_BYTES;
+    while offset < end {
+        match reader.record(offset, nonce)? {
+            Ok(header) => {
+                records.push(Found { header, offset });
+                offset += header.record_bytes() as u64;
+            }
+            Err(invalid) => {
+                return Ok(Err(Corruption {
+                    offset,
+                    reason: describe(invalid).to_string(),
+                }))
+            }
+        }
+    }
+    Ok(Ok(records))
 }
 
 fn describe(invalid: Invalid) -> &'static str {
@@ -317,9 +358,7 @@ mod tests {
     fn segment_headers_round_trip_and_detect_damage() {
         let header = SegmentHeader {
             vsid: Vsid(3),
-            unit: UnitId::new(9, 2),
             nonce: 0xdead_beef,
-            first_vba: Vba(77),
         };
         let mut block = header.encode();
         assert_eq!(SegmentHeader::decode(&block), Ok(header));

@@ -5,33 +5,26 @@
 //! A record that was accepted but not yet synced is invisible to readers, so nothing a reader saw
 //! can be lost in a crash.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use client::proto::Extent;
 use client::types::{Generation, Lba, UnitId, Vba, BLOCK_BYTES};
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::Mutex;
 
 use super::backend::{Backend, BlockFile};
-use super::committer::Committer;
 use super::error::{io_err, EngineError, Result};
 use super::index::{Index, Location, Target};
+use super::log::{Log, Pending};
 use super::meta::{self, GenerationStart, UnitMeta};
-use super::pool::SegmentPool;
 use super::record::{self, Kind, Op, HEADER_BYTES, WRITE_RECORD_BYTES};
 use super::segment::Vsid;
 
 /// How many times a read retries a record that moved under it (compaction) before calling it
 /// corrupt.
 const READ_ATTEMPTS: usize = 3;
-/// How long a new batch writer waits for the writers released by the last batch to queue their
-/// next records. Small beside a sync (~100 us), and only spent when the last batch was bigger
-/// than what is pending.
-const GATHER_WAIT: Duration = Duration::from_micros(30);
 
 /// A record as [`Unit::records_after`] returns it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,66 +51,26 @@ pub struct UnitStats {
     /// Blocks holding written data.
     pub written_blocks: u64,
     pub live_records: u64,
+    /// Segments of the device's log that hold live records of the unit.
     pub segments: usize,
-    /// Bytes of records in the log, live or not.
-    pub log_bytes: u64,
+    /// Bytes of the unit's live records in the log.
     pub live_bytes: u64,
     pub index_bytes: u64,
-    /// Group-commit batches written since the unit was opened (each one write call and one sync
-    /// per segment it touched).
-    pub batches: u64,
-}
-
-pub(super) struct Pending {
-    pub vba: Vba,
-    pub generation: Generation,
-    pub op: Op,
-}
-
-/// A segment the unit holds.
-pub(super) struct Segment {
-    pub file: Arc<dyn BlockFile>,
-    pub nonce: u64,
-    /// Offset just past the last record written to it.
-    pub end: u64,
-}
-
-/// The segment being appended to, owned by whichever thread is writing a batch.
-pub(super) struct Active {
-    pub vsid: Vsid,
-    pub file: Arc<dyn BlockFile>,
-    pub nonce: u64,
-    pub offset: u64,
-}
-
-/// The writer's position; taken out of the state by the thread that writes a batch, so only one
-/// thread writes at a time and the others keep using the state meanwhile.
-pub(super) struct Cursor {
-    pub active: Option<Active>,
-    pub next_log_vsid: u32,
-    /// Scratch space for encoding a batch.
-    pub buf: Vec<u8>,
 }
 
 pub(super) struct State {
     pub index: Index,
-    pub segments: BTreeMap<Vsid, Segment>,
-    /// `None` while a batch is being written.
-    pub cursor: Option<Cursor>,
     /// The VBA the next accepted record gets.
     pub next_vba: Vba,
     /// Every record up to this VBA is durable and indexed.
     pub durable_vba: Vba,
-    /// Accepted records not yet written, in VBA order.
-    pub pending: VecDeque<Pending>,
-    /// Set when a write failed: the log's end is unknown until the unit is reopened.
-    pub failed: Option<String>,
+    /// Records of the unit queued in the device log or in the batch being written.
+    pub queued: usize,
     pub generations: Vec<GenerationStart>,
     /// No VBA up to this one will ever be truncated (every copy holds it).
     pub stable_vba: Vba,
-    pub next_compacted_vsid: u32,
-    pub batches: u64,
-    pub last_batch_len: usize,
+    /// The log segments that hold records of the unit, live or not (what a truncation rereads).
+    pub segments: BTreeSet<Vsid>,
 }
 
 impl State {
@@ -130,26 +83,18 @@ impl State {
 
 pub struct Unit {
     pub(super) id: UnitId,
+    /// The unit's number on its device, carried by its records.
+    pub(super) number: u32,
     pub(super) dir: String,
     pub(super) backend: Arc<dyn Backend>,
-    pub(super) pool: Arc<SegmentPool>,
-    pub(super) sync: bool,
+    pub(super) log: Arc<Log>,
     /// The bytes of LBAs the unit takes: it may grow (`Unit::grow`), never shrink.
     pub(super) size_bytes: AtomicU64,
     pub(super) state: Mutex<State>,
-    /// Bumped (and waited on) whenever a batch completes or fails.
-    pub(super) batch_seq: AtomicU32,
-    /// Threads waiting on `batch_seq`: a batch wakes them only when there are any, which spares
-    /// the async writers' batches a system call.
-    pub(super) batch_waiters: AtomicU32,
     /// `state.durable_vba`, readable without the lock.
     pub(super) durable_vba: AtomicU64,
-    /// `state.durable_vba` again, for async waiters; also sent when the unit fails.
+    /// `state.durable_vba` again, for async waiters; also sent when the log fails.
     pub(super) durable_watch: tokio::sync::watch::Sender<Vba>,
-    /// Held by compaction and truncation, which must not run at the same time.
-    pub(super) maintenance: Mutex<()>,
-    /// The commit thread, for units that are written (see [`Unit::start_committer`]).
-    pub(super) committer: OnceLock<Committer>,
 }
 
 impl std::fmt::Debug for Unit {
@@ -196,14 +141,67 @@ impl Unit {
         self.check_range(op.lba(), op.blocks())
     }
 
-    pub(super) fn check_failed(&self, state: &State) -> Result<()> {
-        match &state.failed {
+    pub(super) fn check_failed(&self) -> Result<()> {
+        match self.log.failed() {
             Some(reason) => Err(EngineError::Failed {
                 unit: self.id,
                 reason: reason.clone(),
             }),
             None => Ok(()),
         }
+    }
+
+    pub(super) fn number(&self) -> u32 {
+        self.number
+    }
+
+    /// Whether `vba` is durable; [`EngineError::Truncated`] if it is not and never will be: with
+    /// none of the unit's records queued, every record accepted is durable, so a `vba` beyond them
+    /// was dropped by a truncation.
+    pub(super) fn durable_or_dropped(&self, vba: Vba) -> Result<bool> {
+        let state = self.state.lock();
+        if state.durable_vba >= vba {
+            return Ok(true);
+        }
+        if state.queued == 0 {
+            return Err(EngineError::Truncated { unit: self.id, vba });
+        }
+        Ok(false)
+    }
+
+    pub(super) fn is_durable(&self, vba: Vba) -> bool {
+        self.durable_vba.load(Ordering::Acquire) >= vba.0
+    }
+
+    pub(super) fn subscribe(&self) -> tokio::sync::watch::Receiver<Vba> {
+        self.durable_watch.subscribe()
+    }
+
+    /// Wakes the unit's async waiters, to look again.
+    pub(super) fn wake(&self) {
+        self.durable_watch.send_modify(|_| {});
+    }
+
+    /// Makes records of the unit that the log wrote visible: index, durable VBA.
+    pub(super) fn publish(&self, records: &[Pending], locations: &[Location]) {
+        let mut state = self.state.lock();
+        let mut last = state.durable_vba;
+        for (pending, location) in records.iter().zip(locations) {
+            match &pending.op {
+                Op::Write { lba, .. } => state.index.add_write(pending.vba, *lba, *location),
+                Op::Trim { lba, blocks } => {
+                    state.index.add_trim(pending.vba, *lba, *blocks, *location)
+                }
+            }
+            state.segments.insert(location.vsid);
+            assert!(pending.vba > last, "records are published in VBA order");
+            last = pending.vba;
+        }
+        state.queued -= records.len();
+        state.durable_vba = last;
+        self.durable_vba.store(last.0, Ordering::Release);
+        drop(state);
+        self.durable_watch.send_replace(last);
     }
 
     /// Accepts records of `generation`, which must not be older than the unit's, and starts the
@@ -245,14 +243,17 @@ impl Unit {
         Ok(current)
     }
 
-    /// Queues a record with the next VBA, which must be `vba`.
-    fn push_pending(state: &mut State, vba: Vba, generation: Generation, op: Op) {
+    /// Queues a record with the next VBA, which must be `vba`, in the device log. Called under
+    /// the unit's lock.
+    fn push_pending(self: &Arc<Self>, state: &mut State, vba: Vba, generation: Generation, op: Op) {
         debug_assert_eq!(vba, state.next_vba, "records are queued in VBA order");
-        state.pending.push_back(Pending {
+        self.log.enqueue([Pending {
+            unit: self.clone(),
             vba,
             generation,
             op,
-        });
+        }]);
+        state.queued += 1;
         state.next_vba = vba.next();
     }
 
@@ -264,6 +265,7 @@ impl Unit {
         let meta = UnitMeta {
             format: meta::UNIT_FORMAT,
             unit: self.id,
+            number: self.number,
             size_bytes,
             generations: generations.to_vec(),
         };
@@ -294,9 +296,9 @@ impl Unit {
 
     /// Primary: gives each op the next VBA, writes them, and returns the first VBA once all are
     /// durable. Ops of one call get consecutive VBAs and share a group commit.
-    pub fn append(&self, generation: Generation, ops: Vec<Op>) -> Result<Vba> {
+    pub fn append(self: &Arc<Self>, generation: Generation, ops: Vec<Op>) -> Result<Vba> {
         let (first, last) = self.enqueue_append(generation, ops)?;
-        self.wait_durable(self.state.lock(), last)?;
+        self.log.wait_durable(self, last)?;
         Ok(first)
     }
 
@@ -312,7 +314,11 @@ impl Unit {
         })
     }
 
-    fn enqueue_append(&self, generation: Generation, ops: Vec<Op>) -> Result<(Vba, Vba)> {
+    fn enqueue_append(
+        self: &Arc<Self>,
+        generation: Generation,
+        ops: Vec<Op>,
+    ) -> Result<(Vba, Vba)> {
         if ops.is_empty() {
             return Err(EngineError::Invalid(
                 "an append needs at least one op".into(),
@@ -322,22 +328,31 @@ impl Unit {
             self.check_op(op)?;
         }
         let mut state = self.state.lock();
-        self.check_failed(&state)?;
+        self.check_failed()?;
         let first = state.next_vba;
         self.enter_generation(&mut state, generation, first)?;
-        for op in ops {
-            let vba = state.next_vba;
-            Self::push_pending(&mut state, vba, generation, op);
-        }
+        let records: Vec<Pending> = ops
+            .into_iter()
+            .enumerate()
+            .map(|(i, op)| Pending {
+                unit: self.clone(),
+                vba: Vba(first.0 + i as u64),
+                generation,
+                op,
+            })
+            .collect();
+        state.queued += records.len();
+        state.next_vba = Vba(first.0 + records.len() as u64);
+        self.log.enqueue(records);
         Ok((first, Vba(state.next_vba.0 - 1)))
     }
 
     /// Secondary: takes a record the primary numbered. Exactly the next VBA is written; a VBA the
     /// unit already holds with the same generation and content is acknowledged again without
     /// being written; a VBA further on is a [`EngineError::Hole`].
-    pub fn apply(&self, vba: Vba, generation: Generation, op: Op) -> Result<Applied> {
+    pub fn apply(self: &Arc<Self>, vba: Vba, generation: Generation, op: Op) -> Result<Applied> {
         let applied = self.enqueue_apply(vba, generation, op)?;
-        self.wait_durable(self.state.lock(), vba)?;
+        self.log.wait_durable(self, vba)?;
         Ok(applied)
     }
 
@@ -360,10 +375,15 @@ impl Unit {
         ))
     }
 
-    fn enqueue_apply(&self, vba: Vba, generation: Generation, op: Op) -> Result<Applied> {
+    fn enqueue_apply(
+        self: &Arc<Self>,
+        vba: Vba,
+        generation: Generation,
+        op: Op,
+    ) -> Result<Applied> {
         self.check_op(&op)?;
         let mut state = self.state.lock();
-        self.check_failed(&state)?;
+        self.check_failed()?;
         if vba > state.next_vba {
             return Err(EngineError::Hole {
                 unit: self.id,
@@ -373,7 +393,7 @@ impl Unit {
         }
         if vba == state.next_vba {
             self.enter_generation(&mut state, generation, vba)?;
-            Self::push_pending(&mut state, vba, generation, op);
+            self.push_pending(&mut state, vba, generation, op);
             return Ok(Applied::Written);
         }
         let held = meta::generation_at(&state.generations, vba).unwrap_or(Generation(0));
@@ -385,14 +405,14 @@ impl Unit {
                 got: generation,
             });
         }
-        let same = match state.pending.iter().find(|p| p.vba == vba) {
-            Some(pending) => pending.op.content_crc() == op.content_crc(),
-            None => {
-                drop(state);
-                self.held_content_crc(vba)?
-                    .is_none_or(|crc| crc == op.content_crc())
-            }
+        let queued = self.log.queued_content_crc(self, vba);
+        drop(state);
+        let held = match queued {
+            Some(crc) => Some(crc),
+            None => self.held_content_crc(vba)?,
         };
+        // A record in the batch being written is in neither place, and is taken as the same.
+        let same = held.is_none_or(|crc| crc == op.content_crc());
         if !same {
             return Err(EngineError::ContentMismatch { unit: self.id, vba });
         }
@@ -447,7 +467,7 @@ impl Unit {
     ) -> Result<Ticket> {
         self.check_op(&op)?;
         let mut state = self.state.lock();
-        self.check_failed(&state)?;
+        self.check_failed()?;
         if vba < state.next_vba {
             return Err(EngineError::Invalid(format!(
                 "unit {}: catch-up record VBA {vba} is not beyond the unit's next VBA {}",
@@ -456,7 +476,7 @@ impl Unit {
         }
         self.enter_generation(&mut state, generation, vba)?;
         state.next_vba = vba;
-        Self::push_pending(&mut state, vba, generation, op);
+        self.push_pending(&mut state, vba, generation, op);
         Ok(Ticket {
             unit: self.clone(),
             first: vba,
@@ -514,7 +534,7 @@ impl Unit {
     /// Waits until every record accepted so far is durable (async callers).
     pub async fn drain_async(&self) -> Result<()> {
         let last = Vba(self.state.lock().next_vba.0 - 1);
-        self.wait_durable_async(last, last).await
+        self.log.wait_durable_async(self, last, last).await
     }
 
     /// The content checksum of the record held at `vba`, if it is still live (a record that was
@@ -561,8 +581,8 @@ impl Unit {
                     match state.index.lookup(lba) {
                         Target::Unwritten | Target::Trimmed(_) => break,
                         Target::Written(vba, location) => {
-                            let segment = &state.segments[&location.vsid];
-                            (vba, location, segment.file.clone(), segment.nonce)
+                            let (file, nonce) = self.segment(location.vsid)?;
+                            (vba, location, file, nonce)
                         }
                     }
                 };
@@ -596,6 +616,16 @@ impl Unit {
         Ok(Some(out))
     }
 
+    /// The file and nonce of a segment the index points into.
+    fn segment(&self, vsid: Vsid) -> Result<(Arc<dyn BlockFile>, u64)> {
+        self.log.segment(vsid).ok_or_else(|| EngineError::Corrupt {
+            unit: self.id,
+            vsid,
+            offset: 0,
+            reason: "the index points into a segment the log does not have".into(),
+        })
+    }
+
     fn moved(&self, lba: Lba, vba: Vba, location: Location) -> bool {
         self.state.lock().index.lookup(lba) != Target::Written(vba, location)
     }
@@ -608,8 +638,8 @@ impl Unit {
                 let Some(location) = state.index.location(vba) else {
                     return Ok(None);
                 };
-                let segment = &state.segments[&location.vsid];
-                (location, segment.file.clone(), segment.nonce)
+                let (file, nonce) = self.segment(location.vsid)?;
+                (location, file, nonce)
             };
             let context = || format!("reading segment {}", location.vsid);
             let mut head = [0u8; HEADER_BYTES];
@@ -671,219 +701,22 @@ impl Unit {
 
     pub fn stats(&self) -> UnitStats {
         let state = self.state.lock();
-        let log_bytes = state
+        let live: Vec<u64> = state
             .segments
-            .values()
-            .map(|s| s.end - super::segment::SEGMENT_HEADER_BYTES);
+            .iter()
+            .map(|v| state.index.live_bytes(*v))
+            .filter(|bytes| *bytes > 0)
+            .collect();
         UnitStats {
             last_vba: state.durable_vba,
             generation: state.generation(),
             written_blocks: state.index.written_blocks(),
             live_records: state.index.live_records() as u64,
-            segments: state.segments.len(),
-            log_bytes: log_bytes.sum(),
-            live_bytes: state
-                .segments
-                .keys()
-                .map(|v| state.index.live_bytes(*v))
-                .sum(),
+            segments: live.len(),
+            live_bytes: live.iter().sum(),
             index_bytes: state.index.memory_bytes() as u64,
-            batches: state.batches,
         }
     }
-
-    /// Starts the unit's commit thread, which writes batches for async writers under load
-    /// ([`Ticket::wait_async`]). Without it every batch is written by one of its writers.
-    pub fn start_committer(self: &Arc<Self>) -> std::io::Result<()> {
-        if self.committer.get().is_none() {
-            let _ = self.committer.set(Committer::start(self)?);
-        }
-        Ok(())
-    }
-
-    /// Writes every record accepted so far (the commit thread's work).
-    pub(super) fn commit_pending(&self) -> Result<()> {
-        let state = self.state.lock();
-        let Some(last) = state.pending.back().map(|p| p.vba) else {
-            return Ok(());
-        };
-        match self.wait_durable(state, last) {
-            // A truncation dropped them meanwhile: nothing is left to write.
-            Err(EngineError::Truncated { .. }) => Ok(()),
-            done => done,
-        }
-    }
-
-    /// Fails a wait for `vba` that can never end: with no batch being written and none pending,
-    /// every accepted record is durable, so a `vba` beyond them was dropped by a truncation.
-    fn check_dropped(&self, state: &State, vba: Vba) -> Result<()> {
-        if state.durable_vba < vba && state.cursor.is_some() && state.pending.is_empty() {
-            return Err(EngineError::Truncated { unit: self.id, vba });
-        }
-        Ok(())
-    }
-
-    /// Waits until `vba` is durable, writing batches itself whenever no other thread is: the first
-    /// thread to find the writer free writes everything pending as one batch with one sync, and the
-    /// records that arrive meanwhile go in the next batch together (group commit without a
-    /// hand-off to another thread).
-    pub(super) fn wait_durable<'a>(
-        &'a self,
-        mut state: MutexGuard<'a, State>,
-        vba: Vba,
-    ) -> Result<()> {
-        loop {
-            self.check_failed(&state)?;
-            if state.durable_vba >= vba {
-                return Ok(());
-            }
-            self.check_dropped(&state, vba)?;
-            let Some(cursor) = state.cursor.take() else {
-                // Wait for the batch being written. Waiters sleep on a counter that the writer
-                // bumps and wakes all at once, and return without the state lock when their
-                // record is durable, so a batch's writers resume in parallel. A waiter counts
-                // itself under the state lock, under which the writer bumps the counter and reads
-                // the count: a writer that saw no waiter bumped the counter before `seen`.
-                self.batch_waiters.fetch_add(1, Ordering::SeqCst);
-                let seen = self.batch_seq.load(Ordering::SeqCst);
-                drop(state);
-                atomic_wait::wait(&self.batch_seq, seen);
-                self.batch_waiters.fetch_sub(1, Ordering::SeqCst);
-                if self.durable_vba.load(Ordering::Acquire) >= vba.0 {
-                    return Ok(());
-                }
-                state = self.state.lock();
-                continue;
-            };
-            // The writers the last batch released are coming back with their next records; give
-            // them a moment to queue, so batches stay large instead of alternating big and small.
-            let expected = state.last_batch_len;
-            let gather_until = Instant::now() + GATHER_WAIT;
-            while state.pending.len() < expected && Instant::now() < gather_until {
-                MutexGuard::unlocked(&mut state, std::thread::yield_now);
-            }
-            let batch = take_batch(&mut state.pending);
-            state = self.write_and_publish(state, cursor, batch);
-        }
-    }
-
-    /// Writes one batch (without the state lock: the caller took the cursor, so no one else
-    /// writes meanwhile), publishes it, and wakes every waiter, blocking and async.
-    fn write_and_publish<'a>(
-        &'a self,
-        mut state: MutexGuard<'a, State>,
-        mut cursor: Cursor,
-        batch: Vec<Pending>,
-    ) -> MutexGuard<'a, State> {
-        state.last_batch_len = batch.len();
-        // A panic while writing or publishing (a broken invariant) fails the unit like a write
-        // error, so that its writers get an error rather than waiting for ever on a lost cursor.
-        let written = MutexGuard::unlocked(&mut state, || {
-            catch_unwind(AssertUnwindSafe(|| self.write_batch(&mut cursor, &batch)))
-        });
-        state.cursor = Some(cursor);
-        state.batches += 1;
-        let published = match written {
-            Ok(Ok(written)) => catch_unwind(AssertUnwindSafe(|| {
-                self.publish(&mut state, batch, written)
-            }))
-            .map_err(panic_reason),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(panic) => Err(panic_reason(panic)),
-        };
-        if let Err(reason) = published {
-            state.failed = Some(reason);
-        }
-        self.batch_seq.fetch_add(1, Ordering::SeqCst);
-        if self.batch_waiters.load(Ordering::SeqCst) > 0 {
-            atomic_wait::wake_all(&self.batch_seq);
-        }
-        self.durable_watch.send_replace(state.durable_vba);
-        state
-    }
-
-    /// [`Unit::wait_durable`] for async callers: waiting does not hold a thread. A caller that
-    /// finds the unit idle writes the next batch on its own thread (in `block_in_place`), so at
-    /// queue depth 1 there is no hand-off. A caller that finds a batch being written, or the
-    /// commit thread at work, leaves its records to the commit thread and waits as a task: under
-    /// load the thread writes batch after batch, and no runtime thread is handed off per batch.
-    async fn wait_durable_async(&self, first: Vba, vba: Vba) -> Result<()> {
-        enum Next {
-            Done,
-            Gather,
-            Wait,
-        }
-        let mut durable = self.durable_watch.subscribe();
-        let mut gathered = false;
-        loop {
-            // Decide under the lock; await only once it is released.
-            let next = {
-                let mut state = self.state.lock();
-                self.check_failed(&state)?;
-                self.check_dropped(&state, vba)?;
-                let committer = self.committer.get();
-                // Only this caller's records `first..=vba` wait to be written.
-                let alone = state.pending.front().is_some_and(|p| p.vba >= first)
-                    && state.pending.back().is_some_and(|p| p.vba <= vba);
-                if state.durable_vba >= vba {
-                    Next::Done
-                } else if state.cursor.is_none() || committer.is_some_and(|c| c.busy() || !alone) {
-                    // Without a commit thread, one of the waiters writes the next batch.
-                    if let Some(committer) = committer {
-                        committer.want();
-                    }
-                    Next::Wait
-                } else if !gathered && state.pending.len() < state.last_batch_len {
-                    Next::Gather
-                } else {
-                    let cursor = state.cursor.take().expect("checked just above");
-                    let batch = take_batch(&mut state.pending);
-                    tokio::task::block_in_place(|| {
-                        drop(self.write_and_publish(state, cursor, batch))
-                    });
-                    continue;
-                }
-            };
-            match next {
-                Next::Done => return Ok(()),
-                // Let the other tasks that are ready queue their records first.
-                Next::Gather => {
-                    gathered = true;
-                    tokio::task::yield_now().await;
-                }
-                Next::Wait => {
-                    durable
-                        .changed()
-                        .await
-                        .expect("the unit, which owns the sender, outlives its tickets");
-                }
-            }
-        }
-    }
-}
-
-/// Why a batch's writer panicked, as a failed unit reports it.
-fn panic_reason(panic: Box<dyn std::any::Any + Send>) -> String {
-    let message = panic
-        .downcast_ref::<&str>()
-        .map(|m| m.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "no message".into());
-    format!("writing a batch panicked: {message}")
-}
-
-/// Takes pending records up to the batch size limit (at least one).
-fn take_batch(pending: &mut VecDeque<Pending>) -> Vec<Pending> {
-    let mut bytes = 0;
-    let mut count = 0;
-    for p in pending.iter() {
-        bytes += p.op.record_bytes();
-        if count > 0 && bytes > super::segment::MAX_BATCH_BYTES {
-            break;
-        }
-        count += 1;
-    }
-    pending.drain(..count).collect()
 }
 
 /// Records accepted by [`Unit::begin_append`] or [`Unit::begin_apply`], not yet known durable.
@@ -906,12 +739,15 @@ impl Ticket {
     /// Blocks until every record of the ticket is durable (or the unit failed). It may write a
     /// batch itself (group commit), so call it from a thread that may block.
     pub fn wait(self) -> Result<()> {
-        self.unit.wait_durable(self.unit.state.lock(), self.last)
+        self.unit.log.wait_durable(&self.unit, self.last)
     }
 
     /// Waits until every record of the ticket is durable, from a multi-threaded tokio runtime.
     pub async fn wait_async(self) -> Result<()> {
-        self.unit.wait_durable_async(self.first, self.last).await
+        self.unit
+            .log
+            .wait_durable_async(&self.unit, self.first, self.last)
+            .await
     }
 }
 

@@ -47,6 +47,14 @@ impl Devices {
         Ok((Devices { devices }, reports))
     }
 
+    pub fn count(&self) -> usize {
+        self.devices.len()
+    }
+
+    pub fn device(&self, i: usize) -> &Device {
+        &self.devices[i]
+    }
+
     pub fn units(&self) -> Vec<Arc<Unit>> {
         self.devices.iter().flat_map(Device::units).collect()
     }

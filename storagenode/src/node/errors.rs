@@ -24,6 +24,7 @@ pub fn from_engine(error: EngineError) -> WireError {
         EngineError::Io { .. }
         | EngineError::Device { .. }
         | EngineError::Corrupt { .. }
+        | EngineError::CorruptLog { .. }
         | EngineError::Failed { .. } => ErrorCode::Internal,
     };
     WireError::new(code, error.to_string())

@@ -1,6 +1,6 @@
-//! Background upkeep of the node's units: compacting logs that are mostly overwritten, so that
-//! space is reclaimed and freed segments return to the spare pool (where new log segments then
-//! come from without being written with zeroes first).
+//! Background upkeep of the node's devices: compacting device logs that are mostly overwritten,
+//! so that space is reclaimed and freed segments return to the spare pool (where new log segments
+//! then come from without being written with zeroes first).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +9,7 @@ use tracing::{debug, warn};
 
 use super::Node;
 
-/// How often units are looked at.
+/// How often devices are looked at.
 const INTERVAL: Duration = Duration::from_secs(5);
 /// A log is compacted once it holds more than this many times its live bytes ...
 const GARBAGE_FACTOR: u64 = 2;
@@ -23,18 +23,19 @@ pub async fn run(node: Arc<Node>) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        for runtime in node.units() {
-            let stats = runtime.engine.stats();
-            if stats.log_bytes < MIN_LOG_BYTES
-                || stats.log_bytes < GARBAGE_FACTOR * stats.live_bytes
-            {
+        for i in 0..node.devices.count() {
+            let device = node.devices.device(i);
+            let (stats, live_bytes) = device.log_stats();
+            if stats.log_bytes < MIN_LOG_BYTES || stats.log_bytes < GARBAGE_FACTOR * live_bytes {
                 continue;
             }
-            let engine = runtime.engine.clone();
-            match tokio::task::spawn_blocking(move || engine.compact(MAX_LIVE_RATIO)).await {
-                Ok(Ok(report)) => debug!(unit = %runtime.id, ?report, "compacted"),
-                Ok(Err(e)) => warn!(unit = %runtime.id, error = %e, "compaction failed"),
-                Err(e) => warn!(unit = %runtime.id, error = %e, "compaction task failed"),
+            let name = device.backend().describe();
+            let node = node.clone();
+            let compact = move || node.devices.device(i).compact(MAX_LIVE_RATIO);
+            match tokio::task::spawn_blocking(compact).await {
+                Ok(Ok(report)) => debug!(device = %name, ?report, "compacted"),
+                Ok(Err(e)) => warn!(device = %name, error = %e, "compaction failed"),
+                Err(e) => warn!(device = %name, error = %e, "compaction task failed"),
             }
         }
     }
