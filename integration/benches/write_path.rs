@@ -6,8 +6,10 @@
 //!    engines at iodepth 32 at once, on two directories of the same disk: the disk and CPU work of
 //!    two copies of every write, the most a two-copy volume on this one machine can reach;
 //! 3. `vbs bench --rw randwrite --bs 4k` at iodepth 1 and 32 against a real cluster (3 managers,
-//!    3 storage nodes, all on loopback): a 1 GiB volume of 2 replicas in 4 slices, then one in a
-//!    single slice.
+//!    3 storage nodes, all on loopback): a 1 GiB volume of 2 replicas in 64 slices, then one in a
+//!    single slice; after each row, every copy of every volume must still be `current`;
+//! 4. first writes: a fresh 10 GiB volume of 160 slices written for one second at iodepth 32, then
+//!    again for one second once every unit has been written (warm).
 //!
 //! Run: `cargo bench -p integration --bench write_path` (release build). `VBS_BENCH_RUNTIME`
 //! sets the seconds per `vbs bench` run (default 10).
@@ -87,6 +89,43 @@ fn engine_command(dir: &Path, iodepth: u32, count: u32) -> anyhow::Result<Comman
     Ok(command)
 }
 
+/// Copies of any volume that are not `current`, as `volume/slice@node status`.
+async fn not_current(cluster: &Cluster) -> anyhow::Result<Vec<String>> {
+    let status = cluster.status().await?;
+    let mut found = Vec::new();
+    for volume in &status.volumes {
+        for slice in &volume.slices {
+            for copy in &slice.copies {
+                if copy.status != client::api::CopyStatus::Current {
+                    found.push(format!(
+                        "{}/{}@{} {:?}",
+                        volume.name, slice.unit, copy.node, copy.status
+                    ));
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn create_volume(cluster: &Cluster, name: &str, size: &str, slice: &str) -> anyhow::Result<()> {
+    let out = cluster.vbs(&[
+        "volume",
+        "create",
+        name,
+        "--size",
+        size,
+        "--replicas",
+        "2",
+        "--slice-size",
+        slice,
+    ])?;
+    if !out.status.success() {
+        bail!("volume create: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
 fn f(value: &Value, key: &str) -> f64 {
     value[key].as_f64().unwrap_or(f64::NAN)
 }
@@ -144,28 +183,28 @@ async fn main() -> anyhow::Result<()> {
     // The pair's combined rate while both ran: each one's IOPS over the same span.
     let pair_iops = f(&pair_32[0], "iops").min(f(&pair_32[1], "iops"));
 
-    // Four slices of 256 MiB spread the volume's units over the nodes, each unit with its own
-    // log and its own fdatasyncs; one slice of 1 GiB (the default slice size) keeps every write
-    // of a node in one unit's group commit.
+    // 64 slices of 16 MiB spread the volume's units over the nodes (about 43 per node), whose
+    // writes share each node's device log; one slice of 1 GiB (the default slice size) keeps
+    // every write of a node in one unit.
     let mut vbs = Vec::new();
-    for (volume, slice) in [("bench", "256M"), ("one", "1G")] {
-        let out = cluster.vbs(&[
-            "volume",
-            "create",
-            volume,
-            "--size",
-            "1G",
-            "--replicas",
-            "2",
-            "--slice-size",
-            slice,
-        ])?;
-        if !out.status.success() {
-            bail!("volume create: {}", String::from_utf8_lossy(&out.stderr));
-        }
+    for (volume, slice) in [("many", "16M"), ("one", "1G")] {
+        create_volume(&cluster, volume, "1G", slice)?;
         for iodepth in [1, 32] {
             vbs.push(vbs_bench(&cluster, volume, iodepth, runtime)?);
+            let stale = not_current(&cluster).await?;
+            if !stale.is_empty() {
+                bail!("copies left current during {volume} at iodepth {iodepth}: {stale:?}");
+            }
         }
+    }
+    // A fresh volume's first second, when every write is a unit's first, against a warm one.
+    create_volume(&cluster, "fresh", "10G", "64M")?;
+    let fresh = vbs_bench(&cluster, "fresh", 32, 1)?;
+    let _fill = vbs_bench(&cluster, "fresh", 32, runtime)?;
+    let warm = vbs_bench(&cluster, "fresh", 32, 1)?;
+    let stale = not_current(&cluster).await?;
+    if !stale.is_empty() {
+        bail!("copies left current during the first writes: {stale:?}");
     }
 
     println!("| what | IOPS | p50 us | p99 us |");
@@ -182,10 +221,12 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     for (name, v) in [
-        ("vbs, replicas 2, 4 slices, iodepth 1", &vbs[0]),
-        ("vbs, replicas 2, 4 slices, iodepth 32", &vbs[1]),
+        ("vbs, replicas 2, 64 slices, iodepth 1", &vbs[0]),
+        ("vbs, replicas 2, 64 slices, iodepth 32", &vbs[1]),
         ("vbs, replicas 2, 1 slice, iodepth 1", &vbs[2]),
         ("vbs, replicas 2, 1 slice, iodepth 32", &vbs[3]),
+        ("vbs, 160 slices, fresh, first second, iodepth 32", &fresh),
+        ("vbs, 160 slices, warm, one second, iodepth 32", &warm),
     ] {
         println!(
             "| {name} | {:.0} | {} | {} |",
@@ -208,13 +249,22 @@ async fn main() -> anyhow::Result<()> {
         f(&engine_32, "iops") / f(&engine_1, "iops")
     );
     println!(
-        "vbs IOPS iodepth 32 / engine IOPS iodepth 32: {:.2} (4 slices), {:.2} (1 slice)",
+        "vbs IOPS iodepth 32, 64 slices / 1 slice: {:.2}",
+        f(&vbs[1], "iops") / f(&vbs[3], "iops")
+    );
+    println!(
+        "first writes: fresh 160-slice volume's first second / warm second: {:.2}",
+        f(&fresh, "iops") / f(&warm, "iops")
+    );
+    println!("every copy stayed current through every row");
+    println!(
+        "vbs IOPS iodepth 32 / engine IOPS iodepth 32: {:.2} (64 slices), {:.2} (1 slice)",
         f(&vbs[1], "iops") / f(&engine_32, "iops"),
         f(&vbs[3], "iops") / f(&engine_32, "iops")
     );
     println!(
         "two engines at iodepth 32 at once: {:.0} and {:.0} IOPS; vbs IOPS iodepth 32 / the \
-         slower of the two: {:.2} (4 slices), {:.2} (1 slice)",
+         slower of the two: {:.2} (64 slices), {:.2} (1 slice)",
         f(&pair_32[0], "iops"),
         f(&pair_32[1], "iops"),
         f(&vbs[1], "iops") / pair_iops,
@@ -224,7 +274,7 @@ async fn main() -> anyhow::Result<()> {
         Some(floor) => {
             println!("floor: {floor}");
             println!(
-                "vbs p50 at iodepth 1 / rf2_floor_us: {:.2} (4 slices), {:.2} (1 slice)",
+                "vbs p50 at iodepth 1 / rf2_floor_us: {:.2} (64 slices), {:.2} (1 slice)",
                 f(&vbs[0], "latency_us_p50") / f(&floor, "rf2_floor_us"),
                 f(&vbs[2], "latency_us_p50") / f(&floor, "rf2_floor_us")
             );

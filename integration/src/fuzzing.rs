@@ -8,7 +8,8 @@
 //!
 //! - [`frames`]: data-plane frames (`client::proto::decode`);
 //! - [`log_record`]: one log record (`storagenode::engine::record`);
-//! - [`recovery`]: a unit written, its segment files damaged as the input says, then reopened;
+//! - [`recovery`]: a unit written, its device's log segments damaged as the input says, then
+//!   reopened;
 //! - [`nbd_requests`]: NBD transmission requests and `NBD_OPT_GO` payloads.
 
 use std::sync::Arc;
@@ -424,7 +425,9 @@ pub fn recovery(input: &[u8]) {
                 }
             }
         }
-        Err(EngineError::Corrupt { .. } | EngineError::Invalid(_)) => {}
+        Err(
+            EngineError::Corrupt { .. } | EngineError::CorruptLog { .. } | EngineError::Invalid(_),
+        ) => {}
         Err(other) => panic!("recovery failed with {other}, not a corruption report"),
     }
 }

@@ -23,7 +23,7 @@ use crate::engine::{Device, DeviceOptions, Op, Unit};
 /// The volume whose units the benchmark writes; they are removed when it ends.
 const BENCH_VOLUME: VolumeId = VolumeId(u64::MAX);
 /// At most this many units (`--units`).
-const MAX_UNITS: usize = 64;
+const MAX_UNITS: usize = 4096;
 const ROUNDS: u64 = 5;
 /// Blocks in the raw test's preallocated file.
 const RAW_FILE_BLOCKS: u64 = 256;
@@ -100,11 +100,10 @@ pub fn run(options: &BenchOptions, progress: impl Fn(&str)) -> Result<BenchRepor
             options.unit_bytes
         );
     }
-    if options.units == 0 || options.units > MAX_UNITS || options.units > options.iodepth {
+    if options.units == 0 || options.units > MAX_UNITS {
         bail!(
-            "--units {} must be between 1 and {MAX_UNITS}, and at most --iodepth {}",
-            options.units,
-            options.iodepth
+            "--units {} must be between 1 and {MAX_UNITS}",
+            options.units
         );
     }
     let per_round = options.count.div_ceil(ROUNDS).max(options.iodepth as u64);
@@ -256,11 +255,12 @@ impl Writer {
         }
     }
 
-    /// The ops of this writer's next write, if it has one left.
-    fn next(&mut self) -> Option<Vec<Op>> {
+    /// The ops of this writer's next write and the number of the write, if it has one left.
+    fn next(&mut self) -> Option<(u64, Vec<Op>)> {
         if self.op >= self.count {
             return None;
         }
+        let number = self.op;
         let slot = match self.pattern {
             Pattern::Rand => self.rng.random_range(0..self.slots),
             Pattern::Seq => (self.first_op + self.op) % self.slots,
@@ -274,12 +274,13 @@ impl Writer {
                 data: Bytes::copy_from_slice(&self.data),
             })
             .collect();
-        Some(ops)
+        Some((number, ops))
     }
 }
 
-/// Runs `count` writes of `bs` at the given depth, writer `w` to unit `w % units`; returns the
-/// elapsed time and latencies.
+/// Runs `count` writes of `bs` at the given depth, write number `n` to unit `n % units` (so that
+/// every unit is written even when there are more units than writers); returns the elapsed time
+/// and latencies.
 fn drive(
     units: &[Arc<Unit>],
     options: &BenchOptions,
@@ -289,9 +290,8 @@ fn drive(
 ) -> Result<(Duration, Histogram<u64>)> {
     let slots = units[0].blocks() / (options.bs / BLOCK_BYTES);
     let writers = (0..options.iodepth as u64).map(|worker| {
-        let unit = units[worker as usize % units.len()].clone();
         (
-            unit,
+            units.to_vec(),
             Writer::new(options, slots, count, first_op, seed, worker),
         )
     });
@@ -299,10 +299,11 @@ fn drive(
     let results: Vec<Result<Histogram<u64>>> = match options.driver {
         Driver::Threads => std::thread::scope(|scope| {
             let workers: Vec<_> = writers
-                .map(|(unit, mut writer)| {
+                .map(|(units, mut writer)| {
                     scope.spawn(move || -> Result<Histogram<u64>> {
                         let mut latency = histogram();
-                        while let Some(ops) = writer.next() {
+                        while let Some((n, ops)) = writer.next() {
+                            let unit = &units[n as usize % units.len()];
                             let began = Instant::now();
                             unit.append(Generation(1), ops)?;
                             record(&mut latency, began);
@@ -323,10 +324,11 @@ fn drive(
                 .context("starting the runtime")?;
             runtime.block_on(async {
                 let tasks: Vec<_> = writers
-                    .map(|(unit, mut writer)| {
+                    .map(|(units, mut writer)| {
                         tokio::spawn(async move {
                             let mut latency = histogram();
-                            while let Some(ops) = writer.next() {
+                            while let Some((n, ops)) = writer.next() {
+                                let unit = &units[n as usize % units.len()];
                                 let began = Instant::now();
                                 unit.begin_append(Generation(1), ops)?.wait_async().await?;
                                 record(&mut latency, began);

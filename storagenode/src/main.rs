@@ -96,8 +96,8 @@ enum Command {
         /// Size of the unit written to.
         #[arg(long, default_value = "1G", value_parser = parse_size)]
         size: u64,
-        /// Units written at once (each with its own log), as on a node holding that many slices;
-        /// every unit has --size.
+        /// Units written at once (sharing the device's log), as on a node holding that many
+        /// slices; write number n goes to unit n % units. Every unit has --size.
         #[arg(long, default_value_t = 1)]
         units: usize,
         /// How writers wait for the engine: a blocked thread each, or a tokio task each (as in

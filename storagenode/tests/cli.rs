@@ -84,14 +84,14 @@ fn bench_refuses_bad_sizes_in_one_line() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("multiple of 4096"));
     let out = vbs_storage()
-        .args(["bench", "--units", "8", "--iodepth", "4", "--data-dir"])
+        .args(["bench", "--units", "0", "--iodepth", "4", "--data-dir"])
         .arg(dir.path())
         .output()
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("--units 8") && stderr.contains("at most --iodepth 4"),
+        stderr.contains("--units 0 must be between 1 and 4096"),
         "{stderr}"
     );
 }
