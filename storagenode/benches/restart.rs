@@ -3,8 +3,9 @@
 //!
 //! Builds a device of `VBS_RESTART_UNITS` units (default 1000) and writes `VBS_RESTART_GIB` GiB of
 //! 4 KiB blocks (default 20) spread over them, with syncs off to build it quickly (what is on disk
-//! is the same), then opens it cold (page cache dropped when run as root) and warm, and prints the
-//! figures. The data directory is `VBS_RESTART_DIR` (default a temporary directory under
+//! is the same), writes a checkpoint and then 64 MiB more, then opens it cold (page cache dropped
+//! when run as root) and warm, first from the checkpoint, then with the checkpoint removed (the
+//! whole log read), and prints the figures. The data directory is `VBS_RESTART_DIR` (default a temporary directory under
 //! `target/`), removed at the end.
 //!
 //! Run: `cargo bench -p storagenode --bench restart`.
@@ -91,16 +92,46 @@ fn main() -> anyhow::Result<()> {
                 });
             }
         });
+        let report = device.checkpoint()?;
+        println!(
+            "checkpoint: {:.1} MB for {} units, written in {} ms",
+            report.bytes as f64 / 1e6,
+            report.units,
+            report.millis
+        );
+        // Some log after the checkpoint, as on a node that ran on after it.
+        for n in 0..(64 << 20) / BLOCK_BYTES / 64 {
+            let unit = &handles[(n % units) as usize];
+            let ops = (0..64)
+                .map(|i| Op::Write {
+                    lba: Lba(i),
+                    data: data.clone(),
+                })
+                .collect();
+            unit.append(Generation(1), ops)?;
+        }
     }
     println!("built in {:.1} s", started.elapsed().as_secs_f64());
-    let cold = drop_caches();
-    for run in [if cold { "cold" } else { "not cold (not root)" }, "warm"] {
+    for (from, run) in [
+        ("checkpoint", "cold"),
+        ("checkpoint", "warm"),
+        ("whole log", "cold"),
+        ("whole log", "warm"),
+    ] {
+        if from == "whole log" {
+            let _ = std::fs::remove_file(dir.path().join("checkpoint"));
+        }
+        let run = if run == "cold" && !drop_caches() {
+            "not cold (not root)"
+        } else {
+            run
+        };
         let began = Instant::now();
         let (device, _) = Device::open_dir(dir.path(), &options)?;
         let opened = began.elapsed();
         let (stats, live) = device.log_stats();
         println!(
-            "open ({run}): {:.2} s for {} units, {:.1} GiB of log ({:.1} GiB live), {:.2} s per GiB",
+            "open from the {from} ({run}): {:.2} s for {} units, {:.1} GiB of log ({:.1} GiB live), {:.2} s per GiB",
             opened.as_secs_f64(),
             device.units().len(),
             stats.log_bytes as f64 / (1u64 << 30) as f64,

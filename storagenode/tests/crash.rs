@@ -1,7 +1,8 @@
 //! Crash test: a real process writes through the engine (file backend, fdatasync) and is killed
 //! with SIGKILL at a random moment; the data directory is reopened and every write the process had
 //! reported durable must read back intact. Several rounds run on the same directory, so recovery
-//! after recovery is covered too. Compaction runs in the writer as well, so kills land inside it.
+//! after recovery is covered too. Compaction and checkpoints run in the writer as well, so kills
+//! land inside them, and each reopen after the first starts from a checkpoint.
 //!
 //! The writer is this same test binary, started again with `VBS_CRASH_CHILD_DIR` set.
 //! Replay a run with `VBS_CRASH_SEED=<seed> cargo test -p storagenode --test crash`.
@@ -78,6 +79,7 @@ fn child(dir: &str, seed: u64, first_seq: u64) {
         std::thread::spawn(move || loop {
             unit.set_stable_vba(unit.last_vba());
             device.compact(0.5).expect("compaction");
+            device.checkpoint().expect("checkpoint");
             std::thread::yield_now();
         })
     };

@@ -686,6 +686,86 @@ mod cases {
         assert_reads(&again, &Model::new(), 16);
     }
 
+    /// A checkpoint holds every unit's index; opening replays only the log written after it,
+    /// follows records that compaction moved since, and passes over a checkpoint that a
+    /// truncation made stale or that does not read back.
+    pub fn a_checkpoint_and_the_log_after_it_give_every_unit_back(fixture: &dyn Fixture) {
+        let backend = fixture.backend();
+        let other = UnitId::new(2, 0);
+        let mut models = [Model::new(), Model::new()];
+        let mut tag = 0;
+        let mut write_both = |units: &[std::sync::Arc<storagenode::engine::Unit>; 2],
+                              models: &mut [Model; 2],
+                              rounds: u64| {
+            for _ in 0..rounds {
+                for (i, unit) in units.iter().enumerate() {
+                    tag += 1;
+                    let lba = (tag * 5) % 24;
+                    unit.append(G1, vec![write(lba, tag)]).unwrap();
+                    models[i].insert(lba, tag);
+                }
+            }
+        };
+        {
+            let device = open(fixture);
+            let units = [
+                device.create_unit(UNIT, UNIT_BYTES).unwrap(),
+                device.create_unit(other, UNIT_BYTES).unwrap(),
+            ];
+            write_both(&units, &mut models, 40);
+            let report = device.checkpoint().unwrap();
+            assert_eq!(report.units, 2);
+            // After the checkpoint: more writes, a compaction that frees segments the
+            // checkpoint's indexes point into, and a unit created and written.
+            write_both(&units, &mut models, 40);
+            for unit in &units {
+                unit.set_stable_vba(unit.last_vba());
+            }
+            assert!(device.compact(0.9).unwrap().segments_freed > 0);
+            write_both(&units, &mut models, 5);
+            let late = device.create_unit(UnitId::new(3, 0), UNIT_BYTES).unwrap();
+            late.append(G1, vec![write(1, 999)]).unwrap();
+        }
+        let reopen = |models: &[Model; 2]| {
+            let device = open(fixture);
+            for (id, model) in [UNIT, other].into_iter().zip(models) {
+                let unit = device.unit(id).unwrap();
+                assert_eq!(unit.last_vba(), Vba(85), "unit {id}");
+                assert_reads(&unit, model, 24);
+            }
+            assert_reads(
+                &device.unit(UnitId::new(3, 0)).unwrap(),
+                &Model::from([(1, 999)]),
+                4,
+            );
+            device
+        };
+        drop(reopen(&models));
+        // A truncation after the checkpoint: its indexes no longer fit that unit's history.
+        {
+            let device = reopen(&models);
+            device.checkpoint().unwrap();
+            let unit = device.unit(UNIT).unwrap();
+            unit.set_stable_vba(Vba(80));
+            unit.truncate_after(Vba(80), Generation(2)).unwrap();
+            unit.append(Generation(2), vec![write(0, 5000)]).unwrap();
+        }
+        let device = open(fixture);
+        let unit = device.unit(UNIT).unwrap();
+        assert_eq!(unit.last_vba(), Vba(81));
+        assert_eq!(unit.read(Lba(0), 1).unwrap(), block(5000).to_vec());
+        drop(unit);
+        drop(device);
+        // A checkpoint that does not read back is passed over.
+        let mut bytes = backend.read_all("checkpoint").unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 1;
+        backend.write_atomic("checkpoint", &bytes).unwrap();
+        let device = open(fixture);
+        assert_eq!(device.unit(UNIT).unwrap().last_vba(), Vba(81));
+        assert_reads(&device.unit(other).unwrap(), &models[1], 24);
+    }
+
     pub fn removed_units_are_gone_and_their_ids_start_afresh(fixture: &dyn Fixture) {
         let device = open(fixture);
         let unit = device.create_unit(UNIT, UNIT_BYTES).unwrap();
@@ -780,6 +860,7 @@ conformance!(
     a_torn_last_record_is_cut_at_every_byte_offset,
     corruption_inside_the_log_names_segment_and_offset,
     units_sharing_the_log_keep_their_own_records,
+    a_checkpoint_and_the_log_after_it_give_every_unit_back,
     compaction_keeps_every_live_block,
     truncation_restores_what_the_tail_overwrote,
     catch_up_streams_what_a_copy_missed,

@@ -1,5 +1,7 @@
-//! Property test: random sequences of writes, trims, reopens and compactions against a model of
-//! what every block should hold and which records should be live. proptest prints the failing
+//! Property test: random sequences of writes, trims, reopens, power losses, compactions and
+//! checkpoints against a model of what every block should hold and which records should be live.
+//! A second unit takes the same writes, so the two units' records interleave in the device log and
+//! both must match the model. proptest prints the failing
 //! case (and its seed is kept in `proptest-regressions/`) when a property fails.
 
 use std::collections::BTreeMap;
@@ -14,6 +16,11 @@ const UNIT: UnitId = UnitId {
     volume: client::types::VolumeId(9),
     slice: client::types::SliceIndex(1),
 };
+/// Takes the same operations as `UNIT`, interleaved with them in the device log.
+const NEIGHBOUR: UnitId = UnitId {
+    volume: client::types::VolumeId(9),
+    slice: client::types::SliceIndex(2),
+};
 const BLOCKS: u64 = 64;
 
 #[derive(Clone, Debug)]
@@ -22,6 +29,7 @@ enum Step {
     Trim { lba: u64, blocks: u64 },
     Reopen,
     Compact,
+    Checkpoint,
     PowerLoss,
 }
 
@@ -31,6 +39,7 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (0..BLOCKS, 1..16u64).prop_map(|(lba, n)| Step::Trim { lba, blocks: n.min(BLOCKS - lba) }),
         1 => Just(Step::Reopen),
         1 => Just(Step::Compact),
+        1 => Just(Step::Checkpoint),
         1 => Just(Step::PowerLoss),
     ]
 }
@@ -61,6 +70,7 @@ proptest! {
         let backend = MemoryBackend::new(1 << 30);
         let mut device = open(&backend);
         let mut unit = device.create_unit(UNIT, BLOCKS * BLOCK_BYTES).unwrap();
+        let mut neighbour = device.create_unit(NEIGHBOUR, BLOCKS * BLOCK_BYTES).unwrap();
         let mut model = Model::new();
         let mut tag = 0;
         for step in steps {
@@ -71,19 +81,23 @@ proptest! {
                         Op::Write { lba: Lba(l), data: block(tag) }
                     });
                     let ops: Vec<Op> = ops.collect();
-                    let first = unit.append(Generation(1), ops).unwrap();
+                    let first = unit.append(Generation(1), ops.clone()).unwrap();
+                    prop_assert_eq!(neighbour.append(Generation(1), ops).unwrap(), first);
                     for (i, l) in (lba..lba + blocks).enumerate() {
                         model.insert(l, (Vba(first.0 + i as u64), tag - blocks + 1 + i as u64));
                     }
                 }
                 Step::Trim { lba, blocks } => {
-                    let vba = unit.append(Generation(1), vec![Op::Trim { lba: Lba(lba), blocks }]).unwrap();
+                    let trim = vec![Op::Trim { lba: Lba(lba), blocks }];
+                    let vba = unit.append(Generation(1), trim.clone()).unwrap();
+                    prop_assert_eq!(neighbour.append(Generation(1), trim).unwrap(), vba);
                     for l in lba..lba + blocks {
                         model.insert(l, (vba, 0));
                     }
                 }
                 Step::Reopen | Step::PowerLoss => {
                     drop(unit);
+                    drop(neighbour);
                     drop(device);
                     if matches!(step, Step::PowerLoss) {
                         // Every append returned after its sync, so nothing acknowledged is lost.
@@ -91,12 +105,18 @@ proptest! {
                     }
                     device = open(&backend);
                     unit = device.unit(UNIT).unwrap();
+                    neighbour = device.unit(NEIGHBOUR).unwrap();
                 }
                 Step::Compact => {
                     unit.set_stable_vba(unit.last_vba());
+                    neighbour.set_stable_vba(neighbour.last_vba());
                     device.compact(0.75).unwrap();
                 }
+                Step::Checkpoint => {
+                    device.checkpoint().unwrap();
+                }
             }
+            prop_assert_eq!(neighbour.read(Lba(0), BLOCKS).unwrap(), unit.read(Lba(0), BLOCKS).unwrap());
             let data = unit.read(Lba(0), BLOCKS).unwrap();
             for l in 0..BLOCKS {
                 let want = model.get(&l).map_or(0, |(_, tag)| *tag);

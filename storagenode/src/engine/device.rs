@@ -6,11 +6,12 @@
 //! DATA_DIR/spare/N.seg          zero-filled segments ready for use
 //! DATA_DIR/log/VSID.seg         the device log, shared by every unit of the device
 //! DATA_DIR/units/V.S/unit.json  a unit's number, size and generation history
+//! DATA_DIR/checkpoint           every unit's index as of a place in the log
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use client::types::{UnitId, BLOCK_BYTES};
@@ -19,12 +20,14 @@ use tracing::{info, warn};
 
 use super::backend::file::FileBackend;
 use super::backend::{Backend, Space};
+use super::checkpoint::{self, Checkpoint};
 use super::compaction::{self, CompactionReport};
 use super::error::{EngineError, Result};
 use super::log::{Log, LogStats, LOG_DIR};
 use super::meta::{self, DeviceMeta};
 use super::pool::SegmentPool;
 use super::recovery::{self, RecoveryReport};
+use super::segment::Vsid;
 use super::unit::Unit;
 
 pub const UNITS_DIR: &str = "units";
@@ -59,6 +62,16 @@ pub struct Device {
     /// The number the next unit created gets; numbers are never reused on a device while records
     /// carrying them may remain in its log.
     next_number: AtomicU32,
+    /// `log.appended()` when the last checkpoint was taken.
+    checkpointed: AtomicU64,
+}
+
+/// What [`Device::checkpoint`] wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckpointReport {
+    pub units: usize,
+    pub bytes: u64,
+    pub millis: u64,
 }
 
 impl std::fmt::Debug for Device {
@@ -255,14 +268,69 @@ impl Device {
     }
 
     /// Reads the log and the units' metadata and builds every unit.
+    /// Reads the units' metadata, the checkpoint if there is one that fits them, and the log (all
+    /// of it, or what was written after the checkpoint), and builds every unit. A checkpoint that
+    /// does not read back or does not fit is passed over for a full read of the log.
     fn load(
         backend: Arc<dyn Backend>,
         pool: Arc<SegmentPool>,
         sync: bool,
         repair: bool,
     ) -> Result<(Device, Vec<RecoveryReport>)> {
+        let device = backend.describe();
         let metas = read_metas(backend.as_ref())?;
+        let found = match checkpoint::read(backend.as_ref())? {
+            Ok(found) => found,
+            Err(reason) => {
+                warn!(%device, %reason, "not using the checkpoint: reading the whole log");
+                None
+            }
+        };
+        // A truncation since the checkpoint rewrote a unit's history after what it holds.
+        let usable = found.filter(|checkpoint| {
+            let fits = metas.values().all(|meta| {
+                checkpoint
+                    .units
+                    .get(&meta.number)
+                    .is_none_or(|unit| Checkpoint::continues(unit, &meta.generations))
+            });
+            if !fits {
+                info!(%device, "a unit's history changed since the checkpoint: reading the whole log");
+            }
+            fits
+        });
+        if let Some(checkpoint) = usable {
+            let loaded = Device::load_with(
+                backend.clone(),
+                pool.clone(),
+                sync,
+                repair,
+                metas.clone(),
+                Some(checkpoint),
+            );
+            match loaded {
+                Ok(loaded) => return Ok(loaded),
+                Err(e) => {
+                    warn!(%device, error = %e, "the checkpoint does not fit the log: reading the whole log")
+                }
+            }
+        }
+        Device::load_with(backend, pool, sync, repair, metas, None)
+    }
+
+    fn load_with(
+        backend: Arc<dyn Backend>,
+        pool: Arc<SegmentPool>,
+        sync: bool,
+        repair: bool,
+        metas: BTreeMap<u32, meta::UnitMeta>,
+        mut checkpoint: Option<Checkpoint>,
+    ) -> Result<(Device, Vec<RecoveryReport>)> {
         let names = metas.iter().map(|(n, m)| (*n, m.unit)).collect();
+        let from = checkpoint.as_ref().map(|c| recovery::ScanFrom {
+            segments: &c.segments,
+            position: c.position,
+        });
         let recovery::ScannedLog {
             segments,
             cursor,
@@ -271,11 +339,20 @@ impl Device {
             torn,
             dropped_segments,
             max_number,
-        } = recovery::scan_log(backend.as_ref(), Some(&pool), &names, repair)?;
+            scanned_bytes,
+        } = recovery::scan_log(backend.as_ref(), Some(&pool), &names, from, repair)?;
         if !dropped_segments.is_empty() {
             info!(device = %backend.describe(), dropped = ?dropped_segments, "dropped log segments whose header was never written");
         }
-        let next_number = metas.keys().copied().chain([max_number]).max().unwrap_or(0) + 1;
+        let present: BTreeSet<Vsid> = segments.keys().copied().collect();
+        let next_number = metas
+            .keys()
+            .copied()
+            .chain([max_number])
+            .chain(checkpoint.as_ref().map(|c| c.next_number.saturating_sub(1)))
+            .max()
+            .unwrap_or(0)
+            + 1;
         let log = Arc::new(Log::new(
             backend.clone(),
             pool,
@@ -283,13 +360,16 @@ impl Device {
             segments,
             cursor,
             next_compacted_vsid,
+            scanned_bytes,
         ));
         let mut units = BTreeMap::new();
         let mut reports = Vec::new();
         for (number, meta) in metas {
             let id = meta.unit;
             let found = records.remove(&number).unwrap_or_default();
-            let (unit, mut report) = Unit::open(log.clone(), unit_dir(id), meta, found)?;
+            let part = checkpoint.as_mut().and_then(|c| c.units.remove(&number));
+            let (unit, mut report) =
+                Unit::open(log.clone(), unit_dir(id), meta, part, found, &present)?;
             if let Some((tail, named)) = &torn {
                 if named.contains(&number) {
                     report.torn_tail = Some(tail.clone());
@@ -313,8 +393,46 @@ impl Device {
             log,
             units: Mutex::new(units),
             next_number: AtomicU32::new(next_number),
+            checkpointed: AtomicU64::new(0),
         };
         Ok((device, reports))
+    }
+
+    /// Writes a checkpoint of every unit's index, so that the next open reads only the log
+    /// written after it (see `checkpoint.rs`).
+    pub fn checkpoint(&self) -> Result<CheckpointReport> {
+        let started = std::time::Instant::now();
+        let _maintenance = self.log.maintenance.lock();
+        let appended = self.log.appended();
+        let position = self.log.published_end();
+        let segments: BTreeMap<Vsid, u64> = self.log.segment_ends().into_iter().collect();
+        let mut bytes =
+            checkpoint::encode_head(position, &segments, self.next_number.load(Ordering::SeqCst));
+        let units = self.units();
+        for unit in &units {
+            let state = unit.state.lock();
+            checkpoint::encode_unit(
+                &mut bytes,
+                unit.number(),
+                &state.generations,
+                state.durable_vba,
+                &state.segments,
+                &state.index,
+            );
+        }
+        let written = checkpoint::write(self.backend.as_ref(), bytes, units.len() as u64)?;
+        self.checkpointed.store(appended, Ordering::Relaxed);
+        Ok(CheckpointReport {
+            units: units.len(),
+            bytes: written,
+            millis: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// Whether the log written since the last checkpoint (or replayed when the device was opened)
+    /// is at least `bytes`.
+    pub fn wants_checkpoint(&self, bytes: u64) -> bool {
+        self.log.appended() - self.checkpointed.load(Ordering::Relaxed) >= bytes
     }
 
     pub fn backend(&self) -> &Arc<dyn Backend> {

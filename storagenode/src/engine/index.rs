@@ -546,6 +546,123 @@ impl Index {
     }
 }
 
+/// Little-endian reading of an encoded index (see [`Index::encode`]); `None` once the bytes run out.
+pub struct Decoder<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Decoder<'a> {
+    pub fn new(bytes: &'a [u8]) -> Decoder<'a> {
+        Decoder { bytes }
+    }
+
+    pub fn u64(&mut self) -> Option<u64> {
+        let (head, rest) = self.bytes.split_first_chunk::<8>()?;
+        self.bytes = rest;
+        Some(u64::from_le_bytes(*head))
+    }
+
+    pub fn u32(&mut self) -> Option<u32> {
+        let (head, rest) = self.bytes.split_first_chunk::<4>()?;
+        self.bytes = rest;
+        Some(u32::from_le_bytes(*head))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+impl Index {
+    /// Appends the whole index to `out`, for a checkpoint; [`Index::decode`] reads it back.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let put = |out: &mut Vec<u8>, v: u64| out.extend_from_slice(&v.to_le_bytes());
+        let pages = &self.lba.pages;
+        put(out, pages.len() as u64);
+        put(out, pages.iter().filter(|p| p.is_some()).count() as u64);
+        for (i, page) in pages.iter().enumerate() {
+            if let Some(entries) = page {
+                put(out, i as u64);
+                for entry in entries.iter() {
+                    put(out, *entry);
+                }
+            }
+        }
+        put(out, self.vba.live() as u64);
+        for e in self.vba.chunks.iter().flatten().filter(|e| e.vsid != DEAD) {
+            put(out, e.vba);
+            out.extend_from_slice(&e.vsid.to_le_bytes());
+            out.extend_from_slice(&e.offset.to_le_bytes());
+        }
+        put(out, self.trims.len() as u64);
+        for (vba, refs) in &self.trims {
+            put(out, vba.0);
+            put(out, *refs);
+        }
+        put(out, self.usage.len() as u64);
+        for (vsid, bytes) in &self.usage {
+            put(out, u64::from(vsid.0));
+            put(out, *bytes);
+        }
+        put(out, self.written_blocks);
+    }
+
+    /// Reads an index [`Index::encode`] wrote; `None` if the bytes do not hold one.
+    pub fn decode(input: &mut Decoder<'_>) -> Option<Index> {
+        let page_count = usize::try_from(input.u64()?).ok()?;
+        let present = input.u64()?;
+        let mut lba = LbaTable {
+            pages: (0..page_count).map(|_| None).collect(),
+        };
+        for _ in 0..present {
+            let i = usize::try_from(input.u64()?).ok()?;
+            let mut entries = vec![0u64; PAGE_ENTRIES].into_boxed_slice();
+            for entry in entries.iter_mut() {
+                *entry = input.u64()?;
+            }
+            *lba.pages.get_mut(i)? = Some(entries);
+        }
+        let mut vba = VbaIndex::default();
+        for _ in 0..input.u64()? {
+            let (v, vsid, offset) = (Vba(input.u64()?), input.u32()?, input.u32()?);
+            if v <= vba.last_vba() || vsid == DEAD {
+                return None;
+            }
+            vba.push(
+                v,
+                Location {
+                    vsid: Vsid(vsid),
+                    offset,
+                },
+            );
+        }
+        let mut trims = HashMap::new();
+        for _ in 0..input.u64()? {
+            trims.insert(Vba(input.u64()?), input.u64()?);
+        }
+        let mut usage = HashMap::new();
+        for _ in 0..input.u64()? {
+            let vsid = Vsid(u32::try_from(input.u64()?).ok()?);
+            usage.insert(vsid, input.u64()?);
+        }
+        Some(Index {
+            lba,
+            vba,
+            trims,
+            usage,
+            written_blocks: input.u64()?,
+        })
+    }
+
+    /// Segments that hold live records, by the index's own count.
+    pub fn segments_in_use(&self) -> impl Iterator<Item = Vsid> + '_ {
+        self.usage
+            .iter()
+            .filter(|(_, bytes)| **bytes > 0)
+            .map(|(vsid, _)| *vsid)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -555,6 +672,33 @@ mod tests {
             vsid: Vsid(vsid),
             offset,
         }
+    }
+
+    #[test]
+    fn an_encoded_index_decodes_to_the_same_index() {
+        let mut index = Index::new(4096);
+        for i in 0..3000u64 {
+            index.add_write(
+                Vba(i + 1),
+                Lba((i * 7) % 4096),
+                at(1 + (i % 3) as u32, i as u32 * 8),
+            );
+        }
+        index.add_trim(Vba(3001), Lba(10), 20, at(4, 0));
+        let mut bytes = Vec::new();
+        index.encode(&mut bytes);
+        let mut input = Decoder::new(&bytes);
+        let back = Index::decode(&mut input).expect("decodes");
+        assert!(input.is_empty());
+        for lba in 0..4096 {
+            assert_eq!(back.lookup(Lba(lba)), index.lookup(Lba(lba)), "LBA {lba}");
+        }
+        assert_eq!(back.written_blocks(), index.written_blocks());
+        assert_eq!(back.live_records(), index.live_records());
+        for vsid in 1..5 {
+            assert_eq!(back.live_bytes(Vsid(vsid)), index.live_bytes(Vsid(vsid)));
+        }
+        assert!(Index::decode(&mut Decoder::new(&bytes[..bytes.len() - 1])).is_none());
     }
 
     #[test]

@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -108,8 +108,10 @@ pub struct Log {
     /// Every record of the log segments below this VSID is published to its unit: compaction
     /// looks at no segment from here on.
     published_below: AtomicU32,
-    /// Held by compaction and truncation, which must not run at the same time.
+    /// Held by compaction, truncation and checkpoints, which must not run at the same time.
     pub(super) maintenance: Mutex<()>,
+    /// Bytes of records written to the log since it was opened, plus those recovery replayed.
+    appended: AtomicU64,
 }
 
 impl std::fmt::Debug for Log {
@@ -131,6 +133,7 @@ impl Log {
         segments: BTreeMap<Vsid, Segment>,
         cursor: Cursor,
         next_compacted_vsid: u32,
+        replayed_bytes: u64,
     ) -> Log {
         let published_below = cursor
             .active
@@ -154,6 +157,31 @@ impl Log {
             next_compacted_vsid: AtomicU32::new(next_compacted_vsid),
             published_below: AtomicU32::new(published_below),
             maintenance: Mutex::new(()),
+            appended: AtomicU64::new(replayed_bytes),
+        }
+    }
+
+    /// Bytes of records written since the log was opened, plus those its opening replayed.
+    pub(super) fn appended(&self) -> u64 {
+        self.appended.load(Ordering::Relaxed)
+    }
+
+    /// The end of the log at a moment when no batch is being written, so that every record before
+    /// it is published to its unit.
+    pub(super) fn published_end(&self) -> (Vsid, u64) {
+        loop {
+            let state = self.state.lock();
+            if let Some(cursor) = &state.cursor {
+                return match &cursor.active {
+                    Some(active) => (active.vsid, active.offset),
+                    None => (Vsid(cursor.next_log_vsid), SEGMENT_HEADER_BYTES),
+                };
+            }
+            self.batch_waiters.fetch_add(1, Ordering::SeqCst);
+            let seen = self.batch_seq.load(Ordering::SeqCst);
+            drop(state);
+            atomic_wait::wait(&self.batch_seq, seen);
+            self.batch_waiters.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
@@ -473,6 +501,7 @@ impl Log {
                 .map_err(device_err(self.describe(), &context))?;
         }
         active.offset += buf.len() as u64;
+        self.appended.fetch_add(buf.len() as u64, Ordering::Relaxed);
         buf.clear();
         if let Some(segment) = self.segments.write().get_mut(&active.vsid) {
             segment.end = active.offset;

@@ -11,10 +11,12 @@
 //! - [`log`]: the device log and its group commit across units; [`committer`]: the device's thread
 //!   that writes batches under load;
 //! - [`recovery`]: reading the log back, truncation; [`compaction`]: reclaiming overwritten space;
-//! - [`device`]: a data directory of units; [`check`]: offline verification.
+//! - [`device`]: a data directory of units; [`checkpoint`]: the indexes saved, so that opening a
+//!   device reads only the log written since; [`check`]: offline verification.
 
 pub mod backend;
 pub mod check;
+pub mod checkpoint;
 mod committer;
 pub mod compaction;
 pub mod device;
@@ -32,7 +34,7 @@ pub use backend::file::FileBackend;
 pub use backend::memory::MemoryBackend;
 pub use backend::Backend;
 pub use compaction::CompactionReport;
-pub use device::{Device, DeviceOptions};
+pub use device::{CheckpointReport, Device, DeviceOptions};
 pub use error::{EngineError, Result};
 pub use log::LogStats;
 pub use record::Op;

@@ -17,13 +17,15 @@ use parking_lot::Mutex;
 use tracing::warn;
 
 use super::backend::Backend;
+use super::checkpoint::UnitCheckpoint;
 use super::error::{device_err, io_err, EngineError, Result};
 use super::index::{Index, Location};
 use super::log::{segment_path, Active, Cursor, Log, Segment, LOG_DIR};
 use super::meta::{self, GenerationStart, UnitMeta};
 use super::pool::SegmentPool;
 use super::record::Kind;
-use super::segment::{self, Found, Vsid, COMPACTED_VSID_BASE};
+use super::record::{HEADER_BYTES, WRITE_RECORD_BYTES};
+use super::segment::{self, Found, Vsid, COMPACTED_VSID_BASE, SEGMENT_HEADER_BYTES};
 use super::unit::{State, Unit};
 
 /// What opening a unit found and did.
@@ -89,6 +91,15 @@ pub(super) struct ScannedLog {
     pub dropped_segments: Vec<u32>,
     /// The highest unit number any record carries.
     pub max_number: u32,
+    /// Bytes of records read.
+    pub scanned_bytes: u64,
+}
+
+/// Where a scan of the log may start: the segments a checkpoint knew (with their ends) and the
+/// position before which it holds every record.
+pub(super) struct ScanFrom<'a> {
+    pub segments: &'a BTreeMap<Vsid, u64>,
+    pub position: (Vsid, u64),
 }
 
 /// Reads every segment of the device log. With `repair`, a torn tail is zeroed and leftovers of
@@ -97,6 +108,7 @@ pub(super) fn scan_log(
     backend: &dyn Backend,
     pool: Option<&SegmentPool>,
     names: &BTreeMap<u32, UnitId>,
+    from: Option<ScanFrom<'_>>,
     repair: bool,
 ) -> Result<ScannedLog> {
     let device = backend.describe();
@@ -171,9 +183,37 @@ pub(super) fn scan_log(
     let mut active = None;
     let mut torn = None;
     let mut max_number = 0;
+    let mut scanned_bytes = 0;
     for (vsid, (header, file)) in headers {
         let is_last = Some(vsid) == last_log;
-        let scan = segment::scan(file.as_ref(), header.nonce, is_last)
+        // With a checkpoint, only what was written after it is read: the log from its position
+        // on, and compaction output it did not know.
+        let start = match &from {
+            None => SEGMENT_HEADER_BYTES,
+            Some(from) if vsid.is_log() && vsid == from.position.0 => from.position.1,
+            Some(from) if vsid.is_log() && vsid > from.position.0 => SEGMENT_HEADER_BYTES,
+            Some(from) => match from.segments.get(&vsid) {
+                Some(&end) => {
+                    if is_last {
+                        active = Some(Active {
+                            vsid,
+                            file: file.clone(),
+                            nonce: header.nonce,
+                            offset: end,
+                        });
+                    }
+                    let segment = Segment {
+                        file,
+                        nonce: header.nonce,
+                        end,
+                    };
+                    segments.insert(vsid, segment);
+                    continue;
+                }
+                None => SEGMENT_HEADER_BYTES,
+            },
+        };
+        let scan = segment::scan_from(file.as_ref(), header.nonce, is_last, start)
             .map_err(err(format!("reading log segment {vsid}")))?
             .map_err(|c| {
                 let whose = whose_record(file.as_ref(), header.nonce, c.offset, names);
@@ -231,6 +271,7 @@ pub(super) fn scan_log(
                 .or_default()
                 .push(Scanned::from(found, vsid));
         }
+        scanned_bytes += scan.end - start;
         if is_last {
             active = Some(Active {
                 vsid,
@@ -266,6 +307,7 @@ pub(super) fn scan_log(
         torn,
         dropped_segments,
         max_number,
+        scanned_bytes,
     })
 }
 
@@ -348,6 +390,84 @@ fn build(meta: &UnitMeta, mut scanned: Vec<Scanned>) -> Result<Built> {
     })
 }
 
+/// Builds a unit's index from its checkpoint and the records of the log written after it.
+/// Records at or below the checkpoint's last VBA are already in it; one that compaction moved out
+/// of a segment freed since is followed to where it is now.
+fn build_from(
+    meta: &UnitMeta,
+    checkpoint: UnitCheckpoint,
+    mut scanned: Vec<Scanned>,
+    present: &BTreeSet<Vsid>,
+) -> Result<Built> {
+    let mut report = RecoveryReport {
+        unit: Some(meta.unit),
+        records: scanned.len() as u64,
+        ..RecoveryReport::default()
+    };
+    scanned.retain(|r| meta.generation_at(r.vba) == Some(r.generation));
+    report.void_records = report.records - scanned.len() as u64;
+    scanned.sort_by_key(|r| r.vba);
+    let UnitCheckpoint {
+        last_vba,
+        mut segments,
+        mut index,
+        ..
+    } = checkpoint;
+    segments.retain(|v| present.contains(v));
+    let blocks = meta.size_bytes / BLOCK_BYTES;
+    let mut last = last_vba;
+    for r in &scanned {
+        segments.insert(r.location.vsid);
+        if r.vba <= last {
+            let moved = index
+                .location(r.vba)
+                .filter(|at| !present.contains(&at.vsid) && *at != r.location);
+            if let Some(at) = moved {
+                let bytes = match r.kind {
+                    Kind::Write => WRITE_RECORD_BYTES,
+                    Kind::Trim => HEADER_BYTES,
+                };
+                index.relocate(r.vba, at.vsid, r.location, bytes as u64);
+            }
+            continue;
+        }
+        if r.lba.0.saturating_add(r.blocks) > blocks {
+            return Err(EngineError::Corrupt {
+                unit: meta.unit,
+                vsid: r.location.vsid,
+                offset: r.location.offset as u64,
+                reason: format!("VBA {} covers blocks past the unit's end", r.vba),
+            });
+        }
+        match r.kind {
+            Kind::Write => index.add_write(r.vba, r.lba, r.location),
+            Kind::Trim => index.add_trim(r.vba, r.lba, r.blocks, r.location),
+        }
+        last = r.vba;
+    }
+    if let Some(missing) = index.segments_in_use().find(|v| !present.contains(v)) {
+        return Err(EngineError::Corrupt {
+            unit: meta.unit,
+            vsid: missing,
+            offset: 0,
+            reason: "the checkpoint's index points into a segment the log no longer has".into(),
+        });
+    }
+    report.segments = segments
+        .iter()
+        .filter(|v| index.live_bytes(**v) > 0)
+        .count();
+    let generation_start = meta.generations.last().map_or(Vba(1), |g| g.first_vba);
+    let next_vba = last.next().max(generation_start);
+    report.last_vba = Vba(next_vba.0 - 1);
+    Ok(Built {
+        index,
+        next_vba,
+        segments,
+        report,
+    })
+}
+
 impl Unit {
     /// Creates an empty unit numbered `number` on the device of `log`.
     pub(super) fn create(
@@ -384,14 +504,21 @@ impl Unit {
         Ok(unit)
     }
 
-    /// The unit described by `meta`, its index built from `records` (what the log holds of it).
+    /// The unit described by `meta`, its index built from `records` (what the log holds of it),
+    /// on top of its part of a checkpoint if there is one (then `records` are those written
+    /// after the checkpoint, and `present` the segments the log has).
     pub(super) fn open(
         log: Arc<Log>,
         dir: String,
         meta: UnitMeta,
+        checkpoint: Option<UnitCheckpoint>,
         records: Vec<Scanned>,
+        present: &BTreeSet<Vsid>,
     ) -> Result<(Unit, RecoveryReport)> {
-        let built = build(&meta, records)?;
+        let built = match checkpoint {
+            Some(checkpoint) => build_from(&meta, checkpoint, records, present)?,
+            None => build(&meta, records)?,
+        };
         let report = built.report.clone();
         Ok((Unit::assemble(log, dir, meta, built), report))
     }

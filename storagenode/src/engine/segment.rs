@@ -216,10 +216,20 @@ pub fn scan(
     nonce: u64,
     last_log: bool,
 ) -> io::Result<Result<Scan, Corruption>> {
+    scan_from(file, nonce, last_log, SEGMENT_HEADER_BYTES)
+}
+
+/// [`scan`] from `from`, the offset of a record (or of the end of the log) known from elsewhere.
+pub fn scan_from(
+    file: &dyn BlockFile,
+    nonce: u64,
+    last_log: bool,
+    from: u64,
+) -> io::Result<Result<Scan, Corruption>> {
     let len = file.size()?;
     let mut reader = Reader::new(file, len);
     let mut records = Vec::new();
-    let mut offset = SEGMENT_HEADER_BYTES;
+    let mut offset = from;
     let stop = loop {
         if offset >= len {
             break None;

@@ -1,6 +1,7 @@
-//! Background upkeep of the node's devices: compacting device logs that are mostly overwritten,
-//! so that space is reclaimed and freed segments return to the spare pool (where new log segments
-//! then come from without being written with zeroes first).
+//! Background upkeep of the node's devices: checkpointing their indexes, so that a restart reads
+//! little of the log, and compacting device logs that are mostly overwritten, so that space is
+//! reclaimed and freed segments return to the spare pool (where new log segments then come from
+//! without being written with zeroes first).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,9 @@ const GARBAGE_FACTOR: u64 = 2;
 const MIN_LOG_BYTES: u64 = 128 << 20;
 /// Segments whose live share is at most this are compacted.
 const MAX_LIVE_RATIO: f64 = 0.5;
+/// A device's indexes are checkpointed once this much log was written (or replayed) since the
+/// last checkpoint, which bounds what a restart reads (`docs/storage-engine.md`).
+pub const CHECKPOINT_EVERY_BYTES: u64 = 1 << 30;
 
 pub async fn run(node: Arc<Node>) {
     let mut ticks = tokio::time::interval(INTERVAL);
@@ -24,6 +28,17 @@ pub async fn run(node: Arc<Node>) {
     loop {
         ticks.tick().await;
         for i in 0..node.devices.count() {
+            let device = node.devices.device(i);
+            if device.wants_checkpoint(CHECKPOINT_EVERY_BYTES) {
+                let name = device.backend().describe();
+                let node = node.clone();
+                let checkpoint = move || node.devices.device(i).checkpoint();
+                match tokio::task::spawn_blocking(checkpoint).await {
+                    Ok(Ok(report)) => debug!(device = %name, ?report, "checkpointed"),
+                    Ok(Err(e)) => warn!(device = %name, error = %e, "checkpoint failed"),
+                    Err(e) => warn!(device = %name, error = %e, "checkpoint task failed"),
+                }
+            }
             let device = node.devices.device(i);
             let (stats, live_bytes) = device.log_stats();
             if stats.log_bytes < MIN_LOG_BYTES || stats.log_bytes < GARBAGE_FACTOR * live_bytes {
