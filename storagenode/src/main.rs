@@ -290,8 +290,16 @@ fn serve(args: ServeArgs) -> Result<()> {
             sync: args.sync == SyncMode::Data,
             ..DeviceOptions::default()
         };
-        let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
+        // SIGINT or SIGTERM (what service managers send) stop the node cleanly: it stops
+        // serving and checkpoints its devices.
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("listening for SIGTERM")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
         };
         let metrics = match &args.metrics_listen {
             Some(addr) => Some(

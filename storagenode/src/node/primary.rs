@@ -616,7 +616,13 @@ async fn replicate_attempts(
                 ErrorCode::UnknownUnit | ErrorCode::Unavailable => error.message,
                 _ => return Err(Reply::Failed(error.message)),
             },
-            Err(e @ DataError::Timeout { .. }) => return Err(Reply::Failed(e.to_string())),
+            Err(e @ DataError::Timeout { .. }) => {
+                // The connection may be one a partition left in TCP's retransmission backoff,
+                // where frames sent after the heal wait seconds for the next retry: the next
+                // write to this copy (once it resyncs and rejoins) opens a new one.
+                node.peers.forget(&target.addr).await;
+                return Err(Reply::Failed(e.to_string()));
+            }
             Err(e) => e.to_string(),
         };
         if Instant::now() + backoff >= deadline {
