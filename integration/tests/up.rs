@@ -212,3 +212,84 @@ fn vbs_up_serves_a_volume_stops_on_ctrl_c_and_resumes_with_its_data() {
     qemu_io(&url, &["read -P 0x3c 0 2M"]);
     interrupt(second);
 }
+
+/// The pids of processes whose command line names `dir` (the processes of a `vbs up` cluster).
+fn processes_in(dir: &std::path::Path) -> Vec<u32> {
+    let needle = dir.to_string_lossy().into_owned();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().map_while(Result::ok) {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Waits until no process of the cluster in `dir` is left.
+fn wait_for_none_in(dir: &std::path::Path, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = processes_in(dir);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "processes of the cluster outlived vbs up: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn vbs_up_says_which_process_failed_and_why_then_stops_the_rest() {
+    integration::binaries::binary("vbs-manager").unwrap();
+    integration::binaries::binary("vbs-storage").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base();
+    // Manager 1's port is taken.
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", base + 1)).unwrap();
+    let began = Instant::now();
+    let out = Command::new(integration::binaries::binary("vbs").unwrap())
+        .args(["up", "--base-port", &base.to_string(), "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("vbs up runs");
+    let took = began.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "vbs up succeeded: {stderr}");
+    assert!(
+        took < Duration::from_secs(20),
+        "vbs up took {took:?} to notice: {stderr}"
+    );
+    assert!(stderr.contains("manager-1 exited"), "{stderr}");
+    assert!(stderr.contains("Address already in use"), "{stderr}");
+    let log = dir.path().join("logs").join("manager-1.log");
+    assert!(stderr.contains(&log.display().to_string()), "{stderr}");
+    wait_for_none_in(dir.path(), Duration::from_secs(5));
+}
+
+#[test]
+fn the_cluster_does_not_outlive_a_killed_vbs_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base();
+    let (mut up, _url) = up(dir.path(), base);
+    assert!(
+        processes_in(dir.path()).len() >= 6,
+        "the cluster's processes run"
+    );
+    up.0.kill().unwrap();
+    up.0.wait().unwrap();
+    wait_for_none_in(dir.path(), Duration::from_secs(20));
+}

@@ -6,6 +6,10 @@
 //! again on the same directory, the cluster resumes with its data: the layout (ids and ports) is
 //! kept in `DIR/cluster.json`.
 //!
+//! If a process it started exits, `vbs up` prints that process's last error line and where its log
+//! is, stops the others and exits with an error. The processes it starts are its own: each is
+//! sent SIGTERM by the kernel when `vbs up` dies, even by SIGKILL, so none outlives it.
+//!
 //! The cluster requires authentication: on first start `vbs up` writes a random token to
 //! `DIR/token` (mode 600), unless `vbs --token-file PATH up` names one, and gives it to every
 //! process it starts. Everything listens on loopback, the NBD export included.
@@ -14,7 +18,7 @@ use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -114,9 +118,26 @@ impl Layout {
 struct Managed {
     name: String,
     child: Child,
+    log: PathBuf,
+    /// Where this run's part of the log starts.
+    log_start: u64,
 }
 
 impl Managed {
+    /// Says how the process ended, if it did: its exit status, the last error line of its log,
+    /// and where the log is.
+    fn ended(&mut self) -> Option<String> {
+        let status = self.child.try_wait().ok().flatten()?;
+        let text = std::fs::read(&self.log).unwrap_or_default();
+        let text = String::from_utf8_lossy(text.get(self.log_start as usize..).unwrap_or(&[]));
+        let why = last_error(&text).unwrap_or_else(|| "its log says nothing".into());
+        Some(format!(
+            "{} exited ({status}): {why}; its log is {}",
+            self.name,
+            self.log.display()
+        ))
+    }
+
     fn stop(&mut self) {
         if !matches!(self.child.try_wait(), Ok(None)) {
             return;
@@ -143,6 +164,66 @@ impl Drop for Managed {
     }
 }
 
+/// What a process's log says about why it stopped: the last `Error:` report (what a binary
+/// prints when `main` fails) with its causes on one line, else the last line logged at ERROR,
+/// else the last line.
+fn last_error(log: &str) -> Option<String> {
+    let lines: Vec<&str> = log.lines().collect();
+    let Some(at) = lines.iter().rposition(|l| l.starts_with("Error:")) else {
+        let mut written = lines.iter().map(|l| l.trim()).filter(|l| !l.is_empty());
+        let last = written.clone().rfind(|l| l.contains("ERROR"));
+        return last.or_else(|| written.next_back()).map(str::to_string);
+    };
+    let mut text = lines[at].trim_start_matches("Error:").trim().to_string();
+    // anyhow's report: a blank line, `Caused by:`, then one indented cause per line (numbered
+    // when there are several), then a blank line before any backtrace.
+    let mut rest = lines[at + 1..].iter().skip_while(|l| l.trim().is_empty());
+    if rest.next().is_some_and(|l| l.trim() == "Caused by:") {
+        for line in rest.take_while(|l| l.starts_with(' ') && !l.trim().is_empty()) {
+            let cause = line.trim();
+            let cause = cause
+                .split_once(": ")
+                .filter(|(n, _)| n.parse::<u32>().is_ok())
+                .map_or(cause, |(_, c)| c);
+            text.push_str(": ");
+            text.push_str(cause);
+        }
+    }
+    Some(text)
+}
+
+/// The processes `vbs up` started.
+#[derive(Default)]
+struct Children(Mutex<Vec<Managed>>);
+
+impl Children {
+    fn add(&self, child: Managed) {
+        self.lock().push(child);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Managed>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Returns once one of them has exited, saying how.
+    async fn first_exit(&self) -> String {
+        loop {
+            if let Some(ended) = self.lock().iter_mut().find_map(Managed::ended) {
+                return ended;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Stops them, storage nodes first (they talk to the managers), then the managers.
+    fn stop_all(&self) {
+        for child in self.lock().iter_mut().rev() {
+            child.stop();
+            eprintln!("vbs: stopped {}", child.name);
+        }
+    }
+}
+
 fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("locating vbs")?;
     let path = exe.with_file_name(name);
@@ -156,12 +237,17 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 fn spawn(name: &str, program: &Path, args: &[String], logs: &Path) -> anyhow::Result<Managed> {
+    let path = logs.join(format!("{name}.log"));
     let log = File::options()
         .create(true)
         .append(true)
-        .open(logs.join(format!("{name}.log")))
+        .open(&path)
         .with_context(|| format!("opening the log of {name}"))?;
-    let child = Command::new(program)
+    let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
+    // SAFETY: getpid(2) has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    let mut child = Command::new(program);
+    child
         .args(args)
         .env(
             "RUST_LOG",
@@ -172,12 +258,28 @@ fn spawn(name: &str, program: &Path, args: &[String], logs: &Path) -> anyhow::Re
         .stderr(log)
         // Its own process group: a Ctrl-C in the terminal reaches `vbs up` alone, which then
         // stops the children in order.
-        .process_group(0)
-        .spawn()
-        .with_context(|| format!("starting {name}"))?;
+        .process_group(0);
+    // SAFETY: between fork and exec the closure calls only async-signal-safe functions
+    // (prctl(2), getppid(2)) and allocates nothing.
+    let child = unsafe {
+        child.pre_exec(move || {
+            // SIGTERM when `vbs up` dies, however it dies (a clean stop; the kernel sends it when
+            // the parent thread that started the process exits). If it died before this call,
+            // the process has been handed to another parent already: stop at once.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 || libc::getppid() != parent
+            {
+                return Err(std::io::Error::other("vbs up is gone"));
+            }
+            Ok(())
+        })
+    }
+    .spawn()
+    .with_context(|| format!("starting {name}"))?;
     Ok(Managed {
         name: name.to_string(),
         child,
+        log: path,
+        log_start,
     })
 }
 
@@ -243,6 +345,24 @@ fn token(dir: &Path, given: Option<PathBuf>) -> anyhow::Result<(PathBuf, Token)>
 }
 
 pub async fn run(args: UpArgs, token_file: Option<PathBuf>) -> anyhow::Result<()> {
+    let children = Children::default();
+    let served = tokio::select! {
+        served = start_and_serve(args, token_file, &children) => served,
+        ended = children.first_exit() => Err(anyhow::anyhow!("{ended}")),
+    };
+    if served.is_err() {
+        eprintln!("vbs: stopping the cluster ...");
+    }
+    children.stop_all();
+    served
+}
+
+/// Starts the cluster (into `children`) and serves NBD until Ctrl-C or SIGTERM.
+async fn start_and_serve(
+    args: UpArgs,
+    token_file: Option<PathBuf>,
+    children: &Children,
+) -> anyhow::Result<()> {
     if args.manager_count == 0 || args.manager_count % 2 == 0 {
         bail!(
             "--managers {} must be odd (1, 3 or 5) for a majority to exist",
@@ -271,7 +391,6 @@ pub async fn run(args: UpArgs, token_file: Option<PathBuf>) -> anyhow::Result<()
         .enumerate()
         .map(|(i, a)| format!("{}={a}", i + 1))
         .collect();
-    let mut children = Vec::new();
     for (i, addr) in layout.managers.iter().enumerate() {
         let id = i + 1;
         let data = dir.join(format!("manager-{id}"));
@@ -286,7 +405,7 @@ pub async fn run(args: UpArgs, token_file: Option<PathBuf>) -> anyhow::Result<()
             peers.join(","),
         ];
         let args = [args.as_slice(), &token_arg].concat();
-        children.push(spawn(&format!("manager-{id}"), &manager_bin, &args, &logs)?);
+        children.add(spawn(&format!("manager-{id}"), &manager_bin, &args, &logs)?);
     }
     let security = Security {
         token: Some(Arc::new(token)),
@@ -323,7 +442,7 @@ pub async fn run(args: UpArgs, token_file: Option<PathBuf>) -> anyhow::Result<()
             layout.node_metrics[i].clone(),
         ];
         let args = [args.as_slice(), &token_arg].concat();
-        children.push(spawn(&name, &storage_bin, &args, &logs)?);
+        children.add(spawn(&name, &storage_bin, &args, &logs)?);
     }
     eprintln!("vbs: starting {} storage nodes ...", layout.nodes.len());
     let wanted = layout.nodes.len();
@@ -421,10 +540,28 @@ pub async fn run(args: UpArgs, token_file: Option<PathBuf>) -> anyhow::Result<()
     };
     let served = client::nbd::serve(listener, exports, stop).await;
     eprintln!("vbs: stopping ...");
-    // Storage nodes first (they talk to the managers), then the managers.
-    for child in children.iter_mut().rev() {
-        child.stop();
-        eprintln!("vbs: stopped {}", child.name);
-    }
     served.context("serving NBD")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_error;
+
+    #[test]
+    fn the_last_error_report_is_read_with_its_causes() {
+        let log = "INFO starting\nError: listening on 127.0.0.1:7001\n\nCaused by:\n    \
+                   Address already in use (os error 98)\n\nStack backtrace:\n   0: main\n";
+        assert_eq!(
+            last_error(log).as_deref(),
+            Some("listening on 127.0.0.1:7001: Address already in use (os error 98)")
+        );
+        let log = "Error: a\n\nCaused by:\n    0: b\n    1: c\n";
+        assert_eq!(last_error(log).as_deref(), Some("a: b: c"));
+        assert_eq!(
+            last_error("x\n ERROR raft stopped\nINFO bye\n").as_deref(),
+            Some("ERROR raft stopped")
+        );
+        assert_eq!(last_error("only this\n").as_deref(), Some("only this"));
+        assert_eq!(last_error(""), None);
+    }
 }
