@@ -108,24 +108,6 @@ async fn not_current(cluster: &Cluster) -> anyhow::Result<Vec<String>> {
     Ok(found)
 }
 
-fn create_volume(cluster: &Cluster, name: &str, size: &str, slice: &str) -> anyhow::Result<()> {
-    let out = cluster.vbs(&[
-        "volume",
-        "create",
-        name,
-        "--size",
-        size,
-        "--replicas",
-        "2",
-        "--slice-size",
-        slice,
-    ])?;
-    if !out.status.success() {
-        bail!("volume create: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
-}
-
 fn f(value: &Value, key: &str) -> f64 {
     value[key].as_f64().unwrap_or(f64::NAN)
 }
@@ -188,7 +170,7 @@ async fn main() -> anyhow::Result<()> {
     // every write of a node in one unit.
     let mut vbs = Vec::new();
     for (volume, slice) in [("many", "16M"), ("one", "1G")] {
-        create_volume(&cluster, volume, "1G", slice)?;
+        cluster.create_volume(volume, "1G", "2", slice)?;
         for iodepth in [1, 32] {
             vbs.push(vbs_bench(&cluster, volume, iodepth, runtime)?);
             let stale = not_current(&cluster).await?;
@@ -198,7 +180,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     // A fresh volume's first second, when every write is a unit's first, against a warm one.
-    create_volume(&cluster, "fresh", "10G", "64M")?;
+    cluster.create_volume("fresh", "10G", "2", "64M")?;
     let fresh = vbs_bench(&cluster, "fresh", 32, 1)?;
     let _fill = vbs_bench(&cluster, "fresh", 32, runtime)?;
     let warm = vbs_bench(&cluster, "fresh", 32, 1)?;

@@ -367,6 +367,35 @@ impl Cluster {
         self.vbs_with_input(args, None)
     }
 
+    /// `vbs volume create NAME --size SIZE --replicas REPLICAS --slice-size SLICE`; an error with
+    /// what vbs printed if it failed.
+    pub fn create_volume(
+        &self,
+        name: &str,
+        size: &str,
+        replicas: &str,
+        slice: &str,
+    ) -> anyhow::Result<()> {
+        let out = self.vbs(&[
+            "volume",
+            "create",
+            name,
+            "--size",
+            size,
+            "--replicas",
+            replicas,
+            "--slice-size",
+            slice,
+        ])?;
+        if !out.status.success() {
+            anyhow::bail!(
+                "vbs volume create {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
     /// Runs the `vbs` CLI with `input` on its stdin.
     pub fn vbs_with_input(
         &self,

@@ -28,24 +28,7 @@ fn start(manager_args: &[&str], storage_args: &[&str]) -> Cluster {
 }
 
 fn create(cluster: &Cluster, name: &str, size: &str, replicas: &str, slice: &str) {
-    let out = cluster
-        .vbs(&[
-            "volume",
-            "create",
-            name,
-            "--size",
-            size,
-            "--replicas",
-            replicas,
-            "--slice-size",
-            slice,
-        ])
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cluster.create_volume(name, size, replicas, slice).unwrap();
 }
 
 async fn open(cluster: &Cluster, name: &str) -> Arc<Volume> {

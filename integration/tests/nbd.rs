@@ -59,24 +59,7 @@ async fn cluster_exporting(
 }
 
 fn create_volume(cluster: &Cluster, volume: &str, size: &str, slice: &str) {
-    let out = cluster
-        .vbs(&[
-            "volume",
-            "create",
-            volume,
-            "--size",
-            size,
-            "--replicas",
-            "2",
-            "--slice-size",
-            slice,
-        ])
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cluster.create_volume(volume, size, "2", slice).unwrap();
 }
 
 fn sha256(path: &Path) -> String {

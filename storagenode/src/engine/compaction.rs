@@ -124,14 +124,11 @@ impl Log {
         let mut moves = Vec::new();
         let mut report = CompactionReport::default();
         for &from in group {
-            let Some((file, nonce_from)) = self.segment(from) else {
+            let (Some((file, nonce_from)), Some(end)) =
+                (self.segment(from), self.segment_end(from))
+            else {
                 continue;
             };
-            let end = self
-                .segment_ends()
-                .into_iter()
-                .find(|(v, _)| *v == from)
-                .map_or(SEGMENT_HEADER_BYTES, |(_, end)| end);
             report.bytes_freed += end - SEGMENT_HEADER_BYTES;
             let context = format!("compacting log segment {from}");
             let mut bytes = vec![0u8; end as usize];

@@ -229,6 +229,11 @@ impl Log {
             .map(|s| (s.file.clone(), s.nonce))
     }
 
+    /// The published end of segment `vsid`.
+    pub(super) fn segment_end(&self, vsid: Vsid) -> Option<u64> {
+        self.segments.read().get(&vsid).map(|s| s.end)
+    }
+
     /// `(VSID, published end)` of every segment.
     pub(super) fn segment_ends(&self) -> Vec<(Vsid, u64)> {
         self.segments

@@ -20,7 +20,7 @@ use super::backend::Backend;
 use super::checkpoint::UnitCheckpoint;
 use super::error::{device_err, io_err, EngineError, Result};
 use super::index::{Index, Location};
-use super::log::{segment_path, Active, Cursor, Log, Segment, LOG_DIR};
+use super::log::{Active, Cursor, Log, Segment, LOG_DIR};
 use super::meta::{self, GenerationStart, UnitMeta};
 use super::pool::SegmentPool;
 use super::record::Kind;
@@ -343,56 +343,23 @@ pub(super) struct Built {
     report: RecoveryReport,
 }
 
-/// Builds a unit's index from the records the log holds for it.
-fn build(meta: &UnitMeta, mut scanned: Vec<Scanned>) -> Result<Built> {
-    let mut report = RecoveryReport {
-        unit: Some(meta.unit),
-        records: scanned.len() as u64,
-        ..RecoveryReport::default()
+/// Builds a unit's index from all the records the log holds for it: on top of an empty
+/// checkpoint, from which every record is new.
+fn build(meta: &UnitMeta, scanned: Vec<Scanned>, present: &BTreeSet<Vsid>) -> Result<Built> {
+    let empty = UnitCheckpoint {
+        generations: Vec::new(),
+        last_vba: Vba::ZERO,
+        segments: BTreeSet::new(),
+        index: Index::new(meta.size_bytes / BLOCK_BYTES),
     };
-    scanned.retain(|r| meta.generation_at(r.vba) == Some(r.generation));
-    report.void_records = report.records - scanned.len() as u64;
-    // A record copied by a compaction interrupted before it freed the original is found twice.
-    scanned.sort_by_key(|r| r.vba);
-    scanned.dedup_by_key(|r| r.vba);
-
-    let blocks = meta.size_bytes / BLOCK_BYTES;
-    let mut index = Index::new(blocks);
-    let mut segments = BTreeSet::new();
-    for r in &scanned {
-        if r.lba.0.saturating_add(r.blocks) > blocks {
-            return Err(EngineError::Corrupt {
-                unit: meta.unit,
-                vsid: r.location.vsid,
-                offset: r.location.offset as u64,
-                reason: format!("VBA {} covers blocks past the unit's end", r.vba),
-            });
-        }
-        segments.insert(r.location.vsid);
-        match r.kind {
-            Kind::Write => index.add_write(r.vba, r.lba, r.location),
-            Kind::Trim => index.add_trim(r.vba, r.lba, r.blocks, r.location),
-        }
-    }
-    report.segments = segments
-        .iter()
-        .filter(|v| index.live_bytes(**v) > 0)
-        .count();
-    let after_records = scanned.last().map_or(Vba(1), |r| r.vba.next());
-    let generation_start = meta.generations.last().map_or(Vba(1), |g| g.first_vba);
-    let next_vba = after_records.max(generation_start);
-    report.last_vba = Vba(next_vba.0 - 1);
-    Ok(Built {
-        index,
-        next_vba,
-        segments,
-        report,
-    })
+    build_from(meta, empty, scanned, present)
 }
 
 /// Builds a unit's index from its checkpoint and the records of the log written after it.
 /// Records at or below the checkpoint's last VBA are already in it; one that compaction moved out
-/// of a segment freed since is followed to where it is now.
+/// of a segment freed since is followed to where it is now. A record found twice (copied by a
+/// compaction interrupted before it freed the original) is taken once. `present`: the segments
+/// the log has.
 fn build_from(
     meta: &UnitMeta,
     checkpoint: UnitCheckpoint,
@@ -517,7 +484,7 @@ impl Unit {
     ) -> Result<(Unit, RecoveryReport)> {
         let built = match checkpoint {
             Some(checkpoint) => build_from(&meta, checkpoint, records, present)?,
-            None => build(&meta, records)?,
+            None => build(&meta, records, present)?,
         };
         let report = built.report.clone();
         Ok((Unit::assemble(log, dir, meta, built), report))
@@ -651,7 +618,13 @@ impl Unit {
             size_bytes: self.size_bytes(),
             generations: state.generations.clone(),
         };
-        let built = build(&meta, self.reread(&state.segments)?)?;
+        let present = self
+            .log
+            .segment_ends()
+            .into_iter()
+            .map(|(v, _)| v)
+            .collect();
+        let built = build(&meta, self.reread(&state.segments)?, &present)?;
         state.index = built.index;
         state.segments = built.segments;
         state.next_vba = vba.next();
@@ -679,9 +652,4 @@ pub(super) fn read_meta(backend: &dyn Backend, dir: &str) -> Result<UnitMeta> {
         )));
     }
     Ok(meta)
-}
-
-/// The log directory's path for `vsid` (for tools that damage or inspect a device).
-pub fn log_segment_path(vsid: Vsid) -> String {
-    segment_path(vsid)
 }
