@@ -281,6 +281,29 @@ fn vbs_up_says_which_process_failed_and_why_then_stops_the_rest() {
 }
 
 #[test]
+fn a_storage_node_killed_once_the_cluster_is_up_leaves_the_rest_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base();
+    let (up, url) = up(dir.path(), base);
+    let node_dir = dir.path().join("node-1");
+    let node = processes_in(&node_dir);
+    assert_eq!(
+        node.len(),
+        1,
+        "one storage node uses {}",
+        node_dir.display()
+    );
+    // SAFETY: kill(2) on a pid just read from /proc.
+    unsafe {
+        libc::kill(node[0] as libc::pid_t, libc::SIGKILL);
+    }
+    wait_for_none_in(&node_dir, Duration::from_secs(5));
+    // The volume has two copies on three nodes: it goes on serving, through vbs up's NBD server.
+    qemu_io(&url, &["write -P 0x5a 0 1M", "read -P 0x5a 0 1M"]);
+    interrupt(up);
+}
+
+#[test]
 fn the_cluster_does_not_outlive_a_killed_vbs_up() {
     let dir = tempfile::tempdir().unwrap();
     let base = free_base();

@@ -6,8 +6,9 @@
 //! again on the same directory, the cluster resumes with its data: the layout (ids and ports) is
 //! kept in `DIR/cluster.json`.
 //!
-//! If a process it started exits, `vbs up` prints that process's last error line and where its log
-//! is, stops the others and exits with an error. The processes it starts are its own: each is
+//! If a process it started exits while the cluster starts, `vbs up` prints that process's last
+//! error line and where its log is, stops the others and exits with an error; once the cluster is
+//! up, it says the same and the cluster goes on without the process. The processes it starts are its own: each is
 //! sent SIGTERM by the kernel when `vbs up` dies, even by SIGKILL, so none outlives it.
 //!
 //! The cluster requires authentication: on first start `vbs up` writes a random token to
@@ -18,6 +19,7 @@ use std::fs::File;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -121,13 +123,19 @@ struct Managed {
     log: PathBuf,
     /// Where this run's part of the log starts.
     log_start: u64,
+    /// Its exit was told already.
+    told: bool,
 }
 
 impl Managed {
-    /// Says how the process ended, if it did: its exit status, the last error line of its log,
-    /// and where the log is.
+    /// Says how the process ended, if it did and that was not told yet: its exit status, the
+    /// last error line of its log, and where the log is.
     fn ended(&mut self) -> Option<String> {
+        if self.told {
+            return None;
+        }
         let status = self.child.try_wait().ok().flatten()?;
+        self.told = true;
         let text = std::fs::read(&self.log).unwrap_or_default();
         let text = String::from_utf8_lossy(text.get(self.log_start as usize..).unwrap_or(&[]));
         let why = last_error(&text).unwrap_or_else(|| "its log says nothing".into());
@@ -194,7 +202,12 @@ fn last_error(log: &str) -> Option<String> {
 
 /// The processes `vbs up` started.
 #[derive(Default)]
-struct Children(Mutex<Vec<Managed>>);
+struct Children {
+    started: Mutex<Vec<Managed>>,
+    /// The cluster is up: from then on a process that exits is told of, and the others go on
+    /// without it, as a cluster does when it loses a node.
+    up: AtomicBool,
+}
 
 impl Children {
     fn add(&self, child: Managed) {
@@ -202,14 +215,19 @@ impl Children {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Managed>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.started.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Returns once one of them has exited, saying how.
-    async fn first_exit(&self) -> String {
+    /// Watches them: returns, saying how, once one exits while the cluster is starting; tells of
+    /// each that exits once it is up.
+    async fn watch(&self) -> String {
         loop {
-            if let Some(ended) = self.lock().iter_mut().find_map(Managed::ended) {
-                return ended;
+            let ended: Vec<String> = self.lock().iter_mut().filter_map(Managed::ended).collect();
+            for ended in ended {
+                if !self.up.load(Ordering::SeqCst) {
+                    return ended;
+                }
+                eprintln!("vbs: {ended}; the rest of the cluster goes on without it");
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -280,6 +298,7 @@ fn spawn(name: &str, program: &Path, args: &[String], logs: &Path) -> anyhow::Re
         child,
         log: path,
         log_start,
+        told: false,
     })
 }
 
@@ -348,7 +367,7 @@ pub async fn run(args: UpArgs, token_file: Option<PathBuf>) -> anyhow::Result<()
     let children = Children::default();
     let served = tokio::select! {
         served = start_and_serve(args, token_file, &children) => served,
-        ended = children.first_exit() => Err(anyhow::anyhow!("{ended}")),
+        ended = children.watch() => Err(anyhow::anyhow!("{ended}")),
     };
     if served.is_err() {
         eprintln!("vbs: stopping the cluster ...");
@@ -495,6 +514,7 @@ async fn start_and_serve(
         token_path.display()
     );
     let url = format!("nbd://{}/{}", layout.nbd, spec.name);
+    children.up.store(true, Ordering::SeqCst);
     println!(
         "vbs is up: {} managers, {} storage nodes, data in {}",
         layout.managers.len(),
