@@ -138,9 +138,9 @@ impl Managed {
         self.told = true;
         let text = std::fs::read(&self.log).unwrap_or_default();
         let text = String::from_utf8_lossy(text.get(self.log_start as usize..).unwrap_or(&[]));
-        let why = last_error(&text).unwrap_or_else(|| "its log says nothing".into());
+        let why = last_error(&text).map_or_else(String::new, |why| format!(": {why}"));
         Some(format!(
-            "{} exited ({status}): {why}; its log is {}",
+            "{} exited ({status}){why}; its log is {}",
             self.name,
             self.log.display()
         ))
@@ -173,14 +173,16 @@ impl Drop for Managed {
 }
 
 /// What a process's log says about why it stopped: the last `Error:` report (what a binary
-/// prints when `main` fails) with its causes on one line, else the last line logged at ERROR,
-/// else the last line.
+/// prints when `main` fails) with its causes on one line, else the last line logged at ERROR
+/// (without its colours). `None` when the log tells neither, as after a SIGKILL: the last line
+/// of such a log is whatever the process was doing, not why it stopped.
 fn last_error(log: &str) -> Option<String> {
     let lines: Vec<&str> = log.lines().collect();
     let Some(at) = lines.iter().rposition(|l| l.starts_with("Error:")) else {
-        let mut written = lines.iter().map(|l| l.trim()).filter(|l| !l.is_empty());
-        let last = written.clone().rfind(|l| l.contains("ERROR"));
-        return last.or_else(|| written.next_back()).map(str::to_string);
+        return lines
+            .iter()
+            .rfind(|l| l.contains("ERROR"))
+            .map(|l| without_colours(l.trim()));
     };
     let mut text = lines[at].trim_start_matches("Error:").trim().to_string();
     // anyhow's report: a blank line, `Caused by:`, then one indented cause per line (numbered
@@ -198,6 +200,20 @@ fn last_error(log: &str) -> Option<String> {
         }
     }
     Some(text)
+}
+
+/// `line` without the terminal colour sequences (`ESC [ ... m`) a log may hold.
+fn without_colours(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            chars.by_ref().find(|c| *c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The processes `vbs up` started.
@@ -578,10 +594,11 @@ mod tests {
         let log = "Error: a\n\nCaused by:\n    0: b\n    1: c\n";
         assert_eq!(last_error(log).as_deref(), Some("a: b: c"));
         assert_eq!(
-            last_error("x\n ERROR raft stopped\nINFO bye\n").as_deref(),
+            last_error("x\n \x1b[31mERROR\x1b[0m raft stopped\nINFO bye\n").as_deref(),
             Some("ERROR raft stopped")
         );
-        assert_eq!(last_error("only this\n").as_deref(), Some("only this"));
+        // A log cut short by SIGKILL says nothing of why.
+        assert_eq!(last_error("INFO resync finished\n"), None);
         assert_eq!(last_error(""), None);
     }
 }
