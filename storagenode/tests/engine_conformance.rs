@@ -766,6 +766,22 @@ mod cases {
         assert_reads(&device.unit(other).unwrap(), &models[1], 24);
     }
 
+    /// A data directory of format 1 (one log per unit) is refused before anything changes, with a
+    /// message that says what to do.
+    pub fn a_format_1_device_is_refused_untouched(fixture: &dyn Fixture) {
+        let backend = fixture.backend();
+        let old = br#"{"format": 1, "segment_bytes": 65536}"#;
+        backend.write_atomic("device.json", old).unwrap();
+        backend.create_dir("units/1.0").unwrap();
+        let error = Device::open(backend.clone(), &options())
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("format 1"), "{error}");
+        assert!(error.contains("vbs node drain"), "{error}");
+        assert_eq!(backend.read_all("device.json").unwrap(), old.to_vec());
+        assert!(!backend.exists("log").unwrap(), "nothing was created");
+    }
+
     pub fn removed_units_are_gone_and_their_ids_start_afresh(fixture: &dyn Fixture) {
         let device = open(fixture);
         let unit = device.create_unit(UNIT, UNIT_BYTES).unwrap();
@@ -861,6 +877,7 @@ conformance!(
     corruption_inside_the_log_names_segment_and_offset,
     units_sharing_the_log_keep_their_own_records,
     a_checkpoint_and_the_log_after_it_give_every_unit_back,
+    a_format_1_device_is_refused_untouched,
     compaction_keeps_every_live_block,
     truncation_restores_what_the_tail_overwrote,
     catch_up_streams_what_a_copy_missed,
