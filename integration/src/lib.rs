@@ -11,6 +11,8 @@
 //!   shared by `tests/fuzz.rs` and the cargo-fuzz targets of `integration/fuzz/`.
 //! - [`gateway`]: a `vbs nbd` gateway process; `tagged_block`, data that says which write it is.
 //! - [`tools`]: programs from Debian packages the tests drive, installed with apt when missing.
+//! - [`measure`]: what the benchmarks read off processes (CPU, memory, threads) and the
+//!   managers' notification commit rate.
 //! - [`wait`]: waiting on observable state with a deadline, never a fixed sleep.
 //! - [`nemesis`]: the fault-injection runner (`vbs-nemesis`, `tests/nemesis.rs`): seeded faults
 //!   against a cluster on distinct loopback addresses, and a checker of the clients' history.
@@ -22,6 +24,7 @@ pub mod cluster;
 pub mod credentials;
 pub mod fuzzing;
 pub mod gateway;
+pub mod measure;
 pub mod nemesis;
 pub mod process;
 pub mod tools;

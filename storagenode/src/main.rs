@@ -64,6 +64,10 @@ struct ServeArgs {
     /// client IO.
     #[arg(long, default_value = "100M", value_parser = parse_size)]
     resync_rate: u64,
+    /// The most units that pull a resync at once (the rest wait their turn): a node that
+    /// restarts holding thousands of units catches up this many at a time.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    resync_parallel: u32,
     /// `data` syncs every write batch (the only durable mode); `none` never syncs (tests only).
     #[arg(long, value_enum, default_value = "data")]
     sync: SyncMode,
@@ -284,6 +288,7 @@ fn serve(args: ServeArgs) -> Result<()> {
         config.heartbeat_interval = args.heartbeat_interval;
         config.write_timeout = args.write_timeout;
         config.resync_rate_bytes = args.resync_rate.max(1);
+        config.resync_parallel = args.resync_parallel as usize;
         config.security = security;
         config.device = DeviceOptions {
             segment_bytes: args.segment_size,

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use client::api::{Notification, UnitGeneration};
+use client::api::UnitGeneration;
 use client::proto::{
     ErrorCode, RecordBody, Response, WireError, WireRecord, MAX_RECORDS_PER_FRAME,
 };
@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use super::errors::{from_engine, from_join};
 use super::replica::primary_at;
+use super::reports::Report;
 use super::unit::UnitRuntime;
 use super::Node;
 use crate::engine::{Op, Record};
@@ -176,18 +177,17 @@ async fn confirm(
     copy: &NodeId,
     generation: Generation,
 ) -> Result<Response, WireError> {
-    let notification = Notification::CaughtUp {
-        source: node.id.clone(),
-        target: copy.clone(),
-        units: vec![UnitGeneration {
-            unit: runtime.id,
-            generation,
-        }],
+    let unit = UnitGeneration {
+        unit: runtime.id,
+        generation,
     };
-    match node.managers.notify(&notification).await {
-        Ok(reply) => {
-            for slice in reply.slices.iter().filter(|s| s.unit == runtime.id) {
-                runtime.update_slice(slice);
+    let target = Report::CaughtUp {
+        target: copy.clone(),
+    };
+    match node.reports.report(target, unit).await {
+        Ok(slice) => {
+            if let Some(slice) = slice {
+                runtime.update_slice(&slice);
             }
             info!(unit = %runtime.id, %copy, "reported a resynced copy caught up");
             let last_vba = runtime.engine.last_vba();

@@ -11,7 +11,9 @@
 //! - [`primary`]: client IO on the primary: ordering, replication, acknowledgement;
 //! - [`replica`]: the secondary side, and the primary's answer to resend requests;
 //! - [`catchup`]: the primary's side of a resync (streaming missed records, joining a copy);
-//! - [`resync`]: the copy's side of a resync (pulling, joining, reporting progress).
+//! - [`resync`]: the copy's side of a resync (pulling, joining, reporting progress);
+//! - [`reports`]: `syncing` and `caught up` reports of many units gathered into few
+//!   notifications.
 
 pub mod catchup;
 pub mod devices;
@@ -22,6 +24,7 @@ pub mod membership;
 pub mod metrics;
 pub mod primary;
 pub mod replica;
+pub mod reports;
 pub mod resync;
 pub mod server;
 pub mod unit;
@@ -62,6 +65,8 @@ pub struct NodeConfig {
     pub reorder_wait: Duration,
     /// The most bytes per second a resync of one unit pulls.
     pub resync_rate_bytes: u64,
+    /// The most units that pull from their primaries at once; the rest wait their turn.
+    pub resync_parallel: usize,
     pub device: DeviceOptions,
     /// The cluster token and TLS settings: for the data plane (both ways), the managers and
     /// `/metrics`.
@@ -85,6 +90,7 @@ impl NodeConfig {
             write_timeout: Duration::from_secs(2),
             reorder_wait: Duration::from_millis(100),
             resync_rate_bytes: 100 << 20,
+            resync_parallel: 16,
             device: DeviceOptions::default(),
             security: Security::default(),
         }
@@ -104,6 +110,10 @@ pub struct Node {
     pub io_metrics: metrics::IoMetrics,
     /// Connections and requests refused for their credentials.
     pub rejections: Arc<Rejections>,
+    /// `syncing` and `caught up` reports on their way to the managers.
+    pub reports: reports::Reporter,
+    /// Turns to pull a resync ([`NodeConfig::resync_parallel`] of them).
+    pub resync_turns: tokio::sync::Semaphore,
     /// Units this node held when it started, until the first heartbeat reply has been applied:
     /// their secondary copies may have missed writes while the node was away.
     restarted_units: std::sync::Mutex<Option<Vec<UnitId>>>,
@@ -179,6 +189,8 @@ pub async fn run(
         torn_tails = reports.iter().filter(|r| r.torn_tail.is_some()).count(),
         "storage node starting"
     );
+    let config_id = config.id.clone();
+    let resync_turns = tokio::sync::Semaphore::new(config.resync_parallel.max(1));
     let node = Arc::new(Node {
         id: config.id.clone(),
         config,
@@ -190,7 +202,13 @@ pub async fn run(
         io_metrics: metrics::IoMetrics::default(),
         rejections: Arc::default(),
         restarted_units: std::sync::Mutex::new(Some(restarted_units)),
+        reports: reports::Reporter::new(config_id),
+        resync_turns,
     });
+    let reporter = {
+        let node = node.clone();
+        tokio::spawn(async move { node.reports.run(&node.managers).await })
+    };
     let membership = tokio::spawn(membership::run(node.clone()));
     let maintenance = tokio::spawn(maintenance::run(node.clone()));
     let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -203,6 +221,7 @@ pub async fn run(
     let served = server::serve(node.clone(), listener, shutdown).await;
     membership.abort();
     maintenance.abort();
+    reporter.abort();
     // A checkpoint at a clean stop: the next start reads none of the log.
     let checkpointing = node.clone();
     let checkpoints = tokio::task::spawn_blocking(move || {

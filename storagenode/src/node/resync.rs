@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 use super::catchup::MAX_JOIN_RECORDS;
 use super::errors::from_engine;
 use super::replica::to_op;
+use super::reports::Report;
 use super::unit::UnitRuntime;
 use super::Node;
 use crate::engine::Ticket;
@@ -34,7 +35,9 @@ const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// Attempts of one resync before it is left for the next heartbeat to start again.
 const ATTEMPTS: u32 = 5;
 
-/// Starts a resync of `runtime` unless one is running.
+/// Starts a resync of `runtime` unless one is running. It says `syncing` at once (gathered with
+/// the other units' reports into one notification), then waits for a turn to pull: at most
+/// [`super::NodeConfig::resync_parallel`] units pull at a time.
 pub fn start(node: &Arc<Node>, runtime: &Arc<UnitRuntime>) {
     if runtime.resyncing.swap(true, Ordering::AcqRel) {
         return;
@@ -46,7 +49,16 @@ pub fn start(node: &Arc<Node>, runtime: &Arc<UnitRuntime>) {
             if !wants_resync(&runtime) {
                 break;
             }
-            match resync(&node, &runtime).await {
+            let resynced = async {
+                report_syncing(&node, &runtime).await?;
+                let turn = node
+                    .resync_turns
+                    .acquire()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                resync(&node, &runtime, turn).await
+            };
+            match resynced.await {
                 Ok(()) => break,
                 Err(e) => {
                     warn!(unit = %runtime.id, attempt, error = %e, "resync interrupted");
@@ -57,6 +69,27 @@ pub fn start(node: &Arc<Node>, runtime: &Arc<UnitRuntime>) {
         }
         runtime.resyncing.store(false, Ordering::Release);
     });
+}
+
+/// A `stale` copy tells the database it starts catching up, which makes it `syncing`.
+async fn report_syncing(node: &Node, runtime: &UnitRuntime) -> Result<(), String> {
+    let assignment = runtime.assignment().ok_or("not assigned")?;
+    if assignment.status != CopyStatus::Stale {
+        return Ok(());
+    }
+    let unit = UnitGeneration {
+        unit: runtime.id,
+        generation: assignment.generation,
+    };
+    let slice = node
+        .reports
+        .report(Report::Syncing, unit)
+        .await
+        .map_err(|e| format!("reporting syncing: {e}"))?;
+    if let Some(slice) = slice {
+        runtime.update_slice(&slice);
+    }
+    Ok(())
 }
 
 /// Whether the database wants this copy to catch up.
@@ -82,30 +115,34 @@ impl Pace {
     }
 }
 
-async fn resync(node: &Arc<Node>, runtime: &Arc<UnitRuntime>) -> Result<(), String> {
+/// Pulls until caught up. `turn` is given back once the copy joined: what is left, the
+/// confirmation, moves no data, and the confirmations of many units then go to the database
+/// together.
+async fn resync(
+    node: &Arc<Node>,
+    runtime: &Arc<UnitRuntime>,
+    turn: tokio::sync::SemaphorePermit<'_>,
+) -> Result<(), String> {
+    let mut turn = Some(turn);
     let assignment = runtime.assignment().ok_or("not assigned")?;
     let generation = assignment.generation;
     let unit = UnitGeneration {
         unit: runtime.id,
         generation,
     };
-    let primary = assignment
-        .primary()
-        .ok_or("the slice has no primary")?
-        .addr
-        .clone();
-    if assignment.status == CopyStatus::Stale {
-        let syncing = Notification::Syncing {
-            source: node.id.clone(),
-            units: vec![unit],
-        };
-        node.managers
-            .notify(&syncing)
-            .await
-            .map_err(|e| format!("reporting syncing: {e}"))?;
+    let primary = assignment.primary().ok_or("the slice has no primary")?;
+    if assignment.status != CopyStatus::Syncing {
+        return Err(format!(
+            "the copy is {}, not syncing",
+            assignment.status.as_str()
+        ));
     }
     let engine = &runtime.engine;
     let start_vba = engine.last_vba();
+    // A copy that holds as much as the primary last reported asks to join at once: it has
+    // nothing to pull (the primary sends what it has past that anyway).
+    let mut join = primary.reported_vba.is_some_and(|v| v <= start_vba);
+    let primary = primary.addr.clone();
     info!(unit = %runtime.id, from = %start_vba, %primary, "resync starting");
     let mut progress = ResyncProgress {
         full: start_vba == Vba::ZERO,
@@ -121,9 +158,9 @@ async fn resync(node: &Arc<Node>, runtime: &Arc<UnitRuntime>) -> Result<(), Stri
     // After a conflict, until a pull agrees with the primary: `after` is then behind this copy's
     // own end, and what lies past it must go.
     let mut probing = false;
-    let mut join = false;
-    // The first report goes out after the first pull, so the database sees the resync start.
-    let mut reported: Option<Instant> = None;
+    // Progress is reported once a second, from a second in: a resync that ends sooner reports
+    // only its end.
+    let mut reported = Instant::now();
     loop {
         let request = Request::CatchUp {
             unit: runtime.id,
@@ -155,6 +192,7 @@ async fn resync(node: &Arc<Node>, runtime: &Arc<UnitRuntime>) -> Result<(), Stri
                 }
                 after_generation = engine.generation_at(after);
                 probing = true;
+                join = false;
                 continue;
             }
             Err(e) => return Err(e.to_string()),
@@ -207,6 +245,7 @@ async fn resync(node: &Arc<Node>, runtime: &Arc<UnitRuntime>) -> Result<(), Stri
             // Everything up to the join point is durable here: confirm, so the primary reports
             // this copy caught up.
             join = false;
+            drop(turn.take());
             continue;
         }
         if joined {
@@ -219,9 +258,9 @@ async fn resync(node: &Arc<Node>, runtime: &Arc<UnitRuntime>) -> Result<(), Stri
             return Ok(());
         }
         join = done && remaining_records as usize <= MAX_JOIN_RECORDS;
-        if reported.is_none_or(|at| at.elapsed() >= REPORT_EVERY) {
+        if reported.elapsed() >= REPORT_EVERY {
             report(node, unit, progress).await;
-            reported = Some(Instant::now());
+            reported = Instant::now();
         }
         pace.after(progress.bytes_done).await;
     }
