@@ -178,22 +178,33 @@ async fn assert_reads_back(volume: &Volume, acked: &BTreeMap<u64, u64>) {
     }
 }
 
-/// Waits until both slices of `volume` have 2 current copies and none on `node`, and every
-/// resync reported finished. A copy is `current` once its primary reports it caught up; its own
-/// last progress report, which says the resync finished, may land a moment later.
-async fn copies_moved_off(cluster: &Cluster, volume: &str, node: &NodeId) -> Vec<SliceMap> {
+/// Waits until both slices of `volume` have 2 current copies and none on `node`, and the resync
+/// of every copy that `before` did not have reported finished. A copy is `current` once its
+/// primary reports it caught up; its own last progress report, which says the resync finished,
+/// may land a moment later.
+async fn copies_moved_off(
+    cluster: &Cluster,
+    volume: &str,
+    node: &NodeId,
+    before: &[SliceMap],
+) -> Vec<SliceMap> {
     wait_until(
         &format!("every slice of {volume} at 2 current copies, none on {node}"),
         Duration::from_secs(90),
         || async {
             let status = cluster.status().await?;
             let slices: Vec<SliceMap> = (0..2).map(|i| slice_of(&status, volume, i)).collect();
-            let moved = slices.iter().all(|s| {
+            let moved = slices.iter().zip(before).all(|(s, old)| {
                 s.copies.len() == 2
                     && copy_on(s, node).is_none()
                     && s.copies.iter().all(|c| {
+                        let added = copy_on(old, &c.node).is_none();
                         c.status == CopyStatus::Current
-                            && c.resync.is_none_or(|r| r.progress.finished)
+                            && if added {
+                                c.resync.is_some_and(|r| r.progress.finished)
+                            } else {
+                                c.resync.is_none_or(|r| r.progress.finished)
+                            }
                     })
             });
             Ok::<_, anyhow::Error>(moved.then_some(slices))
@@ -411,7 +422,7 @@ async fn copies_of_a_node_down_past_the_grace_period_are_recreated_elsewhere() {
         .unwrap();
     cluster.storage_node(&gone.0).unwrap().kill();
 
-    let healed = copies_moved_off(&cluster, "rr", &gone).await;
+    let healed = copies_moved_off(&cluster, "rr", &gone, &slices).await;
     assert_rebuilt_in_full(&slices, &healed, &gone);
     assert_reads_back(&volume, &acked).await;
 }
@@ -496,7 +507,7 @@ async fn a_drained_node_hands_its_copies_over_while_a_client_writes() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let after = copies_moved_off(&cluster, "dr", &drained).await;
+    let after = copies_moved_off(&cluster, "dr", &drained, &before).await;
     assert_rebuilt_in_full(&before, &after, &drained);
     // Writes go on after the hand-over.
     let done = writer.count.load(Ordering::Relaxed);

@@ -8,6 +8,9 @@
 //! whatever is queued while one is in flight goes in the next (group commit, as the engine's log
 //! does it).
 //!
+//! Resync progress reports go one at a time, in the background: only the latest of each unit is
+//! sent, and the resync does not wait for it.
+//!
 //! The database refuses a notification whole when one of its units is refused (a generation
 //! moved on, a copy no longer `syncing`). A refused batch of several units is sent again one unit
 //! at a time, so that each report gets the answer it would have had alone.
@@ -15,9 +18,9 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use client::api::{Notification, SliceMap, UnitGeneration};
+use client::api::{Notification, ResyncProgress, SliceMap, UnitGeneration};
 use client::managers::{ManagerError, Managers};
-use client::types::NodeId;
+use client::types::{NodeId, UnitId};
 use tokio::sync::{oneshot, Notify};
 use tracing::debug;
 
@@ -46,6 +49,9 @@ pub struct Reporter {
     source: NodeId,
     queue: Mutex<BTreeMap<Report, Vec<Waiting>>>,
     queued: Notify,
+    /// The latest progress of each resync not yet sent.
+    progress: Mutex<BTreeMap<UnitId, (UnitGeneration, ResyncProgress)>>,
+    progressed: Notify,
 }
 
 impl Reporter {
@@ -54,6 +60,8 @@ impl Reporter {
             source,
             queue: Mutex::new(BTreeMap::new()),
             queued: Notify::new(),
+            progress: Mutex::new(BTreeMap::new()),
+            progressed: Notify::new(),
         }
     }
 
@@ -75,8 +83,39 @@ impl Reporter {
         })
     }
 
+    /// Queues a resync's progress, replacing any of the same unit not yet sent.
+    pub fn progress(&self, unit: UnitGeneration, progress: ResyncProgress) {
+        self.progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(unit.unit, (unit, progress));
+        self.progressed.notify_one();
+    }
+
     /// Sends what is queued, for the life of the node.
     pub async fn run(&self, managers: &Managers) {
+        tokio::join!(self.send_reports(managers), self.send_progress(managers));
+    }
+
+    async fn send_progress(&self, managers: &Managers) {
+        loop {
+            self.progressed.notified().await;
+            let queued =
+                std::mem::take(&mut *self.progress.lock().unwrap_or_else(|p| p.into_inner()));
+            for (unit, progress) in queued.into_values() {
+                let notification = Notification::ResyncProgress {
+                    source: self.source.clone(),
+                    unit,
+                    progress,
+                };
+                if let Err(e) = managers.notify(&notification).await {
+                    debug!(unit = %unit.unit, error = %e, "resync progress not reported");
+                }
+            }
+        }
+    }
+
+    async fn send_reports(&self, managers: &Managers) {
         loop {
             self.queued.notified().await;
             let queued = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|p| p.into_inner()));
@@ -150,7 +189,7 @@ mod tests {
     use axum::routing::post;
     use axum::Json;
     use client::api::{ApiError, ErrorCode, NotificationResponse};
-    use client::types::{Generation, SliceIndex, UnitId};
+    use client::types::{Generation, SliceIndex};
 
     use super::*;
 

@@ -12,11 +12,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use client::api::{CopyStatus, Notification, ResyncProgress, Role, UnitGeneration};
+use client::api::{CopyStatus, ResyncProgress, Role, UnitGeneration};
 use client::conn::DataError;
 use client::proto::{ErrorCode, Request, Response, WireRecord};
 use client::types::{Generation, Vba};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::catchup::MAX_JOIN_RECORDS;
 use super::errors::from_engine;
@@ -137,12 +137,11 @@ async fn resync(
             assignment.status.as_str()
         ));
     }
+    let primary = primary.addr.clone();
     let engine = &runtime.engine;
     let start_vba = engine.last_vba();
-    // A copy that holds as much as the primary last reported asks to join at once: it has
-    // nothing to pull (the primary sends what it has past that anyway).
-    let mut join = primary.reported_vba.is_some_and(|v| v <= start_vba);
-    let primary = primary.addr.clone();
+    // A copy that missed nothing gets an empty first pull, then joins: no record moves.
+    let mut join = false;
     info!(unit = %runtime.id, from = %start_vba, %primary, "resync starting");
     let mut progress = ResyncProgress {
         full: start_vba == Vba::ZERO,
@@ -192,7 +191,6 @@ async fn resync(
                 }
                 after_generation = engine.generation_at(after);
                 probing = true;
-                join = false;
                 continue;
             }
             Err(e) => return Err(e.to_string()),
@@ -252,14 +250,14 @@ async fn resync(
             runtime.mark_current();
             progress.finished = true;
             runtime.set_resync_progress(progress);
-            report(node, unit, progress).await;
+            node.reports.progress(unit, progress);
             info!(unit = %runtime.id, records = progress.records_done, bytes = progress.bytes_done,
                 full = progress.full, "resync finished");
             return Ok(());
         }
         join = done && remaining_records as usize <= MAX_JOIN_RECORDS;
         if reported.elapsed() >= REPORT_EVERY {
-            report(node, unit, progress).await;
+            node.reports.progress(unit, progress);
             reported = Instant::now();
         }
         pace.after(progress.bytes_done).await;
@@ -315,15 +313,4 @@ async fn truncate_tail(
     drop(applying);
     warn!(unit = %runtime.id, %after, dropped, "dropped a tail the primary does not have");
     Ok(())
-}
-
-async fn report(node: &Node, unit: UnitGeneration, progress: ResyncProgress) {
-    let notification = Notification::ResyncProgress {
-        source: node.id.clone(),
-        unit,
-        progress,
-    };
-    if let Err(e) = node.managers.notify(&notification).await {
-        debug!(unit = %unit.unit, error = %e, "resync progress not reported");
-    }
 }
