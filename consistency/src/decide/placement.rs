@@ -1,5 +1,11 @@
 //! Placement of a new volume: each slice's copies on distinct `up` storage nodes that are not
-//! draining, spread by free capacity, the node with the most room first (it becomes the primary).
+//! draining and have room for it, the nodes with the smallest share of their capacity assigned
+//! first (so nodes of equal size fill evenly, and a bigger node takes more), and each slice's
+//! primary on the chosen node with the fewest primaries.
+//!
+//! The free space nodes report is a limit, not the order: nodes that share a filesystem all
+//! report its free space, which moves with every write, and ordering by it piled units on
+//! whichever node reported last.
 
 use client::api::MAX_SLICES_PER_VOLUME;
 use client::api::{CreateVolumeRequest, DEFAULT_REPLICAS, DEFAULT_SLICE_BYTES};
@@ -69,6 +75,8 @@ pub fn validate(request: &CreateVolumeRequest) -> Result<VolumeSpec, Refusal> {
 /// A node that may take new copies, as placement counts it.
 struct Candidate {
     free_bytes: u64,
+    capacity_bytes: u64,
+    assigned_bytes: u64,
     units: usize,
     primaries: usize,
     id: NodeId,
@@ -89,6 +97,8 @@ fn candidates(state: &State, reported_free: impl Fn(&NodeId) -> Option<u64>) -> 
                 .count();
             Candidate {
                 free_bytes: free_bytes(state, n, reported_free(&n.id)),
+                capacity_bytes: n.capacity_bytes,
+                assigned_bytes: state.assigned_bytes(n),
                 units: n.units.len(),
                 primaries,
                 id: n.id.clone(),
@@ -116,11 +126,18 @@ fn place_slices(
     let mut placement = Vec::new();
     for (index, unit_bytes) in unit_bytes {
         candidates.sort_by(|a, b| {
-            b.free_bytes
-                .cmp(&a.free_bytes)
+            // a.assigned / a.capacity < b.assigned / b.capacity, without division.
+            let share = |c: &Candidate, other: &Candidate| {
+                u128::from(c.assigned_bytes) * u128::from(other.capacity_bytes.max(1))
+            };
+            share(a, b)
+                .cmp(&share(b, a))
                 .then(a.units.cmp(&b.units))
+                .then(b.free_bytes.cmp(&a.free_bytes))
                 .then(a.id.cmp(&b.id))
         });
+        // Nodes without room for the slice are passed over (a stable sort keeps the order).
+        candidates.sort_by_key(|c| c.free_bytes < unit_bytes);
         let chosen = &mut candidates[..replicas as usize];
         if let Some(short) = chosen.iter().find(|c| c.free_bytes < unit_bytes) {
             return Err(Refusal::InsufficientNodes(format!(
@@ -138,6 +155,7 @@ fn place_slices(
         chosen[0].primaries += 1;
         for c in chosen.iter_mut() {
             c.free_bytes -= unit_bytes;
+            c.assigned_bytes += unit_bytes;
             c.units += 1;
         }
         placement.push(chosen.iter().map(|c| c.id.clone()).collect());
@@ -303,12 +321,12 @@ mod tests {
     }
 
     #[test]
-    fn copies_land_on_distinct_up_nodes_spread_by_free_space() {
+    fn copies_land_on_distinct_up_nodes_with_room() {
         let mut state = cluster(&["n1", "n2", "n3", "n4", "n5"]);
         state.nodes.get_mut(&node("n4")).expect("n4").state = NodeState::Down;
         state.nodes.get_mut(&node("n5")).expect("n5").draining = true;
         let spec = validate(&request(6 * 4096, 2, 4096)).expect("valid");
-        let free = |id: &NodeId| (id == &node("n3")).then_some(1 << 20);
+        let free = |id: &NodeId| (id == &node("n3")).then_some(4095);
         let placement = placement_of(place(&state, &spec, free).expect("placed"));
         assert_eq!(placement.len(), 6);
         for nodes in &placement {
@@ -317,7 +335,8 @@ mod tests {
             assert!(!nodes.contains(&node("n4")), "never on a down node");
             assert!(!nodes.contains(&node("n5")), "never on a draining node");
         }
-        // n3 reported much less free space, so the two roomy nodes take every slice.
+        // n3 reported less free space than a slice takes, so the two roomy nodes take every
+        // slice.
         assert!(
             placement.iter().all(|s| !s.contains(&node("n3"))),
             "{placement:?}"
@@ -327,6 +346,80 @@ mod tests {
             primaries_on_n1, 3,
             "primaries spread over the chosen nodes: {placement:?}"
         );
+    }
+
+    /// Creates `count` volumes of one slice, one after another as the API does, with every
+    /// node reporting `free` (nodes sharing one filesystem report the same).
+    fn create_many(state: &mut State, count: usize, replicas: u32, free: u64) {
+        for i in 0..count {
+            let mut spec = validate(&request(4096, replicas, 4096)).expect("valid");
+            spec.name = format!("v{i}");
+            let command = place(state, &spec, |_| Some(free)).expect("placed");
+            assert!(matches!(
+                state.apply(&command, &mut Touched::default()),
+                Outcome::VolumeCreated(_)
+            ));
+        }
+    }
+
+    fn units_and_primaries(state: &State) -> Vec<(usize, usize)> {
+        state
+            .nodes
+            .values()
+            .map(|n| {
+                let primaries = n
+                    .units
+                    .iter()
+                    .filter(|u| state.slice(**u).is_some_and(|s| s.primary == n.id))
+                    .count();
+                (n.units.len(), primaries)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn nodes_of_equal_size_get_equal_units_and_primaries() {
+        for (nodes, replicas) in [(4, 2), (5, 3), (3, 2)] {
+            let names: Vec<String> = (1..=nodes).map(|i| format!("n{i}")).collect();
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let mut state = cluster(&names);
+            create_many(&mut state, 60 * nodes, replicas, 1 << 30);
+            let spread = units_and_primaries(&state);
+            let units = 60 * replicas as usize;
+            for (held, primaries) in &spread {
+                assert_eq!(*held, units, "{nodes} nodes, {replicas} copies: {spread:?}");
+                assert_eq!(
+                    *primaries, 60,
+                    "{nodes} nodes, {replicas} copies: {spread:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_node_added_later_takes_new_units_until_it_holds_its_share() {
+        let mut state = cluster(&["n1", "n2", "n3"]);
+        create_many(&mut state, 30, 2, 1 << 30);
+        let command = Command::RegisterNode {
+            id: node("n4"),
+            addr: "n4:7000".into(),
+            capacity_bytes: 1 << 30,
+            free_bytes: 1 << 30,
+        };
+        state.apply(&command, &mut Touched::default());
+        let mut spec = validate(&request(4096, 2, 4096)).expect("valid");
+        spec.name = "new".into();
+        let placement = placement_of(place(&state, &spec, |_| Some(1 << 30)).expect("placed"));
+        assert!(placement[0].contains(&node("n4")), "{placement:?}");
+    }
+
+    #[test]
+    fn a_bigger_node_takes_units_in_proportion_to_its_size() {
+        let mut state = cluster(&["n1", "n2", "n3"]);
+        state.nodes.get_mut(&node("n3")).expect("n3").capacity_bytes = 2 << 30;
+        create_many(&mut state, 120, 1, 1 << 30);
+        let held: Vec<usize> = units_and_primaries(&state).iter().map(|u| u.0).collect();
+        assert_eq!(held, [30, 30, 60]);
     }
 
     #[test]
