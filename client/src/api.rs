@@ -5,12 +5,12 @@
 //!
 //! | route | request | response |
 //! | --- | --- | --- |
-//! | `GET /v1/status` | | [`ClusterStatus`] |
+//! | `GET /v1/status[?volumes=false]` | | [`ClusterStatus`] (without volume maps: counts only) |
 //! | `POST /v1/nodes` | [`RegisterNodeRequest`] | [`NodeStatus`] |
 //! | `POST /v1/nodes/{id}/heartbeat` | [`HeartbeatRequest`] | [`HeartbeatResponse`] |
 //! | `POST /v1/nodes/{id}/drain` | (no body) | [`NodeStatus`] |
 //! | `POST /v1/notifications` | [`Notification`] | [`NotificationResponse`] |
-//! | `GET /v1/volumes` | | [`VolumeList`] |
+//! | `GET /v1/volumes[?limit=N][&after=NAME][&status=FILTER]` | | [`VolumeList`] (a page, in name order; [`VolumeFilter`]) |
 //! | `POST /v1/volumes` | [`CreateVolumeRequest`] | [`VolumeMap`] |
 //! | `GET /v1/volumes/{name}` | | [`VolumeMap`] |
 //! | `DELETE /v1/volumes/{name}` | | [`VolumeMap`] (the deleted volume) |
@@ -366,10 +366,14 @@ pub struct VolumeMap {
     pub slices: Vec<SliceMap>,
 }
 
-/// `GET /v1/volumes`.
+/// `GET /v1/volumes[?limit=N][&after=NAME][&status=FILTER]`: volumes in name order, a page at
+/// a time.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeList {
     pub volumes: Vec<VolumeMap>,
+    /// Where the next page starts (`?after=` this), when more volumes match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// A storage node as `GET /v1/status` shows it.
@@ -410,8 +414,128 @@ pub struct ClusterStatus {
     pub applied_index: u64,
     pub managers: Vec<ManagerStatus>,
     pub nodes: Vec<NodeStatus>,
+    /// Every volume's map; empty when asked with `?volumes=false`, which the counts still cover.
     pub volumes: Vec<VolumeMap>,
+    /// The cluster in numbers, over every volume and node.
+    #[serde(default)]
+    pub counts: StatusCounts,
 }
+
+/// `GET /v1/status`'s numbers: what an operator reads first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusCounts {
+    pub volumes: u64,
+    pub slices: u64,
+    /// Slices with fewer `current` copies than their volume's replicas.
+    pub slices_degraded: u64,
+    pub copies: CopyCounts,
+    pub nodes: NodeCounts,
+    /// Copies whose resync is under way (reported, not finished).
+    pub resyncs_running: u64,
+}
+
+/// Copies by status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyCounts {
+    pub current: u64,
+    pub stale: u64,
+    pub syncing: u64,
+    pub down: u64,
+}
+
+impl CopyCounts {
+    pub fn add(&mut self, status: CopyStatus) {
+        *match status {
+            CopyStatus::Current => &mut self.current,
+            CopyStatus::Stale => &mut self.stale,
+            CopyStatus::Syncing => &mut self.syncing,
+            CopyStatus::Down => &mut self.down,
+        } += 1;
+    }
+
+    pub fn not_current(&self) -> u64 {
+        self.stale + self.syncing + self.down
+    }
+}
+
+/// Storage nodes by state; `draining` counts nodes of either state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCounts {
+    pub up: u64,
+    pub down: u64,
+    pub draining: u64,
+}
+
+impl StatusCounts {
+    pub fn of(nodes: &[NodeStatus], volumes: &[VolumeMap]) -> StatusCounts {
+        let mut counts = StatusCounts {
+            volumes: volumes.len() as u64,
+            ..StatusCounts::default()
+        };
+        for node in nodes {
+            match node.state {
+                NodeState::Up => counts.nodes.up += 1,
+                NodeState::Down => counts.nodes.down += 1,
+            }
+            counts.nodes.draining += u64::from(node.draining);
+        }
+        for volume in volumes {
+            for slice in &volume.slices {
+                counts.slices += 1;
+                let current = slice
+                    .copies
+                    .iter()
+                    .filter(|c| c.status == CopyStatus::Current)
+                    .count();
+                counts.slices_degraded += u64::from(current < volume.replicas as usize);
+                for copy in &slice.copies {
+                    counts.copies.add(copy.status);
+                    counts.resyncs_running += u64::from(copy.resync_running());
+                }
+            }
+        }
+        counts
+    }
+}
+
+impl CopyInfo {
+    /// Whether this copy's resync is under way: reported, not finished, and the copy still
+    /// behind.
+    pub fn resync_running(&self) -> bool {
+        self.resync.is_some_and(|r| !r.progress.finished)
+            && matches!(self.status, CopyStatus::Stale | CopyStatus::Syncing)
+    }
+}
+
+/// Which volumes `GET /v1/volumes?status=` lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VolumeFilter {
+    /// Every copy of every slice is `current`.
+    Current,
+    /// Some copy is not `current`: what needs attention.
+    NotCurrent,
+    /// Some copy has this status.
+    Stale,
+    Syncing,
+    Down,
+}
+
+impl VolumeFilter {
+    pub fn admits(self, volume: &VolumeMap) -> bool {
+        let mut copies = volume.slices.iter().flat_map(|s| &s.copies);
+        match self {
+            VolumeFilter::Current => copies.all(|c| c.status == CopyStatus::Current),
+            VolumeFilter::NotCurrent => copies.any(|c| c.status != CopyStatus::Current),
+            VolumeFilter::Stale => copies.any(|c| c.status == CopyStatus::Stale),
+            VolumeFilter::Syncing => copies.any(|c| c.status == CopyStatus::Syncing),
+            VolumeFilter::Down => copies.any(|c| c.status == CopyStatus::Down),
+        }
+    }
+}
+
+/// Most volumes one page of `GET /v1/volumes` holds, and its default page size.
+pub const MAX_VOLUMES_PER_PAGE: usize = 1000;
 
 /// `POST /v1/managers`: add a manager replica; it joins as a learner, catches up, then votes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

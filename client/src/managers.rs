@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::api::{
     ApiError, ClusterStatus, CreateVolumeRequest, ErrorCode, HeartbeatRequest, HeartbeatResponse,
     NodeStatus, Notification, NotificationResponse, RegisterNodeRequest, ResizeVolumeRequest,
-    VolumeList, VolumeMap,
+    VolumeFilter, VolumeList, VolumeMap, MAX_VOLUMES_PER_PAGE,
 };
 use crate::security::Security;
 use crate::types::NodeId;
@@ -305,9 +305,38 @@ impl Managers {
         self.request::<(), _>(Method::GET, "/v1/status", None).await
     }
 
-    pub async fn volumes(&self) -> Result<VolumeList, ManagerError> {
-        self.request::<(), _>(Method::GET, "/v1/volumes", None)
+    /// The status without the volume maps: counts, managers and nodes.
+    pub async fn status_summary(&self) -> Result<ClusterStatus, ManagerError> {
+        self.request::<(), _>(Method::GET, "/v1/status?volumes=false", None)
             .await
+    }
+
+    /// Every volume (that `filter` admits), fetched a page at a time, in name order.
+    pub async fn volumes_where(
+        &self,
+        filter: Option<VolumeFilter>,
+    ) -> Result<Vec<VolumeMap>, ManagerError> {
+        let status = filter.map_or(String::new(), |f| {
+            let name = serde_json::to_value(f).expect("a filter serializes");
+            format!("&status={}", name.as_str().unwrap_or_default())
+        });
+        let mut volumes = Vec::new();
+        let mut after = String::new();
+        loop {
+            let path = format!("/v1/volumes?limit={MAX_VOLUMES_PER_PAGE}{after}{status}");
+            let page: VolumeList = self.request::<(), _>(Method::GET, &path, None).await?;
+            volumes.extend(page.volumes);
+            match page.next {
+                // Names are letters, digits and `_.-`: nothing to escape.
+                Some(next) => after = format!("&after={next}"),
+                None => return Ok(volumes),
+            }
+        }
+    }
+
+    /// Every volume, in name order.
+    pub async fn volumes(&self) -> Result<Vec<VolumeMap>, ManagerError> {
+        self.volumes_where(None).await
     }
 
     pub async fn volume(&self, name: &str) -> Result<VolumeMap, ManagerError> {

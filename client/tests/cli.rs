@@ -145,6 +145,18 @@ async fn status_and_volumes_print_tables_or_json() {
     assert!(status.status.success(), "{}", stderr(&status));
     let text = stdout(&status);
     for needle in [
+        "CLUSTER\n",
+        "volumes        1 (2 slices)",
+        "copies         4: 4 current",
+        "MANAGERS (leader 1",
+        "STORAGE NODES",
+        "NEEDS ATTENTION\nnothing: every node is up and every copy is current",
+    ] {
+        assert!(text.contains(needle), "{needle:?} not in\n{text}");
+    }
+    let all = vbs(m, &["status", "--all"]).await;
+    let text = stdout(&all);
+    for needle in [
         "MANAGERS (leader 1",
         "STORAGE NODES",
         "VOLUMES",

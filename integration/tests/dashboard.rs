@@ -390,3 +390,88 @@ async fn the_dashboard_shows_a_killed_storage_node_going_down() {
         .expect("screenshot");
     keep(&down_shot);
 }
+
+/// Past a few dozen volumes the page fetches the cluster's numbers and only the volumes with a
+/// copy not current, not every volume's map every second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_many_volumes_the_dashboard_shows_those_needing_attention() {
+    const VOLUMES: usize = 60;
+    chromium();
+    rebuild_manager_if_the_page_changed();
+    let mut cluster = Cluster::start(ClusterOptions {
+        storage_nodes: 3,
+        manager_args: vec!["--lease".into(), "2s".into()],
+        ..ClusterOptions::default()
+    })
+    .expect("cluster starts");
+    let status = cluster
+        .wait_for_storage_up(STARTUP)
+        .await
+        .expect("nodes up");
+    let leader = status.leader.expect("a leader").0;
+    for i in 0..VOLUMES {
+        let body = serde_json::json!({
+            "name": format!("v{i:02}"), "size_bytes": 1 << 20, "slice_bytes": 1 << 20, "replicas": 2
+        });
+        let _: serde_json::Value = cluster
+            .call(leader, reqwest::Method::POST, "/v1/volumes", Some(&body))
+            .await
+            .expect("volume created");
+    }
+    let url = format!("http://{}/", cluster.manager_addr(leader));
+    let profiles = cluster.dir.path().join("chromium-profiles");
+    std::fs::create_dir_all(&profiles).expect("profiles dir");
+
+    let healthy = wait_until("the dashboard to show the volumes", STARTUP, || async {
+        let dom = dom(&profiles, &url).await?;
+        Ok::<_, anyhow::Error>(
+            dom.contains("data-volumes-shown=\"attention\"")
+                .then_some(dom),
+        )
+    })
+    .await
+    .expect("the dashboard shows the cluster");
+    assert!(
+        healthy.contains(&format!("Every copy of all {VOLUMES} volumes is current")),
+        "{healthy}"
+    );
+    assert!(tags_having(&healthy, "data-volume").is_empty());
+
+    let victim = "n2";
+    let mut on_victim: Vec<String> = cluster
+        .status()
+        .await
+        .expect("status")
+        .volumes
+        .iter()
+        .filter(|v| {
+            v.slices
+                .iter()
+                .flat_map(|s| &s.copies)
+                .any(|c| c.node.0 == victim)
+        })
+        .map(|v| v.name.clone())
+        .collect();
+    on_victim.sort();
+    cluster.storage_node(victim).expect("n2").kill();
+    let shown = wait_until("the dashboard to list n2's volumes", SHOWS_DOWN, || async {
+        let dom = dom(&profiles, &url).await?;
+        let mut shown: Vec<String> = tags_having(&dom, "data-volume")
+            .into_iter()
+            .filter_map(|tag| attribute(tag, "data-volume").map(str::to_string))
+            .collect();
+        shown.sort();
+        Ok::<_, anyhow::Error>((shown == on_victim).then_some(dom))
+    })
+    .await
+    .expect("the volumes with a copy on the down node, and no other");
+    assert!(
+        shown.contains("data-list-more"),
+        "the rest can be listed on demand"
+    );
+    let shot = cluster.dir.path().join("dashboard-many-volumes.png");
+    screenshot(&profiles, &url, &shot)
+        .await
+        .expect("screenshot");
+    keep(&shot);
+}

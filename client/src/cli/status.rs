@@ -1,6 +1,10 @@
-//! `vbs status`: the whole cluster at a glance, with the resyncs under way and draining nodes.
+//! `vbs status`: the cluster at a glance (its numbers, managers, nodes, and what needs
+//! attention); `--all` adds every volume and slice.
 
-use client::api::{ClusterStatus, CopyInfo, CopyStatus, NodeState, NodeStatus, VolumeMap};
+use client::api::{
+    ClusterStatus, CopyInfo, CopyStatus, NodeState, NodeStatus, StatusCounts, VolumeFilter,
+    VolumeMap,
+};
 use client::managers::Managers;
 
 use super::format;
@@ -9,22 +13,124 @@ use super::volume::copies_summary;
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
+    /// Every volume and slice too, not only those that need attention
+    #[arg(long)]
+    all: bool,
     /// Print the `GET /v1/status` body as JSON instead of tables
     #[arg(long)]
     json: bool,
 }
 
+/// Slices listed under NEEDS ATTENTION; past that, a count and where to see the rest.
+const ATTENTION_ROWS: usize = 50;
+
 pub async fn run(managers: &Managers, args: StatusArgs) -> anyhow::Result<()> {
-    let status = managers.status().await?;
     if args.json {
+        let status = managers.status().await?;
         println!("{}", serde_json::to_string_pretty(&status)?);
+    } else if args.all {
+        print!("{}", render(&managers.status().await?));
     } else {
-        print!("{}", render(&status));
+        let status = managers.status_summary().await?;
+        let attention = if status.counts.copies.not_current() > 0 {
+            managers
+                .volumes_where(Some(VolumeFilter::NotCurrent))
+                .await?
+        } else {
+            Vec::new()
+        };
+        print!("{}", render_summary(&status, &attention));
     }
     Ok(())
 }
 
-pub fn render(status: &ClusterStatus) -> String {
+/// The cluster's numbers, its managers and nodes, and the slices with a copy not `current`
+/// (`attention`: the volumes that have one).
+pub fn render_summary(status: &ClusterStatus, attention: &[VolumeMap]) -> String {
+    let mut out = counts(&status.counts);
+    out.push('\n');
+    out.push_str(&managers_section(status));
+    out.push_str("\nSTORAGE NODES\n");
+    out.push_str(&or_none(&nodes_table(&status.nodes)));
+    out.push_str("\nNEEDS ATTENTION\n");
+    let down: Vec<&NodeStatus> = status
+        .nodes
+        .iter()
+        .filter(|n| n.state == NodeState::Down)
+        .collect();
+    for node in &down {
+        out.push_str(&format!(
+            "storage node {} is down ({} units)\n",
+            node.id,
+            node.units.len()
+        ));
+    }
+    let mut slices = slices_table();
+    let mut more = 0;
+    for volume in attention {
+        for slice in &volume.slices {
+            if slice.copies.iter().all(|c| c.status == CopyStatus::Current) {
+                continue;
+            }
+            if slices.len() == ATTENTION_ROWS {
+                more += 1;
+                continue;
+            }
+            slice_row(&mut slices, volume, slice);
+        }
+    }
+    if slices.is_empty() && down.is_empty() {
+        out.push_str("nothing: every node is up and every copy is current\n");
+    } else if !slices.is_empty() {
+        out.push_str(&slices.render());
+    }
+    if more > 0 {
+        out.push_str(&format!(
+            "... and {more} more slices (vbs volume list --status not-current; vbs status --all)\n"
+        ));
+    }
+    let resyncs = resyncs_table(attention, true);
+    if !resyncs.is_empty() {
+        out.push_str("\nRESYNCS RUNNING\n");
+        out.push_str(&resyncs.render());
+    }
+    out
+}
+
+/// The first lines of `vbs status`: the cluster in numbers.
+fn counts(counts: &StatusCounts) -> String {
+    let c = counts.copies;
+    let mut copies = format!("{} current", c.current);
+    for (n, what) in [(c.syncing, "syncing"), (c.stale, "stale"), (c.down, "down")] {
+        if n > 0 {
+            copies.push_str(&format!(", {n} {what}"));
+        }
+    }
+    let n = counts.nodes;
+    let mut nodes = format!("{} up", n.up);
+    if n.down > 0 {
+        nodes.push_str(&format!(", {} down", n.down));
+    }
+    if n.draining > 0 {
+        nodes.push_str(&format!(", {} draining", n.draining));
+    }
+    let mut slices = format!("{} slices", counts.slices);
+    if counts.slices_degraded > 0 {
+        slices.push_str(&format!(
+            ", {} with fewer current copies than their replicas",
+            counts.slices_degraded
+        ));
+    }
+    format!(
+        "CLUSTER\nstorage nodes  {}: {nodes}\nvolumes        {} ({slices})\ncopies         {}: {copies}\nresyncs        {} running\n",
+        n.up + n.down,
+        counts.volumes,
+        c.current + c.not_current(),
+        counts.resyncs_running,
+    )
+}
+
+fn managers_section(status: &ClusterStatus) -> String {
     let mut out = String::new();
     let leader = status
         .leader
@@ -49,6 +155,32 @@ pub fn render(status: &ClusterStatus) -> String {
         ]);
     }
     out.push_str(&managers.render());
+    out
+}
+
+fn slices_table() -> Table {
+    Table::new(&["VOLUME", "SLICE", "UNIT", "GENERATION", "PRIMARY", "COPIES"])
+}
+
+fn slice_row(table: &mut Table, volume: &VolumeMap, slice: &client::api::SliceMap) {
+    table.row(vec![
+        volume.name.clone(),
+        slice.index.to_string(),
+        slice.unit.to_string(),
+        slice.generation.to_string(),
+        slice.primary.to_string(),
+        slice
+            .copies
+            .iter()
+            .map(|copy| format!("{} {}", copy.node, copy_status(copy)))
+            .collect::<Vec<_>>()
+            .join(", "),
+    ]);
+}
+
+/// `vbs status --all`: every section, every volume and slice.
+pub fn render(status: &ClusterStatus) -> String {
+    let mut out = managers_section(status);
 
     out.push_str("\nSTORAGE NODES\n");
     out.push_str(&or_none(&nodes_table(&status.nodes)));
@@ -57,26 +189,14 @@ pub fn render(status: &ClusterStatus) -> String {
     out.push_str(&or_none(&volumes_table(&status.volumes)));
 
     out.push_str("\nSLICES\n");
-    let mut slices = Table::new(&["VOLUME", "SLICE", "UNIT", "GENERATION", "PRIMARY", "COPIES"]);
+    let mut slices = slices_table();
     for volume in &status.volumes {
         for slice in &volume.slices {
-            slices.row(vec![
-                volume.name.clone(),
-                slice.index.to_string(),
-                slice.unit.to_string(),
-                slice.generation.to_string(),
-                slice.primary.to_string(),
-                slice
-                    .copies
-                    .iter()
-                    .map(|copy| format!("{} {}", copy.node, copy_status(copy)))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            ]);
+            slice_row(&mut slices, volume, slice);
         }
     }
     out.push_str(&or_none(&slices));
-    let resyncs = resyncs_table(&status.volumes);
+    let resyncs = resyncs_table(&status.volumes, false);
     if !resyncs.is_empty() {
         out.push_str("\nRESYNCS\n");
         out.push_str(&resyncs.render());
@@ -120,16 +240,10 @@ pub fn nodes_table(nodes: &[NodeStatus]) -> Table {
     table
 }
 
-/// Whether the copy's resync is under way: reported, not finished, and the copy still behind.
-fn resync_running(copy: &CopyInfo) -> bool {
-    copy.resync.is_some_and(|r| !r.progress.finished)
-        && matches!(copy.status, CopyStatus::Stale | CopyStatus::Syncing)
-}
-
 /// A copy's status, with its resync's progress while one runs: `syncing 45%`.
 pub fn copy_status(copy: &CopyInfo) -> String {
     match copy.resync {
-        Some(resync) if resync_running(copy) => {
+        Some(resync) if copy.resync_running() => {
             format!(
                 "{} {}",
                 copy.status.as_str(),
@@ -140,9 +254,9 @@ pub fn copy_status(copy: &CopyInfo) -> String {
     }
 }
 
-/// One row per copy with a resync report: the resyncs under way, and the last one of copies
-/// that are current again.
-fn resyncs_table(volumes: &[VolumeMap]) -> Table {
+/// One row per copy with a resync report: the resyncs under way, and (unless `running_only`)
+/// the last one of copies that are current again.
+fn resyncs_table(volumes: &[VolumeMap], running_only: bool) -> Table {
     let mut table = Table::new(&[
         "VOLUME", "SLICE", "NODE", "STATUS", "KIND", "PROGRESS", "RECORDS", "BYTES", "RATE", "ETA",
         "ELAPSED",
@@ -152,7 +266,10 @@ fn resyncs_table(volumes: &[VolumeMap]) -> Table {
             for copy in &slice.copies {
                 let Some(resync) = copy.resync else { continue };
                 let p = resync.progress;
-                let running = resync_running(copy);
+                let running = copy.resync_running();
+                if running_only && !running {
+                    continue;
+                }
                 table.row(vec![
                     volume.name.clone(),
                     slice.index.to_string(),
@@ -236,7 +353,7 @@ mod tests {
     }
 
     pub fn cluster() -> ClusterStatus {
-        ClusterStatus {
+        let mut status = ClusterStatus {
             answered_by: ManagerId(2),
             leader: Some(ManagerId(1)),
             term: 4,
@@ -286,7 +403,80 @@ mod tests {
                     })
                     .collect(),
             }],
+            counts: StatusCounts::default(),
+        };
+        status.counts = StatusCounts::of(&status.nodes, &status.volumes);
+        status
+    }
+
+    #[test]
+    fn the_summary_gives_the_numbers_and_only_what_needs_attention() {
+        let status = cluster();
+        let text = render_summary(&status, &status.volumes);
+        let expected = "\
+CLUSTER
+storage nodes  1: 1 up
+volumes        1 (2 slices, 1 with fewer current copies than their replicas)
+copies         4: 3 current, 1 stale
+resyncs        0 running
+
+MANAGERS (leader 1, term 4, answered by 2)
+ID  ADDRESS         ROLE
+1   127.0.0.1:7001  leader
+2   127.0.0.1:7002  follower
+3   127.0.0.1:7003  learner
+
+STORAGE NODES
+ID  ADDRESS         STATE  CAPACITY  FREE  UNITS  HEARTBEAT
+n1  127.0.0.1:7101  up     10G       9G    1      420ms ago
+
+NEEDS ATTENTION
+VOLUME  SLICE  UNIT  GENERATION  PRIMARY  COPIES
+db      1      1.1   2           n1       n1 current, n2 stale
+";
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn a_healthy_cluster_needs_nothing_and_a_down_node_is_named() {
+        let mut status = cluster();
+        status.volumes[0].slices[1].copies[1].status = CopyStatus::Current;
+        status.counts = StatusCounts::of(&status.nodes, &status.volumes);
+        let text = render_summary(&status, &[]);
+        assert!(
+            text.ends_with(
+                "NEEDS ATTENTION\nnothing: every node is up and every copy is current\n"
+            ),
+            "{text}"
+        );
+        status.nodes[0].state = NodeState::Down;
+        status.counts = StatusCounts::of(&status.nodes, &status.volumes);
+        let text = render_summary(&status, &[]);
+        assert!(text.contains("storage nodes  1: 0 up, 1 down\n"), "{text}");
+        assert!(
+            text.ends_with("NEEDS ATTENTION\nstorage node n1 is down (1 units)\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_long_attention_list_is_cut_with_where_to_see_the_rest() {
+        let status = cluster();
+        let mut volumes = Vec::new();
+        for i in 0..60 {
+            let mut volume = status.volumes[0].clone();
+            volume.name = format!("v{i:02}");
+            volumes.push(volume);
         }
+        let text = render_summary(&status, &volumes);
+        assert!(text.contains("v49     1"), "{text}");
+        assert!(!text.contains("v50"), "{text}");
+        assert!(
+            text.contains(
+                "... and 10 more slices (vbs volume list --status not-current; vbs status --all)"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -23,6 +23,11 @@ impl Table {
         self.rows.is_empty()
     }
 
+    /// Rows, not counting the header.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
     pub fn render(&self) -> String {
         let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
         for row in &self.rows {

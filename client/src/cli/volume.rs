@@ -1,7 +1,7 @@
 //! `vbs volume create|list|show|resize|delete`.
 
 use anyhow::Context;
-use client::api::{CopyStatus, CreateVolumeRequest, Role, VolumeMap};
+use client::api::{CopyStatus, CreateVolumeRequest, Role, VolumeFilter, VolumeList, VolumeMap};
 use client::managers::Managers;
 
 use super::format;
@@ -27,7 +27,11 @@ pub enum VolumeCommand {
     },
     /// List volumes
     List {
-        /// Print the `GET /v1/volumes` body as JSON
+        /// Only volumes with a copy of this status (`not-current`: any copy not current;
+        /// `current`: every copy current)
+        #[arg(long, value_parser = volume_filter)]
+        status: Option<VolumeFilter>,
+        /// Print the volumes as JSON (`GET /v1/volumes`, every page in one list)
         #[arg(long)]
         json: bool,
     },
@@ -80,14 +84,18 @@ pub async fn run(managers: &Managers, command: VolumeCommand) -> anyhow::Result<
                 .with_context(|| format!("creating volume {name:?}"))?;
             print!("{}", render(&map));
         }
-        VolumeCommand::List { json } => {
-            let list = managers.volumes().await?;
+        VolumeCommand::List { status, json } => {
+            let volumes = managers.volumes_where(status).await?;
             if json {
+                let list = VolumeList {
+                    volumes,
+                    next: None,
+                };
                 println!("{}", serde_json::to_string_pretty(&list)?);
-            } else if list.volumes.is_empty() {
+            } else if volumes.is_empty() {
                 println!("no volumes");
             } else {
-                print!("{}", volumes_table(&list.volumes).render());
+                print!("{}", volumes_table(&volumes).render());
             }
         }
         VolumeCommand::Show { name, json } => {
@@ -181,6 +189,13 @@ pub fn render(map: &VolumeMap) -> String {
     }
     out.push_str(&table.render());
     out
+}
+
+/// Parses `--status`: `current`, `not-current`, `stale`, `syncing` or `down`.
+fn volume_filter(text: &str) -> Result<VolumeFilter, String> {
+    serde_json::from_value(serde_json::Value::String(text.into())).map_err(|_| {
+        format!("{text:?} is not a status; use current, not-current, stale, syncing or down")
+    })
 }
 
 #[cfg(test)]

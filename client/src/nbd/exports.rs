@@ -82,7 +82,7 @@ impl Exports {
             .volumes()
             .await
             .map_err(|e| ExportError::Unavailable(ClientError::Managers(e)))?;
-        let mut names: Vec<String> = list.volumes.into_iter().map(|v| v.name).collect();
+        let mut names: Vec<String> = list.into_iter().map(|v| v.name).collect();
         names.sort();
         Ok(names)
     }

@@ -97,6 +97,7 @@ fn api_error(status: StatusCode, code: ApiCode, error: &str, retry: Option<u64>)
 }
 
 async fn status(State(state): State<Arc<ManagerState>>) -> Json<ClusterStatus> {
+    let volumes: Vec<_> = lock(&state.map).iter().cloned().collect();
     Json(ClusterStatus {
         answered_by: ManagerId(1),
         leader: Some(ManagerId(1)),
@@ -108,13 +109,15 @@ async fn status(State(state): State<Arc<ManagerState>>) -> Json<ClusterStatus> {
             voter: true,
         }],
         nodes: Vec::new(),
-        volumes: lock(&state.map).iter().cloned().collect(),
+        counts: client::api::StatusCounts::of(&[], &volumes),
+        volumes,
     })
 }
 
 async fn list(State(state): State<Arc<ManagerState>>) -> Json<VolumeList> {
     Json(VolumeList {
         volumes: lock(&state.map).iter().cloned().collect(),
+        next: None,
     })
 }
 

@@ -1,4 +1,8 @@
-// The vbs dashboard: polls GET /v1/status and renders it. No framework, no build step.
+// The vbs dashboard: polls GET /v1/status?volumes=false (the cluster's numbers, managers and
+// nodes) and the volumes it shows from GET /v1/volumes, and renders them. With few volumes it
+// shows every one; with many, those with a copy not current, and the others a page at a time
+// on demand, so that an open page costs the managers little however many volumes there are.
+// No framework, no build step.
 //
 // Elements carry stable data-* attributes for scripts and tests:
 //   body[data-poll]      loading | ok | local (fell back to ?local=true) | failed (last poll failed)
@@ -7,11 +11,18 @@
 //   [data-node=NAME]     data-state = up | down, data-draining = true | false
 //   [data-copy=VOL/SLICE/NODE]  data-role = primary | secondary,
 //                        data-status = current | stale | syncing | down
+//   [data-volumes-shown] all (every volume) | attention (those not current) | listed (pages)
+//   [data-list-more]     the button that lists (more) volumes
 "use strict";
 
 // Relative URLs: the page works through any manager, and behind a path prefix.
-const STATUS_URL = "v1/status";
-const LOCAL_STATUS_URL = "v1/status?local=true";
+const STATUS_URL = "v1/status?volumes=false";
+const LOCAL_STATUS_URL = "v1/status?volumes=false&local=true";
+// Up to this many volumes the page shows every one; past it, those needing attention first.
+const FEW_VOLUMES = 50;
+// Volumes listed per click of "list more", up to the API's page limit.
+const PAGE = 50;
+const MAX_PAGE = 1000;
 const POLL_INTERVAL_MS = 1000;
 // A linearizable read waits up to the commit timeout (3 s by default) before it fails.
 const REQUEST_TIMEOUT_MS = 5000;
@@ -27,6 +38,22 @@ let shown = null;
 let failure = null;
 // Volumes whose list of every slice the reader unfolded.
 const unfolded = new Set();
+// How many volumes the reader asked to list beyond those needing attention (0: none).
+let listing = 0;
+
+// Which volumes to fetch for `status`: every one, those with a copy not current, or the first
+// `listing` in name order. `null` url: nothing to fetch (no volume needs attention).
+function volumesQuery(status) {
+  if (status.counts.volumes <= FEW_VOLUMES) {
+    return { mode: "all", url: `v1/volumes?limit=${FEW_VOLUMES}` };
+  }
+  if (listing > 0) {
+    return { mode: "listed", url: `v1/volumes?limit=${Math.min(listing, MAX_PAGE)}` };
+  }
+  const c = status.counts.copies;
+  const behind = c.stale + c.syncing + c.down;
+  return { mode: "attention", url: behind > 0 ? `v1/volumes?status=not-current&limit=${PAGE}` : null };
+}
 
 // The cluster token, when the cluster requires one. It comes in the URL fragment (the page's
 // address ending in /#token=TOKEN), which browsers never send to a server, is kept in this
@@ -142,7 +169,12 @@ async function poll() {
           : `${linearizable.message}; ?local=true failed too: ${local.message}`);
       }
     }
-    shown = { status, at: Date.now(), fallback };
+    const query = volumesQuery(status);
+    let volumes = { volumes: [], next: null };
+    if (query.url !== null) {
+      volumes = await getJson(query.url + (fallback === null ? "" : "&local=true"));
+    }
+    shown = { status, volumes: volumes.volumes, more: Boolean(volumes.next), mode: query.mode, at: Date.now(), fallback };
     failure = null;
   } catch (e) {
     failure = { message: e.message, at: Date.now() };
@@ -227,8 +259,8 @@ function summary(status) {
   const up = status.nodes.filter((n) => n.state === "up").length;
   const nodeClass = up === status.nodes.length ? "ok" : up === 0 ? "bad" : "warn";
   chips.push(`<span class="chip ${nodeClass}">storage nodes <b>${up}/${status.nodes.length} up</b></span>`);
-  chips.push(`<span class="chip">volumes <b>${status.volumes.length}</b></span>`);
-  const counts = copyCounts(status.volumes);
+  chips.push(`<span class="chip">volumes <b>${status.counts.volumes}</b></span>`);
+  const counts = status.counts.copies;
   const behind = counts.stale + counts.syncing + counts.down;
   const parts = ["current", "syncing", "stale", "down"]
     .filter((s) => s === "current" || counts[s] > 0)
@@ -378,10 +410,29 @@ function volumeSection(volume, open) {
 }
 
 function renderVolumes() {
-  const volumes = shown.status.volumes.slice().sort((a, b) => a.name.localeCompare(b.name));
-  document.getElementById("volumes").innerHTML = volumes.length === 0
-    ? '<p class="empty">No volumes. Create one with <code>vbs volume create NAME --size 1G</code>.</p>'
-    : volumes.map((v) => volumeSection(v, unfolded.has(v.name))).join("");
+  const volumes = shown.volumes.slice().sort((a, b) => a.name.localeCompare(b.name));
+  const total = shown.status.counts.volumes;
+  let head = "";
+  let empty = '<p class="empty">No volumes. Create one with <code>vbs volume create NAME --size 1G</code>.</p>';
+  let more = "";
+  if (shown.mode === "attention") {
+    head = `<p class="muted">${total} volumes: showing those with a copy not current ` +
+      `(${volumes.length}${shown.more ? "+" : ""}).</p>`;
+    empty = `<p class="empty">Every copy of all ${total} volumes is current.</p>`;
+    more = `<button type="button" data-list-more>List the volumes, ${PAGE} at a time</button>`;
+  } else if (shown.mode === "listed") {
+    head = `<p class="muted">The first ${volumes.length} of ${total} volumes, by name.</p>`;
+    if (shown.more && listing < MAX_PAGE) {
+      more = `<button type="button" data-list-more>List ${PAGE} more</button>`;
+    } else if (shown.more) {
+      more = `<p class="muted">The rest: <code>vbs volume list</code>.</p>`;
+    }
+  }
+  const element = document.getElementById("volumes");
+  element.dataset.volumesShown = shown.mode;
+  element.innerHTML = head +
+    (volumes.length === 0 ? empty : volumes.map((v) => volumeSection(v, unfolded.has(v.name))).join("")) +
+    more;
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -394,6 +445,12 @@ document.addEventListener("DOMContentLoaded", () => {
     else unfolded.delete(name);
     if (shown) renderVolumes();
   }, true);
+  document.getElementById("volumes").addEventListener("click", (event) => {
+    if (event.target.dataset.listMore === undefined) return;
+    listing = Math.min(listing + PAGE, MAX_PAGE);
+    event.target.disabled = true;
+    event.target.textContent = "Loading\u2026";
+  });
   setInterval(renderFreshness, 1000);
   poll();
 });

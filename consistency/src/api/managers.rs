@@ -87,7 +87,7 @@ pub async fn add(State(manager): State<SharedManager>, request: Request) -> Resp
         )
         .await?;
         tracing::info!(manager = id, "manager added");
-        Ok(Json(super::status::cluster_status(&m)).into_response())
+        Ok(Json(super::status::cluster_status(&m, true)).into_response())
     })
     .await
 }
@@ -120,7 +120,7 @@ pub async fn remove(
         )
         .await?;
         tracing::info!(manager = id, "manager removed");
-        Ok(Json(super::status::cluster_status(&m)).into_response())
+        Ok(Json(super::status::cluster_status(&m, true)).into_response())
     })
     .await
 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 use axum::extract::{Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use client::api::{ClusterStatus, Health, ManagerStatus, NodeStatus};
+use client::api::{ClusterStatus, Health, ManagerStatus, NodeStatus, StatusCounts, VolumeMap};
 use client::types::{ManagerId, NodeId};
 use serde::Deserialize;
 
@@ -53,8 +53,23 @@ fn node_statuses(
         .collect()
 }
 
-/// The status as this replica sees it.
-pub(crate) fn cluster_status(manager: &SharedManager) -> ClusterStatus {
+/// Query parameters of `GET /v1/status`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusParams {
+    #[serde(default)]
+    local: bool,
+    /// `false`: leave out the volume maps (the counts still cover them), for a summary.
+    #[serde(default = "yes")]
+    volumes: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The status as this replica sees it; with `volumes`, every volume's map.
+pub(crate) fn cluster_status(manager: &SharedManager, volumes: bool) -> ClusterStatus {
     let (term, leader, membership) = {
         let metrics = manager.raft.metrics();
         let m = metrics.borrow();
@@ -88,35 +103,40 @@ pub(crate) fn cluster_status(manager: &SharedManager) -> ClusterStatus {
         .unwrap_or_default();
     manager.read_with_memory(now, |a, remembered| {
         let nodes = node_statuses(&a.state, &heard, now);
+        let maps: Vec<VolumeMap> = a
+            .state
+            .volumes
+            .values()
+            .map(|v| a.state.volume_map(v, remembered))
+            .collect();
         ClusterStatus {
             answered_by: ManagerId(manager.id()),
             leader: leader.map(ManagerId),
             term,
             applied_index: a.last_applied.map_or(0, |id| id.index),
             managers,
+            counts: StatusCounts::of(&nodes, &maps),
             nodes,
-            volumes: a
-                .state
-                .volumes
-                .values()
-                .map(|v| a.state.volume_map(v, remembered))
-                .collect(),
+            volumes: if volumes { maps } else { Vec::new() },
         }
     })
 }
 
 pub async fn status(State(manager): State<SharedManager>, request: Request) -> Response {
-    let params = match ReadParams::of(&request) {
-        Ok(params) => params,
-        Err(failure) => return failure.into_response(),
+    let params = match Query::<StatusParams>::try_from_uri(request.uri()) {
+        Ok(Query(params)) => params,
+        Err(e) => {
+            return ApiFailure::bad_request(format!("query string: {}", e.body_text()))
+                .into_response()
+        }
     };
     if params.local {
-        return Json(cluster_status(&manager)).into_response();
+        return Json(cluster_status(&manager, params.volumes)).into_response();
     }
     let m = manager.clone();
     on_leader(&manager, request, |_| async move {
         m.linearizable().await?;
-        Ok(Json(cluster_status(&m)).into_response())
+        Ok(Json(cluster_status(&m, params.volumes)).into_response())
     })
     .await
 }

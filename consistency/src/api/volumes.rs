@@ -2,11 +2,15 @@
 
 use std::time::Instant;
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use client::api::{CreateVolumeRequest, ResizeVolumeRequest, VolumeList};
+use client::api::{
+    CreateVolumeRequest, ResizeVolumeRequest, VolumeFilter, VolumeList, VolumeMap,
+    MAX_VOLUMES_PER_PAGE,
+};
+use serde::Deserialize;
 
 use super::error::ApiFailure;
 use super::leader::on_leader;
@@ -14,22 +18,75 @@ use super::parse_json;
 use super::status::ReadParams;
 use crate::decide::placement;
 use crate::manager::SharedManager;
-use crate::state::view::nothing_remembered;
-use crate::state::{Command, Outcome, Refusal};
+use crate::state::view::{nothing_remembered, Remembered};
+use crate::state::{Command, Outcome, Refusal, State as DbState, Volume};
+
+/// Query parameters of `GET /v1/volumes`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    #[serde(default)]
+    local: bool,
+    limit: Option<usize>,
+    after: Option<String>,
+    status: Option<VolumeFilter>,
+}
+
+/// One page of volumes in name order: those named after `after` that `status` admits, at most
+/// `limit`, and where the next page starts if more match.
+fn page(
+    state: &DbState,
+    remembered: Remembered,
+    after: Option<&str>,
+    status: Option<VolumeFilter>,
+    limit: usize,
+) -> VolumeList {
+    let mut named: Vec<&Volume> = state
+        .volumes
+        .values()
+        .filter(|v| after.is_none_or(|after| v.name.as_str() > after))
+        .collect();
+    named.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    let mut volumes = Vec::new();
+    let mut next = None;
+    for volume in named {
+        let map = state.volume_map(volume, remembered);
+        if !status.is_none_or(|filter| filter.admits(&map)) {
+            continue;
+        }
+        if volumes.len() == limit {
+            next = volumes.last().map(|v: &VolumeMap| v.name.clone());
+            break;
+        }
+        volumes.push(map);
+    }
+    VolumeList { volumes, next }
+}
 
 pub async fn list(State(manager): State<SharedManager>, request: Request) -> Response {
-    let params = match ReadParams::of(&request) {
-        Ok(params) => params,
-        Err(failure) => return failure.into_response(),
+    let params = match Query::<ListParams>::try_from_uri(request.uri()) {
+        Ok(Query(params)) => params,
+        Err(e) => {
+            return ApiFailure::bad_request(format!("query string: {}", e.body_text()))
+                .into_response()
+        }
     };
-    let read = |m: &SharedManager| {
-        m.read_with_memory(Instant::now(), |a, remembered| VolumeList {
-            volumes: a
-                .state
-                .volumes
-                .values()
-                .map(|v| a.state.volume_map(v, remembered))
-                .collect(),
+    let limit = params.limit.unwrap_or(MAX_VOLUMES_PER_PAGE);
+    if !(1..=MAX_VOLUMES_PER_PAGE).contains(&limit) {
+        return ApiFailure::bad_request(format!(
+            "limit must be between 1 and {MAX_VOLUMES_PER_PAGE}, got {limit}"
+        ))
+        .into_response();
+    }
+    let read = move |m: &SharedManager| {
+        m.read_with_memory(Instant::now(), |a, remembered| {
+            page(
+                &a.state,
+                remembered,
+                params.after.as_deref(),
+                params.status,
+                limit,
+            )
         })
     };
     if params.local {
@@ -170,4 +227,83 @@ pub async fn delete(
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use client::api::CopyStatus;
+    use client::types::UnitId;
+
+    use super::*;
+    use crate::state::fixtures::{cluster, node, volume_on};
+
+    /// 25 volumes created in reverse name order; every third has a stale copy.
+    fn state() -> DbState {
+        let mut state = cluster(&["a", "b"]);
+        for i in (0..25).rev() {
+            let id = volume_on(&mut state, &format!("v{i:02}"), &[&["a", "b"]]);
+            if i % 3 == 0 {
+                let slice = state.slice_mut(UnitId::new(id.0, 0)).unwrap();
+                slice.copy_mut(&node("b")).unwrap().status = CopyStatus::Stale;
+            }
+        }
+        state
+    }
+
+    /// Every page in turn, as a client pages: the names seen.
+    fn all_pages(state: &DbState, status: Option<VolumeFilter>, limit: usize) -> Vec<String> {
+        let mut names = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let list = page(state, &nothing_remembered, after.as_deref(), status, limit);
+            assert!(list.volumes.len() <= limit);
+            names.extend(list.volumes.iter().map(|v| v.name.clone()));
+            match list.next {
+                Some(next) => after = Some(next),
+                None => return names,
+            }
+        }
+    }
+
+    #[test]
+    fn pages_list_every_volume_once_in_name_order() {
+        let state = state();
+        let every: Vec<String> = (0..25).map(|i| format!("v{i:02}")).collect();
+        for limit in [1, 2, 7, 25, 1000] {
+            assert_eq!(all_pages(&state, None, limit), every, "limit {limit}");
+        }
+    }
+
+    #[test]
+    fn a_filter_lists_exactly_the_volumes_it_admits_across_pages() {
+        let state = state();
+        let stale: Vec<String> = (0..25)
+            .filter(|i| i % 3 == 0)
+            .map(|i| format!("v{i:02}"))
+            .collect();
+        let current: Vec<String> = (0..25)
+            .filter(|i| i % 3 != 0)
+            .map(|i| format!("v{i:02}"))
+            .collect();
+        for limit in [1, 4, 1000] {
+            assert_eq!(
+                all_pages(&state, Some(VolumeFilter::NotCurrent), limit),
+                stale
+            );
+            assert_eq!(all_pages(&state, Some(VolumeFilter::Stale), limit), stale);
+            assert_eq!(
+                all_pages(&state, Some(VolumeFilter::Current), limit),
+                current
+            );
+            assert!(all_pages(&state, Some(VolumeFilter::Down), limit).is_empty());
+        }
+    }
+
+    #[test]
+    fn a_full_last_page_says_no_next() {
+        let state = state();
+        let list = page(&state, &nothing_remembered, Some("v19"), None, 5);
+        assert_eq!(list.volumes.len(), 5);
+        assert_eq!(list.next, None);
+    }
 }
