@@ -3,14 +3,15 @@
 //! to each. Prints, in one run:
 //!
 //! - the rate of `vbs volume create` (one CLI process per volume, as a user or a script runs it);
-//! - the size and time of `GET /v1/status`;
+//! - the size and time of `GET /v1/status`, whole and without the volume maps;
 //! - idle CPU, memory and threads of every process;
 //! - the failover of a killed node's primaries (SIGKILL to every slice served again elsewhere);
 //! - the restart of that node (start to every copy `current` again), with no write missed;
 //! - notification commits per second at 1 and 16 clients, beside etcd's on this kind of machine.
 //!
 //! Run: `cargo bench -p integration --bench scale` (release build). `VBS_SCALE_VOLUMES=N` changes
-//! the number of volumes; `VBS_SCALE_KEEP=1` keeps the cluster's data and logs.
+//! the number of volumes; `VBS_SCALE_KEEP=1` keeps the cluster's data and logs;
+//! `VBS_SCALE_SKIP_NOTIFICATIONS=1` leaves out the notification commit rate.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -123,23 +124,23 @@ async fn main() -> anyhow::Result<()> {
     let leader = cluster
         .wait_for_leader(&cluster.manager_ids(), Duration::from_secs(20))
         .await?;
-    let mut took = Vec::new();
-    let mut size = 0;
-    for _ in 0..10 {
-        let sent = Instant::now();
-        let (status, body) = cluster
-            .request(leader, Method::GET, "/v1/status", None)
-            .await?;
-        took.push(sent.elapsed());
-        anyhow::ensure!(status.is_success(), "GET /v1/status: {status}");
-        size = serde_json::to_vec(&body)?.len();
+    for path in ["/v1/status", "/v1/status?volumes=false"] {
+        let mut took = Vec::new();
+        let mut size = 0;
+        for _ in 0..10 {
+            let sent = Instant::now();
+            let (status, body) = cluster.request(leader, Method::GET, path, None).await?;
+            took.push(sent.elapsed());
+            anyhow::ensure!(status.is_success(), "GET {path}: {status}");
+            size = serde_json::to_vec(&body)?.len();
+        }
+        took.sort();
+        println!(
+            "| `GET {path}` | {:.1} KiB of JSON, {:.1} ms (median of 10) |",
+            size as f64 / 1024.0,
+            took[5].as_secs_f64() * 1000.0
+        );
     }
-    took.sort();
-    println!(
-        "| `GET /v1/status` | {} KiB of JSON, {:.0} ms (median of 10) |",
-        size / 1024,
-        took[5].as_secs_f64() * 1000.0
-    );
 
     let all = processes(&mut cluster)?;
     let before: Vec<ProcessSample> = all

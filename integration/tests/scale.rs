@@ -1,10 +1,13 @@
-//! A cluster with many volumes, as users run one: a node restarted with hundreds of units is whole
-//! again in a few batched steps, not one step per unit.
+//! A cluster with many volumes, as users run one: placement spreads units and primaries evenly,
+//! the volume list pages and filters, and a node restarted with hundreds of units is whole again
+//! in a few batched steps, not one step per unit.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use client::api::{ClusterStatus, CopyStatus, NodeState};
+use std::collections::BTreeMap;
+
+use client::api::{ClusterStatus, CopyStatus, NodeState, VolumeList};
 use client::managers::Managers;
 use client::types::NodeId;
 use client::volume::{Volume, VolumeOptions};
@@ -63,6 +66,24 @@ fn copies_not_current(status: &ClusterStatus) -> usize {
         .count()
 }
 
+/// Every volume name `GET /v1/volumes` lists, a page of `limit` at a time, with `filter`.
+async fn all_pages(cluster: &Cluster, limit: usize, filter: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut after = String::new();
+    loop {
+        let path = format!("/v1/volumes?limit={limit}{after}{filter}");
+        let (status, body) = cluster.request(1, Method::GET, &path, None).await.unwrap();
+        assert!(status.is_success(), "GET {path}: {status} {body}");
+        let page: VolumeList = serde_json::from_value(body).unwrap();
+        assert!(page.volumes.len() <= limit);
+        names.extend(page.volumes.into_iter().map(|v| v.name));
+        match page.next {
+            Some(next) => after = format!("&after={next}"),
+            None => return names,
+        }
+    }
+}
+
 fn primaries_on(status: &ClusterStatus, node: &NodeId) -> usize {
     status
         .volumes
@@ -89,6 +110,43 @@ async fn a_restarted_node_with_hundreds_of_units_is_whole_again_in_a_few_batched
     write_one_block_each(&cluster, VOLUMES).await;
 
     let status = cluster.status().await.unwrap();
+    // Placement: nodes of equal size hold equal numbers of units and primaries.
+    let spread: BTreeMap<String, (usize, usize)> = status
+        .nodes
+        .iter()
+        .map(|n| {
+            (
+                n.id.0.clone(),
+                (n.units.len(), primaries_on(&status, &n.id)),
+            )
+        })
+        .collect();
+    for (units, primaries) in spread.values() {
+        assert_eq!(
+            *units,
+            VOLUMES * 2 / 3,
+            "units and primaries per node: {spread:?}"
+        );
+        assert_eq!(
+            *primaries,
+            VOLUMES / 3,
+            "units and primaries per node: {spread:?}"
+        );
+    }
+    let every: Vec<String> = (0..VOLUMES).map(|i| format!("v{i:04}")).collect();
+    for limit in [1000, 7] {
+        assert_eq!(
+            all_pages(&cluster, limit, "").await,
+            every,
+            "pages of {limit}"
+        );
+    }
+    let counts = status.counts;
+    assert_eq!(
+        (counts.volumes, counts.slices, counts.copies.current),
+        (VOLUMES as u64, VOLUMES as u64, 2 * VOLUMES as u64)
+    );
+
     let victim = NodeId::parse("n1").unwrap();
     let units = status
         .nodes
@@ -107,7 +165,29 @@ async fn a_restarted_node_with_hundreds_of_units_is_whole_again_in_a_few_batched
     )
     .await
     .unwrap();
-    let before = cluster.status().await.unwrap().applied_index;
+    let down = cluster.status().await.unwrap();
+    let before = down.applied_index;
+    // What needs attention: exactly the volumes with a copy on the node that is down.
+    let on_victim: Vec<String> = down
+        .volumes
+        .iter()
+        .filter(|v| {
+            v.slices
+                .iter()
+                .flat_map(|s| &s.copies)
+                .any(|c| c.node == victim)
+        })
+        .map(|v| v.name.clone())
+        .collect();
+    assert_eq!(on_victim.len(), units);
+    for limit in [1000, 9] {
+        assert_eq!(
+            all_pages(&cluster, limit, "&status=not-current").await,
+            on_victim
+        );
+        assert_eq!(all_pages(&cluster, limit, "&status=down").await, on_victim);
+    }
+    assert_eq!(down.counts.copies.down, units as u64);
 
     cluster.storage_node("n1").unwrap().restart().unwrap();
     let whole = wait_until("every copy current", Duration::from_secs(120), || async {

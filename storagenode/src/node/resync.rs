@@ -130,18 +130,19 @@ async fn resync(
         unit: runtime.id,
         generation,
     };
-    let primary = assignment.primary().ok_or("the slice has no primary")?;
+    let primary = assignment
+        .primary()
+        .ok_or("the slice has no primary")?
+        .addr
+        .clone();
     if assignment.status != CopyStatus::Syncing {
         return Err(format!(
             "the copy is {}, not syncing",
             assignment.status.as_str()
         ));
     }
-    let primary = primary.addr.clone();
     let engine = &runtime.engine;
     let start_vba = engine.last_vba();
-    // A copy that missed nothing gets an empty first pull, then joins: no record moves.
-    let mut join = false;
     info!(unit = %runtime.id, from = %start_vba, %primary, "resync starting");
     let mut progress = ResyncProgress {
         full: start_vba == Vba::ZERO,
@@ -157,6 +158,8 @@ async fn resync(
     // After a conflict, until a pull agrees with the primary: `after` is then behind this copy's
     // own end, and what lies past it must go.
     let mut probing = false;
+    // A copy that missed nothing gets an empty first pull, then joins: no record moves.
+    let mut join = false;
     // Progress is reported once a second, from a second in: a resync that ends sooner reports
     // only its end.
     let mut reported = Instant::now();
