@@ -49,6 +49,8 @@ struct StateFigures {
     /// Every storage node: its state and whether it is draining.
     nodes: Vec<(NodeId, NodeState, bool)>,
     copies: BTreeMap<CopyStatus, u64>,
+    /// Slices with fewer `current` copies than their volume's replicas.
+    slices_degraded: u64,
     volumes: u64,
     running: RunningResyncs,
     resyncs: Vec<CopyResync>,
@@ -60,12 +62,19 @@ impl StateFigures {
         let mut copies: BTreeMap<CopyStatus, u64> =
             CopyStatus::ALL.iter().map(|s| (*s, 0)).collect();
         let mut resyncs = Vec::new();
+        let mut slices_degraded = 0;
         for volume in state.volumes.values() {
             for (index, slice) in volume.slices.iter().enumerate() {
                 let unit = UnitId {
                     volume: volume.id,
                     slice: SliceIndex(index as u32),
                 };
+                let current = slice
+                    .copies
+                    .iter()
+                    .filter(|c| c.status == CopyStatus::Current)
+                    .count();
+                slices_degraded += u64::from(current < volume.replicas as usize);
                 for copy in &slice.copies {
                     *copies.entry(copy.status).or_default() += 1;
                     let Some(resync) = tracker.and_then(|t| t.status(unit, copy, now)) else {
@@ -104,6 +113,7 @@ impl StateFigures {
                 .map(|n| (n.id.clone(), n.state, n.draining))
                 .collect(),
             copies,
+            slices_degraded,
             volumes: state.volumes.len() as u64,
             running,
             resyncs,
@@ -198,6 +208,11 @@ fn render(raft: &RaftFigures, figures: &StateFigures) -> String {
     for (status, count) in &figures.copies {
         copies = copies.sample(&[("status", status.as_str())], *count);
     }
+    out.gauge(
+        "vbs_slices_degraded",
+        "Slices with fewer current copies than their volume's replicas.",
+    )
+    .value(figures.slices_degraded);
     out.gauge("vbs_volumes", "Volumes.").value(figures.volumes);
 
     out.gauge(
