@@ -17,36 +17,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use client::api::{ClusterStatus, CopyStatus, NodeState};
+use client::api::NodeState;
 use client::managers::Managers;
-use client::types::NodeId;
 use client::volume::{Volume, VolumeOptions};
 use futures::stream::{self, StreamExt};
 use integration::measure::{notification_commits, ProcessSample};
-use integration::{wait_until, Cluster, ClusterOptions};
+use integration::{copies_not_current, primaries_on, wait_until, Cluster, ClusterOptions};
 use reqwest::Method;
 
 const NODES: u64 = 4;
 const IDLE_SAMPLE: Duration = Duration::from_secs(10);
-
-fn copies_not_current(status: &ClusterStatus) -> usize {
-    status
-        .volumes
-        .iter()
-        .flat_map(|v| &v.slices)
-        .flat_map(|s| &s.copies)
-        .filter(|c| c.status != CopyStatus::Current)
-        .count()
-}
-
-fn primaries_on(status: &ClusterStatus, node: &NodeId) -> usize {
-    status
-        .volumes
-        .iter()
-        .flat_map(|v| &v.slices)
-        .filter(|s| &s.primary == node)
-        .count()
-}
 
 /// Every manager's and storage node's process, by name.
 fn processes(cluster: &mut Cluster) -> anyhow::Result<Vec<(String, u32)>> {

@@ -121,6 +121,42 @@ pub fn replicated_volumes(status: &ClusterStatus) -> Vec<client::api::VolumeMap>
     volumes
 }
 
+/// Copies of every slice of every volume in `status` that are not `current`.
+pub fn copies_not_current(status: &ClusterStatus) -> usize {
+    status
+        .volumes
+        .iter()
+        .flat_map(|v| &v.slices)
+        .flat_map(|s| &s.copies)
+        .filter(|c| c.status != client::api::CopyStatus::Current)
+        .count()
+}
+
+/// Slices whose primary is `node`.
+pub fn primaries_on(status: &ClusterStatus, node: &client::types::NodeId) -> usize {
+    status
+        .volumes
+        .iter()
+        .flat_map(|v| &v.slices)
+        .filter(|s| &s.primary == node)
+        .count()
+}
+
+/// The names of the volumes with a copy on `node`, in the status's order.
+pub fn volumes_with_a_copy_on(status: &ClusterStatus, node: &client::types::NodeId) -> Vec<String> {
+    status
+        .volumes
+        .iter()
+        .filter(|v| {
+            v.slices
+                .iter()
+                .flat_map(|s| &s.copies)
+                .any(|c| &c.node == node)
+        })
+        .map(|v| v.name.clone())
+        .collect()
+}
+
 /// A free port on 127.0.0.1 (bound, then released for the process to take).
 pub fn free_port() -> anyhow::Result<u16> {
     free_port_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
@@ -392,6 +428,27 @@ impl Cluster {
                 "vbs volume create {name}: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
+        }
+        Ok(())
+    }
+
+    /// Creates a volume of one `bytes` slice with 2 copies for each of `names`, through the
+    /// leader's API (many volumes quickly, where `vbs volume create` would start a process each).
+    pub async fn create_one_slice_volumes(
+        &self,
+        names: impl IntoIterator<Item = String>,
+        bytes: u64,
+    ) -> anyhow::Result<()> {
+        let leader = self
+            .wait_for_leader(&self.manager_ids(), Duration::from_secs(30))
+            .await?;
+        for name in names {
+            let body = serde_json::json!({
+                "name": name, "size_bytes": bytes, "slice_bytes": bytes, "replicas": 2
+            });
+            let _: Value = self
+                .call(leader, Method::POST, "/v1/volumes", Some(&body))
+                .await?;
         }
         Ok(())
     }

@@ -30,5 +30,7 @@ pub mod process;
 pub mod tools;
 pub mod wait;
 
-pub use cluster::{Addresses, Cluster, ClusterOptions};
+pub use cluster::{
+    copies_not_current, primaries_on, volumes_with_a_copy_on, Addresses, Cluster, ClusterOptions,
+};
 pub use wait::wait_until;

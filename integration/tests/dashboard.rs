@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use client::api::NodeState;
 use integration::binaries::{binary, profile_dir, workspace_root};
-use integration::{wait_until, Cluster, ClusterOptions};
+use integration::{volumes_with_a_copy_on, wait_until, Cluster, ClusterOptions};
 
 const STARTUP: Duration = Duration::from_secs(30);
 /// The lease is 2 s (+ 500 ms clock margin), the page polls every second: a down node shows
@@ -409,15 +409,11 @@ async fn with_many_volumes_the_dashboard_shows_those_needing_attention() {
         .await
         .expect("nodes up");
     let leader = status.leader.expect("a leader").0;
-    for i in 0..VOLUMES {
-        let body = serde_json::json!({
-            "name": format!("v{i:02}"), "size_bytes": 1 << 20, "slice_bytes": 1 << 20, "replicas": 2
-        });
-        let _: serde_json::Value = cluster
-            .call(leader, reqwest::Method::POST, "/v1/volumes", Some(&body))
-            .await
-            .expect("volume created");
-    }
+    let names = (0..VOLUMES).map(|i| format!("v{i:02}"));
+    cluster
+        .create_one_slice_volumes(names, 1 << 20)
+        .await
+        .expect("volumes created");
     let url = format!("http://{}/", cluster.manager_addr(leader));
     let profiles = cluster.dir.path().join("chromium-profiles");
     std::fs::create_dir_all(&profiles).expect("profiles dir");
@@ -438,20 +434,9 @@ async fn with_many_volumes_the_dashboard_shows_those_needing_attention() {
     assert!(tags_having(&healthy, "data-volume").is_empty());
 
     let victim = "n2";
-    let mut on_victim: Vec<String> = cluster
-        .status()
-        .await
-        .expect("status")
-        .volumes
-        .iter()
-        .filter(|v| {
-            v.slices
-                .iter()
-                .flat_map(|s| &s.copies)
-                .any(|c| c.node.0 == victim)
-        })
-        .map(|v| v.name.clone())
-        .collect();
+    let victim_id = client::types::NodeId::parse(victim).expect("a node name");
+    let mut on_victim =
+        volumes_with_a_copy_on(&cluster.status().await.expect("status"), &victim_id);
     on_victim.sort();
     cluster.storage_node(victim).expect("n2").kill();
     let shown = wait_until("the dashboard to list n2's volumes", SHOWS_DOWN, || async {

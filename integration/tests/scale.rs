@@ -2,38 +2,21 @@
 //! the volume list pages and filters, and a node restarted with hundreds of units is whole again
 //! in a few batched steps, not one step per unit.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::collections::BTreeMap;
-
-use client::api::{ClusterStatus, CopyStatus, NodeState, VolumeList};
+use client::api::{NodeState, VolumeList};
 use client::managers::Managers;
 use client::types::NodeId;
 use client::volume::{Volume, VolumeOptions};
 use futures::stream::{self, StreamExt};
-use integration::{wait_until, Cluster, ClusterOptions};
+use integration::{
+    copies_not_current, primaries_on, volumes_with_a_copy_on, wait_until, Cluster, ClusterOptions,
+};
 use reqwest::Method;
-use serde_json::json;
 
 const STARTUP: Duration = Duration::from_secs(30);
-
-/// Creates `count` volumes of one 1 MiB slice with 2 copies, named `v0000`..., through the API.
-async fn create_volumes(cluster: &Cluster, count: usize) {
-    let leader = cluster
-        .wait_for_leader(&cluster.manager_ids(), STARTUP)
-        .await
-        .unwrap();
-    for i in 0..count {
-        let body = json!({
-            "name": format!("v{i:04}"), "size_bytes": 1 << 20, "slice_bytes": 1 << 20, "replicas": 2
-        });
-        let _: serde_json::Value = cluster
-            .call(leader, Method::POST, "/v1/volumes", Some(&body))
-            .await
-            .unwrap();
-    }
-}
 
 /// Writes one block to each of the `count` volumes.
 async fn write_one_block_each(cluster: &Cluster, count: usize) {
@@ -56,16 +39,6 @@ async fn write_one_block_each(cluster: &Cluster, count: usize) {
     }
 }
 
-fn copies_not_current(status: &ClusterStatus) -> usize {
-    status
-        .volumes
-        .iter()
-        .flat_map(|v| &v.slices)
-        .flat_map(|s| &s.copies)
-        .filter(|c| c.status != CopyStatus::Current)
-        .count()
-}
-
 /// Every volume name `GET /v1/volumes` lists, a page of `limit` at a time, with `filter`.
 async fn all_pages(cluster: &Cluster, limit: usize, filter: &str) -> Vec<String> {
     let mut names = Vec::new();
@@ -84,15 +57,6 @@ async fn all_pages(cluster: &Cluster, limit: usize, filter: &str) -> Vec<String>
     }
 }
 
-fn primaries_on(status: &ClusterStatus, node: &NodeId) -> usize {
-    status
-        .volumes
-        .iter()
-        .flat_map(|v| &v.slices)
-        .filter(|s| &s.primary == node)
-        .count()
-}
-
 /// Before batching, each unit of a restarted node cost two Raft commits of its own (`syncing`,
 /// then `caught up`) and hundreds of concurrent requests to the managers, which refused
 /// connections past their limit: the node took minutes to be whole again.
@@ -106,7 +70,11 @@ async fn a_restarted_node_with_hundreds_of_units_is_whole_again_in_a_few_batched
     })
     .unwrap();
     cluster.wait_for_storage_up(STARTUP).await.unwrap();
-    create_volumes(&cluster, VOLUMES).await;
+    let names = (0..VOLUMES).map(|i| format!("v{i:04}"));
+    cluster
+        .create_one_slice_volumes(names, 1 << 20)
+        .await
+        .unwrap();
     write_one_block_each(&cluster, VOLUMES).await;
 
     let status = cluster.status().await.unwrap();
@@ -168,17 +136,7 @@ async fn a_restarted_node_with_hundreds_of_units_is_whole_again_in_a_few_batched
     let down = cluster.status().await.unwrap();
     let before = down.applied_index;
     // What needs attention: exactly the volumes with a copy on the node that is down.
-    let on_victim: Vec<String> = down
-        .volumes
-        .iter()
-        .filter(|v| {
-            v.slices
-                .iter()
-                .flat_map(|s| &s.copies)
-                .any(|c| c.node == victim)
-        })
-        .map(|v| v.name.clone())
-        .collect();
+    let on_victim = volumes_with_a_copy_on(&down, &victim);
     assert_eq!(on_victim.len(), units);
     for limit in [1000, 9] {
         assert_eq!(

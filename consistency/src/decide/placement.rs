@@ -89,20 +89,13 @@ fn candidates(state: &State, reported_free: impl Fn(&NodeId) -> Option<u64>) -> 
         .nodes
         .values()
         .filter(|n| state.node_takes_copies(&n.id))
-        .map(|n| {
-            let primaries = n
-                .units
-                .iter()
-                .filter(|u| state.slice(**u).is_some_and(|s| s.primary == n.id))
-                .count();
-            Candidate {
-                free_bytes: free_bytes(state, n, reported_free(&n.id)),
-                capacity_bytes: n.capacity_bytes,
-                assigned_bytes: state.assigned_bytes(n),
-                units: n.units.len(),
-                primaries,
-                id: n.id.clone(),
-            }
+        .map(|n| Candidate {
+            free_bytes: free_bytes(state, n, reported_free(&n.id)),
+            capacity_bytes: n.capacity_bytes,
+            assigned_bytes: state.assigned_bytes(n),
+            units: n.units.len(),
+            primaries: state.primaries_on(n),
+            id: n.id.clone(),
         })
         .collect()
 }
@@ -366,14 +359,7 @@ mod tests {
         state
             .nodes
             .values()
-            .map(|n| {
-                let primaries = n
-                    .units
-                    .iter()
-                    .filter(|u| state.slice(**u).is_some_and(|s| s.primary == n.id))
-                    .count();
-                (n.units.len(), primaries)
-            })
+            .map(|n| (n.units.len(), state.primaries_on(n)))
             .collect()
     }
 

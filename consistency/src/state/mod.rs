@@ -175,6 +175,14 @@ impl State {
             .sum()
     }
 
+    /// Slices whose primary is `node`.
+    pub fn primaries_on(&self, node: &Node) -> usize {
+        node.units
+            .iter()
+            .filter(|u| self.slice(**u).is_some_and(|s| s.primary == node.id))
+            .count()
+    }
+
     /// The copy that should become primary if `slice`'s primary is replaced: a `current` copy on an
     /// `up` node other than the primary; one on a node that is not draining first (a draining
     /// node would have to hand the slice on again), then the highest reported VBA, ties broken by

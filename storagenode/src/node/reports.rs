@@ -235,6 +235,15 @@ mod tests {
         addr
     }
 
+    /// A reporter of node n1, running, that reports to [`manager`].
+    async fn reporter(seen: Arc<Mutex<Vec<usize>>>) -> Arc<Reporter> {
+        let managers = Managers::parse(&manager(seen).await, Duration::from_secs(5)).unwrap();
+        let reporter = Arc::new(Reporter::new(NodeId::parse("n1").unwrap()));
+        let running = reporter.clone();
+        tokio::spawn(async move { running.run(&managers).await });
+        reporter
+    }
+
     fn unit(volume: u64) -> UnitGeneration {
         UnitGeneration {
             unit: UnitId::new(volume, 0),
@@ -245,11 +254,7 @@ mod tests {
     #[tokio::test]
     async fn reports_made_together_go_in_one_notification_and_each_gets_its_slice() {
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let managers =
-            Managers::parse(&manager(seen.clone()).await, Duration::from_secs(5)).unwrap();
-        let reporter = Arc::new(Reporter::new(NodeId::parse("n1").unwrap()));
-        let running = reporter.clone();
-        tokio::spawn(async move { running.run(&managers).await });
+        let reporter = reporter(seen.clone()).await;
         let answers = futures::future::join_all(
             (100..300).map(|v| reporter.report(Report::Syncing, unit(v))),
         )
@@ -269,11 +274,7 @@ mod tests {
     #[tokio::test]
     async fn a_refused_batch_is_sent_again_unit_by_unit() {
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let managers =
-            Managers::parse(&manager(seen.clone()).await, Duration::from_secs(5)).unwrap();
-        let reporter = Arc::new(Reporter::new(NodeId::parse("n1").unwrap()));
-        let running = reporter.clone();
-        tokio::spawn(async move { running.run(&managers).await });
+        let reporter = reporter(seen.clone()).await;
         let target = Report::CaughtUp {
             target: NodeId::parse("n2").unwrap(),
         };
