@@ -16,9 +16,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::api::{
-    ApiError, ClusterStatus, CreateVolumeRequest, ErrorCode, HeartbeatRequest, HeartbeatResponse,
-    NodeStatus, Notification, NotificationResponse, RegisterNodeRequest, ResizeVolumeRequest,
-    VolumeFilter, VolumeList, VolumeMap, MAX_VOLUMES_PER_PAGE,
+    ApiError, ClusterStatus, CreateVolumeRequest, ErrorCode, EventPage, HeartbeatRequest,
+    HeartbeatResponse, NodeStatus, Notification, NotificationResponse, RegisterNodeRequest,
+    ResizeVolumeRequest, VolumeFilter, VolumeList, VolumeMap, MAX_VOLUMES_PER_PAGE,
 };
 use crate::security::Security;
 use crate::types::NodeId;
@@ -332,6 +332,12 @@ impl Managers {
                 None => return Ok(volumes),
             }
         }
+    }
+
+    /// Up to `limit` entries of the event log after entry `after`.
+    pub async fn events(&self, after: u64, limit: usize) -> Result<EventPage, ManagerError> {
+        let path = format!("/v1/events?after={after}&limit={limit}");
+        self.request::<(), _>(Method::GET, &path, None).await
     }
 
     /// Every volume, in name order.

@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use client::api::NodeState;
-use client::types::UnitId;
+use client::types::{NodeId, UnitId};
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
@@ -43,8 +43,14 @@ pub async fn run(manager: SharedManager, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => return,
         }
         let now = Instant::now();
-        let verdicts = manager.with_liveness(now, |l| manager.read(|a| l.judge(&a.state, now)));
-        let Some(verdicts) = verdicts else { continue };
+        let judged = manager.with_liveness(now, |l| {
+            let verdicts = manager.read(|a| l.judge(&a.state, now));
+            let causes: Vec<String> = verdicts.commands.iter().map(|c| l.cause_of(c)).collect();
+            (verdicts, causes)
+        });
+        let Some((verdicts, causes)) = judged else {
+            continue;
+        };
         if let Some(gap) = verdicts.paused {
             tracing::warn!(
                 ?gap,
@@ -53,7 +59,7 @@ pub async fn run(manager: SharedManager, mut stop: watch::Receiver<bool>) {
             );
         }
         let mut failed = false;
-        for command in verdicts.commands {
+        for (command, cause) in verdicts.commands.into_iter().zip(causes) {
             let judged = match &command {
                 Command::SetNodeState {
                     node,
@@ -67,7 +73,7 @@ pub async fn run(manager: SharedManager, mut stop: watch::Receiver<bool>) {
             if !failed {
                 let summary = format!("{command:?}");
                 let result = tokio::select! {
-                    result = manager.commit(command) => result,
+                    result = manager.commit(command, &cause) => result,
                     _ = stop.changed() => return,
                 };
                 match result {
@@ -120,12 +126,36 @@ async fn repair_round(manager: &SharedManager, waiting: &mut BTreeSet<UnitId>) {
             let repairs = repair::plan(&a.state, &conditions);
             for handover in &repairs.handovers {
                 // The failure detector fails the slice over once the lease has run out.
-                l.revoke(handover.unit, handover.generation, &handover.primary);
+                let cause = format!("drain of node {} hands the slice over", handover.primary);
+                l.revoke(
+                    handover.unit,
+                    handover.generation,
+                    &handover.primary,
+                    &cause,
+                );
             }
-            repairs
+            let names = |nodes: &BTreeSet<NodeId>| {
+                nodes
+                    .iter()
+                    .map(|n| n.0.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let cause = match (lost.is_empty(), draining.is_empty()) {
+                (false, true) => format!("re-replication: node {} lost", names(&lost)),
+                (true, false) => format!("drain of node {}", names(&draining)),
+                _ => format!(
+                    "re-replication (node {} lost) and drains (node {})",
+                    names(&lost),
+                    names(&draining)
+                ),
+            };
+            (repairs, cause)
         })
     });
-    let Some(repairs) = repairs else { return };
+    let Some((repairs, cause)) = repairs else {
+        return;
+    };
     let new: Vec<_> = repairs
         .waiting
         .iter()
@@ -144,7 +174,7 @@ async fn repair_round(manager: &SharedManager, waiting: &mut BTreeSet<UnitId>) {
     let Some(command) = repairs.command() else {
         return;
     };
-    match manager.propose(command).await {
+    match manager.propose(command, &cause).await {
         Ok(Outcome::Refused(refusal)) => {
             tracing::info!(%refusal, "repair overtaken by another change; deciding again")
         }

@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::decide::liveness::Liveness;
 use crate::raft_types::{Raft, RaftId};
 use crate::state::view::{nothing_remembered, Remembered};
-use crate::state::{Command, Outcome};
+use crate::state::{Command, Note, Outcome};
 use crate::store::{Applied, LogStore, SharedState};
 
 /// Where a request that needs the leader should go.
@@ -147,12 +147,13 @@ impl Manager {
         f(&self.state.read())
     }
 
-    /// Commits `command` through Raft and returns what applying it returned. Fails with 503 when
-    /// it is not committed within the commit timeout: no quorum, or leadership lost. A command
-    /// that timed out may still be committed later; every command is safe to retry.
-    pub async fn propose(&self, command: Command) -> Result<Outcome, ApiFailure> {
+    /// Commits `command` through Raft and returns what applying it returned; the event log
+    /// records what it changed with `cause` and the time now. Fails with 503 when it is not
+    /// committed within the commit timeout: no quorum, or leadership lost. A command that timed
+    /// out may still be committed later; every command is safe to retry.
+    pub async fn propose(&self, command: Command, cause: &str) -> Result<Outcome, ApiFailure> {
         let timeout = self.config.commit_timeout;
-        match tokio::time::timeout(timeout, self.commit(command)).await {
+        match tokio::time::timeout(timeout, self.commit(command, cause)).await {
             Err(_) => Err(ApiFailure::unavailable(format!(
                 "the change was not committed within {} ms: fewer than a quorum of managers \
                  answer; it may still be applied, retry to find out",
@@ -162,10 +163,15 @@ impl Manager {
         }
     }
 
-    /// Commits `command` through Raft with no deadline: returns once Raft has resolved it, so
-    /// that an error means it was not, and will not be, committed by this leader.
-    pub async fn commit(&self, command: Command) -> Result<Outcome, ApiFailure> {
-        match self.raft.client_write(command).await {
+    /// Commits `command` (noted with `cause`, as [`Manager::propose`]) through Raft with no
+    /// deadline: returns once Raft has resolved it, so that an error means it was not, and will
+    /// not be, committed by this leader.
+    pub async fn commit(&self, command: Command, cause: &str) -> Result<Outcome, ApiFailure> {
+        match self
+            .raft
+            .client_write(command.noted(Note::now(cause)))
+            .await
+        {
             Ok(response) => Ok(response.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(ApiFailure::unavailable(format!(

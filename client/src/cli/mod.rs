@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - `status`: `vbs status`.
+//! - `events`: `vbs events`, the managers' event log.
 //! - `volume`: `vbs volume create|list|show|delete`.
 //! - `node`: `vbs node list|drain`.
 //! - `io`: `vbs write` and `vbs read`.
@@ -12,6 +13,7 @@
 //! - `table`, `format`: aligned text tables and human figures.
 
 mod bench;
+mod events;
 mod format;
 mod io;
 mod nbd;
@@ -77,6 +79,9 @@ struct Cli {
 enum Command {
     /// Managers (and the leader), storage nodes, volumes and the status of every copy
     Status(status::StatusArgs),
+    /// What changed in the cluster and why (node up/down, failovers, copy status); --follow
+    /// waits for more
+    Events(events::EventsArgs),
     /// Create, list, show and delete volumes
     #[command(subcommand)]
     Volume(volume::VolumeCommand),
@@ -131,6 +136,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let managers = || connect(cli.managers.as_deref(), security()?);
     match cli.command {
         Command::Status(args) => status::run(&*managers()?, args).await,
+        Command::Events(args) => events::run(&*managers()?, args).await,
         Command::Volume(command) => volume::run(&*managers()?, command).await,
         Command::Node(command) => node::run(&*managers()?, command).await,
         Command::Write(args) => io::write(managers()?, args).await,

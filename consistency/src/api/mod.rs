@@ -6,6 +6,7 @@
 //! - [`leader`]: running a request on the leader, or forwarding it there.
 //! - [`volumes`], [`nodes`], [`notifications`], [`managers`]: the routes that change state.
 //! - [`status`]: status and health.
+//! - [`events`]: the event log.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`dashboard`]: the dashboard at `/`, a page compiled into the binary (from
 //!   `consistency/assets/dashboard/`) that polls `GET /v1/status`.
@@ -14,6 +15,7 @@
 pub mod auth;
 pub mod dashboard;
 pub mod error;
+pub mod events;
 pub mod leader;
 pub mod managers;
 pub mod metrics;
@@ -57,6 +59,7 @@ pub fn router(manager: SharedManager) -> Router {
             get(volumes::show).delete(volumes::delete),
         )
         .route("/v1/volumes/{name}/resize", post(volumes::resize))
+        .route("/v1/events", get(events::list))
         .route("/v1/managers", post(managers::add))
         .route("/v1/managers/{id}", axum::routing::delete(managers::remove))
         .route("/metrics", get(metrics::metrics))

@@ -64,7 +64,8 @@ pub async fn register(State(manager): State<SharedManager>, request: Request) ->
             capacity_bytes: request.capacity_bytes,
             free_bytes,
         };
-        refused(m.propose(command).await?)?;
+        let cause = format!("node {id} registered from {}", request.addr);
+        refused(m.propose(command, &cause).await?)?;
         m.with_liveness(Instant::now(), |l| {
             l.registered(&id, Instant::now(), Some(free_bytes))
         });
@@ -106,7 +107,8 @@ pub async fn heartbeat(
                 state: NodeState::Up,
                 last_vbas,
             };
-            refused(m.propose(command).await?)?;
+            let cause = format!("heartbeat from node {id}, which was down");
+            refused(m.propose(command, &cause).await?)?;
             tracing::info!(node = %id, "storage node is back up");
         }
         // Recorded only now, for registered nodes: the memory holds no names nobody registered,
@@ -148,7 +150,7 @@ pub async fn drain(
         // The feasibility check counts free space.
         let (_placing, free) = m.placing().await?;
         if let Some(command) = m.read(|a| repair::drain(&a.state, &id, &free))? {
-            refused(m.propose(command).await?)?;
+            refused(m.propose(command, "request: drain node").await?)?;
             tracing::info!(node = %id, "draining storage node");
         }
         let status = m.read(|a| a.state.nodes.get(&id).map(|n| a.state.node_status(n)));

@@ -33,7 +33,8 @@ pub async fn notify(State(manager): State<SharedManager>, request: Request) -> R
                             // Replies computed from here on stop renewing the primary's lease.
                             for (unit, generation) in units {
                                 if let Some(slice) = a.state.slice(*unit) {
-                                    l.revoke(*unit, *generation, &slice.primary);
+                                    let cause = notify::describe(&notification);
+                                    l.revoke(*unit, *generation, &slice.primary, &cause);
                                 }
                             }
                         }
@@ -57,7 +58,8 @@ pub async fn notify(State(manager): State<SharedManager>, request: Request) -> R
         match decision {
             Decision::Nothing | Decision::Remember { .. } => {}
             Decision::Propose(command) | Decision::Failover { command, .. } => {
-                if let Outcome::Refused(refusal) = m.propose(command).await? {
+                let cause = notify::describe(&notification);
+                if let Outcome::Refused(refusal) = m.propose(command, &cause).await? {
                     return Err(refusal.into());
                 }
             }

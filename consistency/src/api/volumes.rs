@@ -136,7 +136,7 @@ pub async fn create(State(manager): State<SharedManager>, request: Request) -> R
         let spec = placement::validate(&request)?;
         let (_placing, free) = m.placing().await?;
         let command = m.read(|a| placement::place(&a.state, &spec, |n| free.get(n).copied()))?;
-        match m.propose(command).await? {
+        match m.propose(command, "request: create volume").await? {
             Outcome::VolumeCreated(id) => {
                 let map = m.read(|a| {
                     a.state
@@ -175,7 +175,7 @@ pub async fn resize(
             })
         })?;
         if let Some(command) = command {
-            match m.propose(command).await? {
+            match m.propose(command, "request: grow volume").await? {
                 Outcome::VolumeResized(_) => {}
                 Outcome::Refused(refusal) => return Err(refusal.into()),
                 other => {
@@ -214,7 +214,10 @@ pub async fn delete(
         let map = map.ok_or_else(|| {
             ApiFailure::from(Refusal::NotFound(format!("volume {name:?} does not exist")))
         })?;
-        match m.propose(Command::DeleteVolume { name }).await? {
+        match m
+            .propose(Command::DeleteVolume { name }, "request: delete volume")
+            .await?
+        {
             Outcome::VolumeDeleted(id) if id == map.id => Ok(Json(map).into_response()),
             Outcome::VolumeDeleted(id) => Err(ApiFailure::internal(format!(
                 "deleted volume {id}, which replaced volume {} meanwhile",

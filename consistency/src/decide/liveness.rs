@@ -64,9 +64,11 @@ struct Heard {
 }
 
 /// A primary lease that heartbeat replies no longer renew.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Revocation {
     generation: Generation,
+    /// Why, for the event log of the failover that follows.
+    cause: String,
     /// When the last heartbeat that renewed the lease was received.
     last_renewal: Instant,
 }
@@ -239,8 +241,9 @@ impl Liveness {
     }
 
     /// Stops renewing the lease of `primary` on `unit` at `generation`. The last renewal is the
-    /// last heartbeat received so far: replies computed from now on do not renew.
-    pub fn revoke(&mut self, unit: UnitId, generation: Generation, primary: &NodeId) {
+    /// last heartbeat received so far: replies computed from now on do not renew. `cause` says
+    /// why, for the event log.
+    pub fn revoke(&mut self, unit: UnitId, generation: Generation, primary: &NodeId, cause: &str) {
         let last_renewal = self
             .last_heard(primary)
             .map_or(self.leader_since, |at| at.max(self.leader_since));
@@ -251,10 +254,35 @@ impl Liveness {
                     unit,
                     Revocation {
                         generation,
+                        cause: cause.to_string(),
                         last_renewal,
                     },
                 );
             }
+        }
+    }
+
+    /// Why the detector proposes `command`, for the event log: the lease that ran out, or the
+    /// causes of the revocations behind a batch of failovers.
+    pub fn cause_of(&self, command: &Command) -> String {
+        match command {
+            Command::SetNodeState { node, .. } => format!(
+                "failure detector: no heartbeat from node {node} within its lease of {} ms",
+                self.config.wait().as_millis()
+            ),
+            Command::UpdateSlices { updates } => {
+                let causes: BTreeSet<&str> = updates
+                    .iter()
+                    .filter_map(|u| self.revoked.get(&u.unit))
+                    .map(|r| r.cause.as_str())
+                    .collect();
+                let causes: Vec<&str> = causes.into_iter().collect();
+                format!(
+                    "failure detector: the revoked primary lease ran out ({})",
+                    causes.join("; ")
+                )
+            }
+            other => format!("failure detector: {other:?}"),
         }
     }
 

@@ -21,6 +21,53 @@ use super::liveness::{failover, Liveness};
 use crate::state::command::{CopyChange, CopyRequirement, SliceUpdate};
 use crate::state::{Command, Refusal, Slice, State};
 
+/// One line saying who reported what, as the event log records the cause of a change.
+pub fn describe(notification: &Notification) -> String {
+    let units = |n: usize| {
+        if n == 1 {
+            "1 unit".to_string()
+        } else {
+            format!("{n} units")
+        }
+    };
+    match notification {
+        Notification::NotCurrent { source, units: u } => {
+            format!(
+                "node {source} reported itself not current for {}",
+                units(u.len())
+            )
+        }
+        Notification::Unresponsive {
+            source,
+            target,
+            units: u,
+        } => {
+            let source = match source {
+                Source::Node(node) => format!("node {node}"),
+                Source::Client(name) => format!("client {name}"),
+            };
+            format!(
+                "{source} reported node {target} unresponsive for {}",
+                units(u.len())
+            )
+        }
+        Notification::Syncing { source, units: u } => {
+            format!("node {source} started catching up {}", units(u.len()))
+        }
+        Notification::CaughtUp {
+            source,
+            target,
+            units: u,
+        } => format!(
+            "primary {source} reported node {target} caught up on {}",
+            units(u.len())
+        ),
+        Notification::ResyncProgress { source, unit, .. } => {
+            format!("node {source} reported resync progress on {}", unit.unit)
+        }
+    }
+}
+
 /// Most units one notification may name.
 pub const MAX_UNITS_PER_NOTIFICATION: usize = 4096;
 

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use client::api::{CopyStatus, NodeState};
+use client::api::{CopyStatus, EventKind, NodeState};
 use client::types::{Generation, NodeId, SliceIndex, UnitId, Vba, VolumeId};
 
 use super::command::{Command, CopyChange, CopyRequirement, Outcome, Refusal, SliceUpdate};
@@ -20,12 +20,36 @@ pub struct Touched {
     /// Slice counts of deleted volumes, so their slice records can be removed.
     pub removed_slices: BTreeMap<VolumeId, u32>,
     pub next_volume_id: bool,
+    /// Event log entries written and dropped.
+    pub events_written: Vec<u64>,
+    pub events_dropped: Vec<u64>,
+    /// What the command being applied changed, for its event log entries.
+    changes: Vec<EventKind>,
 }
 
 impl State {
-    /// Applies `command`, recording in `touched` what changed.
+    /// Applies `command`, recording in `touched` what changed and in the event log what it
+    /// changed for an operator.
     pub fn apply(&mut self, command: &Command, touched: &mut Touched) -> Outcome {
+        let (note, command) = match command {
+            Command::Noted { note, command } => (Some(note), &**command),
+            command => (None, command),
+        };
+        touched.changes.clear();
+        let outcome = self.apply_change(command, touched);
+        let changes = std::mem::take(&mut touched.changes);
+        if !matches!(outcome, Outcome::Refused(_)) {
+            let (written, dropped) = self.events.record(changes, note);
+            touched.events_written.extend(written);
+            touched.events_dropped.extend(dropped);
+        }
+        outcome
+    }
+
+    fn apply_change(&mut self, command: &Command, touched: &mut Touched) -> Outcome {
         let result = match command {
+            // A note on a note: the inner one is the proposer's.
+            Command::Noted { command, .. } => return self.apply_change(command, touched),
             Command::RegisterNode {
                 id,
                 addr,
@@ -88,6 +112,12 @@ impl State {
         free_bytes: u64,
         touched: &mut Touched,
     ) {
+        if !self.nodes.contains_key(id) {
+            touched.changes.push(EventKind::NodeRegistered {
+                node: id.clone(),
+                addr: addr.to_string(),
+            });
+        }
         let node = self.nodes.entry(id.clone()).or_insert_with(|| Node {
             id: id.clone(),
             addr: String::new(),
@@ -126,6 +156,8 @@ impl State {
         node.state = state;
         touched.nodes.insert(id.clone());
         let units: Vec<UnitId> = node.units.iter().copied().collect();
+        let mut slice_changes = Vec::new();
+        let mut copies_changed = 0;
         for unit in units {
             let Some(slice) = self.slice(unit) else {
                 continue;
@@ -136,6 +168,7 @@ impl State {
                 if let Some(vba) = last_vbas.get(&unit) {
                     copy.last_vba = *vba;
                 }
+                let was = copy.status;
                 copy.status = match state {
                     // A primary that declared its own copy stale (and found no current copy to
                     // take over) keeps saying so: `down` would turn into `current` on return.
@@ -149,11 +182,32 @@ impl State {
                     NodeState::Up if is_primary => CopyStatus::Current,
                     NodeState::Up => CopyStatus::Stale,
                 };
+                let counted = match state {
+                    NodeState::Down => CopyStatus::Down,
+                    NodeState::Up => CopyStatus::Stale,
+                };
+                if was != copy.status && copy.status == counted {
+                    copies_changed += 1;
+                }
             }
             if state == NodeState::Down && slice.primary == *id {
+                let volume = self.volume_name(unit);
                 if let Some(candidate) = self.failover_candidate(&slice) {
                     slice.primary = candidate;
                     slice.generation = Generation(slice.generation.0 + 1);
+                    slice_changes.push(EventKind::Failover {
+                        volume,
+                        unit,
+                        from: id.clone(),
+                        to: slice.primary.clone(),
+                        generation: slice.generation,
+                    });
+                } else {
+                    slice_changes.push(EventKind::SliceUnavailable {
+                        volume,
+                        unit,
+                        primary: id.clone(),
+                    });
                 }
             }
             if let Some(stored) = self.slice_mut(unit) {
@@ -161,7 +215,25 @@ impl State {
                 touched.slices.insert(unit);
             }
         }
+        touched.changes.push(match state {
+            NodeState::Down => EventKind::NodeDown {
+                node: id.clone(),
+                copies_down: copies_changed,
+            },
+            NodeState::Up => EventKind::NodeUp {
+                node: id.clone(),
+                copies_stale: copies_changed,
+            },
+        });
+        touched.changes.extend(slice_changes);
         Ok(())
+    }
+
+    /// The name of `unit`'s volume, for event log entries.
+    fn volume_name(&self, unit: UnitId) -> String {
+        self.volumes
+            .get(&unit.volume)
+            .map_or_else(|| unit.volume.to_string(), |v| v.name.clone())
     }
 
     /// Checks every update before changing anything, so a batch applies all or nothing.
@@ -292,6 +364,7 @@ impl State {
         }
         for update in updates {
             let unit = update.unit;
+            let volume = self.volume_name(unit);
             let slice = self.slice_mut(unit).expect("checked above");
             for CopyChange {
                 node,
@@ -300,10 +373,22 @@ impl State {
             } in &update.copies
             {
                 let copy = slice.copy_mut(node).expect("checked above");
+                let was = copy.status;
                 copy.status = *status;
                 copy.last_vba = (*last_vba).max(copy.last_vba);
+                if was != copy.status {
+                    touched.changes.push(EventKind::CopyStatus {
+                        volume: volume.clone(),
+                        unit,
+                        node: node.clone(),
+                        from: was,
+                        to: copy.status,
+                        last_vba: copy.last_vba,
+                    });
+                }
             }
             let mut moved = false;
+            let old_primary = slice.primary.clone();
             if let Some(primary) = &update.new_primary {
                 if *primary != slice.primary {
                     slice.primary = primary.clone();
@@ -322,6 +407,29 @@ impl State {
             if moved {
                 slice.generation = Generation(slice.generation.0 + 1);
             }
+            let generation = slice.generation;
+            if old_primary != slice.primary {
+                touched.changes.push(EventKind::Failover {
+                    volume: volume.clone(),
+                    unit,
+                    from: old_primary,
+                    to: slice.primary.clone(),
+                    generation,
+                });
+            }
+            let added = update.add.iter().map(|node| EventKind::CopyAdded {
+                volume: volume.clone(),
+                unit,
+                node: node.clone(),
+                generation,
+            });
+            let removed = update.remove.iter().map(|node| EventKind::CopyRemoved {
+                volume: volume.clone(),
+                unit,
+                node: node.clone(),
+                generation,
+            });
+            touched.changes.extend(added.chain(removed));
             for (node, assigned) in update
                 .add
                 .iter()
@@ -354,6 +462,11 @@ impl State {
         if node.draining != draining {
             node.draining = draining;
             touched.nodes.insert(id.clone());
+            touched.changes.push(if draining {
+                EventKind::DrainStarted { node: id.clone() }
+            } else {
+                EventKind::DrainStopped { node: id.clone() }
+            });
         }
         Ok(())
     }
@@ -395,6 +508,12 @@ impl State {
             replicas,
             slices,
         };
+        touched.changes.push(EventKind::VolumeCreated {
+            volume: name.to_string(),
+            size_bytes,
+            replicas,
+            slices: volume.slices.len() as u32,
+        });
         self.volumes.insert(id, volume);
         touched.volumes.insert(id);
         Ok(id)
@@ -494,6 +613,11 @@ impl State {
         self.check_placement(placement, replicas)?;
         let slices = self.new_slices(id, old_count, placement, touched);
         let volume = self.volumes.get_mut(&id).expect("looked up above");
+        touched.changes.push(EventKind::VolumeResized {
+            volume: name.to_string(),
+            from_bytes: volume.size_bytes,
+            size_bytes,
+        });
         volume.size_bytes = size_bytes;
         volume.slices.extend(slices);
         touched.volumes.insert(id);
@@ -518,6 +642,9 @@ impl State {
                 }
             }
         }
+        touched.changes.push(EventKind::VolumeDeleted {
+            volume: volume.name.clone(),
+        });
         touched.volumes.insert(id);
         touched
             .removed_slices

@@ -9,6 +9,8 @@ use client::api::{CopyStatus, NodeState, UnitReport};
 use client::types::{Generation, NodeId, UnitId, Vba, VolumeId};
 use serde::{Deserialize, Serialize};
 
+use super::events::Note;
+
 /// One Raft log entry's payload.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -60,6 +62,22 @@ pub enum Command {
         node: NodeId,
         draining: bool,
     },
+    /// `command` with what its proposer notes for the event log (time and cause). Proposals
+    /// carry one; log entries written before the event log existed do not.
+    Noted {
+        note: Note,
+        command: Box<Command>,
+    },
+}
+
+impl Command {
+    /// This command with `note` for the event log.
+    pub fn noted(self, note: Note) -> Command {
+        Command::Noted {
+            note,
+            command: Box::new(self),
+        }
+    }
 }
 
 /// A change to one slice, decided against `expected_generation`. A change of primary or of the

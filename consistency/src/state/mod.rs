@@ -6,9 +6,12 @@
 //! - [`command`]: the commands (Raft log payloads) and what applying one returns.
 //! - [`apply`]: the transition function `State x Command -> State`, pure and deterministic.
 //! - [`view`]: the API's view of the state (volume maps, node status, heartbeat replies).
+//! - [`events`]: the event log the transitions write, bounded, with the time and cause noted by
+//!   each command's proposer.
 
 pub mod apply;
 pub mod command;
+pub mod events;
 pub mod view;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,6 +21,7 @@ use client::types::{Generation, NodeId, SliceIndex, UnitId, Vba, VolumeId};
 use serde::{Deserialize, Serialize};
 
 pub use command::{Command, Outcome, Refusal};
+pub use events::{EventLog, Note};
 
 /// Most copies one slice may have: the most replicas a volume may ask for, plus as many again
 /// being moved in (drains, re-replication) while the copies they replace are still there.
@@ -112,6 +116,9 @@ pub struct State {
     pub volumes: BTreeMap<VolumeId, Volume>,
     /// Volume ids are never reused: a volume deleted and created again gets a new one.
     pub next_volume_id: u64,
+    /// What the commands changed and why. Absent in snapshots written before it existed.
+    #[serde(default)]
+    pub events: EventLog,
 }
 
 impl Default for State {
@@ -121,6 +128,7 @@ impl Default for State {
             nodes: BTreeMap::new(),
             volumes: BTreeMap::new(),
             next_volume_id: 1,
+            events: EventLog::default(),
         }
     }
 }

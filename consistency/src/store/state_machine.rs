@@ -34,6 +34,7 @@ const KEY_NEXT_VOLUME_ID: &[u8] = b"meta/next_volume_id";
 const NODE_PREFIX: &[u8] = b"node/";
 const VOLUME_PREFIX: &[u8] = b"volume/";
 const SLICE_PREFIX: &[u8] = b"slice/";
+const EVENT_PREFIX: &[u8] = b"event/";
 
 /// A volume in sled without its slices, which are records of their own so that a status change
 /// rewrites one slice rather than the whole volume.
@@ -113,6 +114,10 @@ fn slice_key(unit: UnitId) -> Vec<u8> {
         &unit.slice.0.to_be_bytes()[..],
     ]
     .concat()
+}
+
+fn event_key(seq: u64) -> Vec<u8> {
+    [EVENT_PREFIX, &seq.to_be_bytes()[..]].concat()
 }
 
 /// Writes (or, when `volume` is `None`, removes) a volume's header and slices into `batch`.
@@ -263,6 +268,15 @@ impl StateMachine {
                 batch.insert(slice_key(*unit), encode(slice)?);
             }
         }
+        for seq in &touched.events_dropped {
+            batch.remove(event_key(*seq));
+        }
+        for seq in &touched.events_written {
+            // An entry written and dropped within one batch has nothing to keep.
+            if let Some(event) = applied.state.events.get(*seq) {
+                batch.insert(event_key(*seq), encode(event)?);
+            }
+        }
         put_meta(&mut batch, applied)?;
         self.inner.tree.apply_batch(batch).map_err(io::Error::other)
     }
@@ -343,6 +357,12 @@ fn load(tree: &sled::Tree) -> io::Result<Applied> {
         };
         applied.state.volumes.insert(volume.id, volume);
     }
+    let mut events = Vec::new();
+    for item in tree.scan_prefix(EVENT_PREFIX) {
+        let (key, value) = item.map_err(io::Error::other)?;
+        events.push(decode(&key, &value)?);
+    }
+    applied.state.events = crate::state::EventLog::from_entries(events);
     applied
         .state
         .check_invariants()
@@ -367,6 +387,9 @@ fn replace_all(tree: &sled::Tree, stored: &StoredSnapshot) -> io::Result<Applied
     }
     for (id, volume) in &applied.state.volumes {
         put_volume(&mut batch, *id, Some(volume), 0)?;
+    }
+    for event in applied.state.events.entries() {
+        batch.insert(event_key(event.seq), encode(event)?);
     }
     put_meta(&mut batch, &applied)?;
     tree.apply_batch(batch).map_err(io::Error::other)?;

@@ -256,8 +256,10 @@ async fn slice_changes_and_deleted_volumes_survive_a_reopen_of_sled() {
         state_of(&sm)
     };
     assert_eq!(expected.volumes.len(), 1);
+    // Two registrations, two creations, a failover with its copy change, a deletion.
+    assert_eq!(expected.events.last_seq(), 7, "{:?}", expected.events);
     let (_log, sm) = open(dir.path()).expect("reopens");
-    assert_eq!(state_of(&sm), expected);
+    assert_eq!(state_of(&sm), expected, "the event log too");
 }
 
 #[tokio::test]

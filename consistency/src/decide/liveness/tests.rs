@@ -122,7 +122,7 @@ fn a_revoked_primary_fails_over_once_its_last_renewal_runs_out() {
         revoked_at - Duration::from_secs(1),
         &heartbeat(&[]),
     );
-    memory.revoke(unit, Generation(1), &node("n1"));
+    memory.revoke(unit, Generation(1), &node("n1"), "test");
     assert!(!memory.lease_renewed(unit, Generation(1)));
     // n1 keeps heartbeating; that no longer renews the unit's lease.
     let later = revoked_at + LEASE + MARGIN;
@@ -155,7 +155,7 @@ fn a_revocation_with_no_copy_to_take_over_is_cancelled() {
     let t0 = Instant::now();
     let mut memory = liveness(t0);
     memory.heard(&node("n1"), t0, &heartbeat(&[]));
-    memory.revoke(unit, Generation(1), &node("n1"));
+    memory.revoke(unit, Generation(1), &node("n1"), "test");
     memory.heard(&node("n1"), t0 + LEASE, &heartbeat(&[]));
     let verdicts = memory.detect(&state, t0 + LEASE + MARGIN);
     assert_eq!(

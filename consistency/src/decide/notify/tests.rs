@@ -191,7 +191,7 @@ fn a_client_report_fails_the_primary_over_only_after_its_lease() {
         Decision::Revoke { units, retry_after } => {
             assert_eq!(units, [(unit, Generation(1))]);
             assert_eq!(retry_after, LEASE + MARGIN - Duration::from_secs(2));
-            memory.revoke(unit, Generation(1), &node("n1"));
+            memory.revoke(unit, Generation(1), &node("n1"), "test");
         }
         other => panic!("must wait for the lease, got {other:?}"),
     }
@@ -309,7 +309,7 @@ fn a_failover_after_the_lease_first_stops_renewing_the_old_primarys_lease() {
     };
     assert_eq!(units, [(unit, Generation(1))], "the lease to revoke first");
     for (unit, generation) in &units {
-        memory.revoke(*unit, *generation, &node("n1"));
+        memory.revoke(*unit, *generation, &node("n1"), "test");
     }
     // A heartbeat from n1 answered while the failover commits renews nothing for the unit.
     memory.heard(

@@ -1,9 +1,9 @@
-use client::api::{CopyStatus, NodeState, UnitReport};
-use client::types::{Generation, NodeId, UnitId, Vba, VolumeId};
+use client::api::{CopyStatus, EventKind, NodeState, UnitReport};
+use client::types::{Generation, NodeId, SliceIndex, UnitId, Vba, VolumeId};
 
 use crate::state::command::{Command, CopyChange, Outcome, Refusal, SliceUpdate};
 use crate::state::fixtures::{cluster, node, volume_on};
-use crate::state::{apply::Touched, State};
+use crate::state::{apply::Touched, Note, State};
 
 fn apply(state: &mut State, command: Command) -> Outcome {
     let outcome = state.apply(&command, &mut Touched::default());
@@ -410,5 +410,128 @@ fn a_primary_that_declared_itself_stale_is_not_current_after_a_down_and_up() {
     assert_eq!(
         slice.copy(&node("n1")).map(|c| c.status),
         Some(CopyStatus::Stale)
+    );
+}
+
+/// The kinds of the event log's entries after `after`, with their causes.
+fn events_after(state: &State, after: u64) -> Vec<(EventKind, Option<String>)> {
+    state
+        .events
+        .page(after, usize::MAX)
+        .events
+        .into_iter()
+        .map(|e| (e.what, e.cause))
+        .collect()
+}
+
+#[test]
+fn the_event_log_says_what_each_command_changed_and_the_cause_its_proposer_noted() {
+    let mut state = cluster(&["n1", "n2", "n3"]);
+    let id = volume_on(&mut state, "vol", &[&["n1", "n2"], &["n2", "n3"]]);
+    let kinds: Vec<&'static str> = state.events.entries().map(|e| e.what.name()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "node_registered",
+            "node_registered",
+            "node_registered",
+            "volume_created"
+        ]
+    );
+    let mark = state.events.last_seq();
+    let down = Command::SetNodeState {
+        node: node("n1"),
+        state: NodeState::Down,
+        last_vbas: vec![],
+    }
+    .noted(Note {
+        at_ms: 42,
+        cause: Some("no heartbeat".into()),
+    });
+    apply(&mut state, down);
+    let cause = Some("no heartbeat".to_string());
+    assert_eq!(
+        events_after(&state, mark),
+        [
+            (
+                EventKind::NodeDown {
+                    node: node("n1"),
+                    copies_down: 1
+                },
+                cause.clone()
+            ),
+            (
+                EventKind::Failover {
+                    volume: "vol".into(),
+                    unit: UnitId {
+                        volume: id,
+                        slice: SliceIndex(0)
+                    },
+                    from: node("n1"),
+                    to: node("n2"),
+                    generation: Generation(2),
+                },
+                cause.clone()
+            ),
+        ]
+    );
+    assert_eq!(state.events.get(mark + 1).map(|e| e.at_ms), Some(42));
+
+    // A refused command writes nothing.
+    let mark = state.events.last_seq();
+    let stale_generation = Command::UpdateSlices {
+        updates: vec![failover_to(UnitId::new(id.0, 0), 1, "n1", "n2")],
+    };
+    assert!(matches!(
+        apply(&mut state, stale_generation),
+        Outcome::Refused(_)
+    ));
+    assert_eq!(state.events.last_seq(), mark);
+
+    // Back up: its down copy must catch up; then the copy's status changes one by one.
+    apply(
+        &mut state,
+        Command::SetNodeState {
+            node: node("n1"),
+            state: NodeState::Up,
+            last_vbas: vec![],
+        },
+    );
+    let syncing = SliceUpdate {
+        copies: vec![CopyChange {
+            node: node("n1"),
+            status: CopyStatus::Syncing,
+            last_vba: Vba(7),
+        }],
+        ..SliceUpdate::new(UnitId::new(id.0, 0), Generation(2))
+    };
+    apply(
+        &mut state,
+        Command::UpdateSlices {
+            updates: vec![syncing],
+        },
+    );
+    assert_eq!(
+        events_after(&state, mark),
+        [
+            (
+                EventKind::NodeUp {
+                    node: node("n1"),
+                    copies_stale: 1
+                },
+                None
+            ),
+            (
+                EventKind::CopyStatus {
+                    volume: "vol".into(),
+                    unit: UnitId::new(id.0, 0),
+                    node: node("n1"),
+                    from: CopyStatus::Stale,
+                    to: CopyStatus::Syncing,
+                    last_vba: Vba(7),
+                },
+                None
+            ),
+        ]
     );
 }

@@ -16,12 +16,17 @@
 //! | `DELETE /v1/volumes/{name}` | | [`VolumeMap`] (the deleted volume) |
 //! | `POST /v1/managers` | [`AddManagerRequest`] | [`ClusterStatus`] |
 //! | `DELETE /v1/managers/{id}` | | [`ClusterStatus`] |
+//! | `GET /v1/events[?after=SEQ][&limit=N]` | | [`EventPage`] (the event log after a cursor) |
 //! | `GET /metrics` | | Prometheus text |
 //! | `GET /health` | | [`Health`] |
 //!
 //! Every error is a 4xx or 5xx with an [`ApiError`] body. Request types refuse unknown fields, so a
 //! misspelt field is an error rather than a silently ignored setting. Reads are linearizable unless
 //! the query string says `?local=true` (answer from the member's own, possibly lagging, state).
+
+mod events;
+
+pub use events::{Event, EventKind, EventPage, MAX_EVENTS, MAX_EVENTS_PER_PAGE};
 
 use serde::{Deserialize, Serialize};
 

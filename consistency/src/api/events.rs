@@ -1,0 +1,55 @@
+//! `GET /v1/events[?after=SEQ][&limit=N][&local=true]`: the event log after a cursor
+//! ([`client::api::EventPage`]). The log is replicated state, so a follower's local read serves
+//! the same entries, perhaps fewer of the newest.
+
+use axum::extract::{Query, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use client::api::MAX_EVENTS_PER_PAGE;
+use serde::Deserialize;
+
+use super::error::ApiFailure;
+use super::leader::on_leader;
+use crate::manager::SharedManager;
+
+/// Query parameters of `GET /v1/events`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventParams {
+    #[serde(default)]
+    local: bool,
+    /// Entries after this number; 0 (the default) from the oldest kept.
+    #[serde(default)]
+    after: u64,
+    limit: Option<usize>,
+}
+
+pub async fn list(State(manager): State<SharedManager>, request: Request) -> Response {
+    let params = match Query::<EventParams>::try_from_uri(request.uri()) {
+        Ok(Query(params)) => params,
+        Err(e) => {
+            return ApiFailure::bad_request(format!("query string: {}", e.body_text()))
+                .into_response()
+        }
+    };
+    let limit = params.limit.unwrap_or(MAX_EVENTS_PER_PAGE);
+    if !(1..=MAX_EVENTS_PER_PAGE).contains(&limit) {
+        return ApiFailure::bad_request(format!(
+            "limit must be between 1 and {MAX_EVENTS_PER_PAGE}, got {limit}"
+        ))
+        .into_response();
+    }
+    let read = move |m: &SharedManager| {
+        let page = m.read(|a| a.state.events.page(params.after, limit));
+        Json(page).into_response()
+    };
+    if params.local {
+        return read(&manager);
+    }
+    let m = manager.clone();
+    on_leader(&manager, request, |_| async move {
+        m.linearizable().await?;
+        Ok(read(&m))
+    })
+    .await
+}
