@@ -493,6 +493,7 @@ mod tests {
         let request = HeartbeatRequest {
             free_bytes: None,
             units: Vec::new(),
+            ..Default::default()
         };
         let node = NodeId::parse("n1").unwrap();
         // Asked one after the other, the stopped member would hold the heartbeat for the whole

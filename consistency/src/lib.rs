@@ -14,6 +14,8 @@
 //!   proposals with deadlines, linearizable reads, the leader's liveness memory).
 //! - [`api`]: the axum routes: public API, forwarding to the leader, Raft RPC endpoints.
 //! - [`detector`]: the failure detector loop on the leader.
+//! - [`io_history`]: the leader's last 15 minutes of client IO per node and volume, from the
+//!   totals nodes send in heartbeats.
 //! - [`bootstrap`]: how a replica starts (resume, initialize, wait, or refuse).
 //! - [`config`]: command-line arguments and settings.
 //! - [`server`]: [`run`], which wires it all to a listener.
@@ -26,6 +28,7 @@ pub mod bugs;
 pub mod config;
 pub mod decide;
 pub mod detector;
+pub mod io_history;
 pub mod manager;
 pub mod network;
 pub mod raft_types;

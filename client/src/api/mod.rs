@@ -17,6 +17,7 @@
 //! | `POST /v1/managers` | [`AddManagerRequest`] | [`ClusterStatus`] |
 //! | `DELETE /v1/managers/{id}` | | [`ClusterStatus`] |
 //! | `GET /v1/events[?after=SEQ][&limit=N]` | | [`EventPage`] (the event log after a cursor) |
+//! | `GET /v1/io[?volume=NAME]` | | [`IoHistory`] (the leader's last 15 minutes of client IO) |
 //! | `GET /metrics` | | Prometheus text |
 //! | `GET /health` | | [`Health`] |
 //!
@@ -25,8 +26,12 @@
 //! the query string says `?local=true` (answer from the member's own, possibly lagging, state).
 
 mod events;
+mod io;
 
 pub use events::{Event, EventKind, EventPage, MAX_EVENTS, MAX_EVENTS_PER_PAGE};
+pub use io::{
+    DeviceSpace, IoHistory, IoPoint, IoSeries, IoSource, VolumeIo, IO_LATENCY_BUCKETS_US,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -157,6 +162,12 @@ pub struct HeartbeatRequest {
     /// One entry per unit the node holds.
     #[serde(default)]
     pub units: Vec<UnitReport>,
+    /// Client IO totals of the volumes whose totals changed since the last answered heartbeat.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub io: Vec<VolumeIo>,
+    /// Each data directory's space.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceSpace>,
 }
 
 /// One copy of a slice as the volume map shows it.
@@ -397,6 +408,9 @@ pub struct NodeStatus {
     /// drain is over when `units` is empty. A draining node gets no new copies.
     #[serde(default)]
     pub draining: bool,
+    /// Each data directory's space as the node last reported it; only the leader knows it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceSpace>,
 }
 
 /// A manager replica (Raft member).

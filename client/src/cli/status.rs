@@ -374,6 +374,7 @@ mod tests {
                 last_heartbeat_ms_ago: Some(420),
                 units: vec![UnitId::new(1, 0)],
                 draining: false,
+                devices: Vec::new(),
             }],
             volumes: vec![VolumeMap {
                 id: VolumeId(1),

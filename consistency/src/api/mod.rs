@@ -7,6 +7,7 @@
 //! - [`volumes`], [`nodes`], [`notifications`], [`managers`]: the routes that change state.
 //! - [`status`]: status and health.
 //! - [`events`]: the event log.
+//! - [`io`]: the leader's IO history, for the dashboard's charts.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`dashboard`]: the dashboard at `/`, a page compiled into the binary (from
 //!   `consistency/assets/dashboard/`) that polls `GET /v1/status`.
@@ -16,6 +17,7 @@ pub mod auth;
 pub mod dashboard;
 pub mod error;
 pub mod events;
+pub mod io;
 pub mod leader;
 pub mod managers;
 pub mod metrics;
@@ -60,6 +62,7 @@ pub fn router(manager: SharedManager) -> Router {
         )
         .route("/v1/volumes/{name}/resize", post(volumes::resize))
         .route("/v1/events", get(events::list))
+        .route("/v1/io", get(io::history))
         .route("/v1/managers", post(managers::add))
         .route("/v1/managers/{id}", axum::routing::delete(managers::remove))
         .route("/metrics", get(metrics::metrics))

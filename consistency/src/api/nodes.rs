@@ -116,6 +116,7 @@ pub async fn heartbeat(
         let reply = m
             .with_liveness(Instant::now(), |l| {
                 l.heard(&id, received, &request);
+                l.io.record(&id, &request.io, crate::io_history::unix_ms());
                 m.read(|a| HeartbeatResponse {
                     lease_ms: l.config().lease.as_millis() as u64,
                     node_state: a.state.nodes.get(&id).map_or(NodeState::Down, |n| n.state),

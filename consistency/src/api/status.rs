@@ -6,7 +6,9 @@ use std::time::Instant;
 use axum::extract::{Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use client::api::{ClusterStatus, Health, ManagerStatus, NodeStatus, StatusCounts, VolumeMap};
+use client::api::{
+    ClusterStatus, DeviceSpace, Health, ManagerStatus, NodeStatus, StatusCounts, VolumeMap,
+};
 use client::types::{ManagerId, NodeId};
 use serde::Deserialize;
 
@@ -90,19 +92,33 @@ pub(crate) fn cluster_status(manager: &SharedManager, volumes: bool) -> ClusterS
         })
         .collect();
     let now = Instant::now();
-    let heard: BTreeMap<NodeId, Instant> = manager
+    let (heard, devices): (
+        BTreeMap<NodeId, Instant>,
+        BTreeMap<NodeId, Vec<DeviceSpace>>,
+    ) = manager
         .with_liveness(now, |l| {
             manager.read(|a| {
-                a.state
+                let heard = a
+                    .state
                     .nodes
                     .keys()
                     .filter_map(|n| Some((n.clone(), l.last_heard(n)?)))
-                    .collect()
+                    .collect();
+                let devices = a
+                    .state
+                    .nodes
+                    .keys()
+                    .map(|n| (n.clone(), l.devices(n).to_vec()))
+                    .collect();
+                (heard, devices)
             })
         })
         .unwrap_or_default();
     manager.read_with_memory(now, |a, remembered| {
-        let nodes = node_statuses(&a.state, &heard, now);
+        let mut nodes = node_statuses(&a.state, &heard, now);
+        for node in &mut nodes {
+            node.devices = devices.get(&node.id).cloned().unwrap_or_default();
+        }
         let maps: Vec<VolumeMap> = a
             .state
             .volumes

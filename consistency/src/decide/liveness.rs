@@ -61,6 +61,8 @@ struct Heard {
     last_vbas: BTreeMap<UnitId, Vba>,
     /// The units the node's last heartbeat listed, when it listed all it holds.
     listed: Option<BTreeSet<UnitId>>,
+    /// Each data directory's space, as last reported.
+    devices: Vec<client::api::DeviceSpace>,
 }
 
 /// A primary lease that heartbeat replies no longer renew.
@@ -88,6 +90,8 @@ pub struct Liveness {
     judging: BTreeSet<NodeId>,
     /// Resync progress reports, also the leader's alone.
     pub resyncs: ResyncTracker,
+    /// Client IO as nodes report it, for the dashboard's charts.
+    pub io: crate::io_history::IoHistory,
 }
 
 /// What the failure detector found.
@@ -114,6 +118,7 @@ impl Liveness {
             revoked: BTreeMap::new(),
             judging: BTreeSet::new(),
             resyncs: ResyncTracker::default(),
+            io: crate::io_history::IoHistory::default(),
         }
     }
 
@@ -129,6 +134,14 @@ impl Liveness {
         }
         entry.listed = (request.units.len() <= MAX_UNITS_PER_HEARTBEAT)
             .then(|| request.units.iter().map(|r| r.unit).collect());
+        if !request.devices.is_empty() {
+            entry.devices = request.devices.clone();
+        }
+    }
+
+    /// Each data directory of `node` with its space, as last reported to this leader.
+    pub fn devices(&self, node: &NodeId) -> &[client::api::DeviceSpace] {
+        self.heard.get(node).map_or(&[], |h| &h.devices)
     }
 
     /// Records a registration from `node` received at `now` (it lists no units).
@@ -142,6 +155,7 @@ impl Liveness {
             free_bytes: None,
             last_vbas: BTreeMap::new(),
             listed: None,
+            devices: Vec::new(),
         });
         entry.at = entry.at.max(now);
         if free_bytes.is_some() {

@@ -20,11 +20,8 @@ pub struct Note {
 impl Note {
     /// A note stamped with this machine's clock now.
     pub fn now(cause: impl Into<String>) -> Note {
-        let at_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
         Note {
-            at_ms,
+            at_ms: crate::io_history::unix_ms(),
             cause: Some(cause.into()),
         }
     }

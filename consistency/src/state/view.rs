@@ -95,6 +95,7 @@ impl State {
             last_heartbeat_ms_ago: None,
             units: node.units.iter().copied().collect(),
             draining: node.draining,
+            devices: Vec::new(),
         }
     }
 

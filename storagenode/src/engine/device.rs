@@ -492,6 +492,11 @@ impl Device {
         Ok(())
     }
 
+    /// Where the device is, for people: its data directory.
+    pub fn describe(&self) -> String {
+        self.backend.describe()
+    }
+
     pub fn space(&self) -> Result<Space> {
         self.backend
             .space()

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use client::api::DeviceSpace;
 use client::types::UnitId;
 
 use crate::engine::{Device, DeviceOptions, EngineError, RecoveryReport, Unit};
@@ -79,6 +80,21 @@ impl Devices {
             }
         }
         Err(EngineError::NoSuchUnit(id))
+    }
+
+    /// Each device's directory and space.
+    pub fn each_space(&self) -> Result<Vec<DeviceSpace>, EngineError> {
+        self.devices
+            .iter()
+            .map(|device| {
+                let space = device.space()?;
+                Ok(DeviceSpace {
+                    dir: device.describe(),
+                    total_bytes: space.total_bytes,
+                    free_bytes: space.free_bytes,
+                })
+            })
+            .collect()
     }
 
     /// Total and free bytes over all devices.

@@ -102,9 +102,15 @@ async fn heartbeat(node: &Arc<Node>) -> Result<(), ManagerError> {
         })
         .collect();
     let (_, free_bytes) = capacity(node);
+    let devices = node.devices.each_space().unwrap_or_else(|e| {
+        error!(error = %e, "cannot read the devices' free space");
+        Vec::new()
+    });
     let request = HeartbeatRequest {
         free_bytes: Some(free_bytes),
         units,
+        io: node.io_metrics.unreported(),
+        devices,
     };
     let sent = Instant::now();
     let interval = node.config.heartbeat_interval;
@@ -114,6 +120,7 @@ async fn heartbeat(node: &Arc<Node>) -> Result<(), ManagerError> {
         deadline: sent + interval * 3,
     };
     let reply = node.managers.heartbeat(&node.id, &request, timing).await?;
+    node.io_metrics.reported(&request.io);
     apply(node, sent, reply).await;
     Ok(())
 }

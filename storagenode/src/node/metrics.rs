@@ -16,17 +16,16 @@ use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use client::api::Role;
+use client::api::{Role, VolumeIo, IO_LATENCY_BUCKETS_US};
 use client::security::http::{authorize, unauthorized, PlainListener, TlsListener};
 use client::security::Surface;
 use client::types::VolumeId;
 
 use super::Node;
 
-/// Upper bounds of the latency histogram's buckets, in seconds.
-const BUCKETS: [f64; 12] = [
-    0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0,
-];
+/// Upper bounds of the latency histogram's buckets, in microseconds (shared with the IO reports
+/// of heartbeats).
+const BUCKETS: [u64; 12] = IO_LATENCY_BUCKETS_US;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum IoKind {
@@ -72,9 +71,51 @@ pub struct IoMetrics {
     series: Mutex<BTreeMap<(VolumeId, IoKind), Arc<Series>>>,
     reads_cached: AtomicU64,
     reads_blocking: AtomicU64,
+    /// The totals the managers' leader last acknowledged, per volume.
+    reported: Mutex<BTreeMap<VolumeId, VolumeIo>>,
 }
 
 impl IoMetrics {
+    /// Each volume's read and write totals that changed since the last [`IoMetrics::reported`].
+    pub fn unreported(&self) -> Vec<VolumeIo> {
+        let map = self
+            .series
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut totals: BTreeMap<VolumeId, VolumeIo> = BTreeMap::new();
+        for ((volume, kind), s) in &map {
+            let total = totals.entry(*volume).or_insert_with(|| VolumeIo {
+                volume: *volume,
+                latency: vec![0; BUCKETS.len() + 1],
+                ..VolumeIo::default()
+            });
+            let (count, bytes) = match kind {
+                IoKind::Read => (&mut total.reads, &mut total.read_bytes),
+                IoKind::Write => (&mut total.writes, &mut total.write_bytes),
+                IoKind::Trim | IoKind::Flush => continue,
+            };
+            *count += s.count.load(Ordering::Relaxed);
+            *bytes += s.bytes.load(Ordering::Relaxed);
+            for (sum, bucket) in total.latency.iter_mut().zip(&s.buckets) {
+                *sum += bucket.load(Ordering::Relaxed);
+            }
+        }
+        let reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        totals
+            .into_values()
+            .filter(|t| reported.get(&t.volume) != Some(t))
+            .collect()
+    }
+
+    /// Notes that the leader acknowledged these totals.
+    pub fn reported(&self, totals: &[VolumeIo]) {
+        let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        for total in totals {
+            reported.insert(total.volume, total.clone());
+        }
+    }
+
     pub fn read_path(&self, path: ReadPath) {
         let counter = match path {
             ReadPath::PageCache => &self.reads_cached,
@@ -94,10 +135,10 @@ impl IoMetrics {
             return;
         }
         series.bytes.fetch_add(bytes, Ordering::Relaxed);
-        let seconds = latency.as_secs_f64();
+        let micros = latency.as_micros() as u64;
         let bucket = BUCKETS
             .iter()
-            .position(|b| seconds <= *b)
+            .position(|b| micros <= *b)
             .unwrap_or(BUCKETS.len());
         series.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         series
@@ -167,6 +208,7 @@ impl IoMetrics {
             let mut cumulative = 0;
             for (i, bound) in BUCKETS.iter().enumerate() {
                 cumulative += s.buckets[i].load(Ordering::Relaxed);
+                let bound = *bound as f64 / 1e6;
                 let _ = writeln!(
                     out,
                     "vbs_io_latency_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"

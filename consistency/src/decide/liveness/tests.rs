@@ -30,6 +30,7 @@ fn heartbeat(units: &[(UnitId, u64)]) -> HeartbeatRequest {
                 last_vba: Vba(*v),
             })
             .collect(),
+        ..Default::default()
     }
 }
 

@@ -113,6 +113,7 @@ fn a_stale_copy_goes_syncing_then_current_when_the_primary_says_so() {
                 unit: unit(),
                 last_vba: Vba(40),
             }],
+            ..Default::default()
         },
     );
     accept(&mut state, &memory, &caught_up("n1", "n3", 1), t0);

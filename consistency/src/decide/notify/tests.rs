@@ -73,6 +73,7 @@ fn not_current_marks_the_sources_own_copies_stale() {
                 unit,
                 last_vba: Vba(9),
             }],
+            ..Default::default()
         },
     );
     let n = Notification::NotCurrent {
