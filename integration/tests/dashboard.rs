@@ -1,6 +1,7 @@
 //! The dashboard in a real browser: headless Chromium (Debian's `chromium`, installed with apt
 //! when missing) renders the page a manager serves at `/`, which must show every storage node
-//! `up`, then a killed one `down`. Screenshots of both are saved in the cluster's temp dir, and
+//! `up`, then a killed one `down` with the event log saying why; and charts of client IO for a
+//! loaded volume and none for an idle one. Screenshots are saved in the cluster's temp dir, and
 //! copied to `$VBS_TEST_ARTIFACTS` when that is set (the temp dir goes with the test).
 
 use std::path::{Path, PathBuf};
@@ -9,7 +10,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use client::api::NodeState;
+use client::api::{EventKind, IoHistory, NodeState};
 use integration::binaries::{binary, profile_dir, workspace_root};
 use integration::{volumes_with_a_copy_on, wait_until, Cluster, ClusterOptions};
 
@@ -79,6 +80,7 @@ async fn assert_served_as_on_disk(cluster: &Cluster, manager: u64) {
         ("/", "index.html"),
         ("/ui/dashboard.css", "dashboard.css"),
         ("/ui/dashboard.js", "dashboard.js"),
+        ("/ui/activity.js", "activity.js"),
     ] {
         let on_disk = std::fs::read_to_string(assets_dir().join(file)).expect("asset");
         let served = cluster
@@ -384,6 +386,50 @@ async fn the_dashboard_shows_a_killed_storage_node_going_down() {
         );
     }
 
+    // The event log says what happened and why, on the page and through `vbs events`.
+    let events = cluster
+        .vbs(&["events", "--json", "--last", "1000"])
+        .expect("vbs events runs");
+    assert!(events.status.success(), "{events:?}");
+    let events: Vec<client::api::Event> = String::from_utf8_lossy(&events.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one event per line"))
+        .collect();
+    let down = events
+        .iter()
+        .find(|e| matches!(&e.what, EventKind::NodeDown { node, .. } if node.0 == victim))
+        .unwrap_or_else(|| panic!("no node_down of {victim} in {events:#?}"));
+    assert!(
+        down.cause
+            .as_deref()
+            .is_some_and(|c| c.contains("no heartbeat from node n2")),
+        "{down:?}"
+    );
+    for slice in status.volumes.iter().flat_map(|v| &v.slices) {
+        let was_primary = events.iter().any(|e| {
+            matches!(&e.what, EventKind::Failover { unit, from, to, .. }
+                if *unit == slice.unit && from.0 == victim && *to == slice.primary)
+        });
+        let on_victim_first = slice.generation.0 > 1;
+        assert_eq!(
+            was_primary, on_victim_first,
+            "a failover event for each slice that moved: {slice:?} {events:#?}"
+        );
+    }
+    let listed = wait_until(
+        "the page to list the node_down event",
+        SHOWS_DOWN,
+        || async {
+            let page = crate::dom(&profiles, &url).await?;
+            Ok::<_, anyhow::Error>(
+                (!tags_with(&page, "data-kind", "node_down").is_empty()).then_some(page),
+            )
+        },
+    )
+    .await
+    .expect("the event shown");
+    assert!(!tags_with(&listed, "data-kind", "volume_created").is_empty());
+
     let down_shot = dir.join("dashboard-down.png");
     screenshot(&profiles, &url, &down_shot)
         .await
@@ -459,4 +505,114 @@ async fn with_many_volumes_the_dashboard_shows_those_needing_attention() {
         .await
         .expect("screenshot");
     keep(&shot);
+}
+
+/// With one volume under load and one idle, the page charts IO for the loaded volume and for
+/// the nodes serving it, and nothing for the idle one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_charts_io_of_a_loaded_volume_and_none_of_an_idle_one() {
+    chromium();
+    rebuild_manager_if_the_page_changed();
+    let cluster = Cluster::start(ClusterOptions {
+        storage_nodes: 3,
+        ..ClusterOptions::default()
+    })
+    .expect("cluster starts");
+    let status = cluster
+        .wait_for_storage_up(STARTUP)
+        .await
+        .expect("nodes up");
+    for name in ["busy", "idle"] {
+        cluster
+            .create_volume(name, "16M", "2", "16M")
+            .expect("volume created");
+    }
+    let mut bench = Command::new(binary("vbs").expect("vbs built"))
+        .args(cluster.credentials().client_args())
+        .args(["--managers", &cluster.managers_arg()])
+        .args([
+            "bench",
+            "busy",
+            "--rw",
+            "randrw",
+            "--iodepth",
+            "4",
+            "--runtime",
+            "120s",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("vbs bench starts");
+    let leader = status.leader.expect("a leader").0;
+    let io_url = format!("http://{}/v1/io", cluster.manager_addr(leader));
+    // A step closes every 5 s: the first points come within a few steps.
+    let history = wait_until("the leader to chart the loaded volume", STARTUP, || async {
+        let history: IoHistory = cluster
+            .http
+            .get(&io_url)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let loaded = history
+            .volumes
+            .iter()
+            .any(|s| s.name == "busy" && s.points.iter().any(|p| p.write_iops > 0.0));
+        Ok::<_, anyhow::Error>(loaded.then_some(history))
+    })
+    .await
+    .expect("IO history of the loaded volume");
+    assert!(
+        history.volumes.iter().all(|s| s.name != "idle"),
+        "no series for the idle volume: {history:?}"
+    );
+    let status = cluster.status().await.expect("status");
+    let busy = status
+        .volumes
+        .iter()
+        .find(|v| v.name == "busy")
+        .expect("busy listed");
+    let primary = &busy.slices[0].primary;
+    let node = history
+        .nodes
+        .iter()
+        .find(|s| s.name == primary.0)
+        .unwrap_or_else(|| panic!("no series for busy's primary {primary}: {history:?}"));
+    assert!(node.points.iter().any(|p| p.p99_us.is_some()), "{node:?}");
+
+    let url = format!("http://{}/", cluster.manager_addr(leader));
+    let profiles = cluster.dir.path().join("chromium-profiles");
+    std::fs::create_dir_all(&profiles).expect("profiles dir");
+    let dom = wait_until("the page to chart the loaded volume", STARTUP, || async {
+        let dom = dom(&profiles, &url).await?;
+        let charted = tags_with(&dom, "data-io", "volume:busy")
+            .first()
+            .and_then(|tag| attribute(tag, "data-points"))
+            .is_some_and(|n| n.parse::<u32>().is_ok_and(|n| n > 0));
+        Ok::<_, anyhow::Error>(charted.then_some(dom))
+    })
+    .await
+    .expect("the page charts the loaded volume");
+    assert!(
+        tags_with(&dom, "data-io", "volume:idle").is_empty(),
+        "the idle volume is not charted"
+    );
+    let served_by = format!("node:{}", primary.0);
+    assert!(
+        !tags_with(&dom, "data-io", &served_by).is_empty(),
+        "the loaded volume's primary is charted"
+    );
+    assert!(
+        !tags_having(&dom, "data-device").is_empty(),
+        "each node's data directories are shown with their space"
+    );
+    let shot = cluster.dir.path().join("dashboard-io.png");
+    screenshot(&profiles, &url, &shot)
+        .await
+        .expect("screenshot");
+    keep(&shot);
+    bench.kill().expect("bench stopped");
+    bench.wait().expect("bench reaped");
 }

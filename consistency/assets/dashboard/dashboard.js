@@ -309,13 +309,28 @@ function nodes(status) {
       `<td>${badges.join(" ")}</td>` +
       `<td><div class="capacity"><progress class="${usedPercent > 90 ? "full" : ""}" ` +
       `max="100" value="${usedPercent.toFixed(1)}"></progress>` +
-      `${bytes(n.free_bytes)} free of ${bytes(n.capacity_bytes)}</div></td>` +
+      `${bytes(n.free_bytes)} free of ${bytes(n.capacity_bytes)}</div>${devices(n)}</td>` +
       `<td class="num">${n.units.length}</td>` +
       `<td>${heartbeat}</td></tr>`;
   });
   return "<table><thead><tr><th>Node</th><th>Address</th><th>State</th><th>Capacity</th>" +
     "<th class=\"num\">Units</th><th>Last heartbeat</th></tr></thead>" +
     `<tbody>${rows.join("")}</tbody></table>`;
+}
+
+// Each data directory's filesystem, as the node last reported it to the leader.
+const NEARFULL_PERCENT = 85;
+function devices(node) {
+  if (!node.devices || node.devices.length === 0) return "";
+  return node.devices.map((d) => {
+    const used = Math.max(0, d.total_bytes - d.free_bytes);
+    const p = d.total_bytes > 0 ? Math.min(100, (used * 100) / d.total_bytes) : 0;
+    const cls = p >= NEARFULL_PERCENT ? "full" : "";
+    return `<div class="capacity device" data-device="${esc(node.id)}:${esc(d.dir)}" data-used-percent="${p.toFixed(1)}" ` +
+      `title="${esc(d.dir)}: ${bytes(used)} used of ${bytes(d.total_bytes)}">` +
+      `<progress class="${cls}" max="100" value="${p.toFixed(1)}"></progress>` +
+      `<span class="mono">${esc(d.dir)}</span> ${bytes(d.free_bytes)} free</div>`;
+  }).join("");
 }
 
 // Healthy: every copy current, as many as the volume's replicas. Unavailable: no current copy.

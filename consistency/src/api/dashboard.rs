@@ -1,7 +1,8 @@
 //! The dashboard: `GET /` and its assets under `/ui/`. Plain HTML, CSS and JavaScript compiled
 //! into the binary (no build step, nothing fetched from elsewhere), so any manager serves it and
-//! it works where the cluster has no internet access. The page polls `GET /v1/status` itself;
-//! the server side is only these files.
+//! it works where the cluster has no internet access. The page polls `GET /v1/status`,
+//! `GET /v1/volumes`, `GET /v1/io` and `GET /v1/events` itself; the server side is only these
+//! files.
 
 use axum::extract::Path;
 use axum::http::{header, HeaderName};
@@ -26,7 +27,7 @@ pub const INDEX: Asset = Asset {
 };
 
 /// Everything the page loads, served under `/ui/`.
-pub const ASSETS: [Asset; 2] = [
+pub const ASSETS: [Asset; 3] = [
     Asset {
         name: "dashboard.css",
         content_type: "text/css; charset=utf-8",
@@ -36,6 +37,11 @@ pub const ASSETS: [Asset; 2] = [
         name: "dashboard.js",
         content_type: "text/javascript; charset=utf-8",
         body: include_str!("../../assets/dashboard/dashboard.js"),
+    },
+    Asset {
+        name: "activity.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("../../assets/dashboard/activity.js"),
     },
 ];
 
