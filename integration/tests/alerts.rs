@@ -1,13 +1,15 @@
 //! The alerting rules shipped in `docs/prometheus/vbs-alerts.yml`, checked with `promtool test
 //! rules` (Debian's `prometheus` package) against series scraped from real managers: a healthy
 //! cluster fires nothing; with a storage node killed, the node-down and below-replica-count
-//! alerts fire for it, and the no-leader alert does not.
+//! alerts fire for it, and the no-leader alert does not; a data directory past 85% full (its
+//! scraped free space lowered) fires the nearfull alert.
 
 use std::fmt::Write;
 use std::time::Duration;
 
 use client::api::{CopyStatus, NodeState};
 use integration::binaries::workspace_root;
+use integration::cluster::free_port;
 use integration::{tools, wait_until, Cluster, ClusterOptions};
 
 const STARTUP: Duration = Duration::from_secs(30);
@@ -16,30 +18,45 @@ const STARTUP: Duration = Duration::from_secs(30);
 async fn scrape_managers(cluster: &Cluster) -> Vec<(String, String)> {
     let mut samples = Vec::new();
     for id in cluster.manager_ids() {
-        let url = format!("http://{}/metrics", cluster.manager_addr(id));
-        let text = cluster
-            .http
-            .get(&url)
-            .send()
-            .await
-            .expect("metrics answered")
-            .text()
-            .await
-            .expect("metrics text");
-        let extra = format!("job=\"vbs-manager\",instance=\"manager-{id}\"");
-        for line in text
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-        {
+        let addr = cluster.manager_addr(id).to_string();
+        samples.extend(scrape(cluster, &addr, "vbs-manager", &format!("manager-{id}")).await);
+    }
+    samples
+}
+
+/// The samples of one `GET /metrics` at `addr`, labelled with `job` and `instance`.
+async fn scrape(cluster: &Cluster, addr: &str, job: &str, instance: &str) -> Vec<(String, String)> {
+    let text = cluster
+        .http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .expect("metrics answered")
+        .text()
+        .await
+        .expect("metrics text");
+    let extra = format!("job=\"{job}\",instance=\"{instance}\"");
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|line| {
             let (series, value) = line.rsplit_once(' ').expect("a sample line");
             let series = match series.split_once('{') {
                 Some((name, labels)) => format!("{name}{{{extra},{labels}"),
                 None => format!("{series}{{{extra}}}"),
             };
-            samples.push((series, value.to_string()));
-        }
-    }
-    samples
+            (series, value.to_string())
+        })
+        .collect()
+}
+
+/// The value of the one sample whose series contains every one of `parts`.
+fn sample<'a>(samples: &'a [(String, String)], parts: &[&str]) -> &'a str {
+    let found: Vec<&(String, String)> = samples
+        .iter()
+        .filter(|(series, _)| parts.iter().all(|p| series.contains(p)))
+        .collect();
+    assert_eq!(found.len(), 1, "one sample with {parts:?}: {found:?}");
+    &found[0].1
 }
 
 /// A `promtool test rules` file: `samples` held for 40 minutes at one-minute steps, and the
@@ -103,6 +120,11 @@ async fn the_shipped_alert_rules_fire_on_a_killed_node_and_stay_quiet_when_healt
         ..ClusterOptions::default()
     })
     .unwrap();
+    // One more node, whose own metrics are scraped too.
+    let node_metrics = format!("127.0.0.1:{}", free_port().unwrap());
+    let mut args = ClusterOptions::default().storage_args;
+    args.extend(["--metrics-listen".to_string(), node_metrics.clone()]);
+    cluster.add_storage_node("n4", &args).unwrap();
     cluster.wait_for_storage_up(STARTUP).await.unwrap();
     cluster.create_volume("v", "8M", "2", "4M").unwrap();
     let dir = cluster.dir.path().to_path_buf();
@@ -122,6 +144,42 @@ async fn the_shipped_alert_rules_fire_on_a_killed_node_and_stay_quiet_when_healt
         &dir,
         "healthy.yml",
         &rule_test(&rules, &healthy, &quiet),
+    );
+
+    // A data directory: nearfull fires when its filesystem is over 85% full, as it is once the
+    // scraped free space is made 5% of the total.
+    let mut node = scrape(&cluster, &node_metrics, "vbs-storage", "n4").await;
+    let total: u64 = sample(&node, &["vbs_device_bytes{", "kind=\"total\""])
+        .parse()
+        .unwrap();
+    let free: u64 = sample(&node, &["vbs_device_bytes{", "kind=\"free\""])
+        .parse()
+        .unwrap();
+    let data_dir = cluster.storage_data_dir("n4").display().to_string();
+    let nearfull = format!(
+        "\n          - exp_labels: {{dir: '{data_dir}', instance: n4, severity: warning}}\n            exp_annotations:\n              summary: \"data directory {data_dir} on n4 is over 85% full\"\n              description: \"A storage node refuses writes it has no room for. Free space on that filesystem, add a data directory or a storage node, or drain the node (`vbs node drain`).\""
+    );
+    let as_it_is = if 1.0 - free as f64 / total as f64 > 0.85 {
+        nearfull.as_str()
+    } else {
+        " []"
+    };
+    promtool_test(
+        &promtool,
+        &dir,
+        "device.yml",
+        &rule_test(&rules, &node, &[("VbsDeviceNearFull", as_it_is)]),
+    );
+    for (series, value) in &mut node {
+        if series.starts_with("vbs_device_bytes{") && series.contains("kind=\"free\"") {
+            *value = (total / 20).to_string();
+        }
+    }
+    promtool_test(
+        &promtool,
+        &dir,
+        "device-nearfull.yml",
+        &rule_test(&rules, &node, &[("VbsDeviceNearFull", &nearfull)]),
     );
 
     // Kill a node that holds copies; wait until every manager has applied it down.

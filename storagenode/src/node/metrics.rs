@@ -1,7 +1,7 @@
 //! The storage node's `/metrics` (Prometheus text format), on `--metrics-listen`: client IO by
 //! volume and operation (counts, bytes, latency histograms), reads by where they found their
-//! blocks, each unit's last VBA, the primary's replication lag per copy, resync progress, and
-//! refused connections and requests. With a token it answers only requests that carry it; with
+//! blocks, each data directory's space, each unit's last VBA, the primary's replication lag per
+//! copy, resync progress, and refused connections and requests. With a token it answers only requests that carry it; with
 //! TLS on, it serves HTTPS.
 
 use std::collections::BTreeMap;
@@ -246,6 +246,20 @@ impl IoMetrics {
 fn render(node: &Node) -> String {
     let mut out = String::new();
     node.io_metrics.render(&mut out);
+    if let Ok(devices) = node.devices.each_space() {
+        let _ = writeln!(
+            out,
+            "# HELP vbs_device_bytes Space of each data directory's filesystem: total and free \
+             (to unprivileged users).\n# TYPE vbs_device_bytes gauge"
+        );
+        for device in &devices {
+            // Debug quoting escapes `\`, `"` and newlines as the text format wants.
+            let dir = format!("{:?}", device.dir);
+            for (kind, bytes) in [("total", device.total_bytes), ("free", device.free_bytes)] {
+                let _ = writeln!(out, "vbs_device_bytes{{dir={dir},kind=\"{kind}\"}} {bytes}");
+            }
+        }
+    }
     let units = node.units();
     let _ = writeln!(
         out,
