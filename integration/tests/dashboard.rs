@@ -330,6 +330,28 @@ async fn the_dashboard_shows_a_killed_storage_node_going_down() {
         .flat_map(|s| &s.copies)
         .filter(|c| c.node.0 == victim)
         .count();
+    // `vbs events --follow` prints what is committed from now on, as it happens.
+    let mut follow = Command::new(binary("vbs").expect("vbs built"))
+        .args(cluster.credentials().client_args())
+        .args(["--managers", &cluster.managers_arg()])
+        .args(["events", "--follow", "--json", "--last", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("vbs events --follow starts");
+    let (lines, followed) = std::sync::mpsc::channel::<String>();
+    let stdout = follow.stdout.take().expect("its stdout");
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
     cluster.storage_node(victim).expect("n2").kill();
     let dom = wait_until(
         &format!("the dashboard to show {victim} down"),
@@ -416,6 +438,32 @@ async fn the_dashboard_shows_a_killed_storage_node_going_down() {
             "a failover event for each slice that moved: {slice:?} {events:#?}"
         );
     }
+    let deadline = std::time::Instant::now() + SHOWS_DOWN;
+    let mut printed = Vec::new();
+    let down_followed = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok(line) = followed.recv_timeout(left) else {
+            break false;
+        };
+        let event: client::api::Event = serde_json::from_str(&line).expect("an event per line");
+        let seen = matches!(&event.what, EventKind::NodeDown { node, .. } if node.0 == victim);
+        printed.push(event);
+        if seen {
+            break true;
+        }
+    };
+    follow.kill().expect("vbs events stopped");
+    follow.wait().expect("vbs events reaped");
+    assert!(
+        down_followed,
+        "vbs events --follow printed no node_down of {victim}: {printed:#?}"
+    );
+    assert!(
+        printed
+            .iter()
+            .all(|e| !matches!(e.what, EventKind::VolumeCreated { .. })),
+        "--last 0 prints only what comes after it started: {printed:#?}"
+    );
     let listed = wait_until(
         "the page to list the node_down event",
         SHOWS_DOWN,
