@@ -9,7 +9,7 @@ use client::types::{Generation, Lba, UnitId, Vba, BLOCK_BYTES};
 use storagenode::engine::backend::Backend;
 use storagenode::engine::segment::SEGMENT_HEADER_BYTES;
 use storagenode::engine::{
-    Applied, Device, DeviceOptions, EngineError, FileBackend, MemoryBackend, Op, Record,
+    Applied, Device, DeviceOptions, EngineError, FileBackend, Marks, MemoryBackend, Op, Record,
 };
 
 const UNIT: UnitId = UnitId {
@@ -272,6 +272,47 @@ mod cases {
         assert_eq!(unit.last_vba(), Vba(100));
         assert_reads(&unit, &model, 64);
         assert_eq!(unit.append(G1, vec![write(1, 101)]).unwrap(), Vba(101));
+    }
+
+    pub fn a_units_marks_survive_a_reopen_and_a_truncation(fixture: &dyn Fixture) {
+        let undecided = Marks {
+            lost: false,
+            undecided: true,
+        };
+        let lost = Marks {
+            lost: true,
+            undecided: false,
+        };
+        let other = UnitId::new(UNIT.volume.0, UNIT.slice.0 + 1);
+        {
+            let device = open(fixture);
+            let unit = device
+                .create_unit_marked(UNIT, UNIT_BYTES, undecided)
+                .unwrap();
+            assert_eq!(unit.marks(), undecided);
+            let plain = device.create_unit(other, UNIT_BYTES).unwrap();
+            assert!(plain.marks().is_clear());
+        }
+        let device = open(fixture);
+        let unit = device.unit(UNIT).unwrap();
+        assert_eq!(unit.marks(), undecided, "marked from its creation on");
+        for tag in 1..=3 {
+            unit.append(G1, vec![write(tag, tag)]).unwrap();
+        }
+        unit.set_marks(lost).unwrap();
+        // A truncation rewrites unit.json: the marks stay.
+        unit.truncate_after(Vba(2), Generation(2)).unwrap();
+        assert!(device.unit(other).unwrap().marks().is_clear());
+        drop(unit);
+        drop(device);
+        let device = open(fixture);
+        let unit = device.unit(UNIT).unwrap();
+        assert_eq!(unit.marks(), lost);
+        assert_eq!(unit.last_vba(), Vba(2));
+        unit.set_marks(Marks::default()).unwrap();
+        drop(unit);
+        drop(device);
+        assert!(open(fixture).unit(UNIT).unwrap().marks().is_clear());
     }
 
     pub fn a_torn_last_record_is_cut_at_every_byte_offset(fixture: &dyn Fixture) {
@@ -873,6 +914,7 @@ conformance!(
     apply_takes_only_the_next_vba,
     records_after_streams_live_records_in_vba_order,
     reopen_recovers_every_durable_write,
+    a_units_marks_survive_a_reopen_and_a_truncation,
     a_torn_last_record_is_cut_at_every_byte_offset,
     corruption_inside_the_log_names_segment_and_offset,
     units_sharing_the_log_keep_their_own_records,

@@ -24,7 +24,7 @@ use super::checkpoint::{self, Checkpoint};
 use super::compaction::{self, CompactionReport};
 use super::error::{EngineError, Result};
 use super::log::{Log, LogStats, LOG_DIR};
-use super::meta::{self, DeviceMeta};
+use super::meta::{self, DeviceMeta, Marks};
 use super::pool::SegmentPool;
 use super::recovery::{self, RecoveryReport};
 use super::segment::Vsid;
@@ -445,6 +445,17 @@ impl Device {
 
     /// Creates an empty unit of `size_bytes`.
     pub fn create_unit(&self, id: UnitId, size_bytes: u64) -> Result<Arc<Unit>> {
+        self.create_unit_marked(id, size_bytes, Marks::default())
+    }
+
+    /// Creates a unit whose first `unit.json` holds `marks`, so no crash can leave it without
+    /// them.
+    pub fn create_unit_marked(
+        &self,
+        id: UnitId,
+        size_bytes: u64,
+        marks: Marks,
+    ) -> Result<Arc<Unit>> {
         let mut units = self.units.lock();
         if units.contains_key(&id) {
             return Err(EngineError::UnitExists(id));
@@ -456,6 +467,7 @@ impl Device {
             id,
             number,
             size_bytes,
+            marks,
         )?);
         units.insert(id, unit.clone());
         Ok(unit)

@@ -39,6 +39,31 @@ pub struct UnitMeta {
     pub number: u32,
     pub size_bytes: u64,
     pub generations: Vec<GenerationStart>,
+    /// What the node holds against the unit's data; absent when clear, so that a unit without
+    /// marks reads the same as before marks existed.
+    #[serde(default, skip_serializing_if = "Marks::is_clear")]
+    pub marks: Marks,
+}
+
+/// Marks a storage node keeps on a unit across restarts, so that a copy it must not serve as
+/// current stays unserved after a crash, until the database has been told.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Marks {
+    /// The copy lost records the database counts on (created empty over a written slice, a
+    /// primary's torn tail, a history that diverged from its copies').
+    #[serde(default)]
+    pub lost: bool,
+    /// The copy was created empty over a copy the database holds current, and whether the
+    /// slice was written is not known yet.
+    #[serde(default)]
+    pub undecided: bool,
+}
+
+impl Marks {
+    pub fn is_clear(&self) -> bool {
+        !self.lost && !self.undecided
+    }
 }
 
 impl UnitMeta {
@@ -111,9 +136,21 @@ mod tests {
                 generation: Generation(2),
                 first_vba: Vba(1),
             }],
+            marks: Marks::default(),
         };
         let text = serde_json::to_string(&meta).unwrap();
         assert!(text.contains("\"unit\":\"3.1\""), "{text}");
+        assert!(!text.contains("marks"), "clear marks are left out: {text}");
         assert_eq!(serde_json::from_str::<UnitMeta>(&text).unwrap(), meta);
+        let marked = UnitMeta {
+            marks: Marks {
+                lost: true,
+                undecided: false,
+            },
+            ..meta
+        };
+        let text = serde_json::to_string(&marked).unwrap();
+        assert!(text.contains("\"marks\":{\"lost\":true"), "{text}");
+        assert_eq!(serde_json::from_str::<UnitMeta>(&text).unwrap(), marked);
     }
 }

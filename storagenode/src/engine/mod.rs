@@ -37,6 +37,7 @@ pub use compaction::CompactionReport;
 pub use device::{CheckpointReport, Device, DeviceOptions};
 pub use error::{EngineError, Result};
 pub use log::LogStats;
+pub use meta::Marks;
 pub use record::Op;
 pub use recovery::RecoveryReport;
 pub use unit::{Applied, Record, Ticket, Unit, UnitStats};

@@ -21,7 +21,7 @@ use super::checkpoint::UnitCheckpoint;
 use super::error::{device_err, io_err, EngineError, Result};
 use super::index::{Index, Location};
 use super::log::{Active, Cursor, Log, Segment, LOG_DIR};
-use super::meta::{self, GenerationStart, UnitMeta};
+use super::meta::{self, GenerationStart, Marks, UnitMeta};
 use super::pool::SegmentPool;
 use super::record::Kind;
 use super::record::{HEADER_BYTES, WRITE_RECORD_BYTES};
@@ -436,13 +436,15 @@ fn build_from(
 }
 
 impl Unit {
-    /// Creates an empty unit numbered `number` on the device of `log`.
+    /// Creates an empty unit numbered `number` on the device of `log`, with `marks` in its
+    /// first `unit.json`.
     pub(super) fn create(
         log: Arc<Log>,
         dir: String,
         id: UnitId,
         number: u32,
         size_bytes: u64,
+        marks: Marks,
     ) -> Result<Unit> {
         if size_bytes == 0 || size_bytes % BLOCK_BYTES != 0 {
             return Err(EngineError::Invalid(format!(
@@ -459,6 +461,7 @@ impl Unit {
             number,
             size_bytes,
             generations: vec![],
+            marks,
         };
         let built = Built {
             index: Index::new(size_bytes / BLOCK_BYTES),
@@ -510,6 +513,7 @@ impl Unit {
             }),
             durable_vba: AtomicU64::new(last.0),
             durable_watch: tokio::sync::watch::Sender::new(last),
+            marks: Mutex::new(meta.marks),
         }
     }
 
@@ -617,6 +621,7 @@ impl Unit {
             number: self.number,
             size_bytes: self.size_bytes(),
             generations: state.generations.clone(),
+            marks: *self.marks.lock(),
         };
         let present = self
             .log

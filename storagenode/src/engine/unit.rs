@@ -18,7 +18,7 @@ use super::backend::{Backend, BlockFile};
 use super::error::{io_err, EngineError, Result};
 use super::index::{Index, Location, Target};
 use super::log::{Log, Pending};
-use super::meta::{self, GenerationStart, UnitMeta};
+use super::meta::{self, GenerationStart, Marks, UnitMeta};
 use super::record::{self, Kind, Op, HEADER_BYTES, WRITE_RECORD_BYTES};
 use super::segment::Vsid;
 
@@ -95,6 +95,8 @@ pub struct Unit {
     pub(super) durable_vba: AtomicU64,
     /// `state.durable_vba` again, for async waiters; also sent when the log fails.
     pub(super) durable_watch: tokio::sync::watch::Sender<Vba>,
+    /// As in `unit.json`; changed under `state`'s lock, like every write of `unit.json`.
+    pub(super) marks: Mutex<Marks>,
 }
 
 impl std::fmt::Debug for Unit {
@@ -268,12 +270,33 @@ impl Unit {
             number: self.number,
             size_bytes,
             generations: generations.to_vec(),
+            marks: *self.marks.lock(),
         };
         let json = serde_json::to_vec_pretty(&meta).expect("unit metadata serializes");
         let path = format!("{}/{}", self.dir, meta::UNIT_META);
         self.backend
             .write_atomic(&path, &json)
             .map_err(io_err(self.id, "writing unit.json"))
+    }
+
+    /// The marks the node keeps on this unit (`unit.json`).
+    pub fn marks(&self) -> Marks {
+        *self.marks.lock()
+    }
+
+    /// Changes the unit's marks, durably: they are in `unit.json` when this returns. On an
+    /// error they are as they were.
+    pub fn set_marks(&self, marks: Marks) -> Result<()> {
+        let state = self.state.lock();
+        let previous = std::mem::replace(&mut *self.marks.lock(), marks);
+        if previous == marks {
+            return Ok(());
+        }
+        let written = self.write_meta_sized(self.size_bytes(), &state.generations);
+        if written.is_err() {
+            *self.marks.lock() = previous;
+        }
+        written
     }
 
     /// Lets the unit take LBAs up to `size_bytes` (its slice grew); the new size is durable in

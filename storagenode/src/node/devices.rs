@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use client::api::DeviceSpace;
 use client::types::UnitId;
 
-use crate::engine::{Device, DeviceOptions, EngineError, RecoveryReport, Unit};
+use crate::engine::{Device, DeviceOptions, EngineError, Marks, RecoveryReport, Unit};
 
 pub struct Devices {
     devices: Vec<Device>,
@@ -60,8 +60,13 @@ impl Devices {
         self.devices.iter().flat_map(Device::units).collect()
     }
 
-    /// Creates a unit on the device with the most free space.
-    pub fn create_unit(&self, id: UnitId, size_bytes: u64) -> Result<Arc<Unit>, EngineError> {
+    /// Creates a unit, with `marks`, on the device with the most free space.
+    pub fn create_unit(
+        &self,
+        id: UnitId,
+        size_bytes: u64,
+        marks: Marks,
+    ) -> Result<Arc<Unit>, EngineError> {
         let mut best: Option<(u64, &Device)> = None;
         for device in &self.devices {
             let free = device.space()?.free_bytes;
@@ -70,7 +75,7 @@ impl Devices {
             }
         }
         let (_, device) = best.expect("a node has at least one device");
-        device.create_unit(id, size_bytes)
+        device.create_unit_marked(id, size_bytes, marks)
     }
 
     pub fn remove_unit(&self, id: UnitId) -> Result<(), EngineError> {

@@ -17,6 +17,7 @@ use tracing::{debug, error, info, warn};
 
 use super::unit::{Assignment, UnitRuntime};
 use super::Node;
+use crate::engine::Marks;
 
 /// Runs for the life of the node: registers, then heartbeats.
 pub async fn run(node: Arc<Node>) {
@@ -134,25 +135,22 @@ async fn apply(node: &Arc<Node>, sent: Instant, reply: HeartbeatResponse) {
         let runtime = match node.unit(unit.unit) {
             Some(runtime) => runtime,
             // A unit takes its slice's whole span, so that the volume can grow without it.
+            // A copy the database believes current but which this node has to create empty may
+            // have been lost (a wiped or replaced disk): it is created `undecided`, and serves
+            // nothing until it is known whether the slice was ever written.
             None => match create(node, unit.unit, unit.slice_bytes.max(unit.unit_bytes)).await {
-                Some(runtime) => {
-                    // A copy the database believes current but which this node has to create
-                    // empty may have been lost (a wiped or replaced disk): it serves nothing
-                    // until it is known whether the slice was ever written.
-                    runtime.undecided.store(true, Ordering::Relaxed);
-                    runtime
-                }
+                Some(runtime) => runtime,
                 None => continue,
             },
         };
-        if runtime.undecided.load(Ordering::Relaxed) {
+        if runtime.is_undecided() {
             match emptied_copy(unit, &node.id) {
                 Emptied::Lost => {
                     warn!(unit = %unit.unit, "this unit had to be created empty, but the slice was written: its data here was lost; reporting it not current");
-                    runtime.lost.store(true, Ordering::Relaxed);
-                    runtime.undecided.store(false, Ordering::Relaxed);
+                    runtime.set_lost(true);
+                    runtime.set_undecided(false);
                 }
-                Emptied::Unwritten => runtime.undecided.store(false, Ordering::Relaxed),
+                Emptied::Unwritten => runtime.set_undecided(false),
                 Emptied::Unknown => {
                     debug!(unit = %unit.unit, "created empty; waiting to hear how far the slice's other current copies are");
                 }
@@ -187,13 +185,13 @@ async fn apply(node: &Arc<Node>, sent: Instant, reply: HeartbeatResponse) {
                 .any(|c| c.node != node.id && c.status == CopyStatus::Current)
         {
             warn!(unit = %unit.unit, "this primary's log lost a torn tail; stepping down");
-            runtime.lost.store(true, Ordering::Relaxed);
+            runtime.set_lost(true);
         }
         // A copy reported as having lost records serves again only once the database no longer
         // holds it current (it resyncs first): the report being accepted is not enough, since
         // until this node hears of the change it would still serve as a current copy.
         if unit.status != CopyStatus::Current {
-            runtime.lost.store(false, Ordering::Relaxed);
+            runtime.set_lost(false);
         }
         let before = runtime.assignment();
         let assignment = Assignment::from_assigned(unit);
@@ -260,10 +258,7 @@ async fn apply(node: &Arc<Node>, sent: Instant, reply: HeartbeatResponse) {
     let lost: Vec<UnitGeneration> = reply
         .units
         .iter()
-        .filter(|u| {
-            node.unit(u.unit)
-                .is_some_and(|r| r.lost.load(Ordering::Relaxed))
-        })
+        .filter(|u| node.unit(u.unit).is_some_and(|r| r.is_lost()))
         .map(|u| UnitGeneration {
             unit: u.unit,
             generation: u.generation,
@@ -316,7 +311,11 @@ async fn create(
 ) -> Option<Arc<UnitRuntime>> {
     let created = {
         let node = node.clone();
-        tokio::task::spawn_blocking(move || node.devices.create_unit(unit, bytes)).await
+        let marks = Marks {
+            lost: false,
+            undecided: true,
+        };
+        tokio::task::spawn_blocking(move || node.devices.create_unit(unit, bytes, marks)).await
     };
     match created {
         Ok(Ok(engine)) => {

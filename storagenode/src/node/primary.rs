@@ -8,7 +8,6 @@
 //!    or been marked stale by a committed notification (`replication::progress`).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -529,7 +528,7 @@ fn refusal(runtime: &UnitRuntime, failure: Failure) -> WireError {
         Failure::Diverged(reason) => {
             // Serve nothing more; the membership loop reports the copy not current at the next
             // beat, and the database fails the slice over to a copy that holds what this lost.
-            runtime.lost.store(true, Ordering::Relaxed);
+            runtime.set_lost(true);
             WireError::new(
                 ErrorCode::NotCurrent,
                 format!(

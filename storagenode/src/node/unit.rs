@@ -12,7 +12,7 @@ use client::proto::{ErrorCode, WireError};
 use client::types::{Generation, Lba, NodeId, UnitId, Vba};
 use tokio::sync::watch;
 
-use crate::engine::Unit;
+use crate::engine::{Marks, Unit};
 use crate::replication::lease::Lease;
 use crate::replication::window::Window;
 
@@ -75,12 +75,15 @@ pub struct UnitRuntime {
     resync: Mutex<Option<client::api::ResyncProgress>>,
     /// This copy lost records the database counts on: the node had to create it empty (its
     /// data was lost), or as primary it lost records a current copy holds (a torn tail). It
-    /// serves nothing until the database has been told it is not current.
-    pub lost: AtomicBool,
+    /// serves nothing until the database has been told it is not current. Kept in `unit.json`
+    /// ([`UnitRuntime::set_lost`]), so a crash before the report does not undo it.
+    lost: AtomicBool,
     /// The node created this unit empty although the database holds the copy current, and does
     /// not know yet whether the slice was written (see `membership::emptied_copy`): it serves
-    /// nothing until it does.
-    pub undecided: AtomicBool,
+    /// nothing until it does. Kept in `unit.json` like `lost`.
+    undecided: AtomicBool,
+    /// Held while the marks above change and are written.
+    marking_marks: Mutex<()>,
     /// Recovery cut a torn tail off this unit's log when the node started, and the first
     /// assignment since has not been applied yet.
     pub torn: AtomicBool,
@@ -99,6 +102,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl UnitRuntime {
     pub fn new(engine: Arc<Unit>, node: NodeId) -> UnitRuntime {
+        let marks = engine.marks();
         let next = engine.next_vba();
         let last = engine.last_vba();
         UnitRuntime {
@@ -113,8 +117,9 @@ impl UnitRuntime {
             asking: tokio::sync::Mutex::new(()),
             applying: tokio::sync::Mutex::new(()),
             expected: watch::Sender::new(next),
-            lost: AtomicBool::new(false),
-            undecided: AtomicBool::new(false),
+            lost: AtomicBool::new(marks.lost),
+            undecided: AtomicBool::new(marks.undecided),
+            marking_marks: Mutex::new(()),
             torn: AtomicBool::new(false),
             announced: Mutex::new((Generation(0), BTreeSet::new())),
             committed_changed: tokio::sync::Notify::new(),
@@ -122,6 +127,46 @@ impl UnitRuntime {
             resyncing: AtomicBool::new(false),
             slice_updated: Mutex::new(None),
             resync: Mutex::new(None),
+        }
+    }
+
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    pub fn is_undecided(&self) -> bool {
+        self.undecided.load(Ordering::Relaxed)
+    }
+
+    /// Marks this copy as having lost records the database counts on, or clears the mark.
+    pub fn set_lost(&self, lost: bool) {
+        self.change_marks(|m| m.lost = lost);
+    }
+
+    pub fn set_undecided(&self, undecided: bool) {
+        self.change_marks(|m| m.undecided = undecided);
+    }
+
+    /// Changes the marks: at once in memory, so the copy stops (or resumes) serving now, then
+    /// in `unit.json`. The write blocks the calling thread; marks change only when a copy
+    /// turns out lost or wiped, or is resolved, and what they guard must hold across a crash
+    /// from then on.
+    fn change_marks(&self, change: impl FnOnce(&mut Marks)) {
+        let _changing = lock(&self.marking_marks);
+        let before = Marks {
+            lost: self.is_lost(),
+            undecided: self.is_undecided(),
+        };
+        let mut marks = before;
+        change(&mut marks);
+        if marks == before {
+            return;
+        }
+        self.lost.store(marks.lost, Ordering::Relaxed);
+        self.undecided.store(marks.undecided, Ordering::Relaxed);
+        if let Err(e) = self.engine.set_marks(marks) {
+            tracing::error!(unit = %self.id, error = %e, lost = marks.lost, undecided = marks.undecided,
+                "cannot keep this copy's marks on disk; they hold in memory until the node restarts");
         }
     }
 
@@ -272,10 +317,7 @@ impl UnitRuntime {
                 format!("this node is not the primary of slice {}", self.id),
             ));
         }
-        if assignment.status != CopyStatus::Current
-            || self.lost.load(Ordering::Relaxed)
-            || self.undecided.load(Ordering::Relaxed)
-        {
+        if assignment.status != CopyStatus::Current || self.is_lost() || self.is_undecided() {
             return Err(WireError::new(
                 ErrorCode::NotCurrent,
                 format!(
@@ -394,5 +436,53 @@ impl UnitRuntime {
             *announced = (generation, BTreeSet::new());
         }
         announced.1.insert(copy.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Device, DeviceOptions, MemoryBackend};
+
+    fn open(backend: &MemoryBackend) -> Device {
+        let options = DeviceOptions {
+            segment_bytes: 64 << 10,
+            spare_segments: 1,
+            sync: true,
+        };
+        Device::open(Arc::new(backend.clone()), &options)
+            .expect("device opens")
+            .0
+    }
+
+    #[test]
+    fn a_copys_marks_hold_across_a_restart_until_cleared() {
+        let backend = MemoryBackend::new(1 << 30);
+        let unit = UnitId::new(1, 0);
+        let node = NodeId("n1".into());
+        {
+            let device = open(&backend);
+            let undecided = Marks {
+                lost: false,
+                undecided: true,
+            };
+            let engine = device
+                .create_unit_marked(unit, 1 << 20, undecided)
+                .expect("created");
+            let runtime = UnitRuntime::new(engine, node.clone());
+            assert!(runtime.is_undecided());
+            runtime.set_lost(true);
+            runtime.set_undecided(false);
+        }
+        // After a crash: the copy still knows it lost records, and serves nothing.
+        let device = open(&backend);
+        let runtime = UnitRuntime::new(device.unit(unit).expect("found"), node.clone());
+        assert!(runtime.is_lost() && !runtime.is_undecided());
+        runtime.set_lost(false);
+        drop(runtime);
+        drop(device);
+        let device = open(&backend);
+        let runtime = UnitRuntime::new(device.unit(unit).expect("found"), node);
+        assert!(!runtime.is_lost() && !runtime.is_undecided());
     }
 }
