@@ -454,18 +454,27 @@ impl Cluster {
     }
 
     /// Runs the `vbs` CLI with `input` on its stdin.
+    /// `vbs ARGS` with this cluster's managers and credentials, to be spawned by the caller
+    /// (for a command that runs beside the test, such as a bench or `vbs events --follow`).
+    pub fn vbs_command(&self, args: &[&str]) -> anyhow::Result<std::process::Command> {
+        let mut command = std::process::Command::new(binary("vbs")?);
+        command
+            .args(self.credentials.client_args())
+            .arg("--managers")
+            .arg(self.managers_arg())
+            .args(args);
+        Ok(command)
+    }
+
     pub fn vbs_with_input(
         &self,
         args: &[&str],
         input: Option<&[u8]>,
     ) -> anyhow::Result<std::process::Output> {
         use std::io::Write;
-        use std::process::{Command, Stdio};
-        let mut child = Command::new(binary("vbs")?)
-            .args(self.credentials.client_args())
-            .arg("--managers")
-            .arg(self.managers_arg())
-            .args(args)
+        use std::process::Stdio;
+        let mut child = self
+            .vbs_command(args)?
             .stdin(if input.is_some() {
                 Stdio::piped()
             } else {

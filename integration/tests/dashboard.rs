@@ -331,10 +331,9 @@ async fn the_dashboard_shows_a_killed_storage_node_going_down() {
         .filter(|c| c.node.0 == victim)
         .count();
     // `vbs events --follow` prints what is committed from now on, as it happens.
-    let mut follow = Command::new(binary("vbs").expect("vbs built"))
-        .args(cluster.credentials().client_args())
-        .args(["--managers", &cluster.managers_arg()])
-        .args(["events", "--follow", "--json", "--last", "0"])
+    let mut follow = cluster
+        .vbs_command(&["events", "--follow", "--json", "--last", "0"])
+        .expect("vbs built")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -575,10 +574,8 @@ async fn the_dashboard_charts_io_of_a_loaded_volume_and_none_of_an_idle_one() {
             .create_volume(name, "16M", "2", "16M")
             .expect("volume created");
     }
-    let mut bench = Command::new(binary("vbs").expect("vbs built"))
-        .args(cluster.credentials().client_args())
-        .args(["--managers", &cluster.managers_arg()])
-        .args([
+    let mut bench = cluster
+        .vbs_command(&[
             "bench",
             "busy",
             "--rw",
@@ -588,6 +585,7 @@ async fn the_dashboard_charts_io_of_a_loaded_volume_and_none_of_an_idle_one() {
             "--runtime",
             "120s",
         ])
+        .expect("vbs built")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

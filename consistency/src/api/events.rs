@@ -2,7 +2,7 @@
 //! ([`client::api::EventPage`]). The log is replicated state, so a follower's local read serves
 //! the same entries, perhaps fewer of the newest.
 
-use axum::extract::{Query, Request, State};
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use client::api::MAX_EVENTS_PER_PAGE;
@@ -25,12 +25,9 @@ struct EventParams {
 }
 
 pub async fn list(State(manager): State<SharedManager>, request: Request) -> Response {
-    let params = match Query::<EventParams>::try_from_uri(request.uri()) {
-        Ok(Query(params)) => params,
-        Err(e) => {
-            return ApiFailure::bad_request(format!("query string: {}", e.body_text()))
-                .into_response()
-        }
+    let params: EventParams = match super::parse_query(&request) {
+        Ok(params) => params,
+        Err(failure) => return failure.into_response(),
     };
     let limit = params.limit.unwrap_or(MAX_EVENTS_PER_PAGE);
     if !(1..=MAX_EVENTS_PER_PAGE).contains(&limit) {

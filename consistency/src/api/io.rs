@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use axum::extract::{Query, Request, State};
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use client::api::IoHistory;
@@ -22,12 +22,9 @@ struct IoParams {
 }
 
 pub async fn history(State(manager): State<SharedManager>, request: Request) -> Response {
-    let params = match Query::<IoParams>::try_from_uri(request.uri()) {
-        Ok(Query(params)) => params,
-        Err(e) => {
-            return ApiFailure::bad_request(format!("query string: {}", e.body_text()))
-                .into_response()
-        }
+    let params: IoParams = match super::parse_query(&request) {
+        Ok(params) => params,
+        Err(failure) => return failure.into_response(),
     };
     let m = manager.clone();
     on_leader(&manager, request, |_| async move {

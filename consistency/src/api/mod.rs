@@ -45,6 +45,13 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiFailure> {
     serde_json::from_slice(body).map_err(|e| ApiFailure::bad_request(format!("request body: {e}")))
 }
 
+/// Parses a request's query string, naming what was wrong in it.
+pub fn parse_query<T: DeserializeOwned>(request: &axum::extract::Request) -> Result<T, ApiFailure> {
+    axum::extract::Query::<T>::try_from_uri(request.uri())
+        .map(|q| q.0)
+        .map_err(|e| ApiFailure::bad_request(format!("query string: {}", e.body_text())))
+}
+
 /// Every route of a manager replica.
 pub fn router(manager: SharedManager) -> Router {
     let public = Router::new()

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use axum::extract::{Query, Request, State};
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use client::api::{
@@ -29,9 +29,7 @@ pub struct ReadParams {
 
 impl ReadParams {
     pub fn of(request: &Request) -> Result<ReadParams, ApiFailure> {
-        Query::<ReadParams>::try_from_uri(request.uri())
-            .map(|q| q.0)
-            .map_err(|e| ApiFailure::bad_request(format!("query string: {}", e.body_text())))
+        super::parse_query(request)
     }
 }
 
@@ -139,12 +137,9 @@ pub(crate) fn cluster_status(manager: &SharedManager, volumes: bool) -> ClusterS
 }
 
 pub async fn status(State(manager): State<SharedManager>, request: Request) -> Response {
-    let params = match Query::<StatusParams>::try_from_uri(request.uri()) {
-        Ok(Query(params)) => params,
-        Err(e) => {
-            return ApiFailure::bad_request(format!("query string: {}", e.body_text()))
-                .into_response()
-        }
+    let params: StatusParams = match super::parse_query(&request) {
+        Ok(params) => params,
+        Err(failure) => return failure.into_response(),
     };
     if params.local {
         return Json(cluster_status(&manager, params.volumes)).into_response();

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -64,12 +64,9 @@ fn page(
 }
 
 pub async fn list(State(manager): State<SharedManager>, request: Request) -> Response {
-    let params = match Query::<ListParams>::try_from_uri(request.uri()) {
-        Ok(Query(params)) => params,
-        Err(e) => {
-            return ApiFailure::bad_request(format!("query string: {}", e.body_text()))
-                .into_response()
-        }
+    let params: ListParams = match super::parse_query(&request) {
+        Ok(params) => params,
+        Err(failure) => return failure.into_response(),
     };
     let limit = params.limit.unwrap_or(MAX_VOLUMES_PER_PAGE);
     if !(1..=MAX_VOLUMES_PER_PAGE).contains(&limit) {
