@@ -54,6 +54,7 @@ mod kind {
     pub const RESEND_RANGE: u8 = 0x15;
     pub const CATCH_UP: u8 = 0x16;
     pub const ALLOCATION: u8 = 0x17;
+    pub const FETCH_RECORD: u8 = 0x18;
     pub const READ_OK: u8 = 0x90;
     pub const WRITE_OK: u8 = 0x91;
     pub const FLUSH_OK: u8 = 0x92;
@@ -207,6 +208,14 @@ pub enum Request {
         max_bytes: u32,
         join: bool,
     },
+    /// The live record at `vba`, checked against its checksum (a copy that found its own record
+    /// damaged -> another current copy, for read repair). Answered with `Records` holding that
+    /// record, or none when it is no longer live there.
+    FetchRecord {
+        unit: UnitId,
+        generation: Generation,
+        vba: Vba,
+    },
 }
 
 impl Request {
@@ -219,7 +228,8 @@ impl Request {
             | Request::Allocation { unit, .. }
             | Request::Replicate { unit, .. }
             | Request::ResendRange { unit, .. }
-            | Request::CatchUp { unit, .. } => *unit,
+            | Request::CatchUp { unit, .. }
+            | Request::FetchRecord { unit, .. } => *unit,
         }
     }
 
@@ -232,7 +242,8 @@ impl Request {
             | Request::Allocation { generation, .. }
             | Request::Replicate { generation, .. }
             | Request::ResendRange { generation, .. }
-            | Request::CatchUp { generation, .. } => *generation,
+            | Request::CatchUp { generation, .. }
+            | Request::FetchRecord { generation, .. } => *generation,
         }
     }
 }
@@ -266,6 +277,9 @@ pub enum ErrorCode {
     Internal = 11,
     /// The handshake did not authenticate (no proof, or a wrong one). The connection is closed.
     Unauthorized = 12,
+    /// The data fails its checksum on this copy and on every other copy the node tried: it
+    /// cannot be served. The message names the block, the VBA and the copies tried.
+    Damaged = 13,
 }
 
 impl ErrorCode {
@@ -284,6 +298,7 @@ impl ErrorCode {
             10 => UnknownUnit,
             11 => Internal,
             12 => Unauthorized,
+            13 => Damaged,
             _ => return None,
         })
     }
@@ -407,6 +422,7 @@ pub fn encode(out: &mut BytesMut, id: u64, frame: &Frame) {
             Request::ResendRange { .. } => kind::RESEND_RANGE,
             Request::CatchUp { .. } => kind::CATCH_UP,
             Request::Allocation { .. } => kind::ALLOCATION,
+            Request::FetchRecord { .. } => kind::FETCH_RECORD,
         },
         Frame::Response(response) => match response {
             Response::Read { .. } => kind::READ_OK,
@@ -534,6 +550,7 @@ fn encode_request(out: &mut BytesMut, request: &Request) {
             out.put_u32_le(*max_bytes);
             out.put_u8(u8::from(*join));
         }
+        Request::FetchRecord { vba, .. } => out.put_u64_le(vba.0),
     }
 }
 
@@ -781,7 +798,8 @@ fn decode_body(kind: u8, body: &mut Bytes) -> Result<Frame, ProtocolError> {
         | kind::REPLICATE
         | kind::RESEND_RANGE
         | kind::CATCH_UP
-        | kind::ALLOCATION => {
+        | kind::ALLOCATION
+        | kind::FETCH_RECORD => {
             let (unit, generation) = r.unit()?;
             Frame::Request(match kind {
                 kind::READ => {
@@ -832,6 +850,11 @@ fn decode_body(kind: u8, body: &mut Bytes) -> Result<Frame, ProtocolError> {
                         records: r.records()?,
                     }
                 }
+                kind::FETCH_RECORD => Request::FetchRecord {
+                    unit,
+                    generation,
+                    vba: Vba(r.u64("VBA")?),
+                },
                 kind::RESEND_RANGE => {
                     let after = Vba(r.u64("after")?);
                     Request::ResendRange {
@@ -1035,6 +1058,11 @@ mod tests {
                 after_generation: Generation(1),
                 max_bytes: 1 << 20,
                 join: true,
+            }),
+            Frame::Request(Request::FetchRecord {
+                unit: unit(),
+                generation: g,
+                vba: Vba(17),
             }),
             Frame::Response(Response::Read {
                 data: block.clone(),

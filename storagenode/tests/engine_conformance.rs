@@ -405,6 +405,83 @@ mod cases {
         assert_eq!(device.unit(UNIT).unwrap().last_vba(), Vba(20));
     }
 
+    pub fn a_damaged_record_is_refused_until_a_good_copy_replaces_it(fixture: &dyn Fixture) {
+        let backend = fixture.backend();
+        let device = open(fixture);
+        let unit = device.create_unit(UNIT, UNIT_BYTES).unwrap();
+        // 20 records: segment 1 is sealed with the first 14.
+        for tag in 1..=20 {
+            unit.append(G1, vec![write(tag, tag)]).unwrap();
+        }
+        let file = backend.open(&segment_path(1)).unwrap();
+        let flip = |at: u64| {
+            let mut byte = [0u8; 1];
+            file.read_at(&mut byte, at).unwrap();
+            file.write_at(&[byte[0] ^ 0x10], at).unwrap();
+        };
+        // VBA 6 (LBA 6): a byte of its data; VBA 8 (LBA 8): a byte of its header's LBA field.
+        flip(SEGMENT_HEADER_BYTES + 5 * RECORD + 64 + 1000);
+        flip(SEGMENT_HEADER_BYTES + 7 * RECORD + 40);
+        for (lba, vba) in [(6, 6), (8, 8)] {
+            match unit.read(Lba(lba), 1) {
+                Err(EngineError::Damaged {
+                    vba: found,
+                    lba: Some(at),
+                    ..
+                }) => assert_eq!((found, at), (Vba(vba), Lba(lba))),
+                other => panic!("read of damaged LBA {lba}: {other:?}"),
+            }
+            assert!(matches!(
+                unit.record(Vba(vba)),
+                Err(EngineError::Damaged { .. })
+            ));
+        }
+        // Nothing damaged is streamed to a copy: the stream stops at it.
+        let streamed: Vec<_> = unit.records_after(Vba(0)).take(6).collect();
+        assert!(streamed[..5].iter().all(Result::is_ok));
+        assert!(matches!(
+            streamed[5],
+            Err(EngineError::Damaged { vba: Vba(6), .. })
+        ));
+
+        let good = |vba: u64, generation| Record {
+            vba: Vba(vba),
+            generation,
+            op: write(vba, vba),
+        };
+        // A copy that cannot be the same record is refused.
+        assert!(matches!(
+            unit.repair(&good(6, Generation(2))),
+            Err(EngineError::Invalid(_))
+        ));
+        let mut other_block = good(6, G1);
+        other_block.op = write(7, 6);
+        assert!(matches!(
+            unit.repair(&other_block),
+            Err(EngineError::Invalid(_))
+        ));
+        assert!(unit.repair(&good(6, G1)).unwrap(), "VBA 6 is repaired");
+        assert!(
+            !unit.repair(&good(6, G1)).unwrap(),
+            "nothing left to repair"
+        );
+        assert!(unit.repair(&good(8, G1)).unwrap(), "VBA 8 is repaired");
+        let mut model = Model::new();
+        for tag in 1..=20 {
+            model.insert(tag, tag);
+        }
+        assert_reads(&unit, &model, 24);
+        assert_eq!(unit.records_after(Vba(0)).filter(Result::is_ok).count(), 20);
+
+        // Compaction copies nothing damaged and keeps the segment it cannot read past.
+        for tag in 1..=20 {
+            unit.append(G1, vec![write(tag + 100, tag)]).unwrap();
+        }
+        unit.set_stable_vba(unit.last_vba());
+        device.compact(1.0).unwrap();
+        assert_reads(&unit, &model, 24);
+    }
+
     pub fn compaction_keeps_every_live_block(fixture: &dyn Fixture) {
         let mut model = Model::new();
         let before;
@@ -917,6 +994,7 @@ conformance!(
     a_units_marks_survive_a_reopen_and_a_truncation,
     a_torn_last_record_is_cut_at_every_byte_offset,
     corruption_inside_the_log_names_segment_and_offset,
+    a_damaged_record_is_refused_until_a_good_copy_replaces_it,
     units_sharing_the_log_keep_their_own_records,
     a_checkpoint_and_the_log_after_it_give_every_unit_back,
     a_format_1_device_is_refused_untouched,

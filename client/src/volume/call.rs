@@ -9,8 +9,8 @@ use tracing::{debug, info, warn};
 
 use crate::api::{Notification, Source, UnitGeneration};
 use crate::conn::DataError;
-use crate::proto::{Request, Response};
-use crate::types::SliceIndex;
+use crate::proto::{ErrorCode, Request, Response};
+use crate::types::{SliceIndex, BLOCK_BYTES};
 
 use super::error::{ClientError, Op};
 use super::map::{Route, Snapshot};
@@ -99,6 +99,17 @@ impl Volume {
                 route.primary, route.addr, route.generation
             );
             let wait = match (action, error) {
+                (Action::Fail, DataError::Remote { error, .. })
+                    if error.code == ErrorCode::Damaged =>
+                {
+                    let slice_start = u64::from(slice.0) * self.geometry().slice_bytes;
+                    return Err(ClientError::Damaged {
+                        op,
+                        volume: self.name().to_string(),
+                        offset: slice_start + error.detail * BLOCK_BYTES,
+                        detail: error.message,
+                    });
+                }
                 (Action::Fail, DataError::Remote { addr, error }) => {
                     return Err(ClientError::Refused {
                         op,

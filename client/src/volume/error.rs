@@ -70,6 +70,18 @@ pub enum ClientError {
         addr: String,
         error: WireError,
     },
+    /// The data of a block fails its checksum on every copy the primary could ask: it cannot be
+    /// read. `detail` is the node's account (the VBA, where the damage is, the copies tried).
+    #[error(
+        "{op} of volume {volume:?} at byte offset {offset} (block {}): the data is damaged on every copy tried: {detail}",
+        offset / BLOCK_BYTES
+    )]
+    Damaged {
+        op: Op,
+        volume: String,
+        offset: u64,
+        detail: String,
+    },
     /// A storage node answered with something that does not fit the request.
     #[error("{op} on unit {unit}: storage node {addr} answered nonsense: {what}")]
     BadResponse {

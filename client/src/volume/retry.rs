@@ -61,6 +61,7 @@ pub fn classify_code(code: ErrorCode) -> Action {
         | ErrorCode::Conflict
         | ErrorCode::Internal
         | ErrorCode::Hole
+        | ErrorCode::Damaged
         | ErrorCode::Unauthorized => Action::Fail,
     }
 }

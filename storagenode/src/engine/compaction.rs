@@ -12,9 +12,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tracing::debug;
+use tracing::{debug, warn};
 
-use super::error::{device_err, EngineError, Result};
+use super::error::{device_err, Result};
 use super::index::Location;
 use super::log::{segment_path, Log, Segment, LOG_DIR};
 use super::meta;
@@ -92,7 +92,7 @@ impl Log {
         let mut candidates: Vec<(Vsid, u64, f64)> = self
             .segment_ends()
             .into_iter()
-            .filter(|(vsid, _)| self.sealed(*vsid))
+            .filter(|(vsid, _)| self.sealed(*vsid) && !self.damaged_segments.lock().contains(vsid))
             .filter_map(|(vsid, end)| {
                 let written = end - SEGMENT_HEADER_BYTES;
                 let live = live.get(&vsid).copied().unwrap_or(0);
@@ -117,19 +117,18 @@ impl Log {
         group: &[Vsid],
     ) -> Result<CompactionReport> {
         let device = self.backend.describe();
-        let vsid = Vsid(self.next_compacted_vsid.fetch_add(1, Ordering::SeqCst));
-        let nonce = rand::random::<u64>();
-        let mut out = SegmentHeader { vsid, nonce }.encode();
+        let (vsid, nonce, mut out) = self.new_compacted();
         // (unit, VBA, old segment, new offset, record bytes) of every record copied.
         let mut moves = Vec::new();
         let mut report = CompactionReport::default();
+        // Segments with a damaged record: what follows it cannot be found, so they are kept.
+        let mut kept = Vec::new();
         for &from in group {
             let (Some((file, nonce_from)), Some(end)) =
                 (self.segment(from), self.segment_end(from))
             else {
                 continue;
             };
-            report.bytes_freed += end - SEGMENT_HEADER_BYTES;
             let context = format!("compacting log segment {from}");
             let mut bytes = vec![0u8; end as usize];
             file.read_exact_at(&mut bytes, 0)
@@ -137,14 +136,20 @@ impl Log {
             // Decode without any lock, then ask each record's unit, briefly.
             let mut offset = SEGMENT_HEADER_BYTES as usize;
             while offset < end as usize {
-                let header = record::decode(&bytes[offset..], nonce_from).map_err(|invalid| {
-                    EngineError::CorruptLog {
-                        device: device.clone(),
-                        vsid: from,
-                        offset: offset as u64,
-                        reason: format!("{invalid:?} while compacting"),
+                let header = match record::decode(&bytes[offset..], nonce_from) {
+                    Ok(header) => header,
+                    Err(invalid) => {
+                        // Never copied: a read of a live record there finds it damaged and
+                        // repairs it from another copy (`node::repair`).
+                        warn!(
+                            %device, segment = %from, offset, %invalid,
+                            "a damaged record stops the compaction of its segment; the segment is kept"
+                        );
+                        self.damaged_segments.lock().insert(from);
+                        kept.push(from);
+                        break;
                     }
-                })?;
+                };
                 let size = header.record_bytes();
                 if let Some(unit) = units.get(&header.unit).filter(|u| needed(u, &header)) {
                     let at = out.len();
@@ -159,22 +164,7 @@ impl Log {
             }
         }
 
-        let temp = format!("{LOG_DIR}/{vsid}.tmp");
-        let path = segment_path(vsid);
-        let context = format!("writing compacted segment {vsid}");
-        let err = || device_err(device.clone(), &context);
-        let file = self.backend.create(&temp).map_err(err())?;
-        file.write_at(&out, 0).map_err(err())?;
-        file.sync().map_err(err())?;
-        self.backend.rename(&temp, &path).map_err(err())?;
-        self.add_segment(
-            vsid,
-            Segment {
-                file,
-                nonce,
-                end: out.len() as u64,
-            },
-        );
+        self.install_compacted(vsid, nonce, &out)?;
 
         for (unit, vba, from, offset, size) in moves {
             let mut state = unit.state.lock();
@@ -183,7 +173,10 @@ impl Log {
                 .relocate(vba, from, Location { vsid, offset }, size);
             state.segments.insert(vsid);
         }
-        for &from in group {
+        for &from in group.iter().filter(|from| !kept.contains(from)) {
+            if let Some(end) = self.segment_end(from) {
+                report.bytes_freed += end - SEGMENT_HEADER_BYTES;
+            }
             for unit in units.values() {
                 let mut state = unit.state.lock();
                 if state.segments.remove(&from) {
@@ -202,6 +195,40 @@ impl Log {
         }
         debug!(%device, %vsid, ?report, "compacted");
         Ok(report)
+    }
+}
+
+impl Log {
+    /// A new compacted segment's VSID and nonce, and its header: records are added after it, then
+    /// the segment is written with [`Log::install_compacted`].
+    pub(super) fn new_compacted(&self) -> (Vsid, u64, Vec<u8>) {
+        let vsid = Vsid(self.next_compacted_vsid.fetch_add(1, Ordering::SeqCst));
+        let nonce = rand::random::<u64>();
+        (vsid, nonce, SegmentHeader { vsid, nonce }.encode())
+    }
+
+    /// Writes a compacted segment whole, syncs it, renames it into place and adds it to the log:
+    /// a crash leaves either no segment or all of it.
+    pub(super) fn install_compacted(&self, vsid: Vsid, nonce: u64, bytes: &[u8]) -> Result<()> {
+        let device = self.backend.describe();
+        let temp = format!("{LOG_DIR}/{vsid}.tmp");
+        let context = format!("writing compacted segment {vsid}");
+        let err = || device_err(device.clone(), &context);
+        let file = self.backend.create(&temp).map_err(err())?;
+        file.write_at(bytes, 0).map_err(err())?;
+        file.sync().map_err(err())?;
+        self.backend
+            .rename(&temp, &segment_path(vsid))
+            .map_err(err())?;
+        self.add_segment(
+            vsid,
+            Segment {
+                file,
+                nonce,
+                end: bytes.len() as u64,
+            },
+        );
+        Ok(())
     }
 }
 

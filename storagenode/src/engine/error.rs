@@ -29,6 +29,22 @@ pub enum EngineError {
         offset: u64,
         reason: String,
     },
+    /// A live record that does not read back as written (its checksum fails, or its header names
+    /// another VBA or LBA): this copy of it is damaged, and must not be served or copied. Another
+    /// copy of the slice may hold it intact (read repair, `node::repair`).
+    #[error(
+        "unit {unit}: the record of VBA {vba}{} is damaged (segment {vsid}, offset {offset}: {reason})",
+        lba.map(|l| format!(" (LBA {l})")).unwrap_or_default()
+    )]
+    Damaged {
+        unit: UnitId,
+        vba: Vba,
+        /// The block the record was read for, when a block was being read.
+        lba: Option<Lba>,
+        vsid: Vsid,
+        offset: u64,
+        reason: String,
+    },
     #[error("device {device}, segment {vsid}, offset {offset}: corrupt log: {reason}")]
     CorruptLog {
         device: String,

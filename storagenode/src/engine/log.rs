@@ -11,7 +11,7 @@
 //! Async waiters ([`Log::wait_durable_async`]) are served by the device's one commit thread
 //! (`committer.rs`) under load, and write a lone batch themselves otherwise.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -108,8 +108,12 @@ pub struct Log {
     /// Every record of the log segments below this VSID is published to its unit: compaction
     /// looks at no segment from here on.
     published_below: AtomicU32,
-    /// Held by compaction, truncation and checkpoints, which must not run at the same time.
+    /// Held by compaction, truncation, checkpoints and repairs, which must not run at the same
+    /// time.
     pub(super) maintenance: Mutex<()>,
+    /// Segments where compaction found a damaged record: it leaves them alone (what follows the
+    /// damage cannot be found by reading on).
+    pub(super) damaged_segments: Mutex<BTreeSet<Vsid>>,
     /// Bytes of records written to the log since it was opened, plus those recovery replayed.
     appended: AtomicU64,
 }
@@ -157,6 +161,7 @@ impl Log {
             next_compacted_vsid: AtomicU32::new(next_compacted_vsid),
             published_below: AtomicU32::new(published_below),
             maintenance: Mutex::new(()),
+            damaged_segments: Mutex::new(BTreeSet::new()),
             appended: AtomicU64::new(replayed_bytes),
         }
     }

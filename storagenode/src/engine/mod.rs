@@ -11,6 +11,7 @@
 //! - [`log`]: the device log and its group commit across units; [`committer`]: the device's thread
 //!   that writes batches under load;
 //! - [`recovery`]: reading the log back, truncation; [`compaction`]: reclaiming overwritten space;
+//!   `repair`: replacing a damaged record with another copy's;
 //! - [`device`]: a data directory of units; [`checkpoint`]: the indexes saved, so that opening a
 //!   device reads only the log written since; [`check`]: offline verification.
 
@@ -27,6 +28,7 @@ pub mod meta;
 pub mod pool;
 pub mod record;
 pub mod recovery;
+mod repair;
 pub mod segment;
 pub mod unit;
 

@@ -139,6 +139,17 @@ pub enum Invalid {
     Truncated,
 }
 
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Invalid::NoRecord => f.write_str("no record there"),
+            Invalid::OtherNonce => f.write_str("a record of an earlier use of the segment file"),
+            Invalid::Corrupt(reason) => f.write_str(reason),
+            Invalid::Truncated => f.write_str("the record runs past the bytes written"),
+        }
+    }
+}
+
 /// Writes the record for `op` into `out` (which must be exactly `op.record_bytes()` long).
 pub fn encode(
     out: &mut [u8],

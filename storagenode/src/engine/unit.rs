@@ -19,7 +19,7 @@ use super::error::{io_err, EngineError, Result};
 use super::index::{Index, Location, Target};
 use super::log::{Log, Pending};
 use super::meta::{self, GenerationStart, Marks, UnitMeta};
-use super::record::{self, Kind, Op, HEADER_BYTES, WRITE_RECORD_BYTES};
+use super::record::{self, Invalid, Kind, Op, HEADER_BYTES, WRITE_RECORD_BYTES};
 use super::segment::Vsid;
 
 /// How many times a read retries a record that moved under it (compaction) before calling it
@@ -32,6 +32,27 @@ pub struct Record {
     pub vba: Vba,
     pub generation: Generation,
     pub op: Op,
+}
+
+impl Record {
+    /// The record whose checked bytes (header and data) are `bytes`.
+    pub(super) fn from_bytes(header: &record::Header, bytes: &[u8]) -> Record {
+        let op = match header.kind {
+            Kind::Write => Op::Write {
+                lba: header.lba,
+                data: Bytes::copy_from_slice(&bytes[HEADER_BYTES..]),
+            },
+            Kind::Trim => Op::Trim {
+                lba: header.lba,
+                blocks: header.blocks(),
+            },
+        };
+        Record {
+            vba: header.vba,
+            generation: header.generation,
+            op,
+        }
+    }
 }
 
 /// What [`Unit::apply`] did with a replicated record.
@@ -622,16 +643,18 @@ impl Unit {
                         block.copy_from_slice(&buf[HEADER_BYTES..]);
                         break;
                     }
-                    // The record may have moved (compaction) between the lookup and the read.
+                    // The record may have moved (compaction, repair) between the lookup and the
+                    // read.
                     _ if attempt < READ_ATTEMPTS && self.moved(lba, vba, location) => continue,
                     Err(e) => return Err(e),
                     Ok(found) => {
-                        return Err(EngineError::Corrupt {
-                            unit: self.id,
-                            vsid: location.vsid,
-                            offset: location.offset as u64,
-                            reason: format!("expected VBA {vba} for LBA {lba}, found {found:?}"),
-                        })
+                        let reason = match found {
+                            Ok(header) => {
+                                format!("it reads back as VBA {} of LBA {}", header.vba, header.lba)
+                            }
+                            Err(invalid) => invalid.to_string(),
+                        };
+                        return Err(self.damaged(vba, Some(lba), location, reason));
                     }
                 }
             }
@@ -649,12 +672,23 @@ impl Unit {
         })
     }
 
+    fn damaged(&self, vba: Vba, lba: Option<Lba>, at: Location, reason: String) -> EngineError {
+        EngineError::Damaged {
+            unit: self.id,
+            vba,
+            lba,
+            vsid: at.vsid,
+            offset: at.offset as u64,
+            reason,
+        }
+    }
+
     fn moved(&self, lba: Lba, vba: Vba, location: Location) -> bool {
         self.state.lock().index.lookup(lba) != Target::Written(vba, location)
     }
 
     /// Reads the live record at `vba`, checked, with its bytes; `None` if no live record has it.
-    fn read_record(&self, vba: Vba) -> Result<Option<(record::Header, Vec<u8>)>> {
+    pub(super) fn read_record(&self, vba: Vba) -> Result<Option<(record::Header, Vec<u8>)>> {
         for attempt in 1..=READ_ATTEMPTS {
             let (location, file, nonce) = {
                 let state = self.state.lock();
@@ -682,12 +716,14 @@ impl Unit {
             }
             let still_there = self.state.lock().index.location(vba) == Some(location);
             if still_there || attempt == READ_ATTEMPTS {
-                return Err(EngineError::Corrupt {
-                    unit: self.id,
-                    vsid: location.vsid,
-                    offset: location.offset as u64,
-                    reason: format!("the record for VBA {vba} does not read back"),
-                });
+                let reason = match record::decode_header(&head, nonce) {
+                    Ok(header) if header.vba != vba => {
+                        format!("it reads back as VBA {}", header.vba)
+                    }
+                    Ok(_) => Invalid::Corrupt("checksum mismatch").to_string(),
+                    Err(invalid) => invalid.to_string(),
+                };
+                return Err(self.damaged(vba, None, location, reason));
             }
         }
         unreachable!("the loop returns on its last attempt")
@@ -792,21 +828,7 @@ impl Iterator for RecordsAfter<'_> {
                 Ok(None) => self.cursor = vba,
                 Ok(Some((header, bytes))) => {
                     self.cursor = vba;
-                    let op = match header.kind {
-                        Kind::Write => Op::Write {
-                            lba: header.lba,
-                            data: Bytes::copy_from_slice(&bytes[HEADER_BYTES..]),
-                        },
-                        Kind::Trim => Op::Trim {
-                            lba: header.lba,
-                            blocks: header.blocks(),
-                        },
-                    };
-                    return Some(Ok(Record {
-                        vba,
-                        generation: header.generation,
-                        op,
-                    }));
+                    return Some(Ok(Record::from_bytes(&header, &bytes)));
                 }
                 Err(e) => return Some(Err(e)),
             }

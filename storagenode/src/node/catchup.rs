@@ -19,17 +19,18 @@ use client::types::{Generation, NodeId, Vba};
 use tracing::{info, warn};
 
 use super::errors::{from_engine, from_join};
+use super::repair;
 use super::replica::primary_at;
 use super::reports::Report;
 use super::unit::UnitRuntime;
 use super::Node;
-use crate::engine::{Op, Record};
+use crate::engine::{EngineError, Op, Record};
 
 /// The most records a join sends at once; a copy further behind keeps pulling first.
 pub const MAX_JOIN_RECORDS: usize = 1024;
 const RECORD_OVERHEAD_BYTES: usize = 64;
 
-fn to_wire(record: Record) -> WireRecord {
+pub(super) fn to_wire(record: Record) -> WireRecord {
     let body = match record.op {
         Op::Write { lba, data } => RecordBody::Write { lba, data },
         Op::Trim { lba, blocks } => RecordBody::Trim { lba, blocks },
@@ -96,12 +97,28 @@ pub async fn serve(
     if !pull.join {
         let budget =
             (pull.max_bytes as usize).clamp(64 << 10, client::proto::MAX_IO_BYTES as usize);
-        return read_batch(runtime, pull.after, budget, MAX_RECORDS_PER_FRAME).await;
+        return read_batch(
+            node,
+            runtime,
+            pull.generation,
+            pull.after,
+            budget,
+            MAX_RECORDS_PER_FRAME,
+        )
+        .await;
     }
     // Join: no write is numbered while the rest of the log is read and the copy added.
     let _sequenced = runtime.sequencer.lock().await;
     engine.drain_async().await.map_err(from_engine)?;
-    let response = read_batch(runtime, pull.after, usize::MAX, MAX_JOIN_RECORDS).await?;
+    let response = read_batch(
+        node,
+        runtime,
+        pull.generation,
+        pull.after,
+        usize::MAX,
+        MAX_JOIN_RECORDS,
+    )
+    .await?;
     let Response::Records {
         done: true,
         through,
@@ -128,13 +145,38 @@ pub async fn serve(
     })
 }
 
-/// Reads live records after `after`, up to `budget` bytes and `max_records`.
+/// Reads live records after `after`, up to `budget` bytes and `max_records`. A damaged record is
+/// repaired from another current copy first (`repair`): it is never sent.
 async fn read_batch(
-    runtime: &UnitRuntime,
+    node: &Node,
+    runtime: &Arc<UnitRuntime>,
+    generation: Generation,
     after: Vba,
     budget: usize,
     max_records: usize,
 ) -> Result<Response, WireError> {
+    let mut repairs = 0;
+    loop {
+        match read_batch_once(runtime, after, budget, max_records).await? {
+            Err(damage) if repairs < MAX_BATCH_REPAIRS => {
+                repairs += 1;
+                repair::repair(node, runtime, generation, damage).await?;
+            }
+            Err(damage) => return Err(from_engine(damage)),
+            Ok(response) => return Ok(response),
+        }
+    }
+}
+
+/// The most damaged records one batch repairs before it gives up.
+const MAX_BATCH_REPAIRS: usize = 16;
+
+async fn read_batch_once(
+    runtime: &UnitRuntime,
+    after: Vba,
+    budget: usize,
+    max_records: usize,
+) -> Result<Result<Response, EngineError>, WireError> {
     let engine = runtime.engine.clone();
     tokio::task::spawn_blocking(move || {
         let last_vba = engine.last_vba();
@@ -142,7 +184,11 @@ async fn read_batch(
         let mut bytes = 0;
         let mut through = last_vba;
         for record in engine.records_after(after) {
-            let record = record.map_err(from_engine)?;
+            let record = match record {
+                Ok(record) => record,
+                Err(damage @ EngineError::Damaged { .. }) => return Ok(Err(damage)),
+                Err(error) => return Err(from_engine(error)),
+            };
             if record.vba > last_vba {
                 break;
             }
@@ -155,7 +201,7 @@ async fn read_batch(
             records.push(to_wire(record));
         }
         let (remaining_records, remaining_bytes) = engine.live_after(through);
-        Ok(Response::Records {
+        Ok(Ok(Response::Records {
             through,
             last_vba,
             done: through >= last_vba,
@@ -163,7 +209,7 @@ async fn read_batch(
             remaining_bytes,
             joined: false,
             records,
-        })
+        }))
     })
     .await
     .map_err(from_join)?

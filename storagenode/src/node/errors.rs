@@ -16,6 +16,10 @@ pub fn from_engine(error: EngineError) -> WireError {
             let expected = expected.0;
             return WireError::new(ErrorCode::Hole, error.to_string()).with_detail(expected);
         }
+        EngineError::Damaged { lba, .. } => {
+            let lba = lba.map_or(0, |l| l.0);
+            return WireError::new(ErrorCode::Damaged, error.to_string()).with_detail(lba);
+        }
         EngineError::Conflict { .. } | EngineError::ContentMismatch { .. } => ErrorCode::Conflict,
         EngineError::TruncateStable { .. } | EngineError::Truncated { .. } => ErrorCode::Conflict,
         EngineError::Invalid(_) => ErrorCode::BadRequest,

@@ -71,6 +71,9 @@ pub struct IoMetrics {
     series: Mutex<BTreeMap<(VolumeId, IoKind), Arc<Series>>>,
     reads_cached: AtomicU64,
     reads_blocking: AtomicU64,
+    /// Damaged records found by reads, by what became of them (`node::repair`).
+    damaged_repaired: AtomicU64,
+    damaged_unrepaired: AtomicU64,
     /// The totals the managers' leader last acknowledged, per volume.
     reported: Mutex<BTreeMap<VolumeId, VolumeIo>>,
 }
@@ -120,6 +123,16 @@ impl IoMetrics {
         let counter = match path {
             ReadPath::PageCache => &self.reads_cached,
             ReadPath::Blocking => &self.reads_blocking,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A damaged record was found; `repaired`: a good copy replaced it.
+    pub fn damaged(&self, repaired: bool) {
+        let counter = if repaired {
+            &self.damaged_repaired
+        } else {
+            &self.damaged_unrepaired
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -237,6 +250,23 @@ impl IoMetrics {
             let _ = writeln!(
                 out,
                 "vbs_reads_total{{path=\"{path}\"}} {}",
+                counter.load(Ordering::Relaxed)
+            );
+        }
+        header(
+            out,
+            "vbs_damaged_records_total",
+            "counter",
+            "Records of this node's copies found damaged (their checksum failed) when read, by \
+             outcome: repaired from another current copy, or not (no copy could give it).",
+        );
+        for (outcome, counter) in [
+            ("repaired", &self.damaged_repaired),
+            ("unrepaired", &self.damaged_unrepaired),
+        ] {
+            let _ = writeln!(
+                out,
+                "vbs_damaged_records_total{{outcome=\"{outcome}\"}} {}",
                 counter.load(Ordering::Relaxed)
             );
         }

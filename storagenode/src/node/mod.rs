@@ -10,6 +10,7 @@
 //! - [`handshake`]: the data-plane handshake: versions and authentication;
 //! - [`primary`]: client IO on the primary: ordering, replication, acknowledgement;
 //! - [`replica`]: the secondary side, and the primary's answer to resend requests;
+//! - [`repair`]: read repair: a damaged record replaced by another current copy's;
 //! - [`catchup`]: the primary's side of a resync (streaming missed records, joining a copy);
 //! - [`resync`]: the copy's side of a resync (pulling, joining, reporting progress);
 //! - [`reports`]: `syncing` and `caught up` reports of many units gathered into few
@@ -23,6 +24,7 @@ pub mod maintenance;
 pub mod membership;
 pub mod metrics;
 pub mod primary;
+pub mod repair;
 pub mod replica;
 pub mod reports;
 pub mod resync;

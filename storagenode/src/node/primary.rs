@@ -25,9 +25,10 @@ use tracing::{error, info, warn};
 
 use super::errors::{from_engine, from_join};
 use super::metrics::ReadPath;
+use super::repair;
 use super::unit::UnitRuntime;
 use super::Node;
-use crate::engine::Op;
+use crate::engine::{EngineError, Op};
 use crate::replication::progress::{Failure, Marked, Reply, Step, WriteProgress};
 
 /// Reads `blocks` blocks from `lba`. A read returns only what every current copy holds: a block
@@ -51,29 +52,36 @@ pub async fn read(
         ));
     }
     let deadline = tokio::time::Instant::now() + wait;
+    // Each damaged block is repaired once (`repair`), then read again.
+    let mut repairs = 0;
     loop {
         let newest =
             newest_held_by_every_copy(node, runtime, generation, lba, blocks.into(), deadline)
                 .await?;
         // Blocks in the page cache are copied here; only a read that would wait for the disk
         // takes a blocking thread.
-        let cached = runtime
-            .engine
-            .read_cached(lba, u64::from(blocks))
-            .map_err(from_engine)?;
-        let data = match cached {
-            Some(data) => {
+        let read = match runtime.engine.read_cached(lba, u64::from(blocks)) {
+            Ok(Some(data)) => {
                 node.io_metrics.read_path(ReadPath::PageCache);
-                data
+                Ok(data)
             }
-            None => {
+            Ok(None) => {
                 node.io_metrics.read_path(ReadPath::Blocking);
                 let engine = runtime.engine.clone();
                 tokio::task::spawn_blocking(move || engine.read(lba, u64::from(blocks)))
                     .await
                     .map_err(from_join)?
-                    .map_err(from_engine)?
             }
+            Err(error) => Err(error),
+        };
+        let data = match read {
+            Ok(data) => data,
+            Err(damage @ EngineError::Damaged { .. }) if repairs <= blocks => {
+                repairs += 1;
+                repair::repair(node, runtime, generation, damage).await?;
+                continue;
+            }
+            Err(error) => return Err(from_engine(error)),
         };
         // No block was written meanwhile (that would have raised the newest VBA): what was read
         // is what was waited for.

@@ -26,7 +26,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use super::metrics::IoKind;
-use super::{catchup, handshake, primary, replica, Node};
+use super::{catchup, handshake, primary, repair, replica, Node};
 
 /// How long a new connection has to finish its TLS handshake, and then to say hello (and prove
 /// it knows the token).
@@ -299,6 +299,9 @@ async fn peer_request(
             };
             catchup::serve(node, runtime, copy.clone(), pull).await
         }
+        Request::FetchRecord {
+            generation, vba, ..
+        } => repair::serve_fetch(runtime, peer, generation, vba).await,
         Request::Read { .. }
         | Request::Write { .. }
         | Request::Trim { .. }

@@ -1,0 +1,298 @@
+//! Read repair against real processes: bit rot made by flipping one byte of a record in a storage
+//! node's log files, then read through the `vbs` CLI and through NBD (qemu-io). A copy whose
+//! record fails its checksum gets it back from another current copy and the reader sees the
+//! right data; with no good copy left, the read fails with an error of its own (NBD: EIO).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use client::types::NodeId;
+use integration::cluster::free_port;
+use integration::gateway::{tagged_block, NbdGateway};
+use integration::{Cluster, ClusterOptions};
+use storagenode::engine::record::{HEADER_BYTES, RECORD_MAGIC};
+use storagenode::engine::segment::SEGMENT_HEADER_BYTES;
+
+const STARTUP: Duration = Duration::from_secs(30);
+const BLOCK: u64 = 4096;
+
+/// A cluster of 3 storage nodes, each with its own `/metrics`, and a volume `rot` of 4 slices
+/// with `replicas` copies each. Returns the metrics address of each node.
+async fn cluster(replicas: &str) -> (Cluster, Vec<(String, String)>) {
+    let mut cluster = Cluster::start(ClusterOptions {
+        storage_nodes: 0,
+        ..ClusterOptions::default()
+    })
+    .unwrap();
+    let mut metrics = Vec::new();
+    for n in 1..=3 {
+        let name = format!("n{n}");
+        let addr = format!("127.0.0.1:{}", free_port().unwrap());
+        let mut args = ClusterOptions::default().storage_args;
+        args.extend(["--metrics-listen".to_string(), addr.clone()]);
+        cluster.add_storage_node(&name, &args).unwrap();
+        metrics.push((name, addr));
+    }
+    cluster.wait_for_storage_up(STARTUP).await.unwrap();
+    cluster
+        .create_volume("rot", "64M", replicas, "16M")
+        .unwrap();
+    (cluster, metrics)
+}
+
+/// `vbs write rot --offset OFFSET` of `data`.
+fn vbs_write(cluster: &Cluster, offset: u64, data: &[u8]) {
+    let file = cluster.dir.path().join(format!("block-{offset}"));
+    std::fs::write(&file, data).unwrap();
+    let out = cluster
+        .vbs(&[
+            "write",
+            "rot",
+            "--offset",
+            &offset.to_string(),
+            "--file",
+            file.to_str().unwrap(),
+        ])
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `vbs read rot` of one block at `offset`: its bytes, or what vbs printed on failure.
+fn vbs_read(cluster: &Cluster, offset: u64) -> Result<Vec<u8>, String> {
+    let out = cluster
+        .vbs(&[
+            "read",
+            "rot",
+            "--offset",
+            &offset.to_string(),
+            "--length",
+            &BLOCK.to_string(),
+        ])
+        .unwrap();
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// The nodes holding slice `slice` of `rot`: its primary, then its secondaries.
+async fn copies_of(cluster: &Cluster, slice: usize) -> (NodeId, Vec<NodeId>) {
+    let status = cluster.status().await.unwrap();
+    let volume = status.volumes.iter().find(|v| v.name == "rot").unwrap();
+    let map = &volume.slices[slice];
+    let secondaries = map
+        .copies
+        .iter()
+        .filter(|c| c.node != map.primary)
+        .map(|c| c.node.clone())
+        .collect();
+    (map.primary.clone(), secondaries)
+}
+
+/// Every log segment file under `dir`.
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(segments(&path));
+        } else if path.extension().is_some_and(|e| e == "seg") {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// Where the write record holding `data` is in node `node`'s log: the segment file and the
+/// record's offset. Walks each segment record by record, as the format lays them out.
+fn find_record(cluster: &Cluster, node: &NodeId, data: &[u8]) -> (PathBuf, u64) {
+    for path in segments(&cluster.storage_data_dir(&node.0)) {
+        let bytes = std::fs::read(&path).unwrap();
+        let mut at = SEGMENT_HEADER_BYTES as usize;
+        while at + HEADER_BYTES <= bytes.len() && bytes[at..at + 4] == RECORD_MAGIC.to_le_bytes() {
+            let kind = bytes[at + 5];
+            let length = u64::from_le_bytes(bytes[at + 48..at + 56].try_into().unwrap()) as usize;
+            let data_bytes = if kind == 1 { length } else { 0 };
+            let body = &bytes[at + HEADER_BYTES..(at + HEADER_BYTES + data_bytes).min(bytes.len())];
+            if body == data {
+                return (path, at as u64);
+            }
+            at += HEADER_BYTES + data_bytes;
+        }
+    }
+    panic!("no record of the block on {node}");
+}
+
+/// Bit rot: flips one bit of the byte at `offset` of `file`.
+fn flip(file: &Path, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)
+        .unwrap();
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, offset).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x10], offset).unwrap();
+    file.sync_all().unwrap();
+}
+
+/// Damages node `node`'s record of `data`: a byte of its data, or of its header (the LBA field).
+fn damage(cluster: &Cluster, node: &NodeId, data: &[u8], header: bool) {
+    let (file, at) = find_record(cluster, node, data);
+    let offset = if header {
+        at + 40
+    } else {
+        at + HEADER_BYTES as u64 + 1000
+    };
+    flip(&file, offset);
+}
+
+async fn damaged_records(cluster: &Cluster, addr: &str, outcome: &str) -> u64 {
+    let text = cluster
+        .http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!("vbs_damaged_records_total{{outcome=\"{outcome}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+fn metrics_of<'a>(metrics: &'a [(String, String)], node: &NodeId) -> &'a str {
+    &metrics.iter().find(|(name, _)| *name == node.0).unwrap().1
+}
+
+fn repair_lines(cluster: &Cluster, node: &NodeId) -> usize {
+    std::fs::read_to_string(cluster.dir.path().join(format!("{}.log", node.0)))
+        .unwrap()
+        .matches("repaired a damaged record from another copy")
+        .count()
+}
+
+fn qemu_io(url: &str, commands: &[&str]) -> String {
+    let qemu_io = integration::tools::ensure("qemu-io", "qemu-utils").expect("qemu-io");
+    let mut command = Command::new(qemu_io);
+    command.args(["-f", "raw", url]);
+    for c in commands {
+        command.args(["-c", c]);
+    }
+    let out = command.output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_damaged_on_the_primary_is_read_from_the_other_copy_and_repaired() {
+    let (cluster, metrics) = cluster("2").await;
+    let (primary, _) = copies_of(&cluster, 0).await;
+    let in_data = tagged_block(0xd1);
+    let in_header = tagged_block(0xd2);
+    vbs_write(&cluster, 3 * BLOCK, &in_data);
+    vbs_write(&cluster, 9 * BLOCK, &in_header);
+    damage(&cluster, &primary, &in_data, false);
+    damage(&cluster, &primary, &in_header, true);
+
+    assert_eq!(vbs_read(&cluster, 3 * BLOCK).unwrap(), in_data.to_vec());
+    assert_eq!(vbs_read(&cluster, 9 * BLOCK).unwrap(), in_header.to_vec());
+    let addr = metrics_of(&metrics, &primary);
+    assert_eq!(damaged_records(&cluster, addr, "repaired").await, 2);
+    assert_eq!(damaged_records(&cluster, addr, "unrepaired").await, 0);
+    assert_eq!(repair_lines(&cluster, &primary), 2);
+    // Repaired in place: reading again finds nothing damaged.
+    assert_eq!(vbs_read(&cluster, 3 * BLOCK).unwrap(), in_data.to_vec());
+    assert_eq!(vbs_read(&cluster, 9 * BLOCK).unwrap(), in_header.to_vec());
+    assert_eq!(damaged_records(&cluster, addr, "repaired").await, 2);
+
+    // Through NBD, in slice 1: written and read by qemu-io.
+    let gateway = NbdGateway::start(&cluster, "rot").await.unwrap();
+    let offset = 16 << 20;
+    let written = qemu_io(&gateway.url, &[&format!("write -P 0x5a {offset} 4k")]);
+    assert!(written.contains("wrote 4096/4096"), "{written}");
+    let (slice_primary, _) = copies_of(&cluster, 1).await;
+    damage(&cluster, &slice_primary, &[0x5a; 4096], false);
+    let read = qemu_io(&gateway.url, &[&format!("read -P 0x5a {offset} 4k")]);
+    assert!(read.contains("read 4096/4096"), "{read}");
+    assert!(!read.contains("fail") && !read.contains("error"), "{read}");
+    let addr = metrics_of(&metrics, &slice_primary);
+    assert!(damaged_records(&cluster, addr, "repaired").await >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_damaged_on_every_copy_fails_with_an_error_naming_it_and_eio_over_nbd() {
+    let (cluster, metrics) = cluster("2").await;
+    let (primary, secondaries) = copies_of(&cluster, 0).await;
+    let secondary = &secondaries[0];
+    let block = tagged_block(0xe1);
+    vbs_write(&cluster, 5 * BLOCK, &block);
+    let beside = tagged_block(0xe2);
+    vbs_write(&cluster, 6 * BLOCK, &beside);
+    damage(&cluster, &primary, &block, false);
+    damage(&cluster, secondary, &block, true);
+
+    let error = vbs_read(&cluster, 5 * BLOCK).unwrap_err();
+    eprintln!("vbs read of a block damaged on both copies: {error}");
+    for part in [
+        "read of volume \"rot\"",
+        "block 5",
+        "damaged on every copy tried",
+        &secondary.0,
+    ] {
+        assert!(error.contains(part), "{part:?} missing from: {error}");
+    }
+    // The block beside it is not affected.
+    assert_eq!(vbs_read(&cluster, 6 * BLOCK).unwrap(), beside.to_vec());
+    let addr = metrics_of(&metrics, &primary);
+    assert!(damaged_records(&cluster, addr, "unrepaired").await >= 1);
+    assert_eq!(damaged_records(&cluster, addr, "repaired").await, 0);
+
+    let gateway = NbdGateway::start(&cluster, "rot").await.unwrap();
+    let read = qemu_io(&gateway.url, &[&format!("read {} 4k", 5 * BLOCK)]);
+    assert!(read.contains("Input/output error"), "{read}");
+}
+
+/// Damage on the secondaries shows once one of them is primary: with the old primary killed, the
+/// new one repairs its damaged record from the other secondary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_damaged_on_secondaries_are_repaired_by_whichever_becomes_primary() {
+    let (mut cluster, metrics) = cluster("3").await;
+    let (primary, secondaries) = copies_of(&cluster, 0).await;
+    let (first, second) = (tagged_block(0xf1), tagged_block(0xf2));
+    vbs_write(&cluster, 2 * BLOCK, &first);
+    vbs_write(&cluster, 7 * BLOCK, &second);
+    // Each secondary has one of the two damaged, the other intact.
+    damage(&cluster, &secondaries[0], &first, false);
+    damage(&cluster, &secondaries[1], &second, true);
+    cluster.storage_node(&primary.0).unwrap().kill();
+
+    assert_eq!(vbs_read(&cluster, 2 * BLOCK).unwrap(), first.to_vec());
+    assert_eq!(vbs_read(&cluster, 7 * BLOCK).unwrap(), second.to_vec());
+    let (new_primary, _) = copies_of(&cluster, 0).await;
+    assert!(
+        secondaries.contains(&new_primary),
+        "{new_primary} took over"
+    );
+    let mut repaired = 0;
+    for node in &secondaries {
+        repaired += damaged_records(&cluster, metrics_of(&metrics, node), "repaired").await;
+    }
+    // The new primary repaired the one block damaged on its own copy; the other it read intact.
+    assert_eq!(repaired, 1);
+    assert_eq!(repair_lines(&cluster, &new_primary), 1);
+}
