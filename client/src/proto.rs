@@ -280,6 +280,9 @@ pub enum ErrorCode {
     /// The data fails its checksum on this copy and on every other copy the node tried: it
     /// cannot be served. The message names the block, the VBA and the copies tried.
     Damaged = 13,
+    /// The storage node's device has no room for the write: nothing was written, and the copy
+    /// stays current. The same write succeeds once space comes back.
+    NoSpace = 14,
 }
 
 impl ErrorCode {
@@ -299,6 +302,7 @@ impl ErrorCode {
             11 => Internal,
             12 => Unauthorized,
             13 => Damaged,
+            14 => NoSpace,
             _ => return None,
         })
     }

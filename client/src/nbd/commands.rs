@@ -70,11 +70,14 @@ pub async fn run(
     }
 }
 
-/// The NBD error for a volume's failure: the request's own fault is `EINVAL`, anything else
-/// (the cluster could not serve it) `EIO`; the message says which.
+/// The NBD error for a volume's failure: the request's own fault is `EINVAL`, a full device
+/// `ENOSPC`, anything else (the cluster could not serve it, the data is damaged) `EIO`; the
+/// message says which.
 fn refusal(error: ClientError) -> Refusal {
     let errno = if error.is_invalid_request() {
         wire::EINVAL
+    } else if matches!(error, ClientError::NoSpace { .. }) {
+        wire::ENOSPC
     } else {
         wire::EIO
     };

@@ -110,6 +110,17 @@ impl Volume {
                         detail: error.message,
                     });
                 }
+                (Action::Fail, DataError::Remote { error, .. })
+                    if error.code == ErrorCode::NoSpace =>
+                {
+                    return Err(ClientError::NoSpace {
+                        op,
+                        volume: self.name().to_string(),
+                        slice: slice.0,
+                        node: route.primary.to_string(),
+                        detail: error.message,
+                    });
+                }
                 (Action::Fail, DataError::Remote { addr, error }) => {
                     return Err(ClientError::Refused {
                         op,

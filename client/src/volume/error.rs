@@ -82,6 +82,18 @@ pub enum ClientError {
         offset: u64,
         detail: String,
     },
+    /// The primary's device has no room for the write: nothing was written, and the same write
+    /// succeeds once space comes back.
+    #[error(
+        "{op} of volume {volume:?} (slice {slice}): no space left on storage node {node} ({detail})"
+    )]
+    NoSpace {
+        op: Op,
+        volume: String,
+        slice: u32,
+        node: String,
+        detail: String,
+    },
     /// A storage node answered with something that does not fit the request.
     #[error("{op} on unit {unit}: storage node {addr} answered nonsense: {what}")]
     BadResponse {

@@ -62,6 +62,7 @@ pub fn classify_code(code: ErrorCode) -> Action {
         | ErrorCode::Internal
         | ErrorCode::Hole
         | ErrorCode::Damaged
+        | ErrorCode::NoSpace
         | ErrorCode::Unauthorized => Action::Fail,
     }
 }

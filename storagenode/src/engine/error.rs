@@ -52,6 +52,15 @@ pub enum EngineError {
         offset: u64,
         reason: String,
     },
+    /// The device's filesystem has no room for the records: nothing was numbered or written.
+    #[error(
+        "device {device}: {needed} bytes of records do not fit ({free} bytes free on its filesystem)"
+    )]
+    NoSpace {
+        device: String,
+        needed: u64,
+        free: u64,
+    },
     #[error("unit {unit}: blocks {lba}..{end} are outside the unit's {blocks} blocks")]
     OutOfRange {
         unit: UnitId,

@@ -25,7 +25,7 @@ use super::committer::Committer;
 use super::error::{device_err, EngineError, Result};
 use super::index::Location;
 use super::pool::SegmentPool;
-use super::record::{self, Op};
+use super::record::{self, Op, WRITE_RECORD_BYTES};
 use super::segment::{SegmentHeader, Vsid, MAX_BATCH_BYTES, SEGMENT_HEADER_BYTES};
 use super::unit::Unit;
 
@@ -116,6 +116,10 @@ pub struct Log {
     pub(super) damaged_segments: Mutex<BTreeSet<Vsid>>,
     /// Bytes of records written to the log since it was opened, plus those recovery replayed.
     appended: AtomicU64,
+    /// Bytes of records queued or being written: room the log still owes them.
+    unwritten: AtomicU64,
+    /// Bytes left in the segment being appended to, as of the last batch.
+    active_room: AtomicU64,
 }
 
 impl std::fmt::Debug for Log {
@@ -143,6 +147,7 @@ impl Log {
             .active
             .as_ref()
             .map_or(cursor.next_log_vsid, |a| a.vsid.0);
+        let active_room = room_left(&cursor, pool.segment_bytes());
         Log {
             backend,
             pool,
@@ -163,6 +168,8 @@ impl Log {
             maintenance: Mutex::new(()),
             damaged_segments: Mutex::new(BTreeSet::new()),
             appended: AtomicU64::new(replayed_bytes),
+            unwritten: AtomicU64::new(0),
+            active_room: AtomicU64::new(active_room),
         }
     }
 
@@ -213,7 +220,36 @@ impl Log {
     /// Queues records a unit numbered. Called under the unit's lock, so that each unit's records
     /// are queued in VBA order.
     pub(super) fn enqueue(&self, records: impl IntoIterator<Item = Pending>) {
-        self.state.lock().pending.extend(records);
+        let mut state = self.state.lock();
+        let before = state.pending.len();
+        state.pending.extend(records);
+        let bytes = bytes_of(state.pending.range(before..));
+        self.unwritten.fetch_add(bytes, Ordering::SeqCst);
+    }
+
+    /// Refuses `bytes` of new records when the log has no room left for them after the records
+    /// queued before: room is what is left of the active segment, the spare segments ready, and
+    /// the segments the filesystem's free space can still make. Units check before they number
+    /// records, so a refusal leaves nothing numbered, sent or half-written; once space comes back
+    /// (a file deleted, compaction) the same write succeeds.
+    pub(super) fn check_room(&self, bytes: u64) -> Result<()> {
+        let segment = self.pool.segment_bytes();
+        let usable = segment.saturating_sub(SEGMENT_HEADER_BYTES + WRITE_RECORD_BYTES as u64);
+        let need = self.unwritten.load(Ordering::SeqCst) + bytes + ROOM_MARGIN_BYTES;
+        let mut room = self.active_room.load(Ordering::SeqCst) + self.pool.ready() as u64 * usable;
+        if room >= need {
+            return Ok(());
+        }
+        let free = self.backend.space().map_or(0, |space| space.free_bytes);
+        room += free / segment * usable;
+        if room >= need {
+            return Ok(());
+        }
+        Err(EngineError::NoSpace {
+            device: self.describe(),
+            needed: bytes,
+            free,
+        })
     }
 
     /// The content checksum of `unit`'s record `vba` if it is still queued.
@@ -427,11 +463,19 @@ impl Log {
             self.published_below.store(active.vsid.0, Ordering::Release);
         }
         let mut state = self.state.lock();
+        self.active_room.store(
+            room_left(&cursor, self.pool.segment_bytes()),
+            Ordering::SeqCst,
+        );
+        self.unwritten
+            .fetch_sub(bytes_of(batch.iter()), Ordering::SeqCst);
         state.cursor = Some(cursor);
         state.batches += 1;
         let mut stranded = Vec::new();
         if let Err(reason) = published {
             let _ = self.failed.set(reason);
+            self.unwritten
+                .fetch_sub(bytes_of(state.pending.iter()), Ordering::SeqCst);
             stranded.extend(batch.into_iter().map(|p| p.unit));
             stranded.extend(state.pending.drain(..).map(|p| p.unit));
         }
@@ -548,6 +592,23 @@ impl Log {
         })
     }
 }
+
+/// Bytes the records take in the log.
+fn bytes_of<'a>(records: impl Iterator<Item = &'a Pending>) -> u64 {
+    records.map(|p| p.op.record_bytes() as u64).sum()
+}
+
+/// Bytes left in the cursor's active segment.
+fn room_left(cursor: &Cursor, segment_bytes: u64) -> u64 {
+    cursor
+        .active
+        .as_ref()
+        .map_or(0, |active| segment_bytes.saturating_sub(active.offset))
+}
+
+/// Room the log keeps beyond what it promised, for records numbered at the same moment by
+/// other units (each checks, then queues).
+const ROOM_MARGIN_BYTES: u64 = MAX_BATCH_BYTES as u64;
 
 /// Makes a written batch visible: each run of one unit's records is published to that unit under
 /// its lock once.

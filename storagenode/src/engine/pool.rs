@@ -175,18 +175,24 @@ impl Shared {
             state.next_id - 1
         };
         let temp = format!("{SPARE_DIR}/{id}.tmp");
-        let file = self.backend.create(&temp)?;
-        let zeroes = vec![0u8; ZERO_CHUNK_BYTES];
-        let mut offset = 0;
-        while offset < self.segment_bytes {
-            let n = (self.segment_bytes - offset).min(ZERO_CHUNK_BYTES as u64) as usize;
-            file.write_at(&zeroes[..n], offset)?;
-            // Chunk by chunk to the device: a foreground fdatasync on the same disk then waits
-            // behind one chunk of this at most, not behind the whole segment.
-            file.write_back(offset, n as u64)?;
-            offset += n as u64;
+        let written = self.backend.create(&temp).and_then(|file| {
+            let zeroes = vec![0u8; ZERO_CHUNK_BYTES];
+            let mut offset = 0;
+            while offset < self.segment_bytes {
+                let n = (self.segment_bytes - offset).min(ZERO_CHUNK_BYTES as u64) as usize;
+                file.write_at(&zeroes[..n], offset)?;
+                // Chunk by chunk to the device: a foreground fdatasync on the same disk then
+                // waits behind one chunk of this at most, not behind the whole segment.
+                file.write_back(offset, n as u64)?;
+                offset += n as u64;
+            }
+            file.sync()
+        });
+        if let Err(error) = written {
+            // A full filesystem: what was written of it is given back at once.
+            let _ = self.backend.remove(&temp);
+            return Err(error);
         }
-        file.sync()?;
         let path = format!("{SPARE_DIR}/{id}.seg");
         self.backend.rename(&temp, &path)?;
         Ok(path)

@@ -371,8 +371,10 @@ impl Unit {
         for op in &ops {
             self.check_op(op)?;
         }
+        let bytes = ops.iter().map(|op| op.record_bytes() as u64).sum();
         let mut state = self.state.lock();
         self.check_failed()?;
+        self.log.check_room(bytes)?;
         let first = state.next_vba;
         self.enter_generation(&mut state, generation, first)?;
         let records: Vec<Pending> = ops
@@ -436,6 +438,7 @@ impl Unit {
             });
         }
         if vba == state.next_vba {
+            self.log.check_room(op.record_bytes() as u64)?;
             self.enter_generation(&mut state, generation, vba)?;
             self.push_pending(&mut state, vba, generation, op);
             return Ok(Applied::Written);
@@ -518,6 +521,7 @@ impl Unit {
                 self.id, state.next_vba
             )));
         }
+        self.log.check_room(op.record_bytes() as u64)?;
         self.enter_generation(&mut state, generation, vba)?;
         state.next_vba = vba;
         self.push_pending(&mut state, vba, generation, op);

@@ -25,6 +25,12 @@ pub fn from_engine(error: EngineError) -> WireError {
         EngineError::Invalid(_) => ErrorCode::BadRequest,
         EngineError::NoSuchUnit(_) => ErrorCode::UnknownUnit,
         EngineError::UnitExists(_) => ErrorCode::Internal,
+        EngineError::NoSpace { .. } => ErrorCode::NoSpace,
+        EngineError::Io { source, .. } | EngineError::Device { source, .. }
+            if source.kind() == std::io::ErrorKind::StorageFull =>
+        {
+            ErrorCode::NoSpace
+        }
         EngineError::Io { .. }
         | EngineError::Device { .. }
         | EngineError::Corrupt { .. }
