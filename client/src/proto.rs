@@ -55,6 +55,8 @@ mod kind {
     pub const CATCH_UP: u8 = 0x16;
     pub const ALLOCATION: u8 = 0x17;
     pub const FETCH_RECORD: u8 = 0x18;
+    pub const SCRUB: u8 = 0x19;
+    pub const SCRUB_RANGE: u8 = 0x1a;
     pub const READ_OK: u8 = 0x90;
     pub const WRITE_OK: u8 = 0x91;
     pub const FLUSH_OK: u8 = 0x92;
@@ -62,6 +64,8 @@ mod kind {
     pub const REPLICATE_OK: u8 = 0x94;
     pub const RECORDS: u8 = 0x95;
     pub const ALLOCATION_OK: u8 = 0x96;
+    pub const SCRUBBED: u8 = 0x97;
+    pub const SCRUB_DIGEST: u8 = 0x98;
     pub const ERROR: u8 = 0xff;
 }
 
@@ -216,6 +220,38 @@ pub enum Request {
         generation: Generation,
         vba: Vba,
     },
+    /// Scrub one slice (client -> primary): every current copy reads its live records up to the
+    /// VBA every copy holds back and checks them, damage is repaired from a good copy, and the
+    /// copies are compared by digests over VBA ranges. Answered with `Scrubbed` when done.
+    Scrub {
+        unit: UnitId,
+        generation: Generation,
+    },
+    /// This copy's digest of its live records in `(after, through]`, each checked (and a
+    /// damaged one repaired) first (primary -> current copy, during a scrub).
+    ScrubRange {
+        unit: UnitId,
+        generation: Generation,
+        after: Vba,
+        through: Vba,
+    },
+}
+
+/// What a scrub of one slice found (see [`Request::Scrub`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScrubReport {
+    /// The scrub covered VBAs up to this one (what every copy held when it started).
+    pub through: Vba,
+    /// Live records and bytes read back, over every copy.
+    pub records: u64,
+    pub bytes: u64,
+    /// Records found damaged on any copy; of them, those repaired from a good copy.
+    pub damaged: u64,
+    pub repaired: u64,
+    /// VBA ranges where a copy's digest differed from the primary's (after retries).
+    pub mismatched: u64,
+    /// Copies compared with the primary's.
+    pub copies: u32,
 }
 
 impl Request {
@@ -229,7 +265,9 @@ impl Request {
             | Request::Replicate { unit, .. }
             | Request::ResendRange { unit, .. }
             | Request::CatchUp { unit, .. }
-            | Request::FetchRecord { unit, .. } => *unit,
+            | Request::FetchRecord { unit, .. }
+            | Request::Scrub { unit, .. }
+            | Request::ScrubRange { unit, .. } => *unit,
         }
     }
 
@@ -243,7 +281,9 @@ impl Request {
             | Request::Replicate { generation, .. }
             | Request::ResendRange { generation, .. }
             | Request::CatchUp { generation, .. }
-            | Request::FetchRecord { generation, .. } => *generation,
+            | Request::FetchRecord { generation, .. }
+            | Request::Scrub { generation, .. }
+            | Request::ScrubRange { generation, .. } => *generation,
         }
     }
 }
@@ -369,6 +409,16 @@ pub enum Response {
     Allocation {
         extents: Vec<Extent>,
     },
+    Scrubbed(ScrubReport),
+    /// A copy's digest of a range (see [`Request::ScrubRange`]); `damaged`: its records that
+    /// failed their checksum, of which it `repaired` some from another copy first.
+    ScrubDigest {
+        records: u64,
+        bytes: u64,
+        digest: u32,
+        damaged: u64,
+        repaired: u64,
+    },
     Error(WireError),
 }
 
@@ -427,6 +477,8 @@ pub fn encode(out: &mut BytesMut, id: u64, frame: &Frame) {
             Request::CatchUp { .. } => kind::CATCH_UP,
             Request::Allocation { .. } => kind::ALLOCATION,
             Request::FetchRecord { .. } => kind::FETCH_RECORD,
+            Request::Scrub { .. } => kind::SCRUB,
+            Request::ScrubRange { .. } => kind::SCRUB_RANGE,
         },
         Frame::Response(response) => match response {
             Response::Read { .. } => kind::READ_OK,
@@ -436,6 +488,8 @@ pub fn encode(out: &mut BytesMut, id: u64, frame: &Frame) {
             Response::Replicate { .. } => kind::REPLICATE_OK,
             Response::Records { .. } => kind::RECORDS,
             Response::Allocation { .. } => kind::ALLOCATION_OK,
+            Response::Scrubbed(_) => kind::SCRUBBED,
+            Response::ScrubDigest { .. } => kind::SCRUB_DIGEST,
             Response::Error(_) => kind::ERROR,
         },
     };
@@ -555,6 +609,11 @@ fn encode_request(out: &mut BytesMut, request: &Request) {
             out.put_u8(u8::from(*join));
         }
         Request::FetchRecord { vba, .. } => out.put_u64_le(vba.0),
+        Request::Scrub { .. } => {}
+        Request::ScrubRange { after, through, .. } => {
+            out.put_u64_le(after.0);
+            out.put_u64_le(through.0);
+        }
     }
 }
 
@@ -589,6 +648,28 @@ fn encode_response(out: &mut BytesMut, response: &Response) {
                 out.put_u64_le(extent.blocks);
                 out.put_u8(u8::from(extent.allocated));
             }
+        }
+        Response::Scrubbed(report) => {
+            out.put_u64_le(report.through.0);
+            out.put_u64_le(report.records);
+            out.put_u64_le(report.bytes);
+            out.put_u64_le(report.damaged);
+            out.put_u64_le(report.repaired);
+            out.put_u64_le(report.mismatched);
+            out.put_u32_le(report.copies);
+        }
+        Response::ScrubDigest {
+            records,
+            bytes,
+            digest,
+            damaged,
+            repaired,
+        } => {
+            out.put_u64_le(*records);
+            out.put_u64_le(*bytes);
+            out.put_u32_le(*digest);
+            out.put_u64_le(*damaged);
+            out.put_u64_le(*repaired);
         }
         Response::Error(error) => {
             out.put_u16_le(error.code as u16);
@@ -803,7 +884,9 @@ fn decode_body(kind: u8, body: &mut Bytes) -> Result<Frame, ProtocolError> {
         | kind::RESEND_RANGE
         | kind::CATCH_UP
         | kind::ALLOCATION
-        | kind::FETCH_RECORD => {
+        | kind::FETCH_RECORD
+        | kind::SCRUB
+        | kind::SCRUB_RANGE => {
             let (unit, generation) = r.unit()?;
             Frame::Request(match kind {
                 kind::READ => {
@@ -852,6 +935,16 @@ fn decode_body(kind: u8, body: &mut Bytes) -> Result<Frame, ProtocolError> {
                         generation,
                         committed,
                         records: r.records()?,
+                    }
+                }
+                kind::SCRUB => Request::Scrub { unit, generation },
+                kind::SCRUB_RANGE => {
+                    let after = Vba(r.u64("after")?);
+                    Request::ScrubRange {
+                        unit,
+                        generation,
+                        after,
+                        through: Vba(r.u64("through")?),
                     }
                 }
                 kind::FETCH_RECORD => Request::FetchRecord {
@@ -932,6 +1025,22 @@ fn decode_body(kind: u8, body: &mut Bytes) -> Result<Frame, ProtocolError> {
                 .collect::<Result<_, ProtocolError>>()?;
             Frame::Response(Response::Allocation { extents })
         }
+        kind::SCRUBBED => Frame::Response(Response::Scrubbed(ScrubReport {
+            through: Vba(r.u64("through")?),
+            records: r.u64("records")?,
+            bytes: r.u64("bytes")?,
+            damaged: r.u64("damaged")?,
+            repaired: r.u64("repaired")?,
+            mismatched: r.u64("mismatched")?,
+            copies: r.u32("copies")?,
+        })),
+        kind::SCRUB_DIGEST => Frame::Response(Response::ScrubDigest {
+            records: r.u64("records")?,
+            bytes: r.u64("bytes")?,
+            digest: r.u32("digest")?,
+            damaged: r.u64("damaged")?,
+            repaired: r.u64("repaired")?,
+        }),
         kind::ERROR => {
             let code = r.u16("error code")?;
             let code = ErrorCode::from_u16(code).ok_or(malformed(kind, "unknown error code"))?;
@@ -1067,6 +1176,32 @@ mod tests {
                 unit: unit(),
                 generation: g,
                 vba: Vba(17),
+            }),
+            Frame::Request(Request::Scrub {
+                unit: unit(),
+                generation: g,
+            }),
+            Frame::Request(Request::ScrubRange {
+                unit: unit(),
+                generation: g,
+                after: Vba(3),
+                through: Vba(4099),
+            }),
+            Frame::Response(Response::Scrubbed(ScrubReport {
+                through: Vba(9),
+                records: 8,
+                bytes: 8 * 4160,
+                damaged: 2,
+                repaired: 1,
+                mismatched: 1,
+                copies: 2,
+            })),
+            Frame::Response(Response::ScrubDigest {
+                records: 5,
+                bytes: 5 * 4160,
+                digest: 0xdead_beef,
+                damaged: 2,
+                repaired: 1,
             }),
             Frame::Response(Response::Read {
                 data: block.clone(),

@@ -55,7 +55,7 @@ pub fn format_size(bytes: u64) -> String {
     format!("{bytes}")
 }
 
-/// Parses a duration such as `10s`, `500ms`, `2m`, `1h`; a bare number is seconds.
+/// Parses a duration such as `10s`, `500ms`, `2m`, `1h`, `7d`; a bare number is seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let s = text.trim();
     let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -68,8 +68,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => Ok(Duration::from_millis(value)),
         "m" | "min" => Ok(Duration::from_secs(value * 60)),
         "h" => Ok(Duration::from_secs(value * 3600)),
+        "d" => Ok(Duration::from_secs(value * 24 * 3600)),
         _ => Err(format!(
-            "duration {text:?} has an unknown unit {suffix:?} (use ms, s, m or h)"
+            "duration {text:?} has an unknown unit {suffix:?} (use ms, s, m, h or d)"
         )),
     }
 }

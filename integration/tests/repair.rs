@@ -10,7 +10,7 @@ use std::time::Duration;
 use client::types::NodeId;
 use integration::cluster::free_port;
 use integration::gateway::{tagged_block, NbdGateway};
-use integration::{Cluster, ClusterOptions};
+use integration::{wait_until, Cluster, ClusterOptions};
 use storagenode::engine::record::{HEADER_BYTES, RECORD_MAGIC};
 use storagenode::engine::segment::SEGMENT_HEADER_BYTES;
 
@@ -20,6 +20,11 @@ const BLOCK: u64 = 4096;
 /// A cluster of 3 storage nodes, each with its own `/metrics`, and a volume `rot` of 4 slices
 /// with `replicas` copies each. Returns the metrics address of each node.
 async fn cluster(replicas: &str) -> (Cluster, Vec<(String, String)>) {
+    cluster_with(replicas, &[]).await
+}
+
+/// [`cluster`], with `extra` arguments for every storage node.
+async fn cluster_with(replicas: &str, extra: &[&str]) -> (Cluster, Vec<(String, String)>) {
     let mut cluster = Cluster::start(ClusterOptions {
         storage_nodes: 0,
         ..ClusterOptions::default()
@@ -31,6 +36,7 @@ async fn cluster(replicas: &str) -> (Cluster, Vec<(String, String)>) {
         let addr = format!("127.0.0.1:{}", free_port().unwrap());
         let mut args = ClusterOptions::default().storage_args;
         args.extend(["--metrics-listen".to_string(), addr.clone()]);
+        args.extend(extra.iter().map(|a| a.to_string()));
         cluster.add_storage_node(&name, &args).unwrap();
         metrics.push((name, addr));
     }
@@ -295,4 +301,94 @@ async fn records_damaged_on_secondaries_are_repaired_by_whichever_becomes_primar
     // The new primary repaired the one block damaged on its own copy; the other it read intact.
     assert_eq!(repaired, 1);
     assert_eq!(repair_lines(&cluster, &new_primary), 1);
+}
+
+/// `vbs scrub rot`: its exit status, what it printed on stdout and on stderr.
+fn vbs_scrub(cluster: &Cluster) -> (bool, String, String) {
+    let out = cluster.vbs(&["scrub", "rot"]).unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scrub_finds_and_repairs_damage_on_any_copy_without_a_client_read() {
+    let (cluster, metrics) = cluster("2").await;
+    let (primary, secondaries) = copies_of(&cluster, 0).await;
+    let secondary = &secondaries[0];
+    let (on_secondary, on_primary) = (tagged_block(0xa1), tagged_block(0xa2));
+    vbs_write(&cluster, 4 * BLOCK, &on_secondary);
+    vbs_write(&cluster, 8 * BLOCK, &on_primary);
+    // Blocks elsewhere in the volume, so every slice has records to compare.
+    for slice in 1..4u64 {
+        vbs_write(&cluster, slice * (16 << 20), &tagged_block(0xb0 + slice));
+    }
+    let (ok, stdout, stderr) = vbs_scrub(&cluster);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.contains("found nothing wrong"), "{stdout}");
+
+    damage(&cluster, secondary, &on_secondary, false);
+    damage(&cluster, &primary, &on_primary, true);
+    let (ok, stdout, stderr) = vbs_scrub(&cluster);
+    eprintln!("vbs scrub after two flipped bytes:\n{stdout}");
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("scrubbed \"rot\": 4 slices, 10 records"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("found 2 damaged records, repaired 2; 0 ranges where copies disagree"),
+        "{stdout}"
+    );
+    for node in [&primary, secondary] {
+        let addr = metrics_of(&metrics, node);
+        assert_eq!(
+            damaged_records(&cluster, addr, "repaired").await,
+            1,
+            "{node}"
+        );
+    }
+    // Repaired for good: the next pass finds nothing, and no read ever saw the damage.
+    let (ok, stdout, _) = vbs_scrub(&cluster);
+    assert!(ok && stdout.contains("found nothing wrong"), "{stdout}");
+    assert_eq!(
+        vbs_read(&cluster, 4 * BLOCK).unwrap(),
+        on_secondary.to_vec()
+    );
+    assert_eq!(vbs_read(&cluster, 8 * BLOCK).unwrap(), on_primary.to_vec());
+
+    // Damage on every copy: the pass says so and fails.
+    let lost = tagged_block(0xa3);
+    vbs_write(&cluster, 12 * BLOCK, &lost);
+    damage(&cluster, &primary, &lost, false);
+    damage(&cluster, secondary, &lost, false);
+    let (ok, stdout, stderr) = vbs_scrub(&cluster);
+    assert!(!ok, "{stdout}");
+    assert!(
+        stdout.contains("found 2 damaged records, repaired 0"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("could not be repaired"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_background_scrub_repairs_a_secondary_on_its_own() {
+    let (cluster, metrics) = cluster_with("2", &["--scrub-interval", "2s"]).await;
+    let (_, secondaries) = copies_of(&cluster, 0).await;
+    let block = tagged_block(0xc1);
+    vbs_write(&cluster, 6 * BLOCK, &block);
+    damage(&cluster, &secondaries[0], &block, false);
+    let addr = metrics_of(&metrics, &secondaries[0]);
+    wait_until(
+        "the background scrub to repair the secondary",
+        Duration::from_secs(30),
+        || async {
+            Ok::<_, String>((damaged_records(&cluster, addr, "repaired").await == 1).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(repair_lines(&cluster, &secondaries[0]), 1);
 }

@@ -68,6 +68,13 @@ struct ServeArgs {
     /// restarts holding thousands of units catches up this many at a time.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
     resync_parallel: u32,
+    /// How often each slice this node is primary of is scrubbed (every copy read back and
+    /// checked, and the copies compared).
+    #[arg(long, default_value = "7d", value_parser = parse_duration)]
+    scrub_interval: std::time::Duration,
+    /// The most bytes per second all of this node's scrubs read together.
+    #[arg(long, default_value = "16M", value_parser = parse_size)]
+    scrub_rate: u64,
     /// `data` syncs every write batch (the only durable mode); `none` never syncs (tests only).
     #[arg(long, value_enum, default_value = "data")]
     sync: SyncMode,
@@ -289,6 +296,8 @@ fn serve(args: ServeArgs) -> Result<()> {
         config.write_timeout = args.write_timeout;
         config.resync_rate_bytes = args.resync_rate.max(1);
         config.resync_parallel = args.resync_parallel as usize;
+        config.scrub_interval = args.scrub_interval;
+        config.scrub_rate_bytes = args.scrub_rate.max(1);
         config.security = security;
         config.device = DeviceOptions {
             segment_bytes: args.segment_size,

@@ -18,6 +18,7 @@ mod format;
 mod io;
 mod nbd;
 mod node;
+mod scrub;
 mod status;
 mod table;
 mod up;
@@ -92,6 +93,8 @@ enum Command {
     Write(io::WriteArgs),
     /// Read from a volume to a file (or stdout)
     Read(io::ReadArgs),
+    /// Read every copy of a volume back, repair damaged records and compare the copies
+    Scrub(scrub::ScrubArgs),
     /// Measure IOPS, throughput and latency of a volume
     Bench(bench::BenchArgs),
     /// Serve a volume over NBD (for qemu, nbd-client and other block tools)
@@ -141,6 +144,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(command) => node::run(&*managers()?, command).await,
         Command::Write(args) => io::write(managers()?, args).await,
         Command::Read(args) => io::read(managers()?, args).await,
+        Command::Scrub(args) => scrub::run(managers()?, args).await,
         Command::Bench(args) => bench::run(managers()?, args).await,
         Command::Nbd(args) => nbd::run(managers()?, args).await,
         Command::Up(args) => {

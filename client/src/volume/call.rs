@@ -77,7 +77,12 @@ impl Volume {
             attempts.count += 1;
             let route = attempts.route().clone();
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let timeout = self.io_timeout.min(remaining);
+            // A scrub answers when the whole slice is read back: only the deadline bounds it.
+            let timeout = if op == Op::Scrub {
+                remaining
+            } else {
+                self.io_timeout.min(remaining)
+            };
             let error = match self.pool.call(&route.addr, request(&route), timeout).await {
                 Ok(response) => {
                     return match accept(response) {

@@ -16,6 +16,8 @@ pub enum Op {
     Trim,
     /// Which blocks hold data (`Volume::allocation`).
     Allocation,
+    /// Reading every copy of a slice back (`Volume::scrub`).
+    Scrub,
 }
 
 impl fmt::Display for Op {
@@ -26,6 +28,7 @@ impl fmt::Display for Op {
             Op::Flush => "flush",
             Op::Trim => "trim",
             Op::Allocation => "allocation map",
+            Op::Scrub => "scrub",
         })
     }
 }

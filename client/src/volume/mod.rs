@@ -31,7 +31,9 @@ use tokio::time::Instant;
 use crate::api::{ErrorCode as ApiCode, VolumeMap};
 use crate::conn::Pool;
 use crate::managers::Managers;
-use crate::proto::{Extent, PeerKind, Request, Response, MAX_EXTENTS_PER_FRAME, MAX_IO_BYTES};
+use crate::proto::{
+    Extent, PeerKind, Request, Response, ScrubReport, MAX_EXTENTS_PER_FRAME, MAX_IO_BYTES,
+};
 use crate::types::{Generation, Lba, NodeId, SliceIndex, UnitId, Vba, VolumeId, BLOCK_BYTES};
 
 pub use error::{ClientError, Op};
@@ -45,6 +47,8 @@ use retry::ReportOutcome;
 /// Requests of one call in flight at once (a 64 MiB read is 64 requests): enough to keep every
 /// slice's primary busy without queueing a whole large buffer's worth of frames at once.
 const MAX_PARTS_IN_FLIGHT: usize = 64;
+/// How long a scrub of one slice may take, retries included.
+const SCRUB_DEADLINE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 /// A trim carries no data, so one request per slice.
 const MAX_TRIM_PART_BYTES: u64 = u64::MAX - u64::MAX % BLOCK_BYTES;
 
@@ -458,6 +462,27 @@ impl Volume {
         )
         .await
         .map(|(extents, _)| extents)
+    }
+
+    /// Scrubs slice `slice` on its primary: every current copy read back and checked, damage
+    /// repaired, the copies compared (see [`Request::Scrub`]). Answers when done, which takes
+    /// as long as the nodes' scrub rate says.
+    pub async fn scrub(&self, slice: SliceIndex) -> Result<ScrubReport, ClientError> {
+        self.call(
+            Op::Scrub,
+            slice,
+            Instant::now() + SCRUB_DEADLINE,
+            |route| Request::Scrub {
+                unit: route.unit,
+                generation: route.generation,
+            },
+            |response| match response {
+                Response::Scrubbed(report) => Ok(report),
+                other => Err(format!("{other:?} for a scrub")),
+            },
+        )
+        .await
+        .map(|(report, _)| report)
     }
 
     async fn flush_slice(&self, slice: SliceIndex, deadline: Instant) -> Result<(), ClientError> {

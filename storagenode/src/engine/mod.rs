@@ -11,7 +11,8 @@
 //! - [`log`]: the device log and its group commit across units; [`committer`]: the device's thread
 //!   that writes batches under load;
 //! - [`recovery`]: reading the log back, truncation; [`compaction`]: reclaiming overwritten space;
-//!   `repair`: replacing a damaged record with another copy's;
+//!   `repair`: replacing a damaged record with another copy's; [`scrub`]: reading ranges back
+//!   with a digest that copies compare;
 //! - [`device`]: a data directory of units; [`checkpoint`]: the indexes saved, so that opening a
 //!   device reads only the log written since; [`check`]: offline verification.
 
@@ -29,6 +30,7 @@ pub mod pool;
 pub mod record;
 pub mod recovery;
 mod repair;
+pub mod scrub;
 pub mod segment;
 pub mod unit;
 
@@ -42,4 +44,5 @@ pub use log::LogStats;
 pub use meta::Marks;
 pub use record::Op;
 pub use recovery::RecoveryReport;
+pub use scrub::ScrubStep;
 pub use unit::{Applied, Record, Ticket, Unit, UnitStats};

@@ -276,6 +276,35 @@ impl IoMetrics {
 fn render(node: &Node) -> String {
     let mut out = String::new();
     node.io_metrics.render(&mut out);
+    let scrubs = &node.scrubs;
+    for (name, help, counter) in [
+        (
+            "vbs_scrub_records_total",
+            "Live records this node's scrubs read back and checked.",
+            &scrubs.records,
+        ),
+        (
+            "vbs_scrub_bytes_total",
+            "Bytes of records this node's scrubs read back and checked.",
+            &scrubs.bytes,
+        ),
+        (
+            "vbs_scrub_passes_total",
+            "Scrubs of a whole slice this node finished as its primary.",
+            &scrubs.passes,
+        ),
+        (
+            "vbs_scrub_mismatches_total",
+            "VBA ranges where a copy's digest still differed from this primary's after retries.",
+            &scrubs.mismatches,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            counter.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
     if let Ok(devices) = node.devices.each_space() {
         let _ = writeln!(
             out,

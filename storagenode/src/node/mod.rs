@@ -11,6 +11,7 @@
 //! - [`primary`]: client IO on the primary: ordering, replication, acknowledgement;
 //! - [`replica`]: the secondary side, and the primary's answer to resend requests;
 //! - [`repair`]: read repair: a damaged record replaced by another current copy's;
+//! - [`scrub`]: reading every copy back, repairing damage and comparing copies by digests;
 //! - [`catchup`]: the primary's side of a resync (streaming missed records, joining a copy);
 //! - [`resync`]: the copy's side of a resync (pulling, joining, reporting progress);
 //! - [`reports`]: `syncing` and `caught up` reports of many units gathered into few
@@ -28,6 +29,7 @@ pub mod repair;
 pub mod replica;
 pub mod reports;
 pub mod resync;
+pub mod scrub;
 pub mod server;
 pub mod unit;
 
@@ -69,6 +71,10 @@ pub struct NodeConfig {
     pub resync_rate_bytes: u64,
     /// The most units that pull from their primaries at once; the rest wait their turn.
     pub resync_parallel: usize,
+    /// How often each unit this node is primary of is scrubbed in the background.
+    pub scrub_interval: Duration,
+    /// The most bytes per second all of the node's scrubs read together.
+    pub scrub_rate_bytes: u64,
     pub device: DeviceOptions,
     /// The cluster token and TLS settings: for the data plane (both ways), the managers and
     /// `/metrics`.
@@ -93,6 +99,8 @@ impl NodeConfig {
             reorder_wait: Duration::from_millis(100),
             resync_rate_bytes: 100 << 20,
             resync_parallel: 16,
+            scrub_interval: Duration::from_secs(7 * 24 * 3600),
+            scrub_rate_bytes: 16 << 20,
             device: DeviceOptions::default(),
             security: Security::default(),
         }
@@ -110,6 +118,7 @@ pub struct Node {
     /// Wakes the heartbeat loop early, e.g. when a request names a unit not yet known here.
     pub refresh: Notify,
     pub io_metrics: metrics::IoMetrics,
+    pub scrubs: scrub::Scrubs,
     /// Connections and requests refused for their credentials.
     pub rejections: Arc<Rejections>,
     /// `syncing` and `caught up` reports on their way to the managers.
@@ -184,6 +193,7 @@ pub async fn run(
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
+    let scrubs = scrub::Scrubs::new(config.scrub_rate_bytes, config.scrub_interval);
     info!(
         node = %config.id,
         listen = %listener.local_addr()?,
@@ -202,6 +212,7 @@ pub async fn run(
         peers,
         refresh: Notify::new(),
         io_metrics: metrics::IoMetrics::default(),
+        scrubs,
         rejections: Arc::default(),
         restarted_units: std::sync::Mutex::new(Some(restarted_units)),
         reports: reports::Reporter::new(config_id),
@@ -213,6 +224,7 @@ pub async fn run(
     };
     let membership = tokio::spawn(membership::run(node.clone()));
     let maintenance = tokio::spawn(maintenance::run(node.clone()));
+    let scrubbing = tokio::spawn(scrub::run(node.clone()));
     let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics = metrics.map(|listener| {
         let stopped = async {
@@ -223,6 +235,7 @@ pub async fn run(
     let served = server::serve(node.clone(), listener, shutdown).await;
     membership.abort();
     maintenance.abort();
+    scrubbing.abort();
     reporter.abort();
     // A checkpoint at a clean stop: the next start reads none of the log.
     let checkpointing = node.clone();

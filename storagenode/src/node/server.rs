@@ -26,7 +26,7 @@ use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use super::metrics::IoKind;
-use super::{catchup, handshake, primary, repair, replica, Node};
+use super::{catchup, handshake, primary, repair, replica, scrub, Node};
 
 /// How long a new connection has to finish its TLS handshake, and then to say hello (and prove
 /// it knows the token).
@@ -302,6 +302,15 @@ async fn peer_request(
         Request::FetchRecord {
             generation, vba, ..
         } => repair::serve_fetch(runtime, peer, generation, vba).await,
+        Request::ScrubRange {
+            generation,
+            after,
+            through,
+            ..
+        } => scrub::serve_range(node, runtime, peer, generation, after, through).await,
+        Request::Scrub { generation, .. } => scrub::scrub(node, runtime, generation)
+            .await
+            .map(Response::Scrubbed),
         Request::Read { .. }
         | Request::Write { .. }
         | Request::Trim { .. }
