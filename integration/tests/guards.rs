@@ -63,6 +63,7 @@ async fn heartbeat(State(script): State<Arc<Script>>) -> Json<HeartbeatResponse>
         last_vba: Vba::ZERO,
         reported_vba: reported,
         resync: None,
+        scrub: None,
     };
     Json(HeartbeatResponse {
         lease_ms: 5_000,

@@ -350,6 +350,19 @@ async fn a_scrub_finds_and_repairs_damage_on_any_copy_without_a_client_read() {
             "{node}"
         );
     }
+    // The leader hears of each slice's last scrub with the primary's next heartbeat.
+    let shown = wait_until(
+        "vbs status to show the scrub",
+        Duration::from_secs(10),
+        || async {
+            let out = cluster.vbs(&["status", "--all"]).unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            Ok::<_, String>(text.contains("ago, 2 repaired").then_some(text))
+        },
+    )
+    .await
+    .unwrap();
+    assert!(shown.contains("LAST SCRUB"), "{shown}");
     // Repaired for good: the next pass finds nothing, and no read ever saw the damage.
     let (ok, stdout, _) = vbs_scrub(&cluster);
     assert!(ok && stdout.contains("found nothing wrong"), "{stdout}");
@@ -371,6 +384,21 @@ async fn a_scrub_finds_and_repairs_damage_on_any_copy_without_a_client_read() {
         "{stdout}"
     );
     assert!(stderr.contains("could not be repaired"), "{stderr}");
+    let summary = wait_until(
+        "vbs status to flag the slice",
+        Duration::from_secs(10),
+        || async {
+            let out = cluster.vbs(&["status"]).unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            Ok::<_, String>(
+                text.contains("1 slices: their last scrub found damage")
+                    .then_some(text),
+            )
+        },
+    )
+    .await
+    .unwrap();
+    eprintln!("vbs status after a scrub that could not repair:\n{summary}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -391,4 +419,53 @@ async fn the_background_scrub_repairs_a_secondary_on_its_own() {
     .await
     .unwrap();
     assert_eq!(repair_lines(&cluster, &secondaries[0]), 1);
+}
+
+/// A copy whose record was replaced by another valid one (a misdirected write that kept its
+/// checksum): no read notices, the scrub's digests do, and it says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scrub_reports_copies_that_differ_although_each_passes_its_checksum() {
+    let (cluster, metrics) = cluster("2").await;
+    let (primary, secondaries) = copies_of(&cluster, 0).await;
+    let block = tagged_block(0xd7);
+    vbs_write(&cluster, 3 * BLOCK, &block);
+    let (file, at) = find_record(&cluster, &secondaries[0], &block);
+    let mut record = vec![0u8; HEADER_BYTES + BLOCK as usize];
+    {
+        use std::os::unix::fs::FileExt;
+        let segment = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&file)
+            .unwrap();
+        segment.read_exact_at(&mut record, at).unwrap();
+        record[HEADER_BYTES + 100] ^= 0x01;
+        let batch_start = u32::from_le_bytes(record[12..16].try_into().unwrap());
+        let nonce = u64::from_le_bytes(record[16..24].try_into().unwrap());
+        storagenode::engine::record::reseal(&mut record, nonce, batch_start);
+        segment.write_all_at(&record, at).unwrap();
+        segment.sync_all().unwrap();
+    }
+    let (ok, stdout, stderr) = vbs_scrub(&cluster);
+    assert!(!ok, "{stdout}");
+    assert!(
+        stdout.contains("found 0 damaged records, repaired 0; 1 ranges where copies disagree"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("1 ranges differ between copies"),
+        "{stderr}"
+    );
+    let text = cluster
+        .http
+        .get(format!("http://{}/metrics", metrics_of(&metrics, &primary)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("vbs_scrub_mismatches_total 1"), "{text}");
+    // The primary's copy, which the client reads, is intact.
+    assert_eq!(vbs_read(&cluster, 3 * BLOCK).unwrap(), block.to_vec());
 }

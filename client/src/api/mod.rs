@@ -168,6 +168,39 @@ pub struct HeartbeatRequest {
     /// Each data directory's space.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<DeviceSpace>,
+    /// Scrubs finished as primary since the last answered heartbeat.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scrubs: Vec<UnitScrub>,
+}
+
+/// What a slice's last scrub found, run by a node as the slice's primary (`vbs scrub`, or the
+/// background scrub): counts over every copy it compared.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScrubStatus {
+    /// When it finished, in milliseconds since the Unix epoch, by the node's clock.
+    pub finished_unix_ms: u64,
+    pub records: u64,
+    pub bytes: u64,
+    /// Records that failed their checksum on any copy, and those repaired from a good one.
+    pub damaged: u64,
+    pub repaired: u64,
+    /// VBA ranges where a copy's records still differed from the primary's.
+    pub mismatched: u64,
+}
+
+impl ScrubStatus {
+    /// Whether it found something it could not mend.
+    pub fn has_problems(&self) -> bool {
+        self.damaged > self.repaired || self.mismatched > 0
+    }
+}
+
+/// A unit's [`ScrubStatus`], as a heartbeat carries it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitScrub {
+    pub unit: UnitId,
+    #[serde(flatten)]
+    pub status: ScrubStatus,
 }
 
 /// One copy of a slice as the volume map shows it.
@@ -188,6 +221,19 @@ pub struct CopyInfo {
     /// The copy's resync, while one runs and after the last one finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resync: Option<ResyncStatus>,
+    /// The last scrub of the slice this copy's node ran as its primary, as the leader heard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scrub: Option<ScrubStatus>,
+}
+
+impl SliceMap {
+    /// The newest scrub any of the slice's copies ran as its primary.
+    pub fn last_scrub(&self) -> Option<ScrubStatus> {
+        self.copies
+            .iter()
+            .filter_map(|c| c.scrub)
+            .max_by_key(|s| s.finished_unix_ms)
+    }
 }
 
 impl CopyInfo {
@@ -451,6 +497,9 @@ pub struct StatusCounts {
     pub nodes: NodeCounts,
     /// Copies whose resync is under way (reported, not finished).
     pub resyncs_running: u64,
+    /// Slices whose last scrub found damage it could not repair or copies that disagree.
+    #[serde(default)]
+    pub slices_scrub_problems: u64,
 }
 
 /// Copies by status.
@@ -511,6 +560,8 @@ impl StatusCounts {
                     counts.copies.add(copy.status);
                     counts.resyncs_running += u64::from(copy.resync_running());
                 }
+                counts.slices_scrub_problems +=
+                    u64::from(slice.last_scrub().is_some_and(|s| s.has_problems()));
             }
         }
         counts

@@ -30,6 +30,17 @@ pub fn age_ms(ms: u64) -> String {
     }
 }
 
+/// How long ago, coarsely, from milliseconds: `40s ago`, `12m ago`, `5h ago`, `3d ago`.
+pub fn ago(ms: u64) -> String {
+    let secs = ms / 1_000;
+    match secs {
+        0..60 => format!("{secs}s ago"),
+        60..3_600 => format!("{}m ago", secs / 60),
+        3_600..86_400 => format!("{}h ago", secs / 3_600),
+        _ => format!("{}d ago", secs / 86_400),
+    }
+}
+
 /// How far a resync has got, by bytes (by records when it reports no bytes): `45%`. Rounded
 /// down, so `100%` means done.
 pub fn percent(progress: &ResyncProgress) -> String {

@@ -79,7 +79,14 @@ pub fn render_summary(status: &ClusterStatus, attention: &[VolumeMap]) -> String
             slice_row(&mut slices, volume, slice);
         }
     }
-    if slices.is_empty() && down.is_empty() {
+    let scrubs = status.counts.slices_scrub_problems;
+    if scrubs > 0 {
+        out.push_str(&format!(
+            "{scrubs} slices: their last scrub found damage it could not repair or copies that \
+             disagree (vbs status --all; the storage nodes' logs)\n"
+        ));
+    }
+    if slices.is_empty() && down.is_empty() && scrubs == 0 {
         out.push_str("nothing: every node is up and every copy is current\n");
     } else if !slices.is_empty() {
         out.push_str(&slices.render());
@@ -310,7 +317,11 @@ pub fn volumes_table(volumes: &[VolumeMap]) -> Table {
         "SLICES",
         "REPLICAS",
         "COPIES",
+        "LAST SCRUB",
     ]);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     for volume in volumes {
         table.row(vec![
             volume.name.clone(),
@@ -320,9 +331,37 @@ pub fn volumes_table(volumes: &[VolumeMap]) -> Table {
             volume.slices.len().to_string(),
             volume.replicas.to_string(),
             copies_summary(volume),
+            scrub_summary(volume, now_ms),
         ]);
     }
     table
+}
+
+/// When every slice of `volume` was last scrubbed (the oldest), and what those scrubs found:
+/// `never`, `5h ago`, `5h ago, 2 repaired`, `3d ago, 1 NOT REPAIRED`, `2h ago (1 slice never)`.
+pub fn scrub_summary(volume: &VolumeMap, now_ms: u64) -> String {
+    let scrubs: Vec<_> = volume.slices.iter().map(|s| s.last_scrub()).collect();
+    let done: Vec<_> = scrubs.iter().flatten().collect();
+    let Some(oldest) = done.iter().map(|s| s.finished_unix_ms).min() else {
+        return "never".into();
+    };
+    let mut out = format::ago(now_ms.saturating_sub(oldest));
+    let never = scrubs.len() - done.len();
+    if never > 0 {
+        out.push_str(&format!(" ({never} slices never)"));
+    }
+    let repaired: u64 = done.iter().map(|s| s.repaired).sum();
+    let unmended: u64 = done
+        .iter()
+        .map(|s| s.damaged.saturating_sub(s.repaired) + s.mismatched)
+        .sum();
+    if repaired > 0 {
+        out.push_str(&format!(", {repaired} repaired"));
+    }
+    if unmended > 0 {
+        out.push_str(&format!(", {unmended} NOT REPAIRED"));
+    }
+    out
 }
 
 fn or_none(table: &Table) -> String {
@@ -335,7 +374,7 @@ fn or_none(table: &Table) -> String {
 
 #[cfg(test)]
 mod tests {
-    use client::api::{ManagerStatus, Role, SliceMap};
+    use client::api::{ManagerStatus, Role, ScrubStatus, SliceMap, StatusCounts};
     use client::types::{Generation, ManagerId, NodeId, SliceIndex, UnitId, Vba, VolumeId};
 
     use super::*;
@@ -349,6 +388,7 @@ mod tests {
             last_vba: Vba(12),
             reported_vba: None,
             resync: None,
+            scrub: None,
         }
     }
 
@@ -495,8 +535,8 @@ ID  ADDRESS         STATE  CAPACITY  FREE  UNITS  HEARTBEAT
 n1  127.0.0.1:7101  up     10G       9G    1      420ms ago
 
 VOLUMES
-NAME  ID  SIZE  SLICE SIZE  SLICES  REPLICAS  COPIES
-db    1   2G    1G          2       2         3 current, 1 stale
+NAME  ID  SIZE  SLICE SIZE  SLICES  REPLICAS  COPIES              LAST SCRUB
+db    1   2G    1G          2       2         3 current, 1 stale  never
 
 SLICES
 VOLUME  SLICE  UNIT  GENERATION  PRIMARY  COPIES
@@ -504,6 +544,34 @@ db      0      1.0   1           n1       n1 current, n2 current
 db      1      1.1   2           n1       n1 current, n2 stale
 ";
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn a_volumes_last_scrub_is_its_oldest_slices_with_what_was_found() {
+        let mut status = cluster();
+        let volume = &mut status.volumes[0];
+        let day = 86_400_000;
+        let now = 10 * day;
+        let scrub = |finished_unix_ms, repaired, damaged| ScrubStatus {
+            finished_unix_ms,
+            records: 100,
+            bytes: 416_000,
+            damaged,
+            repaired,
+            mismatched: 0,
+        };
+        assert_eq!(scrub_summary(volume, now), "never");
+        volume.slices[0].copies[0].scrub = Some(scrub(now - 2 * 3_600_000, 0, 0));
+        assert_eq!(scrub_summary(volume, now), "2h ago (1 slices never)");
+        // The newest scrub of a slice counts, whichever copy ran it.
+        volume.slices[1].copies[0].scrub = Some(scrub(now - 3 * day, 2, 3));
+        volume.slices[1].copies[1].scrub = Some(scrub(now - 4 * day, 0, 0));
+        assert_eq!(
+            scrub_summary(volume, now),
+            "3d ago, 2 repaired, 1 NOT REPAIRED"
+        );
+        let counts = StatusCounts::of(&status.nodes, &status.volumes);
+        assert_eq!(counts.slices_scrub_problems, 1);
     }
 
     #[test]

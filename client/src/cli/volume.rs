@@ -215,6 +215,7 @@ mod tests {
             last_vba: Vba(7),
             reported_vba: None,
             resync: None,
+            scrub: None,
         };
         let map = VolumeMap {
             id: VolumeId(3),

@@ -288,6 +288,7 @@ pub(crate) mod tests {
             last_vba: Vba::ZERO,
             reported_vba: None,
             resync: None,
+            scrub: None,
         }
     }
 

@@ -253,6 +253,7 @@ impl FakeNode {
             last_vba: Vba::ZERO,
             reported_vba: None,
             resync: None,
+            scrub: None,
         }
     }
 

@@ -13,6 +13,7 @@
 //                        data-status = current | stale | syncing | down
 //   [data-volumes-shown] all (every volume) | attention (those not current) | listed (pages)
 //   [data-list-more]     the button that lists (more) volumes
+//   [data-volume=NAME] [data-scrub]  never | clean | repaired | problems (its last scrubs)
 "use strict";
 
 // Relative URLs: the page works through any manager, and behind a path prefix.
@@ -394,6 +395,27 @@ function sliceTable(volume, slices) {
     `</thead><tbody>${rows.join("")}</tbody></table>`;
 }
 
+// The volume's last scrub: its oldest slice's, with what the scrubs found; the chip carries
+// `data-scrub` = never | clean | repaired | problems.
+function scrubChip(volume) {
+  const last = volume.slices.map((slice) => {
+    const done = slice.copies.map((c) => c.scrub).filter((s) => s);
+    return done.sort((a, b) => b.finished_unix_ms - a.finished_unix_ms)[0];
+  });
+  const done = last.filter((s) => s);
+  if (done.length === 0) return `<span class="chip" data-scrub="never">never scrubbed</span>`;
+  const oldest = Math.min(...done.map((s) => s.finished_unix_ms));
+  const repaired = done.reduce((n, s) => n + s.repaired, 0);
+  const problems = done.reduce((n, s) => n + Math.max(0, s.damaged - s.repaired) + s.mismatched, 0);
+  const kind = problems > 0 ? "problems" : repaired > 0 ? "repaired" : "clean";
+  let text = `scrubbed ${duration(Math.max(0, Date.now() - oldest))} ago`;
+  if (done.length < last.length) text += ` (${last.length - done.length} slices never)`;
+  if (repaired > 0) text += ` &middot; ${repaired} repaired`;
+  if (problems > 0) text += ` &middot; ${problems} NOT REPAIRED`;
+  const cls = problems > 0 ? "bad" : repaired > 0 ? "warn" : "ok";
+  return `<span class="chip ${cls}" data-scrub="${kind}">${text}</span>`;
+}
+
 // `open` says whether the volume's list of every slice is unfolded (many slices only).
 function volumeSection(volume, open) {
   const counts = copyCounts([volume]);
@@ -407,7 +429,7 @@ function volumeSection(volume, open) {
   const head = `<div class="volume-head"><span class="name">${esc(volume.name)}</span>` +
     `<span class="muted">id ${esc(volume.id)} &middot; ${bytes(volume.size_bytes)} &middot; ` +
     `${volume.slices.length} slice${volume.slices.length === 1 ? "" : "s"} of ${bytes(volume.slice_bytes)} ` +
-    `&middot; ${esc(volume.replicas)} replicas</span>${health}</div>`;
+    `&middot; ${esc(volume.replicas)} replicas</span>${health} ${scrubChip(volume)}</div>`;
   let slices;
   if (volume.slices.length <= MANY_SLICES) {
     slices = sliceTable(volume, volume.slices);

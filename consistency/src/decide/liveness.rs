@@ -63,6 +63,8 @@ struct Heard {
     listed: Option<BTreeSet<UnitId>>,
     /// Each data directory's space, as last reported.
     devices: Vec<client::api::DeviceSpace>,
+    /// The last scrub of each unit the node ran as primary.
+    scrubs: BTreeMap<UnitId, client::api::ScrubStatus>,
 }
 
 /// A primary lease that heartbeat replies no longer renew.
@@ -137,6 +139,9 @@ impl Liveness {
         if !request.devices.is_empty() {
             entry.devices = request.devices.clone();
         }
+        for scrub in &request.scrubs {
+            entry.scrubs.insert(scrub.unit, scrub.status);
+        }
     }
 
     /// Each data directory of `node` with its space, as last reported to this leader.
@@ -156,6 +161,7 @@ impl Liveness {
             last_vbas: BTreeMap::new(),
             listed: None,
             devices: Vec::new(),
+            scrubs: BTreeMap::new(),
         });
         entry.at = entry.at.max(now);
         if free_bytes.is_some() {
@@ -193,6 +199,10 @@ impl Liveness {
         CopyMemory {
             resync: self.resyncs.status(unit, copy, now),
             reported_vba: self.last_vba(&copy.node, unit).or_else(unlisted),
+            scrub: self
+                .heard
+                .get(&copy.node)
+                .and_then(|h| h.scrubs.get(&unit).copied()),
         }
     }
 

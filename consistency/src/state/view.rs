@@ -1,7 +1,9 @@
 //! The state as the API shows it: volume maps, node status and what a heartbeat reply tells a
 //! storage node.
 
-use client::api::{AssignedUnit, CopyInfo, NodeStatus, ResyncStatus, Role, SliceMap, VolumeMap};
+use client::api::{
+    AssignedUnit, CopyInfo, NodeStatus, ResyncStatus, Role, ScrubStatus, SliceMap, VolumeMap,
+};
 use client::types::{Generation, NodeId, SliceIndex, UnitId, Vba, BLOCK_BYTES};
 
 use super::{Copy, Node, Slice, State, Volume};
@@ -15,6 +17,8 @@ pub struct CopyMemory {
     pub resync: Option<ResyncStatus>,
     /// The last VBA the copy's node reported in a heartbeat.
     pub reported_vba: Option<Vba>,
+    /// The last scrub of the slice the copy's node ran as its primary.
+    pub scrub: Option<ScrubStatus>,
 }
 
 /// The leader's memory of each copy, for views.
@@ -48,6 +52,7 @@ impl State {
                     // a node back with its unit lost learns from this that it was written.
                     reported_vba: memory.reported_vba,
                     resync: memory.resync,
+                    scrub: memory.scrub,
                 }
             })
             .collect()

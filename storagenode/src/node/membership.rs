@@ -112,6 +112,7 @@ async fn heartbeat(node: &Arc<Node>) -> Result<(), ManagerError> {
         units,
         io: node.io_metrics.unreported(),
         devices,
+        scrubs: node.scrubs.unreported(),
     };
     let sent = Instant::now();
     let interval = node.config.heartbeat_interval;
@@ -122,6 +123,7 @@ async fn heartbeat(node: &Arc<Node>) -> Result<(), ManagerError> {
     };
     let reply = node.managers.heartbeat(&node.id, &request, timing).await?;
     node.io_metrics.reported(&request.io);
+    node.scrubs.reported(&request.scrubs);
     apply(node, sent, reply).await;
     Ok(())
 }
@@ -390,6 +392,7 @@ mod tests {
             last_vba: Vba(last_vba),
             reported_vba: reported.map(Vba),
             resync: None,
+            scrub: None,
         }
     }
 

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use client::api::CopyStatus;
+use client::api::{CopyStatus, ScrubStatus, UnitScrub};
 use client::proto::{ErrorCode, Request, Response, ScrubReport, WireError};
 use client::types::{Generation, NodeId, UnitId, Vba};
 use tokio::time::Instant;
@@ -52,6 +52,8 @@ pub struct Scrubs {
     /// When each unit's last scrub (as primary) finished; units not listed count from the node's
     /// start.
     last: Mutex<BTreeMap<UnitId, Instant>>,
+    /// What each unit's last whole scrub found, and whether the managers heard of it yet.
+    results: Mutex<BTreeMap<UnitId, (ScrubStatus, bool)>>,
     started: Instant,
     pub records: AtomicU64,
     pub bytes: AtomicU64,
@@ -67,6 +69,7 @@ impl Scrubs {
             interval,
             next: tokio::sync::Mutex::new(now),
             last: Mutex::new(BTreeMap::new()),
+            results: Mutex::new(BTreeMap::new()),
             started: now,
             records: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
@@ -96,6 +99,44 @@ impl Scrubs {
     fn finished(&self, unit: UnitId) {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         last.insert(unit, Instant::now());
+    }
+
+    fn found(&self, unit: UnitId, report: &ScrubReport) {
+        let status = ScrubStatus {
+            finished_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            records: report.records,
+            bytes: report.bytes,
+            damaged: report.damaged,
+            repaired: report.repaired,
+            mismatched: report.mismatched,
+        };
+        let mut results = self.results.lock().unwrap_or_else(|p| p.into_inner());
+        results.insert(unit, (status, false));
+    }
+
+    /// Scrub results the managers have not heard of yet, for the next heartbeat.
+    pub fn unreported(&self) -> Vec<UnitScrub> {
+        let results = self.results.lock().unwrap_or_else(|p| p.into_inner());
+        results
+            .iter()
+            .filter(|(_, (_, reported))| !reported)
+            .map(|(unit, (status, _))| UnitScrub {
+                unit: *unit,
+                status: *status,
+            })
+            .collect()
+    }
+
+    /// Notes that the managers acknowledged these results.
+    pub fn reported(&self, scrubs: &[UnitScrub]) {
+        let mut results = self.results.lock().unwrap_or_else(|p| p.into_inner());
+        for scrub in scrubs {
+            if let Some((status, reported)) = results.get_mut(&scrub.unit) {
+                *reported |= *status == scrub.status;
+            }
+        }
     }
 }
 
@@ -223,6 +264,7 @@ pub async fn scrub(
         after = step.through;
     }
     node.scrubs.finished(runtime.id);
+    node.scrubs.found(runtime.id, &report);
     node.scrubs.passes.fetch_add(1, Ordering::Relaxed);
     Ok(report)
 }
