@@ -57,6 +57,7 @@ mod kind {
     pub const FETCH_RECORD: u8 = 0x18;
     pub const SCRUB: u8 = 0x19;
     pub const SCRUB_RANGE: u8 = 0x1a;
+    pub const SCRUB_REPAIR: u8 = 0x1b;
     pub const READ_OK: u8 = 0x90;
     pub const WRITE_OK: u8 = 0x91;
     pub const FLUSH_OK: u8 = 0x92;
@@ -235,7 +236,28 @@ pub enum Request {
         after: Vba,
         through: Vba,
     },
+    /// The primary's live records in `(after, through]`, for a copy whose digest of the range
+    /// differs (primary -> current copy): the copy replaces each record of the same VBA that
+    /// differs with the primary's (fetched with `FetchRecord`) and answers with its new digest.
+    ScrubRepair {
+        unit: UnitId,
+        generation: Generation,
+        after: Vba,
+        through: Vba,
+        entries: Vec<ScrubEntry>,
+    },
 }
+
+/// One live record as a scrub compares it: VBA, generation and content checksum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScrubEntry {
+    pub vba: Vba,
+    pub generation: Generation,
+    pub crc: u32,
+}
+
+/// The most entries a `ScrubRepair` carries.
+pub const MAX_SCRUB_ENTRIES: usize = 65_536;
 
 /// What a scrub of one slice found (see [`Request::Scrub`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -267,7 +289,8 @@ impl Request {
             | Request::CatchUp { unit, .. }
             | Request::FetchRecord { unit, .. }
             | Request::Scrub { unit, .. }
-            | Request::ScrubRange { unit, .. } => *unit,
+            | Request::ScrubRange { unit, .. }
+            | Request::ScrubRepair { unit, .. } => *unit,
         }
     }
 
@@ -283,7 +306,8 @@ impl Request {
             | Request::CatchUp { generation, .. }
             | Request::FetchRecord { generation, .. }
             | Request::Scrub { generation, .. }
-            | Request::ScrubRange { generation, .. } => *generation,
+            | Request::ScrubRange { generation, .. }
+            | Request::ScrubRepair { generation, .. } => *generation,
         }
     }
 }
@@ -479,6 +503,7 @@ pub fn encode(out: &mut BytesMut, id: u64, frame: &Frame) {
             Request::FetchRecord { .. } => kind::FETCH_RECORD,
             Request::Scrub { .. } => kind::SCRUB,
             Request::ScrubRange { .. } => kind::SCRUB_RANGE,
+            Request::ScrubRepair { .. } => kind::SCRUB_REPAIR,
         },
         Frame::Response(response) => match response {
             Response::Read { .. } => kind::READ_OK,
@@ -613,6 +638,21 @@ fn encode_request(out: &mut BytesMut, request: &Request) {
         Request::ScrubRange { after, through, .. } => {
             out.put_u64_le(after.0);
             out.put_u64_le(through.0);
+        }
+        Request::ScrubRepair {
+            after,
+            through,
+            entries,
+            ..
+        } => {
+            out.put_u64_le(after.0);
+            out.put_u64_le(through.0);
+            out.put_u32_le(entries.len() as u32);
+            for entry in entries {
+                out.put_u64_le(entry.vba.0);
+                out.put_u64_le(entry.generation.0);
+                out.put_u32_le(entry.crc);
+            }
         }
     }
 }
@@ -886,7 +926,8 @@ fn decode_body(kind: u8, body: &mut Bytes) -> Result<Frame, ProtocolError> {
         | kind::ALLOCATION
         | kind::FETCH_RECORD
         | kind::SCRUB
-        | kind::SCRUB_RANGE => {
+        | kind::SCRUB_RANGE
+        | kind::SCRUB_REPAIR => {
             let (unit, generation) = r.unit()?;
             Frame::Request(match kind {
                 kind::READ => {
@@ -938,6 +979,31 @@ fn decode_body(kind: u8, body: &mut Bytes) -> Result<Frame, ProtocolError> {
                     }
                 }
                 kind::SCRUB => Request::Scrub { unit, generation },
+                kind::SCRUB_REPAIR => {
+                    let after = Vba(r.u64("after")?);
+                    let through = Vba(r.u64("through")?);
+                    let count = r.u32("entry count")? as usize;
+                    if count > MAX_SCRUB_ENTRIES {
+                        return Err(malformed(kind, "too many scrub entries"));
+                    }
+                    r.need(count * 20, "scrub entries")?;
+                    let entries = (0..count)
+                        .map(|_| {
+                            Ok(ScrubEntry {
+                                vba: Vba(r.u64("entry VBA")?),
+                                generation: Generation(r.u64("entry generation")?),
+                                crc: r.u32("entry checksum")?,
+                            })
+                        })
+                        .collect::<Result<_, ProtocolError>>()?;
+                    Request::ScrubRepair {
+                        unit,
+                        generation,
+                        after,
+                        through,
+                        entries,
+                    }
+                }
                 kind::SCRUB_RANGE => {
                     let after = Vba(r.u64("after")?);
                     Request::ScrubRange {
@@ -1186,6 +1252,24 @@ mod tests {
                 generation: g,
                 after: Vba(3),
                 through: Vba(4099),
+            }),
+            Frame::Request(Request::ScrubRepair {
+                unit: unit(),
+                generation: g,
+                after: Vba(3),
+                through: Vba(9),
+                entries: vec![
+                    ScrubEntry {
+                        vba: Vba(4),
+                        generation: Generation(1),
+                        crc: 7,
+                    },
+                    ScrubEntry {
+                        vba: Vba(9),
+                        generation: Generation(2),
+                        crc: 0xffff_ffff,
+                    },
+                ],
             }),
             Frame::Response(Response::Scrubbed(ScrubReport {
                 through: Vba(9),

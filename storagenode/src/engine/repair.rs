@@ -21,6 +21,17 @@ impl Unit {
     /// record: another generation than this copy's history has at the VBA, or a write of a block
     /// whose newest record here is another VBA.
     pub fn repair(&self, good: &Record) -> Result<bool> {
+        self.put_back(good, false)
+    }
+
+    /// As [`Unit::repair`], but replaces a record that reads back well too, when its content or
+    /// generation differ from `good`'s: a scrub found this copy's record of the VBA differs from
+    /// the primary's although it passes its checksum (a misdirected write).
+    pub fn replace(&self, good: &Record) -> Result<bool> {
+        self.put_back(good, true)
+    }
+
+    fn put_back(&self, good: &Record, even_if_readable: bool) -> Result<bool> {
         let vba = good.vba;
         let held = self.generation_at(vba);
         if held != good.generation {
@@ -45,6 +56,14 @@ impl Unit {
         }
         match self.read_record(vba) {
             Err(EngineError::Damaged { .. }) => {}
+            Ok(Some((header, bytes))) if even_if_readable => {
+                let held = Record::from_bytes(&header, &bytes);
+                if held.generation == good.generation
+                    && held.op.content_crc() == good.op.content_crc()
+                {
+                    return Ok(false);
+                }
+            }
             Ok(_) => return Ok(false),
             Err(other) => return Err(other),
         }

@@ -1,6 +1,7 @@
 //! Scrub in the engine: reading a range of a unit's live records back, checking each, and
 //! folding them into a digest that two copies holding the same records agree on.
 
+use client::proto::ScrubEntry;
 use client::types::Vba;
 
 use super::error::{EngineError, Result};
@@ -19,6 +20,9 @@ pub struct ScrubStep {
     pub digest: u32,
     /// The records that failed their check ([`EngineError::Damaged`]), left out of the digest.
     pub damaged: Vec<EngineError>,
+    /// Each record read, in VBA order: what copies compare record by record when their
+    /// digests differ.
+    pub entries: Vec<ScrubEntry>,
 }
 
 impl Unit {
@@ -49,7 +53,13 @@ impl Unit {
                     let record = Record::from_bytes(&header, &bytes);
                     step.records += 1;
                     step.bytes += bytes.len() as u64;
-                    step.digest = fold(step.digest, &record);
+                    let entry = ScrubEntry {
+                        vba: record.vba,
+                        generation: record.generation,
+                        crc: record.op.content_crc(),
+                    };
+                    step.digest = fold(step.digest, &entry);
+                    step.entries.push(entry);
                 }
                 Err(damage @ EngineError::Damaged { .. }) => step.damaged.push(damage),
                 Err(other) => return Err(other),
@@ -59,10 +69,10 @@ impl Unit {
     }
 }
 
-fn fold(digest: u32, record: &Record) -> u32 {
+fn fold(digest: u32, entry: &ScrubEntry) -> u32 {
     let mut fields = [0u8; 20];
-    fields[..8].copy_from_slice(&record.vba.0.to_le_bytes());
-    fields[8..16].copy_from_slice(&record.generation.0.to_le_bytes());
-    fields[16..].copy_from_slice(&record.op.content_crc().to_le_bytes());
+    fields[..8].copy_from_slice(&entry.vba.0.to_le_bytes());
+    fields[8..16].copy_from_slice(&entry.generation.0.to_le_bytes());
+    fields[16..].copy_from_slice(&entry.crc.to_le_bytes());
     crc32c::crc32c_append(digest, &fields)
 }

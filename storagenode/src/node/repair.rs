@@ -94,7 +94,7 @@ pub async fn repair(
 }
 
 /// Asks the copy at `addr` for its record of `vba`: `None` if it holds none live.
-async fn fetch(
+pub(super) async fn fetch(
     node: &Node,
     runtime: &UnitRuntime,
     generation: Generation,

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use client::api::{CopyStatus, ScrubStatus, UnitScrub};
-use client::proto::{ErrorCode, Request, Response, ScrubReport, WireError};
+use client::proto::{ErrorCode, Request, Response, ScrubEntry, ScrubReport, WireError};
 use client::types::{Generation, NodeId, UnitId, Vba};
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -237,12 +237,24 @@ pub async fn scrub(
                 }
                 tries += 1;
                 if tries > MISMATCH_RETRIES {
-                    report.mismatched += 1;
-                    node.scrubs.mismatches.fetch_add(1, Ordering::Relaxed);
-                    warn!(
-                        unit = %runtime.id, copy = %copy.node, after = %after, through = %step.through,
-                        "a copy's records differ from the primary's in this range"
-                    );
+                    let mended = mend(
+                        node,
+                        runtime,
+                        generation,
+                        &copy.addr,
+                        after,
+                        &step,
+                        &mut report,
+                    )
+                    .await;
+                    if !mended {
+                        report.mismatched += 1;
+                        node.scrubs.mismatches.fetch_add(1, Ordering::Relaxed);
+                        warn!(
+                            unit = %runtime.id, copy = %copy.node, after = %after, through = %step.through,
+                            "a copy's records differ from the primary's in this range, and replacing them did not make them agree"
+                        );
+                    }
                     break;
                 }
                 tokio::time::sleep(MISMATCH_WAIT).await;
@@ -267,6 +279,46 @@ pub async fn scrub(
     node.scrubs.found(runtime.id, &report);
     node.scrubs.passes.fetch_add(1, Ordering::Relaxed);
     Ok(report)
+}
+
+/// Has the copy at `addr` replace its records of `(after, step.through]` that differ from this
+/// primary's (`ScrubRepair`); whether the copy's digest of the range then agrees.
+async fn mend(
+    node: &Node,
+    runtime: &UnitRuntime,
+    generation: Generation,
+    addr: &str,
+    after: Vba,
+    step: &ScrubStep,
+    report: &mut ScrubReport,
+) -> bool {
+    let request = Request::ScrubRepair {
+        unit: runtime.id,
+        generation,
+        after,
+        through: step.through,
+        entries: step.entries.clone(),
+    };
+    match node.peers.call(addr, request, RANGE_TIMEOUT).await {
+        Ok(Response::ScrubDigest {
+            digest,
+            damaged,
+            repaired,
+            ..
+        }) => {
+            report.damaged += damaged + repaired;
+            report.repaired += repaired;
+            digest == step.digest
+        }
+        Ok(other) => {
+            warn!(unit = %runtime.id, %addr, ?other, "a copy answered a scrub repair with nonsense");
+            false
+        }
+        Err(error) => {
+            warn!(unit = %runtime.id, %addr, %error, "a copy could not repair a scrub range");
+            false
+        }
+    }
 }
 
 /// Reads and checks this copy's live records in `(after, through]` (up to `max_records`),
@@ -337,6 +389,121 @@ async fn digest_of(
         .map_err(|e| e.to_string())
 }
 
+/// Serves the primary's [`Request::ScrubRepair`]: each record of `(after, through]` whose VBA
+/// the primary lists with another generation or content is replaced with the primary's, and
+/// the range digested again. Records one side holds live and the other not cannot be mended
+/// record by record; they count as damaged, not repaired.
+pub async fn serve_repair(
+    node: &Node,
+    runtime: &Arc<UnitRuntime>,
+    peer: Option<&NodeId>,
+    generation: Generation,
+    (after, through): (Vba, Vba),
+    entries: Vec<ScrubEntry>,
+) -> Result<Response, WireError> {
+    let primary = current_copy(runtime, peer, generation)?
+        .primary()
+        .map(|p| p.addr.clone())
+        .ok_or_else(|| WireError::new(ErrorCode::Unavailable, "the slice has no primary"))?;
+    let mut report = ScrubReport::default();
+    let step = check(
+        node,
+        runtime,
+        generation,
+        after,
+        through,
+        u64::MAX,
+        &mut report,
+    )
+    .await?;
+    let mine: BTreeMap<Vba, ScrubEntry> = step.entries.iter().map(|e| (e.vba, *e)).collect();
+    let theirs: BTreeMap<Vba, ScrubEntry> = entries.iter().map(|e| (e.vba, *e)).collect();
+    let (mut replaced, mut unmended) = (0, 0);
+    for (vba, entry) in &theirs {
+        match mine.get(vba) {
+            Some(held) if held == entry => continue,
+            Some(_) => {}
+            None => {
+                unmended += 1;
+                continue;
+            }
+        }
+        let good = match repair::fetch(node, runtime, generation, *vba, &primary).await {
+            Ok(Some(good)) if good.op.content_crc() == entry.crc => good,
+            _ => {
+                unmended += 1;
+                continue;
+            }
+        };
+        let engine = runtime.engine.clone();
+        let put = tokio::task::spawn_blocking(move || engine.replace(&good))
+            .await
+            .map_err(from_join)?;
+        match put {
+            Ok(true) => {
+                replaced += 1;
+                node.io_metrics.damaged(true);
+                warn!(unit = %runtime.id, %vba, "replaced a record that differed from the primary's (found by a scrub)");
+            }
+            Ok(false) => {}
+            Err(error) => {
+                unmended += 1;
+                warn!(unit = %runtime.id, %vba, %error, "could not replace a record that differs from the primary's");
+            }
+        }
+    }
+    unmended += mine.keys().filter(|vba| !theirs.contains_key(vba)).count() as u64;
+    let mut again = ScrubReport::default();
+    let step = check(
+        node,
+        runtime,
+        generation,
+        after,
+        through,
+        u64::MAX,
+        &mut again,
+    )
+    .await?;
+    Ok(Response::ScrubDigest {
+        records: step.records,
+        bytes: step.bytes,
+        digest: step.digest,
+        damaged: unmended,
+        repaired: replaced,
+    })
+}
+
+/// This copy's assignment, if it is current at `generation` and `peer` is a storage node.
+fn current_copy(
+    runtime: &UnitRuntime,
+    peer: Option<&NodeId>,
+    generation: Generation,
+) -> Result<super::unit::Assignment, WireError> {
+    if peer.is_none() {
+        return Err(WireError::new(
+            ErrorCode::BadRequest,
+            "scrub ranges are asked by primaries; clients send Scrub",
+        ));
+    }
+    match runtime.assignment() {
+        Some(a)
+            if a.generation == generation
+                && a.status == CopyStatus::Current
+                && !runtime.is_lost()
+                && !runtime.is_undecided() =>
+        {
+            Ok(a)
+        }
+        _ => Err(WireError::new(
+            ErrorCode::NotCurrent,
+            format!(
+                "this copy of slice {} is not current at generation {generation}",
+                runtime.id
+            ),
+        )),
+    }
+}
+
 /// Serves the primary's [`Request::ScrubRange`]: this copy's digest of `(after, through]`, its
 /// damaged records repaired first.
 pub async fn serve_range(
@@ -347,24 +514,7 @@ pub async fn serve_range(
     after: Vba,
     through: Vba,
 ) -> Result<Response, WireError> {
-    if peer.is_none() {
-        return Err(WireError::new(
-            ErrorCode::BadRequest,
-            "scrub ranges are asked by primaries; clients send Scrub",
-        ));
-    }
-    let current = runtime
-        .assignment()
-        .is_some_and(|a| a.generation == generation && a.status == CopyStatus::Current);
-    if !current || runtime.is_lost() || runtime.is_undecided() {
-        return Err(WireError::new(
-            ErrorCode::NotCurrent,
-            format!(
-                "this copy of slice {} is not current at generation {generation}",
-                runtime.id
-            ),
-        ));
-    }
+    current_copy(runtime, peer, generation)?;
     let mut report = ScrubReport::default();
     let step = check(
         node,

@@ -308,6 +308,13 @@ async fn peer_request(
             through,
             ..
         } => scrub::serve_range(node, runtime, peer, generation, after, through).await,
+        Request::ScrubRepair {
+            generation,
+            after,
+            through,
+            entries,
+            ..
+        } => scrub::serve_repair(node, runtime, peer, generation, (after, through), entries).await,
         Request::Scrub { generation, .. } => scrub::scrub(node, runtime, generation)
             .await
             .map(Response::Scrubbed),
