@@ -206,7 +206,7 @@ fn qemu_io(url: &str, commands: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_damaged_on_the_primary_is_read_from_the_other_copy_and_repaired() {
-    let (cluster, metrics) = cluster("2").await;
+    let (mut cluster, metrics) = cluster("2").await;
     let (primary, _) = copies_of(&cluster, 0).await;
     let in_data = tagged_block(0xd1);
     let in_header = tagged_block(0xd2);
@@ -225,6 +225,20 @@ async fn a_record_damaged_on_the_primary_is_read_from_the_other_copy_and_repaire
     assert_eq!(vbs_read(&cluster, 3 * BLOCK).unwrap(), in_data.to_vec());
     assert_eq!(vbs_read(&cluster, 9 * BLOCK).unwrap(), in_header.to_vec());
     assert_eq!(damaged_records(&cluster, addr, "repaired").await, 2);
+    // Repaired in place: killed, the node reads its whole log back at start, and serves.
+    let node = cluster.storage_node(&primary.0).unwrap();
+    node.kill();
+    node.restart().unwrap();
+    cluster.wait_for_storage_up(STARTUP).await.unwrap();
+    assert_eq!(vbs_read(&cluster, 3 * BLOCK).unwrap(), in_data.to_vec());
+    assert_eq!(vbs_read(&cluster, 9 * BLOCK).unwrap(), in_header.to_vec());
+    // Its copies resync; until they do, a damaged record would have no other current copy.
+    wait_until("every copy current", Duration::from_secs(30), || async {
+        let status = cluster.status().await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((integration::copies_not_current(&status) == 0).then_some(()))
+    })
+    .await
+    .unwrap();
 
     // Through NBD, in slice 1: written and read by qemu-io.
     let gateway = NbdGateway::start(&cluster, "rot").await.unwrap();

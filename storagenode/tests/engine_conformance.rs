@@ -473,13 +473,32 @@ mod cases {
         assert_reads(&unit, &model, 24);
         assert_eq!(unit.records_after(Vba(0)).filter(Result::is_ok).count(), 20);
 
-        // Compaction copies nothing damaged and keeps the segment it cannot read past.
+        // Repaired in place: the segment reads back whole, so the device opens with a full read
+        // of its log.
+        drop(unit);
+        drop(device);
+        let device = open(fixture);
+        let unit = device.unit(UNIT).unwrap();
+        assert_reads(&unit, &model, 24);
+
+        // A damaged record that is dead (overwritten since) is never repaired: compaction copies
+        // nothing of it and keeps the segment it cannot read past.
+        flip(SEGMENT_HEADER_BYTES + 2 * RECORD + 64 + 10);
         for tag in 1..=20 {
-            unit.append(G1, vec![write(tag + 100, tag)]).unwrap();
+            unit.append(G1, vec![write(tag, tag + 100)]).unwrap();
+            model.insert(tag, tag + 100);
         }
         unit.set_stable_vba(unit.last_vba());
         device.compact(1.0).unwrap();
         assert_reads(&unit, &model, 24);
+        assert!(
+            backend.exists(&segment_path(1)).unwrap(),
+            "the damaged segment is kept"
+        );
+        assert!(
+            !backend.exists(&segment_path(2)).unwrap(),
+            "segments without damage are compacted away"
+        );
     }
 
     pub fn compaction_keeps_every_live_block(fixture: &dyn Fixture) {

@@ -1,17 +1,18 @@
 //! Read repair in the engine: a damaged record replaced by a good copy of it, fetched from
 //! another copy of the slice (`node::repair`).
 //!
-//! The record keeps its unit, VBA, generation and LBA; as with compaction, only its location
-//! changes. The good copy is written to a compacted segment of its own and the index pointed at
-//! it; the damaged bytes stay where they were, dead. A crash before the index moved leaves the
-//! new segment, which recovery reads like any compaction output (the same VBA in two places).
+//! The good record is written in place of the damaged one, with the same unit, VBA, generation,
+//! LBA and length, sealed with its segment's nonce: the index does not change, and the segment
+//! reads back whole again, for compaction and for a full read of the log when the device opens.
+//! Readers that meet the record while it is being written see a checksum fail and read again
+//! once the repair, which holds the log's maintenance lock, is done. A crash in the middle of
+//! the write leaves the record damaged, as it was before.
 
 use client::types::Vba;
 
-use super::error::{EngineError, Result};
-use super::index::Location;
-use super::record::{self, Op};
-use super::segment::SEGMENT_HEADER_BYTES;
+use super::error::{io_err, EngineError, Result};
+use super::index::Target;
+use super::record::{self, Op, HEADER_BYTES};
 use super::unit::{Record, Unit};
 
 impl Unit {
@@ -45,14 +46,21 @@ impl Unit {
         let Some(from) = self.state.lock().index.location(vba) else {
             return Ok(false);
         };
-        if let Op::Write { lba, .. } = &good.op {
-            let newest = self.state.lock().index.vba_of(*lba);
-            if newest != vba {
-                return Err(EngineError::Invalid(format!(
-                    "unit {}: a repair of VBA {vba} writes LBA {lba}, whose newest record here is VBA {newest}",
-                    self.id
-                )));
+        // The slot must hold a record of the same kind, so of the same length.
+        let fits = {
+            let state = self.state.lock();
+            match &good.op {
+                Op::Write { lba, .. } => state.index.lookup(*lba) == Target::Written(vba, from),
+                Op::Trim { .. } => state.index.is_live_trim(vba),
             }
+        };
+        if !fits {
+            return Err(EngineError::Invalid(format!(
+                "unit {}: a repair of VBA {vba} brought a {:?} of LBA {}, which is not what this copy holds at that VBA",
+                self.id,
+                good.op.kind(),
+                good.op.lba()
+            )));
         }
         match self.read_record(vba) {
             Err(EngineError::Damaged { .. }) => {}
@@ -68,31 +76,33 @@ impl Unit {
             Err(other) => return Err(other),
         }
 
-        let (vsid, nonce, mut out) = self.log.new_compacted();
-        let at = out.len();
+        // The good record goes where the damaged one is, with that segment's nonce: the segment
+        // reads back whole again, for compaction and for a full read of the log at open.
+        let (file, nonce) = self.segment(from.vsid)?;
         let size = good.op.record_bytes();
-        out.resize(at + size, 0);
+        let mut head = [0u8; HEADER_BYTES];
+        file.read_exact_at(&mut head, from.offset as u64)
+            .map_err(io_err(self.id, format!("reading segment {}", from.vsid)))?;
+        // The batch it was written in, when the damage spared that field; else a batch of its own.
+        let batch_start = match record::decode_header(&head, nonce) {
+            Ok(header) if header.batch_start <= from.offset => header.batch_start,
+            _ => from.offset,
+        };
+        let mut bytes = vec![0u8; size];
         record::encode(
-            &mut out[at..],
+            &mut bytes,
             &good.op,
             self.number,
             good.generation,
             vba,
             nonce,
-            SEGMENT_HEADER_BYTES as u32,
+            batch_start,
         );
-        self.log.install_compacted(vsid, nonce, &out)?;
-        let to = Location {
-            vsid,
-            offset: at as u32,
-        };
-        let mut state = self.state.lock();
-        let moved = state.index.relocate(vba, from.vsid, to, size as u64);
-        state.segments.insert(vsid);
-        // Nothing else moves records under the maintenance lock, so `moved` holds; were it not,
-        // the new segment holds nothing live and compaction frees it.
-        debug_assert!(moved, "a record moved during its repair");
-        Ok(moved)
+        let context = format!("repairing VBA {vba} in segment {}", from.vsid);
+        file.write_at(&bytes, from.offset as u64)
+            .map_err(io_err(self.id, &context))?;
+        file.sync().map_err(io_err(self.id, &context))?;
+        Ok(true)
     }
 
     /// The live record at `vba`, checked: `None` if no live record has it (it was overwritten).

@@ -667,7 +667,7 @@ impl Unit {
     }
 
     /// The file and nonce of a segment the index points into.
-    fn segment(&self, vsid: Vsid) -> Result<(Arc<dyn BlockFile>, u64)> {
+    pub(super) fn segment(&self, vsid: Vsid) -> Result<(Arc<dyn BlockFile>, u64)> {
         self.log.segment(vsid).ok_or_else(|| EngineError::Corrupt {
             unit: self.id,
             vsid,
