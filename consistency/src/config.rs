@@ -55,6 +55,13 @@ pub struct Args {
     /// re-created on other nodes.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub grace: Duration,
+    /// Percent of a storage device's filesystem in use past which the managers warn.
+    #[arg(long, default_value_t = 85, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub nearfull_percent: u8,
+    /// Percent of a storage device's filesystem in use past which its node, once all its
+    /// devices are past it, takes no new copies (new volumes, re-replication, growth).
+    #[arg(long, default_value_t = 95, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub full_percent: u8,
     #[command(flatten)]
     pub security: ServerArgs,
 }
@@ -111,6 +118,7 @@ pub struct Config {
     pub commit_timeout: Duration,
     /// How long a node stays down before its copies are re-created elsewhere.
     pub grace: Duration,
+    pub space: client::api::SpaceThresholds,
     /// The cluster token and TLS settings, for the API, Raft traffic and forwarding.
     pub security: Security,
 }
@@ -134,6 +142,10 @@ impl Args {
             },
             commit_timeout: self.commit_timeout,
             grace: self.grace,
+            space: client::api::SpaceThresholds {
+                nearfull_percent: self.nearfull_percent,
+                full_percent: self.full_percent,
+            },
             security,
         };
         config.validate()?;
@@ -159,6 +171,7 @@ impl Config {
             },
             commit_timeout: Duration::from_secs(3),
             grace: DEFAULT_GRACE,
+            space: client::api::SpaceThresholds::default(),
             security: Security::default(),
         }
     }
@@ -178,6 +191,12 @@ impl Config {
         }
         if self.snapshot_every == 0 || self.lease.lease.is_zero() || self.commit_timeout.is_zero() {
             return Err("--snapshot-every, --lease and --commit-timeout must be positive".into());
+        }
+        if self.space.nearfull_percent > self.space.full_percent {
+            return Err(format!(
+                "--nearfull-percent ({}) must not be above --full-percent ({})",
+                self.space.nearfull_percent, self.space.full_percent
+            ));
         }
         Ok(())
     }

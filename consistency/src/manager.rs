@@ -115,10 +115,9 @@ impl Manager {
                 term,
                 "leading: every storage node gets a full lease before judging"
             );
-            *memory = Some(LeaderMemory {
-                term,
-                liveness: Liveness::new(self.config.lease, now),
-            });
+            let mut liveness = Liveness::new(self.config.lease, now);
+            liveness.space = self.config.space;
+            *memory = Some(LeaderMemory { term, liveness });
         }
         memory.as_mut().map(|m| f(&mut m.liveness))
     }

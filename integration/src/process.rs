@@ -79,6 +79,18 @@ impl Process {
         Ok(())
     }
 
+    /// SIGTERM, and waits up to `patience` for the process to exit (a clean stop: a storage node
+    /// checkpoints its devices), then SIGKILL; reaps it. Does nothing when not running.
+    pub fn stop(&mut self, patience: std::time::Duration) {
+        if self.signal(libc::SIGTERM).is_ok() {
+            let deadline = std::time::Instant::now() + patience;
+            while self.is_running() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        self.kill();
+    }
+
     /// SIGKILL, then reap. Does nothing when not running.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child().take() {

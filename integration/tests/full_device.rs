@@ -142,6 +142,35 @@ async fn a_full_device_refuses_writes_clearly_keeps_its_copy_current_and_recover
         "{stderr}"
     );
 
+    // The managers hear of it with the node's next heartbeat: the device needs attention, and
+    // the node takes no new copies, so a new volume of two copies does not fit on two nodes.
+    let summary = wait_until(
+        "vbs status to name the full device",
+        Duration::from_secs(10),
+        || async {
+            let out = cluster.vbs(&["status"]).unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            Ok::<_, String>(
+                text.contains("past the full threshold (95%)")
+                    .then_some(text),
+            )
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        summary.contains(&format!(
+            "storage node {primary}: device {}",
+            primary_dir.display()
+        )),
+        "{summary}"
+    );
+    let refused = cluster.create_volume("more", "4M", "2", "4M").unwrap_err();
+    assert!(
+        refused.to_string().contains("--full-percent"),
+        "{refused:#}"
+    );
+
     // Through NBD, the same refusal is ENOSPC.
     let gateway = integration::gateway::NbdGateway::start(&cluster, "full")
         .await
@@ -194,6 +223,20 @@ async fn a_full_device_refuses_writes_clearly_keeps_its_copy_current_and_recover
         read_all(&cluster) == third,
         "the volume reads back the last write"
     );
+    wait_until(
+        "the node to take copies again",
+        Duration::from_secs(10),
+        || async {
+            Ok::<_, String>(
+                cluster
+                    .create_volume("more", "4M", "2", "4M")
+                    .is_ok()
+                    .then_some(()),
+            )
+        },
+    )
+    .await
+    .unwrap();
 
     // Nothing half-written is left in the log: a restarted primary reads it all back.
     let node = cluster.storage_node(&primary.0).unwrap();

@@ -32,6 +32,49 @@ pub struct DeviceSpace {
     pub free_bytes: u64,
 }
 
+impl DeviceSpace {
+    /// The share of the filesystem in use, from 0 to 1.
+    pub fn used_ratio(&self) -> f64 {
+        if self.total_bytes == 0 {
+            return 0.0;
+        }
+        self.total_bytes.saturating_sub(self.free_bytes) as f64 / self.total_bytes as f64
+    }
+}
+
+/// When the managers call a device's filesystem nearly full (they warn) and full (its node takes
+/// no new copies), in percent of it in use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpaceThresholds {
+    pub nearfull_percent: u8,
+    pub full_percent: u8,
+}
+
+impl Default for SpaceThresholds {
+    fn default() -> SpaceThresholds {
+        SpaceThresholds {
+            nearfull_percent: 85,
+            full_percent: 95,
+        }
+    }
+}
+
+impl SpaceThresholds {
+    pub fn is_nearfull(&self, device: &DeviceSpace) -> bool {
+        device.used_ratio() * 100.0 >= f64::from(self.nearfull_percent)
+    }
+
+    pub fn is_full(&self, device: &DeviceSpace) -> bool {
+        device.used_ratio() * 100.0 >= f64::from(self.full_percent)
+    }
+
+    /// Whether every one of a node's devices is past the full threshold (a node that reported
+    /// none is not).
+    pub fn node_is_full(&self, devices: &[DeviceSpace]) -> bool {
+        !devices.is_empty() && devices.iter().all(|d| self.is_full(d))
+    }
+}
+
 /// The IO of one step of the history: rates over the step.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct IoPoint {

@@ -30,7 +30,8 @@ mod io;
 
 pub use events::{Event, EventKind, EventPage, MAX_EVENTS, MAX_EVENTS_PER_PAGE};
 pub use io::{
-    DeviceSpace, IoHistory, IoPoint, IoSeries, IoSource, VolumeIo, IO_LATENCY_BUCKETS_US,
+    DeviceSpace, IoHistory, IoPoint, IoSeries, IoSource, SpaceThresholds, VolumeIo,
+    IO_LATENCY_BUCKETS_US,
 };
 
 use serde::{Deserialize, Serialize};
@@ -481,6 +482,9 @@ pub struct ClusterStatus {
     pub nodes: Vec<NodeStatus>,
     /// Every volume's map; empty when asked with `?volumes=false`, which the counts still cover.
     pub volumes: Vec<VolumeMap>,
+    /// The managers' space thresholds for storage nodes' devices.
+    #[serde(default)]
+    pub space: io::SpaceThresholds,
     /// The cluster in numbers, over every volume and node.
     #[serde(default)]
     pub counts: StatusCounts,

@@ -65,6 +65,30 @@ pub fn render_summary(status: &ClusterStatus, attention: &[VolumeMap]) -> String
             node.units.len()
         ));
     }
+    let space = status.space;
+    let mut devices = 0;
+    for node in &status.nodes {
+        for device in &node.devices {
+            let used = (device.used_ratio() * 100.0).floor();
+            let (dir, id) = (&device.dir, &node.id);
+            if space.is_full(device) {
+                out.push_str(&format!(
+                    "storage node {id}: device {dir} is {used}% full, past the full threshold \
+                     ({}%): once all its devices are, the node takes no new copies\n",
+                    space.full_percent
+                ));
+            } else if space.is_nearfull(device) {
+                out.push_str(&format!(
+                    "storage node {id}: device {dir} is {used}% full, past the nearfull \
+                     threshold ({}%)\n",
+                    space.nearfull_percent
+                ));
+            } else {
+                continue;
+            }
+            devices += 1;
+        }
+    }
     let mut slices = slices_table();
     let mut more = 0;
     for volume in attention {
@@ -86,7 +110,7 @@ pub fn render_summary(status: &ClusterStatus, attention: &[VolumeMap]) -> String
              disagree (vbs status --all; the storage nodes' logs)\n"
         ));
     }
-    if slices.is_empty() && down.is_empty() && scrubs == 0 {
+    if slices.is_empty() && down.is_empty() && scrubs == 0 && devices == 0 {
         out.push_str("nothing: every node is up and every copy is current\n");
     } else if !slices.is_empty() {
         out.push_str(&slices.render());
@@ -398,6 +422,7 @@ mod tests {
             leader: Some(ManagerId(1)),
             term: 4,
             applied_index: 99,
+            space: Default::default(),
             managers: (1..=3)
                 .map(|id| ManagerStatus {
                     id: ManagerId(id),
@@ -496,6 +521,27 @@ db      1      1.1   2           n1       n1 current, n2 stale
         assert!(text.contains("storage nodes  1: 0 up, 1 down\n"), "{text}");
         assert!(
             text.ends_with("NEEDS ATTENTION\nstorage node n1 is down (1 units)\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn devices_past_the_space_thresholds_need_attention() {
+        let mut status = cluster();
+        let device = |dir: &str, free_bytes| client::api::DeviceSpace {
+            dir: dir.into(),
+            total_bytes: 1000,
+            free_bytes,
+        };
+        status.nodes[0].devices = vec![device("/d0", 500), device("/d1", 120), device("/d2", 30)];
+        let text = render_summary(&status, &[]);
+        assert!(
+            text.ends_with(
+                "NEEDS ATTENTION\n\
+                 storage node n1: device /d1 is 88% full, past the nearfull threshold (85%)\n\
+                 storage node n1: device /d2 is 97% full, past the full threshold (95%): once all \
+                 its devices are, the node takes no new copies\n"
+            ),
             "{text}"
         );
     }

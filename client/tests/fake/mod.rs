@@ -103,6 +103,7 @@ async fn status(State(state): State<Arc<ManagerState>>) -> Json<ClusterStatus> {
         leader: Some(ManagerId(1)),
         term: 1,
         applied_index: 1,
+        space: Default::default(),
         managers: vec![ManagerStatus {
             id: ManagerId(1),
             addr: "127.0.0.1:1".into(),

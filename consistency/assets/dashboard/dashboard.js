@@ -14,6 +14,7 @@
 //   [data-volumes-shown] all (every volume) | attention (those not current) | listed (pages)
 //   [data-list-more]     the button that lists (more) volumes
 //   [data-volume=NAME] [data-scrub]  never | clean | repaired | problems (its last scrubs)
+//   [data-device=NODE:DIR]  data-space = ok | nearfull | full (the managers' thresholds)
 "use strict";
 
 // Relative URLs: the page works through any manager, and behind a path prefix.
@@ -310,7 +311,7 @@ function nodes(status) {
       `<td>${badges.join(" ")}</td>` +
       `<td><div class="capacity"><progress class="${usedPercent > 90 ? "full" : ""}" ` +
       `max="100" value="${usedPercent.toFixed(1)}"></progress>` +
-      `${bytes(n.free_bytes)} free of ${bytes(n.capacity_bytes)}</div>${devices(n)}</td>` +
+      `${bytes(n.free_bytes)} free of ${bytes(n.capacity_bytes)}</div>${devices(n, status.space)}</td>` +
       `<td class="num">${n.units.length}</td>` +
       `<td>${heartbeat}</td></tr>`;
   });
@@ -319,18 +320,22 @@ function nodes(status) {
     `<tbody>${rows.join("")}</tbody></table>`;
 }
 
-// Each data directory's filesystem, as the node last reported it to the leader.
-const NEARFULL_PERCENT = 85;
-function devices(node) {
+// Each data directory's filesystem, as the node last reported it to the leader; past the
+// managers' nearfull threshold it is red, and says so (`data-space` = ok | nearfull | full).
+function devices(node, space) {
   if (!node.devices || node.devices.length === 0) return "";
+  const nearfull = space ? space.nearfull_percent : 85;
+  const full = space ? space.full_percent : 95;
   return node.devices.map((d) => {
     const used = Math.max(0, d.total_bytes - d.free_bytes);
     const p = d.total_bytes > 0 ? Math.min(100, (used * 100) / d.total_bytes) : 0;
-    const cls = p >= NEARFULL_PERCENT ? "full" : "";
-    return `<div class="capacity device" data-device="${esc(node.id)}:${esc(d.dir)}" data-used-percent="${p.toFixed(1)}" ` +
+    const state = p >= full ? "full" : p >= nearfull ? "nearfull" : "ok";
+    const cls = state === "ok" ? "" : "full";
+    return `<div class="capacity device" data-device="${esc(node.id)}:${esc(d.dir)}" data-space="${state}" data-used-percent="${p.toFixed(1)}" ` +
       `title="${esc(d.dir)}: ${bytes(used)} used of ${bytes(d.total_bytes)}">` +
       `<progress class="${cls}" max="100" value="${p.toFixed(1)}"></progress>` +
-      `<span class="mono">${esc(d.dir)}</span> ${bytes(d.free_bytes)} free</div>`;
+      `<span class="mono">${esc(d.dir)}</span> ${bytes(d.free_bytes)} free` +
+      (state === "ok" ? "" : ` &middot; <b>${state}</b>`) + `</div>`;
   }).join("");
 }
 

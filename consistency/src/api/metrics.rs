@@ -54,6 +54,10 @@ struct StateFigures {
     volumes: u64,
     running: RunningResyncs,
     resyncs: Vec<CopyResync>,
+    /// Storage devices past the nearfull threshold (and not full), and past the full one, as
+    /// last reported to the leader (none elsewhere).
+    devices_nearfull: u64,
+    devices_full: u64,
 }
 
 impl StateFigures {
@@ -117,6 +121,8 @@ impl StateFigures {
             volumes: state.volumes.len() as u64,
             running,
             resyncs,
+            devices_nearfull: 0,
+            devices_full: 0,
         }
     }
 }
@@ -143,7 +149,19 @@ pub async fn metrics(State(manager): State<SharedManager>) -> Response {
     let now = Instant::now();
     let figures = manager
         .with_liveness(now, |l| {
-            manager.read(|a| StateFigures::of(&a.state, Some(&l.resyncs), now))
+            manager.read(|a| {
+                let mut figures = StateFigures::of(&a.state, Some(&l.resyncs), now);
+                for node in a.state.nodes.keys() {
+                    for device in l.devices(node) {
+                        if l.space.is_full(device) {
+                            figures.devices_full += 1;
+                        } else if l.space.is_nearfull(device) {
+                            figures.devices_nearfull += 1;
+                        }
+                    }
+                }
+                figures
+            })
         })
         .unwrap_or_else(|| manager.read(|a| StateFigures::of(&a.state, None, now)));
     let mut text = render(&raft, &figures);
@@ -215,6 +233,13 @@ fn render(raft: &RaftFigures, figures: &StateFigures) -> String {
     .value(figures.slices_degraded);
     out.gauge("vbs_volumes", "Volumes.").value(figures.volumes);
 
+    out.gauge(
+        "vbs_storage_devices_past_threshold",
+        "Storage node devices past the managers' nearfull threshold (and not full), and past the \
+         full one (leader only, 0 elsewhere).",
+    )
+    .sample(&[("threshold", "nearfull")], figures.devices_nearfull)
+    .sample(&[("threshold", "full")], figures.devices_full);
     out.gauge(
         "vbs_resyncs_running",
         "Resyncs under way, as reported to the leader (0 on other managers).",

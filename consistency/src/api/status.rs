@@ -130,6 +130,7 @@ pub(crate) fn cluster_status(manager: &SharedManager, volumes: bool) -> ClusterS
             applied_index: a.last_applied.map_or(0, |id| id.index),
             managers,
             counts: StatusCounts::of(&nodes, &maps),
+            space: manager.config.space,
             nodes,
             volumes: if volumes { maps } else { Vec::new() },
         }

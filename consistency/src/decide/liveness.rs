@@ -94,6 +94,8 @@ pub struct Liveness {
     pub resyncs: ResyncTracker,
     /// Client IO as nodes report it, for the dashboard's charts.
     pub io: crate::io_history::IoHistory,
+    /// A node whose devices are all past the full threshold reports no room for new copies.
+    pub space: client::api::SpaceThresholds,
 }
 
 /// What the failure detector found.
@@ -121,6 +123,7 @@ impl Liveness {
             judging: BTreeSet::new(),
             resyncs: ResyncTracker::default(),
             io: crate::io_history::IoHistory::default(),
+            space: client::api::SpaceThresholds::default(),
         }
     }
 
@@ -175,11 +178,19 @@ impl Liveness {
         self.heard.get(node).map(|h| h.at)
     }
 
-    /// The free space every node last reported, for placement.
+    /// The free space every node last reported, for placement: none for a node whose devices
+    /// are all past the full threshold, which takes no new copies.
     pub fn reported_free(&self) -> BTreeMap<NodeId, u64> {
         self.heard
             .iter()
-            .filter_map(|(n, h)| Some((n.clone(), h.free_bytes?)))
+            .filter_map(|(n, h)| {
+                let free = if self.space.node_is_full(&h.devices) {
+                    0
+                } else {
+                    h.free_bytes?
+                };
+                Some((n.clone(), free))
+            })
             .collect()
     }
 

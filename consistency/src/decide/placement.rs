@@ -135,8 +135,15 @@ fn place_slices(
         if let Some(short) = chosen.iter().find(|c| c.free_bytes < unit_bytes) {
             return Err(Refusal::InsufficientNodes(format!(
                 "not enough free capacity: slice {index} needs {unit_bytes} bytes on {replicas} \
-                 distinct nodes, and node {} (among the roomiest up nodes) has {}",
-                short.id, short.free_bytes
+                 distinct nodes, and node {} (among the roomiest up nodes) has {}{}",
+                short.id,
+                short.free_bytes,
+                if short.free_bytes == 0 {
+                    " (a node whose devices are past the managers' --full-percent takes no new \
+                     copies)"
+                } else {
+                    ""
+                }
             )));
         }
         chosen.sort_by(|a, b| {

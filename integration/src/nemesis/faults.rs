@@ -8,9 +8,11 @@ use client::api::{ClusterStatus, CopyStatus, Role, SliceMap};
 use std::collections::{BTreeMap, BTreeSet};
 
 use client::types::UnitId;
+use client::types::BLOCK_BYTES;
 use storagenode::engine::backend::BlockFile;
 use storagenode::engine::log::LOG_DIR;
 use storagenode::engine::meta::{UnitMeta, UNIT_META};
+use storagenode::engine::record::{Kind, HEADER_BYTES};
 use storagenode::engine::segment::{read_header, scan, Found, Vsid};
 use storagenode::engine::{Backend, FileBackend};
 
@@ -175,22 +177,107 @@ pub async fn inject(
             // lost acknowledged writes, which only another current copy can give back. Without
             // one, no design survives it: only records of units backed by a current copy on
             // another node are torn.
-            let backed: BTreeSet<UnitId> = slices
-                .iter()
-                .filter(|s| {
-                    s.copies
-                        .iter()
-                        .any(|c| c.node.0 != node && c.status == CopyStatus::Current)
-                })
-                .map(|s| s.unit)
-                .collect();
+            let backed = backed_elsewhere(slices, &node);
             cluster.storage_node(&node)?.kill();
             // From here on the node is stopped: whatever tearing finds, it is restarted.
             let torn = tear_tail(&cluster.storage_data_dir(&node), &backed, pick)
                 .unwrap_or_else(|e| format!("nothing torn: {e:#}"));
             (format!("killed {node}, {torn}"), Heal::RestartStorage(node))
         }
+        FaultKind::BitRot => {
+            let node = pick_node(slices, pick, None)?;
+            // Only another current copy can give a damaged record back: only records of units
+            // backed by one are damaged.
+            let backed = backed_elsewhere(slices, &node);
+            // A clean stop checkpoints the devices, so the node reads none of its log when it
+            // starts again: the damage is found by reads and scrubs, as on a disk that rots.
+            cluster
+                .storage_node(&node)?
+                .stop(std::time::Duration::from_secs(10));
+            let rotted = rot(&cluster.storage_data_dir(&node), &backed, pick)
+                .unwrap_or_else(|e| format!("nothing damaged: {e:#}"));
+            (
+                format!("stopped {node}, {rotted}"),
+                Heal::RestartStorage(node),
+            )
+        }
     })
+}
+
+/// The units of `slices` with a current copy on another node than `node`.
+fn backed_elsewhere(slices: &[SliceMap], node: &str) -> BTreeSet<UnitId> {
+    slices
+        .iter()
+        .filter(|s| {
+            s.copies
+                .iter()
+                .any(|c| c.node.0 != node && c.status == CopyStatus::Current)
+        })
+        .map(|s| s.unit)
+        .collect()
+}
+
+/// Flips one bit of a live write record of a unit in `backed`, in the (stopped) storage node's
+/// data directory `data_dir`: in its data, or in its header when `pick` is odd. A record is live
+/// here when no record of the same unit with a higher VBA writes the same block. Says what it
+/// damaged.
+pub fn rot(data_dir: &Path, backed: &BTreeSet<UnitId>, pick: u64) -> anyhow::Result<String> {
+    let backend = FileBackend::open(data_dir).context("opening the data directory")?;
+    let units = unit_numbers(&backend)?;
+    let mut found: Vec<(String, Found)> = Vec::new();
+    for name in backend.list(LOG_DIR).context("listing the log")? {
+        let Some(vsid) = Vsid::from_file_name(&name) else {
+            continue;
+        };
+        let path = format!("{LOG_DIR}/{name}");
+        let file = backend.open(&path)?;
+        let header = match read_header(file.as_ref())? {
+            Ok(header) if header.vsid == vsid => header,
+            _ => continue,
+        };
+        let Ok(scan) = scan(file.as_ref(), header.nonce, vsid.is_log())? else {
+            continue;
+        };
+        found.extend(scan.records.into_iter().map(|f| (path.clone(), f)));
+    }
+    let newest: BTreeMap<(u32, u64), u64> =
+        found.iter().fold(BTreeMap::new(), |mut newest, (_, f)| {
+            let h = f.header;
+            let vba = newest.entry((h.unit, h.lba.0)).or_insert(0);
+            *vba = (*vba).max(h.vba.0);
+            newest
+        });
+    let live: Vec<&(String, Found)> = found
+        .iter()
+        .filter(|(_, f)| {
+            let h = f.header;
+            h.kind == Kind::Write
+                && units.get(&h.unit).is_some_and(|u| backed.contains(u))
+                && newest.get(&(h.unit, h.lba.0)) == Some(&h.vba.0)
+        })
+        .collect();
+    if live.is_empty() {
+        bail!("no live record of a unit with another current copy");
+    }
+    let (path, record) = live[(pick % live.len() as u64) as usize];
+    let offset = if pick % 2 == 1 {
+        // The header's LBA field.
+        record.offset + 40
+    } else {
+        record.offset + HEADER_BYTES as u64 + (pick / 2) % BLOCK_BYTES
+    };
+    let file = backend.open(path)?;
+    let mut byte = [0u8; 1];
+    file.read_at(&mut byte, offset)?;
+    file.write_at(&[byte[0] ^ (1 << (pick % 8))], offset)?;
+    file.sync()?;
+    let unit = units
+        .get(&record.header.unit)
+        .map_or("?".into(), |u| u.to_string());
+    Ok(format!(
+        "flipped a bit at offset {offset} of {path}: unit {unit} VBA {} LBA {}",
+        record.header.vba, record.header.lba
+    ))
 }
 
 /// Undoes an injected fault.

@@ -37,10 +37,13 @@ pub enum FaultKind {
     /// SIGKILL a storage node, zero the tail of the last write batch of one of its units' newest
     /// log segment (a torn write), restart it after the hold.
     TornTail,
+    /// Stop a storage node cleanly, flip one bit of a live record of one of its copies (bit rot),
+    /// restart it after the hold. Reads must still return the data written.
+    BitRot,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 11] = [
+    pub const ALL: [FaultKind; 12] = [
         FaultKind::KillPrimary,
         FaultKind::KillSecondary,
         FaultKind::KillLeader,
@@ -52,6 +55,7 @@ impl FaultKind {
         FaultKind::SplitPrimary,
         FaultKind::CutManagers,
         FaultKind::TornTail,
+        FaultKind::BitRot,
     ];
 
     pub fn name(self) -> &'static str {
@@ -67,6 +71,7 @@ impl FaultKind {
             FaultKind::SplitPrimary => "split-primary",
             FaultKind::CutManagers => "cut-managers",
             FaultKind::TornTail => "torn-tail",
+            FaultKind::BitRot => "bit-rot",
         }
     }
 
@@ -106,7 +111,7 @@ impl FaultKind {
             FaultKind::HangPrimary | FaultKind::HangSecondary | FaultKind::HangLeader => {
                 (lease + 700, lease * 3)
             }
-            FaultKind::TornTail => (200, lease * 2),
+            FaultKind::TornTail | FaultKind::BitRot => (200, lease * 2),
             FaultKind::IsolateNode | FaultKind::SplitPrimary | FaultKind::CutManagers => {
                 (1000, lease * 4)
             }

@@ -364,3 +364,37 @@ fn a_node_whose_heartbeat_lists_no_such_unit_is_shown_at_vba_0() {
     );
     assert_eq!(reported(&memory), [None, Some(3)]);
 }
+
+#[test]
+fn a_node_whose_devices_are_all_past_the_full_threshold_has_no_room_for_new_copies() {
+    let t0 = Instant::now();
+    let mut l = liveness(t0);
+    let device = |dir: &str, free_bytes| client::api::DeviceSpace {
+        dir: dir.into(),
+        total_bytes: 100 << 20,
+        free_bytes,
+    };
+    let with_devices = |devices: Vec<client::api::DeviceSpace>| HeartbeatRequest {
+        free_bytes: Some(40 << 20),
+        devices,
+        ..Default::default()
+    };
+    // One device nearly full, one not: the node still takes copies.
+    l.heard(
+        &node("n1"),
+        t0,
+        &with_devices(vec![device("/a", 2 << 20), device("/b", 50 << 20)]),
+    );
+    // Every device past 95% used.
+    l.heard(
+        &node("n2"),
+        t0,
+        &with_devices(vec![device("/a", 4 << 20), device("/b", 1 << 20)]),
+    );
+    let free = l.reported_free();
+    assert_eq!(free[&node("n1")], 40 << 20);
+    assert_eq!(free[&node("n2")], 0);
+    // Space comes back: the next heartbeat says so.
+    l.heard(&node("n2"), t0, &with_devices(vec![device("/a", 30 << 20)]));
+    assert_eq!(l.reported_free()[&node("n2")], 40 << 20);
+}
