@@ -300,13 +300,14 @@ impl Report {
     }
 }
 
-/// Holds the machine-wide lock of nemesis runs (released when the file is closed).
-struct RunLock {
+/// Holds the machine-wide lock of nemesis runs (released when the file is closed): also taken by
+/// benchmarks that use the same addresses or the packet filter.
+pub struct RunLock {
     _file: File,
 }
 
 impl RunLock {
-    fn acquire() -> anyhow::Result<RunLock> {
+    pub fn acquire() -> anyhow::Result<RunLock> {
         use std::os::fd::AsRawFd;
         let file = File::options()
             .create(true)

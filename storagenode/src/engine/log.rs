@@ -236,7 +236,11 @@ impl Log {
         let segment = self.pool.segment_bytes();
         let usable = segment.saturating_sub(SEGMENT_HEADER_BYTES + WRITE_RECORD_BYTES as u64);
         let need = self.unwritten.load(Ordering::SeqCst) + bytes + ROOM_MARGIN_BYTES;
-        let mut room = self.active_room.load(Ordering::SeqCst) + self.pool.ready() as u64 * usable;
+        let mut room = self.active_room.load(Ordering::SeqCst);
+        if room >= need {
+            return Ok(());
+        }
+        room += self.pool.ready() as u64 * usable;
         if room >= need {
             return Ok(());
         }

@@ -194,6 +194,8 @@ pub async fn scrub(
     };
     let mut after = Vba::ZERO;
     while after < through {
+        // A primary that lost its role or lease stops: the new one scrubs the slice.
+        runtime.serving_primary(generation)?;
         let mut step = check(
             node,
             runtime,
