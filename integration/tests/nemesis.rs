@@ -53,7 +53,6 @@ async fn hangs_and_partitions_with_three_copies_lose_nothing() {
             FaultKind::HangPrimary,
             FaultKind::HangSecondary,
             FaultKind::CutManagers,
-            FaultKind::BitRot,
         ],
     )
     .await;
