@@ -160,7 +160,8 @@ fn damage(cluster: &Cluster, node: &NodeId, data: &[u8], header: bool) {
     flip(&file, offset);
 }
 
-async fn damaged_records(cluster: &Cluster, addr: &str, outcome: &str) -> u64 {
+/// The value of `series` in the `/metrics` of the storage node at `addr`.
+async fn metric(cluster: &Cluster, addr: &str, series: &str) -> u64 {
     let text = cluster
         .http
         .get(format!("http://{addr}/metrics"))
@@ -170,12 +171,17 @@ async fn damaged_records(cluster: &Cluster, addr: &str, outcome: &str) -> u64 {
         .text()
         .await
         .unwrap();
-    let series = format!("vbs_damaged_records_total{{outcome=\"{outcome}\"}} ");
+    let prefix = format!("{series} ");
     text.lines()
-        .find_map(|line| line.strip_prefix(&series))
+        .find_map(|line| line.strip_prefix(&prefix))
         .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
         .parse()
         .unwrap()
+}
+
+async fn damaged_records(cluster: &Cluster, addr: &str, outcome: &str) -> u64 {
+    let series = format!("vbs_damaged_records_total{{outcome=\"{outcome}\"}}");
+    metric(cluster, addr, &series).await
 }
 
 fn metrics_of<'a>(metrics: &'a [(String, String)], node: &NodeId) -> &'a str {
@@ -467,16 +473,11 @@ async fn a_scrub_mends_a_copy_that_differs_although_each_record_passes_its_check
         stdout.contains("found 1 damaged records, repaired 1; 0 ranges where copies disagree"),
         "{stdout}"
     );
-    let text = cluster
-        .http
-        .get(format!("http://{}/metrics", metrics_of(&metrics, &primary)))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(text.contains("vbs_scrub_mismatches_total 0"), "{text}");
+    let addr = metrics_of(&metrics, &primary);
+    assert_eq!(
+        metric(&cluster, addr, "vbs_scrub_mismatches_total").await,
+        0
+    );
     let (ok, stdout, _) = vbs_scrub(&cluster);
     assert!(ok && stdout.contains("found nothing wrong"), "{stdout}");
     // The secondary now holds the primary's block: it serves it once it is the primary.

@@ -139,20 +139,7 @@ pub async fn serve_fetch(
             "records are fetched by storage nodes; clients read from the primary",
         ));
     }
-    let current = runtime
-        .assignment()
-        .is_some_and(|a| a.generation == generation && a.status == CopyStatus::Current)
-        && !runtime.is_lost()
-        && !runtime.is_undecided();
-    if !current {
-        return Err(WireError::new(
-            ErrorCode::NotCurrent,
-            format!(
-                "this copy of slice {} is not current at generation {generation}",
-                runtime.id
-            ),
-        ));
-    }
+    runtime.current_at(generation)?;
     let engine = runtime.engine.clone();
     let record = tokio::task::spawn_blocking(move || engine.record(vba))
         .await

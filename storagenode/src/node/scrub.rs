@@ -261,17 +261,7 @@ pub async fn scrub(
                 }
                 tokio::time::sleep(MISMATCH_WAIT).await;
                 // Both sides again: the primary's own read may be the one that moved.
-                let mut again = ScrubReport::default();
-                step = check(
-                    node,
-                    runtime,
-                    generation,
-                    after,
-                    step.through,
-                    u64::MAX,
-                    &mut again,
-                )
-                .await?;
+                (step, _) = check_all(node, runtime, generation, after, step.through).await?;
             }
         }
         node.scrubs.throttle(step.bytes).await;
@@ -281,6 +271,28 @@ pub async fn scrub(
     node.scrubs.found(runtime.id, &report);
     node.scrubs.passes.fetch_add(1, Ordering::Relaxed);
     Ok(report)
+}
+
+/// [`check`] of the whole of `(after, through]`, and what it found there alone.
+async fn check_all(
+    node: &Node,
+    runtime: &Arc<UnitRuntime>,
+    generation: Generation,
+    after: Vba,
+    through: Vba,
+) -> Result<(ScrubStep, ScrubReport), WireError> {
+    let mut report = ScrubReport::default();
+    let step = check(
+        node,
+        runtime,
+        generation,
+        after,
+        through,
+        u64::MAX,
+        &mut report,
+    )
+    .await?;
+    Ok((step, report))
 }
 
 /// Has the copy at `addr` replace its records of `(after, step.through]` that differ from this
@@ -407,17 +419,7 @@ pub async fn serve_repair(
         .primary()
         .map(|p| p.addr.clone())
         .ok_or_else(|| WireError::new(ErrorCode::Unavailable, "the slice has no primary"))?;
-    let mut report = ScrubReport::default();
-    let step = check(
-        node,
-        runtime,
-        generation,
-        after,
-        through,
-        u64::MAX,
-        &mut report,
-    )
-    .await?;
+    let (step, _) = check_all(node, runtime, generation, after, through).await?;
     let mine: BTreeMap<Vba, ScrubEntry> = step.entries.iter().map(|e| (e.vba, *e)).collect();
     let theirs: BTreeMap<Vba, ScrubEntry> = entries.iter().map(|e| (e.vba, *e)).collect();
     let (mut replaced, mut unmended) = (0, 0);
@@ -455,17 +457,7 @@ pub async fn serve_repair(
         }
     }
     unmended += mine.keys().filter(|vba| !theirs.contains_key(vba)).count() as u64;
-    let mut again = ScrubReport::default();
-    let step = check(
-        node,
-        runtime,
-        generation,
-        after,
-        through,
-        u64::MAX,
-        &mut again,
-    )
-    .await?;
+    let (step, _) = check_all(node, runtime, generation, after, through).await?;
     Ok(Response::ScrubDigest {
         records: step.records,
         bytes: step.bytes,
@@ -475,7 +467,8 @@ pub async fn serve_repair(
     })
 }
 
-/// This copy's assignment, if it is current at `generation` and `peer` is a storage node.
+/// This copy's assignment, if `peer` is a storage node and this copy is current at
+/// `generation`.
 fn current_copy(
     runtime: &UnitRuntime,
     peer: Option<&NodeId>,
@@ -487,23 +480,7 @@ fn current_copy(
             "scrub ranges are asked by primaries; clients send Scrub",
         ));
     }
-    match runtime.assignment() {
-        Some(a)
-            if a.generation == generation
-                && a.status == CopyStatus::Current
-                && !runtime.is_lost()
-                && !runtime.is_undecided() =>
-        {
-            Ok(a)
-        }
-        _ => Err(WireError::new(
-            ErrorCode::NotCurrent,
-            format!(
-                "this copy of slice {} is not current at generation {generation}",
-                runtime.id
-            ),
-        )),
-    }
+    runtime.current_at(generation)
 }
 
 /// Serves the primary's [`Request::ScrubRange`]: this copy's digest of `(after, through]`, its
@@ -517,17 +494,7 @@ pub async fn serve_range(
     through: Vba,
 ) -> Result<Response, WireError> {
     current_copy(runtime, peer, generation)?;
-    let mut report = ScrubReport::default();
-    let step = check(
-        node,
-        runtime,
-        generation,
-        after,
-        through,
-        u64::MAX,
-        &mut report,
-    )
-    .await?;
+    let (step, report) = check_all(node, runtime, generation, after, through).await?;
     node.scrubs.throttle(step.bytes).await;
     Ok(Response::ScrubDigest {
         records: step.records,

@@ -290,6 +290,28 @@ impl UnitRuntime {
         lock(&self.lease).renew(sent_at, lease);
     }
 
+    /// The assignment, if this copy is current at `generation` and not marked lost or undecided:
+    /// what a copy must be to hand its records to another (read repair, scrub).
+    pub fn current_at(&self, generation: Generation) -> Result<Assignment, WireError> {
+        match self.assignment() {
+            Some(a)
+                if a.generation == generation
+                    && a.status == CopyStatus::Current
+                    && !self.is_lost()
+                    && !self.is_undecided() =>
+            {
+                Ok(a)
+            }
+            _ => Err(WireError::new(
+                ErrorCode::NotCurrent,
+                format!(
+                    "this copy of slice {} is not current at generation {generation}",
+                    self.id
+                ),
+            )),
+        }
+    }
+
     /// The assignment, if this copy may serve client IO of `generation` now: it is the primary,
     /// current, at that generation, and holds its lease.
     pub fn serving_primary(&self, generation: Generation) -> Result<Assignment, WireError> {
