@@ -224,16 +224,12 @@ pub fn log_record(input: &[u8]) {
     check_record(input);
     if input.len() >= record::HEADER_BYTES {
         let mut sealed = input.to_vec();
+        record::seal_header(&mut sealed);
         let end = match record::decode_header(&sealed, RECORD_NONCE) {
             Ok(header) => header.record_bytes().min(sealed.len()),
             Err(_) => sealed.len(),
         };
-        sealed[8..12].fill(0);
-        let crc = crc32c::crc32c_append(
-            crc32c::crc32c(&sealed[..record::HEADER_BYTES]),
-            &sealed[record::HEADER_BYTES..end],
-        );
-        sealed[8..12].copy_from_slice(&crc.to_le_bytes());
+        record::seal(&mut sealed[..end]);
         check_record(&sealed);
     }
     let _ = record::decode_header(input, RECORD_NONCE);
@@ -420,7 +416,7 @@ pub fn recovery(input: &[u8]) {
                             "LBA {lba} reads garbage after recovery"
                         );
                     }
-                    Err(EngineError::Corrupt { .. }) => {}
+                    Err(EngineError::Corrupt { .. } | EngineError::Damaged { .. }) => {}
                     Err(other) => panic!("LBA {lba}: unexpected error {other}"),
                 }
             }

@@ -484,3 +484,56 @@ async fn a_scrub_mends_a_copy_that_differs_although_each_record_passes_its_check
     cluster.storage_node(&primary.0).unwrap().kill();
     assert_eq!(vbs_read(&cluster, 3 * BLOCK).unwrap(), block.to_vec());
 }
+
+/// Damage read at start: a killed node reads back the log written since its last checkpoint, and
+/// there meets a damaged record that is dead (its block written again since) and one that is live.
+/// Their headers read, so it opens, serves, and the next scrub repairs the live one. (Damage to the
+/// very last record of a log is a torn tail: cut off, and the copy resynced.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_opens_past_damaged_records_in_its_log_and_a_scrub_repairs_the_live_one() {
+    let (mut cluster, metrics) = cluster("2").await;
+    let (primary, _) = copies_of(&cluster, 0).await;
+    let (dead, overwriting, live) = (tagged_block(0xc1), tagged_block(0xc2), tagged_block(0xc3));
+    vbs_write(&cluster, 3 * BLOCK, &dead);
+    vbs_write(&cluster, 3 * BLOCK, &overwriting);
+    vbs_write(&cluster, 4 * BLOCK, &live);
+    // A record after the live one: damage to the last record of the log reads as a torn tail.
+    vbs_write(&cluster, 6 * BLOCK, &tagged_block(0xc5));
+    cluster.storage_node(&primary.0).unwrap().kill();
+    damage(&cluster, &primary, &dead, false);
+    damage(&cluster, &primary, &live, false);
+    cluster.storage_node(&primary.0).unwrap().restart().unwrap();
+    let log_file = cluster.dir.path().join(format!("{}.log", primary.0));
+    let log = wait_until("the node to start", STARTUP, || async {
+        let log = std::fs::read_to_string(&log_file).unwrap_or_default();
+        let restarted = log.matches("storage node starting").count() == 2;
+        Ok::<_, String>(restarted.then_some(log))
+    })
+    .await
+    .unwrap();
+    assert!(
+        log.contains("records whose data is damaged"),
+        "the node says what it found at start:\n{log}"
+    );
+    wait_until("every copy current", Duration::from_secs(30), || async {
+        let status = cluster.status().await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((integration::copies_not_current(&status) == 0).then_some(()))
+    })
+    .await
+    .unwrap();
+    // A scrub covers what every copy is known to hold: the last write becomes known so with the
+    // next one.
+    vbs_write(&cluster, 5 * BLOCK, &tagged_block(0xc4));
+
+    let (ok, stdout, stderr) = vbs_scrub(&cluster);
+    eprintln!("vbs scrub after a start past damaged records:\n{stdout}");
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("found 1 damaged records, repaired 1"),
+        "{stdout}"
+    );
+    let addr = metrics_of(&metrics, &primary);
+    assert_eq!(damaged_records(&cluster, addr, "repaired").await, 1);
+    assert_eq!(vbs_read(&cluster, 3 * BLOCK).unwrap(), overwriting.to_vec());
+    assert_eq!(vbs_read(&cluster, 4 * BLOCK).unwrap(), live.to_vec());
+}

@@ -244,6 +244,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         unit.unit, unit.segments, unit.records, unit.live_records, unit.live_blocks,
                         unit.last_vba
                     );
+                    if unit.damaged_records > 0 {
+                        println!(
+                            "  damaged: {} records whose data fails its checksum (repaired from another copy when read or scrubbed)",
+                            unit.damaged_records
+                        );
+                    }
                     if let Some(torn) = &unit.torn_tail {
                         println!(
                             "  note: torn tail at {torn} (cut off when the node opens the unit)"

@@ -145,9 +145,12 @@ fn check_finds_damage_and_names_where() {
     assert!(!out.status.success(), "damage must fail the check");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("segment 00000001, offset 16576: corrupt log: a record of unit 3.2 (VBA 4)"),
+        text.contains(
+            "unit 3.2: the record of VBA 4 is damaged (segment 00000001, offset 16576: checksum mismatch)"
+        ),
         "{text}"
     );
+    assert!(text.contains("damaged: 1 records"), "{text}");
     assert!(text.contains("INCONSISTENT"), "{text}");
 }
 

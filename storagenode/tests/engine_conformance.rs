@@ -370,7 +370,11 @@ mod cases {
         }
     }
 
-    pub fn corruption_inside_the_log_names_segment_and_offset(fixture: &dyn Fixture) {
+    /// A record whose data is damaged but whose header reads is the unit's all the same: the
+    /// device opens, the record is indexed, and a read of it says it is damaged (for a repair from
+    /// another copy). A record whose header is damaged cannot be attributed to a unit: it stops
+    /// the open, naming its segment and offset.
+    pub fn damage_inside_the_log_is_indexed_or_named(fixture: &dyn Fixture) {
         let backend = fixture.backend();
         {
             let device = open(fixture);
@@ -380,28 +384,64 @@ mod cases {
                 unit.append(G1, vec![write(tag, tag)]).unwrap();
             }
         }
-        for (vsid, index) in [(1u32, 5u64), (2, 1)] {
+        // Flipping the same bit twice restores the byte.
+        let flip = |vsid: u32, offset: u64| {
             let file = backend.open(&segment_path(vsid)).unwrap();
-            let offset = SEGMENT_HEADER_BYTES + index * RECORD;
             let mut byte = [0u8; 1];
-            file.read_at(&mut byte, offset + 100).unwrap();
-            file.write_at(&[byte[0] ^ 0x40], offset + 100).unwrap();
+            file.read_at(&mut byte, offset).unwrap();
+            file.write_at(&[byte[0] ^ 0x40], offset).unwrap();
             file.sync().unwrap();
+        };
+        let record_at = |index: u64| SEGMENT_HEADER_BYTES + index * RECORD;
+        // Data: VBA 6 inside sealed segment 1, VBA 14 at its end, VBA 16 inside the newest.
+        let data_damage = [(1u32, 5u64, 6u64), (1, 13, 14), (2, 1, 16)];
+        for &(vsid, index, _) in &data_damage {
+            flip(vsid, record_at(index) + 100);
+        }
+        {
+            let (device, reports) = Device::open(backend.clone(), &options()).unwrap();
+            assert_eq!(reports[0].damaged_records, 3, "{reports:?}");
+            assert_eq!(reports[0].torn_tail, None);
+            let unit = device.unit(UNIT).unwrap();
+            assert_eq!(unit.last_vba(), Vba(20));
+            for tag in 1..=20u64 {
+                match unit.read(Lba(tag), 1) {
+                    Ok(data) => assert_eq!(tag_of(&data), tag, "LBA {tag}"),
+                    Err(EngineError::Damaged {
+                        vba, vsid, offset, ..
+                    }) => {
+                        let (at, index, _) = data_damage
+                            .iter()
+                            .find(|d| d.2 == tag)
+                            .unwrap_or_else(|| panic!("LBA {tag} is not damaged"));
+                        assert_eq!((vba, vsid.0, offset), (Vba(tag), *at, record_at(*index)));
+                    }
+                    Err(other) => panic!("LBA {tag}: {other}"),
+                }
+            }
+        }
+        for &(vsid, index, _) in &data_damage {
+            flip(vsid, record_at(index) + 100);
+        }
+
+        // A header's LBA field: whose record it is cannot be told.
+        for (vsid, index) in [(1u32, 5u64), (2, 1)] {
+            flip(vsid, record_at(index) + 40);
             match Device::open(backend.clone(), &options()) {
                 Err(EngineError::CorruptLog {
                     vsid: at,
                     offset: found,
                     ..
                 }) => {
-                    assert_eq!((at.0, found), (vsid, offset));
+                    assert_eq!((at.0, found), (vsid, record_at(index)));
                 }
                 Err(other) => panic!("expected a corruption error, got {other}"),
-                Ok(_) => panic!("a damaged record inside segment {vsid} went unnoticed"),
+                Ok(_) => panic!("a damaged header inside segment {vsid} went unnoticed"),
             }
-            file.write_at(&byte, offset + 100).unwrap();
-            file.sync().unwrap();
+            flip(vsid, record_at(index) + 40);
         }
-        let device = open(fixture);
+        let (device, reports) = Device::open(backend.clone(), &options()).unwrap();
+        assert_eq!(reports[0].damaged_records, 0);
         assert_eq!(device.unit(UNIT).unwrap().last_vba(), Vba(20));
     }
 
@@ -481,23 +521,33 @@ mod cases {
         let unit = device.unit(UNIT).unwrap();
         assert_reads(&unit, &model, 24);
 
-        // A damaged record that is dead (overwritten since) is never repaired: compaction copies
-        // nothing of it and keeps the segment it cannot read past.
+        // A damaged record that is dead (overwritten since) is never repaired: compaction drops
+        // it with its segment. A record whose header does not read keeps its segment, since
+        // whose it is cannot be told.
         flip(SEGMENT_HEADER_BYTES + 2 * RECORD + 64 + 10);
+        let segment_2 = backend.open(&segment_path(2)).unwrap();
+        let mut byte = [0u8; 1];
+        segment_2
+            .read_at(&mut byte, SEGMENT_HEADER_BYTES + 40)
+            .unwrap();
+        segment_2
+            .write_at(&[byte[0] ^ 0x10], SEGMENT_HEADER_BYTES + 40)
+            .unwrap();
         for tag in 1..=20 {
             unit.append(G1, vec![write(tag, tag + 100)]).unwrap();
             model.insert(tag, tag + 100);
         }
         unit.set_stable_vba(unit.last_vba());
-        device.compact(1.0).unwrap();
+        let report = device.compact(1.0).unwrap();
+        assert_eq!(report.damaged_dropped, 1, "{report:?}");
         assert_reads(&unit, &model, 24);
         assert!(
-            backend.exists(&segment_path(1)).unwrap(),
-            "the damaged segment is kept"
+            !backend.exists(&segment_path(1)).unwrap(),
+            "the segment of the dead damaged record is compacted away"
         );
         assert!(
-            !backend.exists(&segment_path(2)).unwrap(),
-            "segments without damage are compacted away"
+            backend.exists(&segment_path(2)).unwrap(),
+            "the segment with a damaged header is kept"
         );
     }
 
@@ -1012,7 +1062,7 @@ conformance!(
     reopen_recovers_every_durable_write,
     a_units_marks_survive_a_reopen_and_a_truncation,
     a_torn_last_record_is_cut_at_every_byte_offset,
-    corruption_inside_the_log_names_segment_and_offset,
+    damage_inside_the_log_is_indexed_or_named,
     a_damaged_record_is_refused_until_a_good_copy_replaces_it,
     units_sharing_the_log_keep_their_own_records,
     a_checkpoint_and_the_log_after_it_give_every_unit_back,

@@ -252,6 +252,7 @@ pub fn rot(data_dir: &Path, backed: &BTreeSet<UnitId>, pick: u64) -> anyhow::Res
         .filter(|(_, f)| {
             let h = f.header;
             h.kind == Kind::Write
+                && !f.damaged
                 && units.get(&h.unit).is_some_and(|u| backed.contains(u))
                 && newest.get(&(h.unit, h.lba.0)) == Some(&h.vba.0)
         })

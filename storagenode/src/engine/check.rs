@@ -18,6 +18,9 @@ pub struct UnitCheck {
     pub segments: usize,
     /// Valid records on disk, live or not.
     pub records: u64,
+    /// Records whose data fails its checksum (their headers read): the node repairs each from
+    /// another copy when it is read or scrubbed.
+    pub damaged_records: u64,
     pub live_records: u64,
     pub live_blocks: u64,
     pub last_vba: u64,
@@ -90,6 +93,7 @@ fn check_unit(unit: &Unit, report: RecoveryReport) -> UnitCheck {
     };
     check.segments = report.segments;
     check.records = report.records;
+    check.damaged_records = report.damaged_records;
     check.last_vba = report.last_vba.0;
     check.torn_tail = report.torn_tail.map(
         |TornTail {

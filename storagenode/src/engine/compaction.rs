@@ -29,6 +29,8 @@ pub struct CompactionReport {
     pub bytes_copied: u64,
     /// Log bytes no longer on disk.
     pub bytes_freed: u64,
+    /// Damaged records no unit needed any more, dropped with their segments.
+    pub damaged_dropped: u64,
 }
 
 impl CompactionReport {
@@ -37,6 +39,7 @@ impl CompactionReport {
         self.records_copied += other.records_copied;
         self.bytes_copied += other.bytes_copied;
         self.bytes_freed += other.bytes_freed;
+        self.damaged_dropped += other.damaged_dropped;
     }
 }
 
@@ -121,7 +124,8 @@ impl Log {
         // (unit, VBA, old segment, new offset, record bytes) of every record copied.
         let mut moves = Vec::new();
         let mut report = CompactionReport::default();
-        // Segments with a damaged record: what follows it cannot be found, so they are kept.
+        // Segments with a damaged record that a unit still needs, or whose header does not say
+        // whose it is: kept as they are, for a read or a scrub to repair it in place.
         let mut kept = Vec::new();
         for &from in group {
             let (Some((file, nonce_from)), Some(end)) =
@@ -139,6 +143,12 @@ impl Log {
                 let header = match record::decode(&bytes[offset..], nonce_from) {
                     Ok(header) => header,
                     Err(invalid) => {
+                        // A damaged record no unit needs any more goes with the segment.
+                        if let Some(size) = dead_damage(units, &bytes[offset..], nonce_from) {
+                            report.damaged_dropped += 1;
+                            offset += size;
+                            continue;
+                        }
                         // Never copied: a read of a live record there finds it damaged and
                         // repairs it from another copy (`node::repair`).
                         warn!(
@@ -230,6 +240,14 @@ impl Log {
         );
         Ok(())
     }
+}
+
+/// The size of the damaged record `bytes` start with, when its header reads and its unit no
+/// longer needs it (or is gone).
+fn dead_damage(units: &HashMap<u32, Arc<Unit>>, bytes: &[u8], nonce: u64) -> Option<usize> {
+    let header = record::decode_header(bytes, nonce).ok()?;
+    let dead = units.get(&header.unit).is_none_or(|u| !needed(u, &header));
+    (dead && header.record_bytes() <= bytes.len()).then_some(header.record_bytes())
 }
 
 /// Whether `unit` still needs the record `header` describes: it belongs to the unit's history,

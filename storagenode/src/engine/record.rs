@@ -17,18 +17,22 @@
 //! | 40 | LBA `u64` | first block |
 //! | 48 | length `u64` | bytes written (one block) or trimmed |
 //! | 56 | unit number `u32` | the device-local number of the unit the record belongs to |
-//! | 60 | reserved `u32` | 0 |
+//! | 60 | header crc32c `u32` | over bytes 0..60, the crc32c field zeroed |
 //!
 //! The nonce ties a record to one life of its segment file, so records left over in a recycled file
 //! never read as valid. The batch start lets recovery tell a torn last batch (cut off) from
-//! corruption of data that was already durable (an error): see `segment::scan`.
+//! damage to data that was already durable: see `segment::scan`. The header's own checksum says
+//! whose a damaged record is (unit, VBA, LBA, length) when only its data is damaged, so that
+//! recovery can index it for repair instead of stopping at it.
 
 use bytes::Bytes;
 use client::types::{Generation, Lba, Vba, BLOCK_BYTES};
 
 pub const RECORD_MAGIC: u32 = 0x5253_4256; // "VBSR" when read as bytes
-pub const RECORD_VERSION: u8 = 2;
+pub const RECORD_VERSION: u8 = 3;
 pub const HEADER_BYTES: usize = 64;
+/// The header bytes its own checksum covers; the checksum follows them.
+const HEADER_FIELDS_BYTES: usize = 60;
 /// A write record always carries exactly one block.
 pub const WRITE_RECORD_BYTES: usize = HEADER_BYTES + BLOCK_BYTES as usize;
 
@@ -189,8 +193,7 @@ pub fn encode(
     head[48..56].copy_from_slice(&length.to_le_bytes());
     head[56..60].copy_from_slice(&unit.to_le_bytes());
     data.copy_from_slice(op.data());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(head), data);
-    head[8..12].copy_from_slice(&crc.to_le_bytes());
+    seal(out);
     debug_assert_eq!(
         decode(out, nonce).map(|h| h.vba),
         Ok(vba),
@@ -211,20 +214,41 @@ fn u32_at(bytes: &[u8], at: usize) -> u32 {
 pub fn reseal(bytes: &mut [u8], nonce: u64, batch_start: u32) {
     bytes[12..16].copy_from_slice(&batch_start.to_le_bytes());
     bytes[16..24].copy_from_slice(&nonce.to_le_bytes());
-    bytes[8..12].fill(0);
-    let crc = crc32c::crc32c_append(
-        crc32c::crc32c(&bytes[..HEADER_BYTES]),
-        &bytes[HEADER_BYTES..],
-    );
-    bytes[8..12].copy_from_slice(&crc.to_le_bytes());
+    seal(bytes);
     debug_assert!(
         decode(bytes, nonce).is_ok(),
         "a resealed record must decode"
     );
 }
 
-/// Parses and checks the header at the start of `bytes`, without looking at the data or the
-/// checksum. Used to learn how long a record claims to be before reading all of it.
+/// Sets both checksums of the record that `bytes` holds exactly: the header's, then the whole
+/// record's.
+pub fn seal(bytes: &mut [u8]) {
+    seal_header(bytes);
+    bytes[8..12].fill(0);
+    let crc = crc32c::crc32c_append(
+        crc32c::crc32c(&bytes[..HEADER_BYTES]),
+        &bytes[HEADER_BYTES..],
+    );
+    bytes[8..12].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Sets the header's own checksum of the record at the start of `bytes`.
+pub fn seal_header(bytes: &mut [u8]) {
+    let crc = header_crc(bytes);
+    bytes[HEADER_FIELDS_BYTES..HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn header_crc(head: &[u8]) -> u32 {
+    let mut fields = [0u8; HEADER_FIELDS_BYTES];
+    fields.copy_from_slice(&head[..HEADER_FIELDS_BYTES]);
+    fields[8..12].fill(0);
+    crc32c::crc32c(&fields)
+}
+
+/// Parses and checks the header at the start of `bytes` against its own checksum, without
+/// looking at the data or the record's checksum: to learn how long a record is before reading all
+/// of it, and whose a record is whose data is damaged.
 pub fn decode_header(bytes: &[u8], nonce: u64) -> Result<Header, Invalid> {
     if bytes.len() < HEADER_BYTES {
         return Err(if bytes.iter().all(|b| *b == 0) {
@@ -239,8 +263,17 @@ pub fn decode_header(bytes: &[u8], nonce: u64) -> Result<Header, Invalid> {
     if u64_at(bytes, 16) != nonce {
         return Err(Invalid::OtherNonce);
     }
-    if bytes[4] != RECORD_VERSION {
-        return Err(Invalid::Corrupt("unknown record format version"));
+    match bytes[4] {
+        RECORD_VERSION => {}
+        2 => {
+            return Err(Invalid::Corrupt(
+                "a record of format 2 (without a header checksum), which this vbs does not read",
+            ))
+        }
+        _ => return Err(Invalid::Corrupt("unknown record format version")),
+    }
+    if u32_at(bytes, HEADER_FIELDS_BYTES) != header_crc(bytes) {
+        return Err(Invalid::Corrupt("header checksum mismatch"));
     }
     let kind = match bytes[5] {
         1 => Kind::Write,
@@ -248,9 +281,6 @@ pub fn decode_header(bytes: &[u8], nonce: u64) -> Result<Header, Invalid> {
         _ => return Err(Invalid::Corrupt("unknown record kind")),
     };
     let length = u64_at(bytes, 48);
-    if u32_at(bytes, 60) != 0 {
-        return Err(Invalid::Corrupt("reserved header bytes are not zero"));
-    }
     let header = Header {
         kind,
         unit: u32_at(bytes, 56),
@@ -359,6 +389,33 @@ mod tests {
                     "flip of bit {bit} in byte {byte} went unnoticed"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_record_damaged_in_its_data_still_says_whose_it_is() {
+        let op = Op::Write {
+            lba: Lba(4),
+            data: block(0x11),
+        };
+        let mut buf = vec![0u8; op.record_bytes()];
+        encode(&mut buf, &op, 3, Generation(2), Vba(40), 9, 4096);
+        let mut data_damaged = buf.clone();
+        data_damaged[HEADER_BYTES + 100] ^= 1;
+        assert_eq!(
+            decode(&data_damaged, 9),
+            Err(Invalid::Corrupt("checksum mismatch"))
+        );
+        let header = decode_header(&data_damaged, 9).expect("the header is intact");
+        assert_eq!((header.unit, header.vba, header.lba), (3, Vba(40), Lba(4)));
+        // Any flip in the header's fields fails the header's own check.
+        for byte in (0..HEADER_BYTES).filter(|b| !(8..12).contains(b)) {
+            let mut header_damaged = buf.clone();
+            header_damaged[byte] ^= 0x08;
+            assert!(
+                decode_header(&header_damaged, 9).is_err(),
+                "a flip in header byte {byte} went unnoticed"
+            );
         }
     }
 

@@ -38,6 +38,10 @@ pub struct RecoveryReport {
     pub records: u64,
     /// Records of a tail truncated after a change of primary, ignored.
     pub void_records: u64,
+    /// Records of the unit's history whose data failed its checksum (their headers read): indexed
+    /// all the same, so that a read of one repairs it from another copy, and a dead one goes with
+    /// compaction.
+    pub damaged_records: u64,
     /// A torn tail at the end of the device log that named this unit (cut off when repairing):
     /// the copy may have lost records of a batch that was being written.
     pub torn_tail: Option<TornTail>,
@@ -59,6 +63,7 @@ pub(super) struct Scanned {
     lba: Lba,
     blocks: u64,
     location: Location,
+    damaged: bool,
 }
 
 impl Scanned {
@@ -74,6 +79,7 @@ impl Scanned {
                 vsid,
                 offset: found.offset as u32,
             },
+            damaged: found.damaged,
         }
     }
 }
@@ -373,6 +379,7 @@ fn build_from(
     };
     scanned.retain(|r| meta.generation_at(r.vba) == Some(r.generation));
     report.void_records = report.records - scanned.len() as u64;
+    report.damaged_records = scanned.iter().filter(|r| r.damaged).count() as u64;
     scanned.sort_by_key(|r| r.vba);
     let UnitCheckpoint {
         last_vba,

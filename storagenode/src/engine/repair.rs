@@ -102,6 +102,8 @@ impl Unit {
         file.write_at(&bytes, from.offset as u64)
             .map_err(io_err(self.id, &context))?;
         file.sync().map_err(io_err(self.id, &context))?;
+        // The segment reads whole again: compaction may take it.
+        self.log.damaged_segments.lock().remove(&from.vsid);
         Ok(true)
     }
 

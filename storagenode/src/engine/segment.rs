@@ -17,7 +17,7 @@ use super::record::{self, Header, Invalid, HEADER_BYTES};
 
 pub const SEGMENT_HEADER_BYTES: u64 = 4096;
 const SEGMENT_MAGIC: u64 = u64::from_le_bytes(*b"VBSSEGMT");
-const SEGMENT_VERSION: u32 = 2;
+const SEGMENT_VERSION: u32 = 3;
 /// Header fields occupy the first bytes of the header block; the rest is zero.
 const SEGMENT_FIELDS_BYTES: usize = 64;
 /// The most bytes one group-commit batch writes with a single write call. Recovery relies on it:
@@ -97,6 +97,12 @@ impl SegmentHeader {
                     "a segment of format 1 (one log per unit), which this vbs does not read",
                 )
             }
+            2 => {
+                return Err(
+                    "a segment of format 2 (records without a header checksum), which this vbs \
+                     does not read",
+                )
+            }
             _ => return Err("unknown segment format version"),
         }
         let mut fields = [0u8; SEGMENT_FIELDS_BYTES];
@@ -123,6 +129,9 @@ pub fn read_header(file: &dyn BlockFile) -> io::Result<Result<SegmentHeader, &'s
 pub struct Found {
     pub header: Header,
     pub offset: u64,
+    /// The record's data fails its checksum, but its header reads: it is the unit's record all
+    /// the same, to be indexed, and repaired from another copy when read.
+    pub damaged: bool,
 }
 
 /// The part of a segment after its last valid record that recovery must cut off.
@@ -188,6 +197,29 @@ impl<'a> Reader<'a> {
         Ok(&self.buf[start..start + want])
     }
 
+    /// The record at `offset`, which failed its check, when it is damage to durable data rather
+    /// than a tear: its header reads (its own checksum holds), so whose it is and how long is
+    /// known, and the log goes on right after it, with a valid record (of a later batch, in the
+    /// newest log segment: a record of the same batch means the batch was torn) or, in a sealed
+    /// segment, with no record at all.
+    fn damaged(&mut self, offset: u64, nonce: u64, last_log: bool) -> io::Result<Option<Header>> {
+        let Ok(header) = record::decode_header(self.bytes(offset, HEADER_BYTES)?, nonce) else {
+            return Ok(None);
+        };
+        let next = offset + header.record_bytes() as u64;
+        if next > self.len {
+            return Ok(None);
+        }
+        Ok(match self.record(next, nonce)? {
+            Ok(following) => {
+                let same_batch = u64::from(following.batch_start) <= offset;
+                (!(last_log && same_batch)).then_some(header)
+            }
+            Err(Invalid::NoRecord | Invalid::OtherNonce) if !last_log => Some(header),
+            Err(_) => None,
+        })
+    }
+
     /// The record at `offset`, fully checked.
     fn record(&mut self, offset: u64, nonce: u64) -> io::Result<Result<Header, Invalid>> {
         let head = self.bytes(offset, HEADER_BYTES)?;
@@ -206,11 +238,14 @@ impl<'a> Reader<'a> {
 /// Reads every record of a segment. `last_log` says whether this is the newest log segment, the
 /// only one whose end can have been torn by a crash; `end_hint` bounds the search (the file length).
 ///
-/// The log ends at the first offset that holds no valid record. What lies after it decides:
+/// A record whose data is damaged but whose header reads, followed by where the log goes on, is
+/// listed as damaged (see `Reader::damaged`). Otherwise the log ends at the first offset that
+/// holds no valid record. What lies after it decides:
 /// - nothing valid: the end of the log (zeroes, a recycled file's old records) or a torn tail;
 /// - a valid record whose batch started at or before that offset, in the newest log segment: the
 ///   crash tore one group-commit batch, none of which was acknowledged, so it is a torn tail too;
-/// - any other valid record: bytes that were durable were damaged, which is corruption.
+/// - any other valid record: bytes that were durable were damaged, and whose they were cannot be
+///   told, which is corruption.
 pub fn scan(
     file: &dyn BlockFile,
     nonce: u64,
@@ -236,10 +271,24 @@ pub fn scan_from(
         }
         match reader.record(offset, nonce)? {
             Ok(header) => {
-                records.push(Found { header, offset });
+                records.push(Found {
+                    header,
+                    offset,
+                    damaged: false,
+                });
                 offset += header.record_bytes() as u64;
             }
-            Err(invalid) => break Some(invalid),
+            Err(invalid) => match reader.damaged(offset, nonce, last_log)? {
+                Some(header) => {
+                    records.push(Found {
+                        header,
+                        offset,
+                        damaged: true,
+                    });
+                    offset += header.record_bytes() as u64;
+                }
+                None => break Some(invalid),
+            },
         }
     };
     let end = offset;
@@ -314,7 +363,8 @@ pub fn scan_from(
 }
 
 /// Every record of a segment up to `end`, the published end of its log (a batch may be in flight
-/// past it): for rereading a segment that is in use. Anything invalid before `end` is corruption.
+/// past it): for rereading a segment that is in use. A record whose header reads is listed, as
+/// damaged if its data does not; anything else invalid before `end` is corruption.
 pub fn records_until(
     file: &dyn BlockFile,
     nonce: u64,
@@ -324,18 +374,25 @@ pub fn records_until(
     let mut records = Vec::new();
     let mut offset = SEGMENT_HEADER_BYTES;
     while offset < end {
-        match reader.record(offset, nonce)? {
-            Ok(header) => {
-                records.push(Found { header, offset });
-                offset += header.record_bytes() as u64;
-            }
-            Err(invalid) => {
-                return Ok(Err(Corruption {
-                    offset,
-                    reason: describe(invalid).to_string(),
-                }))
-            }
-        }
+        let (header, damaged) = match reader.record(offset, nonce)? {
+            Ok(header) => (header, false),
+            Err(invalid) => match record::decode_header(reader.bytes(offset, HEADER_BYTES)?, nonce)
+            {
+                Ok(header) if offset + header.record_bytes() as u64 <= end => (header, true),
+                _ => {
+                    return Ok(Err(Corruption {
+                        offset,
+                        reason: describe(invalid).to_string(),
+                    }))
+                }
+            },
+        };
+        records.push(Found {
+            header,
+            offset,
+            damaged,
+        });
+        offset += header.record_bytes() as u64;
     }
     Ok(Ok(records))
 }

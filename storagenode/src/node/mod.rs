@@ -193,6 +193,10 @@ pub async fn run(
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
+    for report in reports.iter().filter(|r| r.damaged_records > 0) {
+        warn!(unit = ?report.unit, damaged = report.damaged_records,
+            "the unit's log holds records whose data is damaged: each is repaired from another copy when read or scrubbed");
+    }
     let scrubs = scrub::Scrubs::new(config.scrub_rate_bytes, config.scrub_interval);
     info!(
         node = %config.id,

@@ -294,11 +294,9 @@ mod tests {
             );
             return;
         }
+        // Whether the declined read starts the kernel's readahead of the page is the kernel's
+        // choice (some do, some do not): only the answer is checked.
         assert!(!file.read_exact_at_once(&mut buf, 0).unwrap());
-        assert!(
-            !first_page_cached(&raw),
-            "a declined read must not start one"
-        );
         file.read_exact_at(&mut buf, 0).unwrap();
         assert_eq!(buf, data[..4096]);
         assert!(file.read_exact_at_once(&mut buf, 0).unwrap());
