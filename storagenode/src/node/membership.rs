@@ -213,7 +213,7 @@ async fn apply(node: &Arc<Node>, sent: Instant, reply: HeartbeatResponse) {
     }
     for runtime in node.units() {
         if !assigned.contains(&runtime.id) {
-            drop_unit(node, &runtime).await;
+            drop_unit(node, &runtime, "no longer assigned here").await;
         }
     }
     // A secondary that was away may have missed writes the primary did not report (the primary
@@ -340,7 +340,8 @@ async fn create(
     }
 }
 
-async fn drop_unit(node: &Arc<Node>, runtime: &UnitRuntime) {
+/// Removes a unit from the node and its device, for the reason `why`.
+pub(super) async fn drop_unit(node: &Arc<Node>, runtime: &UnitRuntime, why: &str) {
     let unit = runtime.id;
     node.units
         .write()
@@ -351,7 +352,7 @@ async fn drop_unit(node: &Arc<Node>, runtime: &UnitRuntime) {
         tokio::task::spawn_blocking(move || node.devices.remove_unit(unit)).await
     };
     match removed {
-        Ok(Ok(())) => info!(%unit, "dropped a unit no longer assigned here"),
+        Ok(Ok(())) => info!(%unit, why, "dropped a unit"),
         Ok(Err(e)) => error!(%unit, error = %e, "cannot drop a unit"),
         Err(e) => error!(%unit, error = %e, "dropping a unit failed"),
     }

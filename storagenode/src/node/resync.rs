@@ -6,7 +6,9 @@
 //! The first pull carries the generation the copy holds at its last VBA. If the primary's history
 //! differs there (the copy holds an old primary's unacknowledged tail), the copy truncates back to
 //! what every copy held, and pulls from there. A copy that holds nothing gets every live block: a
-//! full resync, by the same path.
+//! full resync, by the same path. A copy whose history differs even below what every copy was
+//! known to hold (its primary lost a torn tail that only it had, and wrote on) is dropped, and
+//! created again empty for a full resync: it is not current, so nothing counts on what it held.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -59,7 +61,16 @@ pub fn start(node: &Arc<Node>, runtime: &Arc<UnitRuntime>) {
                 resync(&node, &runtime, turn).await
             };
             match resynced.await {
-                Ok(()) => break,
+                Ok(Resynced::CaughtUp) => break,
+                Ok(Resynced::Diverged { stable }) => {
+                    // Not current in the database (it is syncing), so nothing counts on what it
+                    // holds: it is dropped, and the next heartbeat creates it empty for a full
+                    // resync.
+                    warn!(unit = %runtime.id, %stable,
+                        "the history differs from the primary's below the VBA every copy was known to hold: emptying this copy for a full resync");
+                    super::membership::drop_unit(&node, &runtime, "its history diverged").await;
+                    break;
+                }
                 Err(e) => {
                     warn!(unit = %runtime.id, attempt, error = %e, "resync interrupted");
                     tokio::time::sleep(backoff).await;
@@ -115,6 +126,18 @@ impl Pace {
     }
 }
 
+/// How a resync ended.
+enum Resynced {
+    CaughtUp,
+    /// The copy's history differs from the primary's below `stable`, the VBA every copy was
+    /// known to hold: the primary lost what this copy was told was everywhere (a torn tail on
+    /// the only current copy), and served on from there. This copy cannot catch up by dropping a
+    /// tail; it must start again empty.
+    Diverged {
+        stable: Vba,
+    },
+}
+
 /// Pulls until caught up. `turn` is given back once the copy joined: what is left, the
 /// confirmation, moves no data, and the confirmations of many units then go to the database
 /// together.
@@ -122,7 +145,7 @@ async fn resync(
     node: &Arc<Node>,
     runtime: &Arc<UnitRuntime>,
     turn: tokio::sync::SemaphorePermit<'_>,
-) -> Result<(), String> {
+) -> Result<Resynced, String> {
     let mut turn = Some(turn);
     let assignment = runtime.assignment().ok_or("not assigned")?;
     let generation = assignment.generation;
@@ -187,10 +210,9 @@ async fn resync(
                     Vba(run_start.0.saturating_sub(1))
                 };
                 if after < engine.stable_vba() {
-                    return Err(format!(
-                        "the history differs from the primary's below VBA {}, which every copy held",
-                        engine.stable_vba()
-                    ));
+                    return Ok(Resynced::Diverged {
+                        stable: engine.stable_vba(),
+                    });
                 }
                 after_generation = engine.generation_at(after);
                 probing = true;
@@ -256,7 +278,7 @@ async fn resync(
             node.reports.progress(unit, progress);
             info!(unit = %runtime.id, records = progress.records_done, bytes = progress.bytes_done,
                 full = progress.full, "resync finished");
-            return Ok(());
+            return Ok(Resynced::CaughtUp);
         }
         join = done && remaining_records as usize <= MAX_JOIN_RECORDS;
         if reported.elapsed() >= REPORT_EVERY {
