@@ -1,7 +1,8 @@
-//! Guards that keep a storage node from serving a copy it must not, across a crash of the node,
-//! against a real `vbs-storage` driven by a scripted manager: what the database says is in the
+//! Guards that keep a storage node from serving a copy it must not: across a crash of the node,
+//! against a real `vbs-storage` driven by a scripted manager (what the database says is in the
 //! script, so the moment between the node marking a copy and the database hearing of it can be
-//! held open and the node killed inside it.
+//! held open and the node killed inside it); and a data directory taken from another node, in a
+//! whole cluster.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,6 +52,8 @@ async fn register(State(script): State<Arc<Script>>) -> Json<NodeStatus> {
         units: vec![unit()],
         draining: false,
         devices: Vec::new(),
+        device_ids: Vec::new(),
+        unknown_devices: Vec::new(),
     })
 }
 
@@ -182,4 +185,153 @@ async fn a_copy_marked_lost_stays_lost_across_a_crash_before_its_report() {
         let log = std::fs::read_to_string(dir.path().join("n1.log")).unwrap_or_default();
         panic!("{e:#}\n--- n1's log ---\n{log}")
     });
+}
+
+/// A data directory taken from another node: x, the primary of a slice whose other copy (on y)
+/// went stale, is stopped, and started again with a copy of y's data directory in place of its
+/// own. The database knows x as the slice's only current copy, and without device identities x
+/// would serve y's stale copy as current. The managers do not know y's device as x's: x marks
+/// every copy on it lost, so the slice's copy on x is not current (the slice has no current copy
+/// left, as it truly has none), while x's copies of slices with a current copy elsewhere resync
+/// and serve the newest data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_from_another_node_is_never_served_as_current() {
+    use integration::{Cluster, ClusterOptions};
+    const SLICE: u64 = 16 << 20;
+    let mut cluster = Cluster::start(ClusterOptions {
+        storage_nodes: 3,
+        ..ClusterOptions::default()
+    })
+    .expect("cluster starts");
+    cluster
+        .wait_for_storage_up(WAIT)
+        .await
+        .expect("storage nodes up");
+    cluster
+        .create_volume("swap", "64M", "2", "16M")
+        .expect("volume created");
+    let write = |cluster: &Cluster, slice: u64, fill: u8| {
+        let file = cluster.dir.path().join(format!("block-{slice}-{fill}"));
+        std::fs::write(&file, vec![fill; 4096]).expect("block file");
+        let offset = (slice * SLICE).to_string();
+        let out = cluster
+            .vbs(&[
+                "write",
+                "swap",
+                "--offset",
+                &offset,
+                "--file",
+                &file.display().to_string(),
+            ])
+            .expect("vbs runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    for slice in 0..4 {
+        write(&cluster, slice, 0xa0);
+    }
+    let map = |status: &client::api::ClusterStatus| {
+        status
+            .volumes
+            .iter()
+            .find(|v| v.name == "swap")
+            .expect("the volume")
+            .slices
+            .clone()
+    };
+    let slices = map(&cluster.status().await.expect("status"));
+    let first = &slices[0];
+    let x = first.primary.0.clone();
+    let y = first
+        .copies
+        .iter()
+        .find(|c| c.node.0 != x)
+        .expect("a second copy")
+        .node
+        .0
+        .clone();
+
+    // y's copy of slice 0 goes stale; x alone holds the newest block.
+    cluster.storage_node(&y).expect("y").kill();
+    write(&cluster, 0, 0xb0);
+    cluster.storage_node(&x).expect("x").kill();
+    // x's data directory is replaced by a copy of y's.
+    let (x_dir, y_dir) = (cluster.storage_data_dir(&x), cluster.storage_data_dir(&y));
+    std::fs::rename(&x_dir, x_dir.with_extension("away")).expect("x's directory moved away");
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&y_dir)
+        .arg(&x_dir)
+        .status()
+        .expect("cp runs");
+    assert!(copied.success());
+    cluster
+        .storage_node(&x)
+        .expect("x")
+        .restart()
+        .expect("x starts");
+
+    let x_log = cluster.dir.path().join(format!("{x}.log"));
+    wait_until("x to mark the copies on y's device lost", WAIT, || async {
+        let log = std::fs::read_to_string(&x_log).unwrap_or_default();
+        Ok::<_, String>(
+            log.contains("do not know this data directory")
+                .then_some(()),
+        )
+    })
+    .await
+    .expect("x marks the copies lost");
+    let managers: String = (1..=3).map(|id| cluster.manager_log(id, 400)).collect();
+    assert!(
+        managers.contains("presents a data directory the database does not know"),
+        "{managers}"
+    );
+    // Slice 0's copy on x is reported not current, and stays so: it has nothing to resync from.
+    let unit = first.unit;
+    wait_until("slice 0's copy on x not current", WAIT, || async {
+        let status = cluster.status().await.map_err(|e| e.to_string())?;
+        let slice = map(&status)
+            .into_iter()
+            .find(|s| s.unit == unit)
+            .expect("slice 0");
+        let on_x = slice
+            .copies
+            .iter()
+            .find(|c| c.node.0 == x)
+            .map(|c| c.status);
+        Ok::<_, String>((on_x != Some(CopyStatus::Current)).then_some(()))
+    })
+    .await
+    .expect("the copy on x is not current");
+    // Every other slice with a copy on x and a current copy elsewhere gets x's copy back current.
+    wait_until("x's other copies current again", WAIT, || async {
+        let status = cluster.status().await.map_err(|e| e.to_string())?;
+        let pending = map(&status)
+            .iter()
+            .filter(|s| s.unit != unit && s.copies.iter().any(|c| c.node.0 == x))
+            .filter(|s| s.copies.iter().any(|c| c.node.0 != y && c.node.0 != x))
+            .filter(|s| {
+                s.copies
+                    .iter()
+                    .any(|c| c.node.0 == x && c.status != CopyStatus::Current)
+            })
+            .count();
+        Ok::<_, String>((pending == 0).then_some(()))
+    })
+    .await
+    .expect("x's copies resync");
+    let status = cluster.status().await.expect("status");
+    let slice = map(&status)
+        .into_iter()
+        .find(|s| s.unit == unit)
+        .expect("slice 0");
+    let on_x = slice
+        .copies
+        .iter()
+        .find(|c| c.node.0 == x)
+        .expect("x's copy");
+    assert_ne!(on_x.status, CopyStatus::Current, "{slice:?}");
 }

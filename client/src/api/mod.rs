@@ -143,6 +143,25 @@ pub struct RegisterNodeRequest {
     /// Free bytes now; defaults to `capacity_bytes`.
     #[serde(default)]
     pub free_bytes: Option<u64>,
+    /// The node's data directories and their identities. A registration that presents a device
+    /// the database does not know for the node (wiped, replaced, or another node's) is answered
+    /// with it in [`NodeStatus::unknown_devices`] and recorded only once the node says it has
+    /// marked the copies on it lost ([`DeviceIdentity::copies_marked_lost`]).
+    #[serde(default)]
+    pub devices: Vec<DeviceIdentity>,
+}
+
+/// A data directory of a storage node, as the node presents it when it registers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceIdentity {
+    pub dir: String,
+    /// The identity the device was given when it was first used (`device.json`).
+    pub id: String,
+    /// The node has marked every copy on the device lost (they serve nothing until resynced):
+    /// the database may take the device as the node's.
+    #[serde(default)]
+    pub copies_marked_lost: bool,
 }
 
 /// The last VBA a storage node holds for one of its units.
@@ -458,6 +477,13 @@ pub struct NodeStatus {
     /// Each data directory's space as the node last reported it; only the leader knows it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<DeviceSpace>,
+    /// The identities of the node's data directories, as the database knows them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub device_ids: Vec<String>,
+    /// In the answer to a registration: the devices it presented that the database does not know
+    /// for the node. The node must not serve the copies on them as current.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unknown_devices: Vec<String>,
 }
 
 /// A manager replica (Raft member).

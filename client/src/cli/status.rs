@@ -440,6 +440,8 @@ mod tests {
                 units: vec![UnitId::new(1, 0)],
                 draining: false,
                 devices: Vec::new(),
+                device_ids: Vec::new(),
+                unknown_devices: Vec::new(),
             }],
             volumes: vec![VolumeMap {
                 id: VolumeId(1),

@@ -7,15 +7,19 @@
 //! commits only the node's `draining` mark; the failure detector moves the copies
 //! ([`crate::decide::repair`]).
 
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use client::api::{HeartbeatRequest, HeartbeatResponse, NodeState, RegisterNodeRequest};
+use client::api::{
+    DeviceIdentity, HeartbeatRequest, HeartbeatResponse, NodeState, RegisterNodeRequest,
+};
 use client::types::NodeId;
 
 use serde::Deserialize;
+use tracing::warn;
 
 use super::error::ApiFailure;
 use super::leader::on_leader;
@@ -42,6 +46,22 @@ fn refused(outcome: Outcome) -> Result<(), ApiFailure> {
     }
 }
 
+/// The devices a registration presents that the database does not know for the node, and whose
+/// copies the node has not marked lost. A node registering for the first time, or for the first
+/// time with identities, has all of its devices taken as its own.
+fn unknown_devices<'a>(
+    known: Option<&BTreeSet<String>>,
+    presented: &'a [DeviceIdentity],
+) -> Vec<&'a DeviceIdentity> {
+    match known {
+        Some(known) if !known.is_empty() => presented
+            .iter()
+            .filter(|d| !known.contains(&d.id) && !d.copies_marked_lost)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 pub async fn register(State(manager): State<SharedManager>, request: Request) -> Response {
     let m = manager.clone();
     on_leader(&manager, request, |body| async move {
@@ -58,11 +78,23 @@ pub async fn register(State(manager): State<SharedManager>, request: Request) ->
                 request.capacity_bytes
             )));
         }
+        let known = m.read(|a| a.state.nodes.get(&id).map(|n| n.devices.clone()));
+        let unknown = unknown_devices(known.as_ref(), &request.devices);
+        for device in &unknown {
+            warn!(node = %id, device = %device.id, dir = %device.dir,
+                "a storage node presents a data directory the database does not know for it (wiped, replaced, or another node's): its copies there must not serve as current");
+        }
+        for device in request.devices.iter().filter(|d| d.copies_marked_lost) {
+            warn!(node = %id, device = %device.id, dir = %device.dir,
+                "a storage node marked the copies on an unknown data directory lost; the device is now known as the node's");
+        }
         let command = Command::RegisterNode {
             id: id.clone(),
             addr: request.addr.clone(),
             capacity_bytes: request.capacity_bytes,
             free_bytes,
+            devices: (unknown.is_empty() && !request.devices.is_empty())
+                .then(|| request.devices.iter().map(|d| d.id.clone()).collect()),
         };
         let cause = format!("node {id} registered from {}", request.addr);
         refused(m.propose(command, &cause).await?)?;
@@ -70,8 +102,9 @@ pub async fn register(State(manager): State<SharedManager>, request: Request) ->
             l.registered(&id, Instant::now(), Some(free_bytes))
         });
         let status = m.read(|a| a.state.nodes.get(&id).map(|n| a.state.node_status(n)));
-        let status =
+        let mut status =
             status.ok_or_else(|| ApiFailure::internal("node vanished after registering"))?;
+        status.unknown_devices = unknown.into_iter().map(|d| d.id.clone()).collect();
         Ok(Json(status).into_response())
     })
     .await
@@ -159,4 +192,33 @@ pub async fn drain(
         Ok(Json(status).into_response())
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(id: &str, copies_marked_lost: bool) -> DeviceIdentity {
+        DeviceIdentity {
+            dir: format!("/data/{id}"),
+            id: id.into(),
+            copies_marked_lost,
+        }
+    }
+
+    #[test]
+    fn a_device_the_database_does_not_know_for_the_node_is_unknown_until_its_copies_are_marked_lost(
+    ) {
+        let presented = [device("a", false), device("b", false), device("c", true)];
+        let ids = |found: Vec<&DeviceIdentity>| -> Vec<String> {
+            found.into_iter().map(|d| d.id.clone()).collect()
+        };
+        // A new node, and a node that never presented identities, have theirs taken as given.
+        assert!(unknown_devices(None, &presented).is_empty());
+        assert!(unknown_devices(Some(&BTreeSet::new()), &presented).is_empty());
+        let known: BTreeSet<String> = ["a".to_string()].into();
+        assert_eq!(ids(unknown_devices(Some(&known), &presented)), ["b"]);
+        let all_marked = [device("a", false), device("b", true)];
+        assert!(unknown_devices(Some(&known), &all_marked).is_empty());
+    }
 }

@@ -398,6 +398,7 @@ mod tests {
             addr: "n4:7000".into(),
             capacity_bytes: 1 << 30,
             free_bytes: 1 << 30,
+            devices: None,
         };
         state.apply(&command, &mut Touched::default());
         let mut spec = validate(&request(4096, 2, 4096)).expect("valid");

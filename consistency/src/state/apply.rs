@@ -55,8 +55,12 @@ impl State {
                 addr,
                 capacity_bytes,
                 free_bytes,
+                devices,
             } => {
                 self.register_node(id, addr, *capacity_bytes, *free_bytes, touched);
+                if let (Some(devices), Some(node)) = (devices, self.nodes.get_mut(id)) {
+                    node.devices = devices.clone();
+                }
                 Ok(Outcome::Done)
             }
             Command::SetNodeState {
@@ -126,6 +130,7 @@ impl State {
             state: NodeState::Up,
             units: BTreeSet::new(),
             draining: false,
+            devices: BTreeSet::new(),
         });
         node.addr = addr.to_string();
         node.capacity_bytes = capacity_bytes;

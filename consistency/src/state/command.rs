@@ -8,6 +8,7 @@
 use client::api::{CopyStatus, NodeState, UnitReport};
 use client::types::{Generation, NodeId, UnitId, Vba, VolumeId};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 
 use super::events::Note;
 
@@ -21,6 +22,10 @@ pub enum Command {
         addr: String,
         capacity_bytes: u64,
         free_bytes: u64,
+        /// The identities of the node's devices, to record as its own; `None` keeps the ones
+        /// recorded (a registration presenting a device the database does not know yet).
+        #[serde(default)]
+        devices: Option<BTreeSet<String>>,
     },
     /// The failure detector's verdict. `Down`: every copy on the node becomes `down` (except a
     /// primary's copy it had itself reported stale, which stays `stale`) and every slice it was

@@ -43,6 +43,10 @@ pub struct Node {
     /// records written before drains existed, hence the default.
     #[serde(default)]
     pub draining: bool,
+    /// The identities of the node's data directories, as it last presented them when every one
+    /// was known or its copies marked lost. Empty for a node that never presented any.
+    #[serde(default)]
+    pub devices: BTreeSet<String>,
 }
 
 /// One copy of a slice.
@@ -276,6 +280,7 @@ pub mod fixtures {
                 addr: format!("{name}:7000"),
                 capacity_bytes: 1 << 30,
                 free_bytes: 1 << 30,
+                devices: None,
             };
             state.apply(&command, &mut apply::Touched::default());
         }

@@ -101,6 +101,8 @@ impl State {
             units: node.units.iter().copied().collect(),
             draining: node.draining,
             devices: Vec::new(),
+            device_ids: node.devices.iter().cloned().collect(),
+            unknown_devices: Vec::new(),
         }
     }
 

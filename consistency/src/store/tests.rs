@@ -36,6 +36,7 @@ fn register(name: &str) -> Command {
         addr: format!("{name}:7000"),
         capacity_bytes: 1 << 30,
         free_bytes: 1 << 30,
+        devices: None,
     }
 }
 

@@ -57,6 +57,8 @@ impl Default for DeviceOptions {
 
 pub struct Device {
     backend: Arc<dyn Backend>,
+    /// The identity in `device.json` (empty for a device opened read-only that has none).
+    id: String,
     log: Arc<Log>,
     units: Mutex<BTreeMap<UnitId, Arc<Unit>>>,
     /// The number the next unit created gets; numbers are never reused on a device while records
@@ -122,6 +124,15 @@ pub(super) fn device_meta(
             )));
         }
         check_segment_bytes(meta.segment_bytes)?;
+        if meta.id.is_some() || !create {
+            return Ok(meta);
+        }
+        // A device first used by a vbs that gave no identities gets one now.
+        let meta = DeviceMeta {
+            id: Some(meta::new_device_id()),
+            ..meta
+        };
+        write_device_meta(backend, &meta)?;
         return Ok(meta);
     }
     if !create {
@@ -134,12 +145,17 @@ pub(super) fn device_meta(
     let meta = DeviceMeta {
         format: meta::DEVICE_FORMAT,
         segment_bytes,
+        id: Some(meta::new_device_id()),
     };
-    let json = serde_json::to_vec_pretty(&meta).expect("device metadata serializes");
+    write_device_meta(backend, &meta)?;
+    Ok(meta)
+}
+
+fn write_device_meta(backend: &dyn Backend, meta: &DeviceMeta) -> Result<()> {
+    let json = serde_json::to_vec_pretty(meta).expect("device metadata serializes");
     backend
         .write_atomic(meta::DEVICE_META, &json)
-        .map_err(device_err(backend, "writing device.json"))?;
-    Ok(meta)
+        .map_err(device_err(backend, "writing device.json"))
 }
 
 fn check_segment_bytes(bytes: u64) -> Result<()> {
@@ -242,7 +258,8 @@ impl Device {
             backend.as_ref(),
             "opening the spare segment pool",
         ))?;
-        let (device, reports) = Device::load(backend, Arc::new(pool), options.sync, true)?;
+        let (mut device, reports) = Device::load(backend, Arc::new(pool), options.sync, true)?;
+        device.id = meta.id.unwrap_or_default();
         device.log.start_committer().map_err(device_err(
             device.backend.as_ref(),
             "starting the commit thread",
@@ -264,7 +281,9 @@ impl Device {
                 backend.describe()
             )));
         }
-        Device::load(backend, Arc::new(pool), false, false)
+        let (mut device, reports) = Device::load(backend, Arc::new(pool), false, false)?;
+        device.id = meta.id.unwrap_or_default();
+        Ok((device, reports))
     }
 
     /// Reads the log and the units' metadata and builds every unit.
@@ -390,6 +409,7 @@ impl Device {
         }
         let device = Device {
             backend,
+            id: String::new(),
             log,
             units: Mutex::new(units),
             next_number: AtomicU32::new(next_number),
@@ -507,6 +527,11 @@ impl Device {
     /// Where the device is, for people: its data directory.
     pub fn describe(&self) -> String {
         self.backend.describe()
+    }
+
+    /// The device's identity (`device.json`).
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     pub fn space(&self) -> Result<Space> {

@@ -17,6 +17,17 @@ pub struct DeviceMeta {
     pub format: u32,
     /// Size of every log segment on the device, fixed when the device is first used.
     pub segment_bytes: u64,
+    /// The device's identity, random, given when the device is first used (or first opened by a
+    /// vbs that gives identities): the managers learn it, and a node that presents one they do
+    /// not know for it (a data directory wiped, replaced or taken from another node) does not
+    /// serve the copies on it as current.
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+/// A new device identity: 128 random bits in hex.
+pub fn new_device_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
 
 /// The first VBA written under a generation. A unit's history is the list of these: a record

@@ -1,11 +1,12 @@
 //! The storage devices of a node (`--data-dir`, once per device): where units live, and the
 //! capacity the node reports.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use client::api::DeviceSpace;
+use client::api::{DeviceIdentity, DeviceSpace};
 use client::types::UnitId;
 
 use crate::engine::{Device, DeviceOptions, EngineError, Marks, RecoveryReport, Unit};
@@ -85,6 +86,28 @@ impl Devices {
             }
         }
         Err(EngineError::NoSuchUnit(id))
+    }
+
+    /// Each device's directory and identity, for registering: `marked_lost` names the devices
+    /// whose copies this node has marked lost.
+    pub fn identities(&self, marked_lost: &BTreeSet<String>) -> Vec<DeviceIdentity> {
+        self.devices
+            .iter()
+            .map(|device| DeviceIdentity {
+                dir: device.describe(),
+                id: device.id().to_string(),
+                copies_marked_lost: marked_lost.contains(device.id()),
+            })
+            .collect()
+    }
+
+    /// The units on the device with identity `id`.
+    pub fn units_on(&self, id: &str) -> Vec<UnitId> {
+        self.devices
+            .iter()
+            .filter(|device| device.id() == id)
+            .flat_map(|device| device.units().into_iter().map(|u| u.id()))
+            .collect()
     }
 
     /// Each device's directory and space.

@@ -68,9 +68,12 @@ fn capacity(node: &Node) -> (u64, u64) {
     (capacity, free.min(capacity.saturating_sub(assigned)))
 }
 
-/// Registers until the managers answer.
+/// Registers until the managers answer. A data directory they do not know as this node's (wiped,
+/// replaced, or another node's) has every copy on it marked lost before the node says so and
+/// registers again: those copies serve nothing until resynced, across a crash too.
 async fn register(node: &Node) {
     let mut backoff = Duration::from_millis(100);
+    let mut marked_lost = BTreeSet::new();
     loop {
         let (capacity_bytes, free_bytes) = capacity(node);
         let request = RegisterNodeRequest {
@@ -78,8 +81,22 @@ async fn register(node: &Node) {
             addr: node.config.advertise.clone(),
             capacity_bytes,
             free_bytes: Some(free_bytes),
+            devices: node.devices.identities(&marked_lost),
         };
         match node.managers.register_node(&request).await {
+            Ok(status) if !status.unknown_devices.is_empty() => {
+                for device in status.unknown_devices {
+                    let units = node.devices.units_on(&device);
+                    warn!(%device, units = units.len(),
+                        "the managers do not know this data directory as this node's (wiped, replaced, or another node's): its copies are marked lost and will be resynced");
+                    for unit in units {
+                        if let Some(runtime) = node.unit(unit) {
+                            runtime.set_lost(true);
+                        }
+                    }
+                    marked_lost.insert(device);
+                }
+            }
             Ok(_) => {
                 info!(node = %node.id, addr = %request.addr, capacity_bytes, "registered with the managers");
                 return;

@@ -227,6 +227,7 @@ fn registering_a_down_node_brings_it_back_up() {
         addr: "127.0.0.1:9".into(),
         capacity_bytes: 1 << 30,
         free_bytes: 1 << 30,
+        devices: None,
     };
     apply(&mut state, again);
     assert_eq!(state.nodes[&NodeId("n2".into())].state, NodeState::Up);
@@ -236,6 +237,26 @@ fn registering_a_down_node_brings_it_back_up() {
         slice.copy(&node("n2")).map(|c| c.status),
         Some(CopyStatus::Stale)
     );
+}
+
+#[test]
+fn a_registration_records_the_node_s_devices_only_when_it_names_them() {
+    let mut state = cluster(&["n1"]);
+    let register = |devices: Option<&[&str]>| Command::RegisterNode {
+        id: node("n1"),
+        addr: "127.0.0.1:9".into(),
+        capacity_bytes: 1 << 30,
+        free_bytes: 1 << 30,
+        devices: devices.map(|d| d.iter().map(|id| id.to_string()).collect()),
+    };
+    apply(&mut state, register(Some(&["a", "b"])));
+    let devices = |state: &State| state.nodes[&node("n1")].devices.clone();
+    assert_eq!(devices(&state), ["a".to_string(), "b".to_string()].into());
+    // A registration presenting a device not known yet keeps the recorded ones.
+    apply(&mut state, register(None));
+    assert_eq!(devices(&state), ["a".to_string(), "b".to_string()].into());
+    apply(&mut state, register(Some(&["c"])));
+    assert_eq!(devices(&state), ["c".to_string()].into());
 }
 
 fn failover_to(unit: UnitId, generation: u64, new_primary: &str, old: &str) -> SliceUpdate {
