@@ -16,9 +16,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::api::{
-    ApiError, ClusterStatus, CreateVolumeRequest, ErrorCode, EventPage, HeartbeatRequest,
-    HeartbeatResponse, NodeStatus, Notification, NotificationResponse, RegisterNodeRequest,
-    ResizeVolumeRequest, VolumeFilter, VolumeList, VolumeMap, MAX_VOLUMES_PER_PAGE,
+    AcceptLossRequest, ApiError, ClusterStatus, CreateVolumeRequest, ErrorCode, EventPage,
+    HeartbeatRequest, HeartbeatResponse, NodeStatus, Notification, NotificationResponse,
+    RegisterNodeRequest, ResizeVolumeRequest, VolumeFilter, VolumeList, VolumeMap,
+    MAX_VOLUMES_PER_PAGE,
 };
 use crate::security::Security;
 use crate::types::NodeId;
@@ -359,6 +360,21 @@ impl Managers {
     }
 
     /// Grows volume `name` to `size_bytes`; answers its map as it is then.
+    /// `POST /v1/volumes/{name}/slices/{index}/accept-loss`.
+    pub async fn accept_loss(
+        &self,
+        name: &str,
+        index: u32,
+        request: &AcceptLossRequest,
+    ) -> Result<VolumeMap, ManagerError> {
+        self.request(
+            Method::POST,
+            &format!("/v1/volumes/{name}/slices/{index}/accept-loss"),
+            Some(request),
+        )
+        .await
+    }
+
     pub async fn resize_volume(
         &self,
         name: &str,

@@ -84,6 +84,7 @@ async fn heartbeat(State(script): State<Arc<Script>>) -> Json<HeartbeatResponse>
                 copy("n1", Role::Primary, None),
                 copy("n2", Role::Secondary, Some(Vba(7))),
             ],
+            loss_accepted_vba: None,
         }],
     })
 }
@@ -334,4 +335,247 @@ async fn a_data_directory_from_another_node_is_never_served_as_current() {
         .find(|c| c.node.0 == x)
         .expect("x's copy");
     assert_ne!(on_x.status, CopyStatus::Current, "{slice:?}");
+}
+
+/// `vbs write VOLUME --offset OFFSET` of one 4 KiB block filled with `fill`.
+fn write_block(cluster: &integration::Cluster, volume: &str, offset: u64, fill: u8) {
+    let file = cluster
+        .dir
+        .path()
+        .join(format!("block-{volume}-{offset}-{fill}"));
+    std::fs::write(&file, vec![fill; 4096]).expect("block file");
+    let offset = offset.to_string();
+    let out = cluster
+        .vbs(&[
+            "write",
+            volume,
+            "--offset",
+            &offset,
+            "--file",
+            &file.display().to_string(),
+        ])
+        .expect("vbs runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `vbs read VOLUME --offset OFFSET --length 4096`: the block, or what vbs printed.
+fn read_block(
+    cluster: &integration::Cluster,
+    volume: &str,
+    offset: u64,
+) -> Result<Vec<u8>, String> {
+    let offset = offset.to_string();
+    let out = cluster
+        .vbs(&["read", volume, "--offset", &offset, "--length", "4096"])
+        .expect("vbs runs");
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Where a write record whose block is all `fill` starts, in the segment files under `dir`.
+fn record_of(dir: &std::path::Path, fill: u8) -> (std::path::PathBuf, u64) {
+    use storagenode::engine::record::HEADER_BYTES;
+    let block = vec![fill; 4096];
+    for entry in std::fs::read_dir(dir.join("log")).expect("the log directory") {
+        let path = entry.expect("an entry").path();
+        let bytes = std::fs::read(&path).expect("a segment");
+        if let Some(at) = bytes
+            .windows(block.len())
+            .position(|w| w == block.as_slice())
+        {
+            return (path, (at - HEADER_BYTES) as u64);
+        }
+    }
+    panic!("no record of a block of {fill:#x} under {}", dir.display());
+}
+
+/// A torn tail on the only current copy: x, primary of a slice whose other copy went stale,
+/// loses (while stopped) the last records it had synced, which the database had recorded for its
+/// copy. Started again, it must not number new writes from its shorter log: it reports itself
+/// not current, and the slice serves nothing until an operator accepts the loss, which takes
+/// `--yes-i-accept-data-loss`, leaves an audit line and an event, and makes x serve again exactly
+/// what it holds, with a new generation; the stale copy then resyncs from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_that_lost_recorded_writes_serves_only_once_an_operator_accepts_the_loss() {
+    use integration::{Cluster, ClusterOptions};
+    let mut cluster = Cluster::start(ClusterOptions {
+        storage_nodes: 3,
+        ..ClusterOptions::default()
+    })
+    .expect("cluster starts");
+    cluster
+        .wait_for_storage_up(WAIT)
+        .await
+        .expect("storage nodes up");
+    cluster
+        .create_volume("torn", "64M", "2", "16M")
+        .expect("volume created");
+    let slice_of = |status: &client::api::ClusterStatus| {
+        status
+            .volumes
+            .iter()
+            .find(|v| v.name == "torn")
+            .expect("the volume")
+            .slices[0]
+            .clone()
+    };
+    let first = slice_of(&cluster.status().await.expect("status"));
+    let x = first.primary.0.clone();
+    let y = first
+        .copies
+        .iter()
+        .find(|c| c.node.0 != x)
+        .expect("a second copy")
+        .node
+        .0
+        .clone();
+    for lba in 0..5u64 {
+        write_block(&cluster, "torn", lba * 4096, 0x10 + lba as u8);
+    }
+    // y stops; the two writes after it are on x alone (y goes stale at the first).
+    cluster.storage_node(&y).expect("y").kill();
+    write_block(&cluster, "torn", 5 * 4096, 0x20);
+    write_block(&cluster, "torn", 6 * 4096, 0x21);
+    wait_until("x to report VBA 7", WAIT, || async {
+        let status = cluster.status().await.map_err(|e| e.to_string())?;
+        let slice = slice_of(&status);
+        let on_x = slice
+            .copies
+            .iter()
+            .find(|c| c.node.0 == x)
+            .and_then(|c| c.reported_vba);
+        Ok::<_, String>((on_x == Some(Vba(7))).then_some(()))
+    })
+    .await
+    .expect("x's heartbeat reports the writes");
+    // x dies and is judged down, which records VBA 7 for its copy.
+    cluster.storage_node(&x).expect("x").kill();
+    wait_until("x to be judged down", WAIT, || async {
+        let status = cluster.status().await.map_err(|e| e.to_string())?;
+        let down = status
+            .nodes
+            .iter()
+            .any(|n| n.id.0 == x && n.state == NodeState::Down);
+        Ok::<_, String>(down.then_some(()))
+    })
+    .await
+    .expect("x down");
+    // Its disk loses the last two records (VBAs 6 and 7), acknowledged and synced.
+    let (segment, at) = record_of(&cluster.storage_data_dir(&x), 0x20);
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&segment)
+            .expect("segment");
+        let len = file.metadata().expect("metadata").len();
+        file.write_all_at(&vec![0u8; (len - at) as usize], at)
+            .expect("zeroing");
+        file.sync_all().expect("sync");
+    }
+    cluster
+        .storage_node(&x)
+        .expect("x")
+        .restart()
+        .expect("x starts again");
+
+    let x_log = cluster.dir.path().join(format!("{x}.log"));
+    wait_until("x to refuse to serve its shorter log", WAIT, || async {
+        let log = std::fs::read_to_string(&x_log).unwrap_or_default();
+        Ok::<_, String>(
+            log.contains("this primary's log ends below the VBA the database recorded")
+                .then_some(()),
+        )
+    })
+    .await
+    .expect("x reports itself not current");
+    wait_until("slice 0 to have no current copy", WAIT, || async {
+        let status = cluster.status().await.map_err(|e| e.to_string())?;
+        let slice = slice_of(&status);
+        let none = slice.copies.iter().all(|c| c.status != CopyStatus::Current);
+        Ok::<_, String>(none.then_some(()))
+    })
+    .await
+    .expect("no current copy");
+
+    // Refused without the confirmation, and nothing changes.
+    let out = cluster
+        .vbs(&["volume", "accept-loss", "torn", "--slice", "0"])
+        .expect("vbs runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("--yes-i-accept-data-loss"),
+        "{stderr}"
+    );
+    let slice = slice_of(&cluster.status().await.expect("status"));
+    assert!(
+        slice.copies.iter().all(|c| c.status != CopyStatus::Current),
+        "{slice:?}"
+    );
+
+    let out = cluster
+        .vbs(&[
+            "volume",
+            "accept-loss",
+            "torn",
+            "--slice",
+            "0",
+            "--yes-i-accept-data-loss",
+        ])
+        .expect("vbs runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("vbs volume accept-loss: {stdout}");
+    assert!(
+        stdout.contains(&format!("serves again from {x}, ending at VBA 5")),
+        "{stdout}"
+    );
+    let managers: String = (1..=3).map(|id| cluster.manager_log(id, 400)).collect();
+    assert!(
+        managers.contains("an operator accepted the loss of slice"),
+        "{managers}"
+    );
+    let events = cluster.vbs(&["events"]).expect("vbs events");
+    let events = String::from_utf8_lossy(&events.stdout);
+    assert!(events.contains("loss accepted for slice"), "{events}");
+
+    // x serves what it holds: the first five blocks; the two lost writes read as never written.
+    for lba in 0..5u64 {
+        let block = read_block(&cluster, "torn", lba * 4096).expect("a block x holds");
+        assert_eq!(block, vec![0x10 + lba as u8; 4096], "LBA {lba}");
+    }
+    assert_eq!(
+        read_block(&cluster, "torn", 5 * 4096).expect("LBA 5"),
+        vec![0u8; 4096]
+    );
+    write_block(&cluster, "torn", 5 * 4096, 0x30);
+    // y returns, resyncs from x, and the slice has two current copies again.
+    cluster
+        .storage_node(&y)
+        .expect("y")
+        .restart()
+        .expect("y starts again");
+    wait_until("y current again", WAIT, || async {
+        let status = cluster.status().await.map_err(|e| e.to_string())?;
+        let slice = slice_of(&status);
+        let all = slice.copies.iter().all(|c| c.status == CopyStatus::Current);
+        Ok::<_, String>(all.then_some(()))
+    })
+    .await
+    .expect("both copies current");
+    assert_eq!(
+        read_block(&cluster, "torn", 5 * 4096).expect("LBA 5"),
+        vec![0x30u8; 4096]
+    );
 }

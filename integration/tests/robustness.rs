@@ -105,6 +105,7 @@ fn http_cases() -> Vec<(Method, String, Vec<u8>)> {
         "/v1/managers",
         "/v1/nodes/n1/heartbeat",
         "/v1/nodes/n1/drain",
+        "/v1/volumes/v/slices/0/accept-loss",
     ] {
         cases.push((Method::POST, path.to_string(), b"{not json".to_vec()));
         cases.push((Method::POST, path.to_string(), deep.clone().into_bytes()));
@@ -132,6 +133,8 @@ fn http_cases() -> Vec<(Method, String, Vec<u8>)> {
         "/v1/volumes/..%2F..%2Fetc".to_string(),
         "/v1/volumes/%00".to_string(),
         "/v1/managers/notanumber".to_string(),
+        "/v1/volumes/keep/slices/99999999999/accept-loss".to_string(),
+        "/v1/volumes/keep/slices/-1/accept-loss".to_string(),
         "/v1/managers/99999999999999999999999".to_string(),
         format!("/v1/nodes/{long_name}/heartbeat"),
         "/v1/status?local=maybe".to_string(),

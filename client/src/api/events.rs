@@ -109,6 +109,17 @@ pub enum EventKind {
     DrainStopped {
         node: NodeId,
     },
+    /// An operator accepted the loss of what a slice's copies no longer hold
+    /// (`vbs volume accept-loss`): the copy on `node` serves again as it is, ending at
+    /// `last_vba`, although the database had recorded `recorded_vba` for it.
+    LossAccepted {
+        volume: String,
+        unit: UnitId,
+        node: NodeId,
+        last_vba: Vba,
+        recorded_vba: Vba,
+        generation: Generation,
+    },
 }
 
 impl EventKind {
@@ -128,6 +139,7 @@ impl EventKind {
             EventKind::VolumeDeleted { .. } => "volume_deleted",
             EventKind::DrainStarted { .. } => "drain_started",
             EventKind::DrainStopped { .. } => "drain_stopped",
+            EventKind::LossAccepted { .. } => "loss_accepted",
         }
     }
 
@@ -135,7 +147,9 @@ impl EventKind {
     pub fn is_warning(&self) -> bool {
         matches!(
             self,
-            EventKind::NodeDown { .. } | EventKind::SliceUnavailable { .. }
+            EventKind::NodeDown { .. }
+                | EventKind::SliceUnavailable { .. }
+                | EventKind::LossAccepted { .. }
         )
     }
 }
@@ -236,6 +250,19 @@ impl fmt::Display for EventKind {
             EventKind::VolumeDeleted { volume } => write!(f, "volume {volume} deleted"),
             EventKind::DrainStarted { node } => write!(f, "drain of node {node} started"),
             EventKind::DrainStopped { node } => write!(f, "drain of node {node} stopped"),
+            EventKind::LossAccepted {
+                volume,
+                unit,
+                node,
+                last_vba,
+                recorded_vba,
+                generation,
+            } => write!(
+                f,
+                "loss accepted for slice {unit} of {volume}: the copy on {node} serves as it is, \
+                 ending at VBA {last_vba} (the database had VBA {recorded_vba}), generation {}",
+                generation
+            ),
         }
     }
 }

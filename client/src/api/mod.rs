@@ -151,6 +151,20 @@ pub struct RegisterNodeRequest {
     pub devices: Vec<DeviceIdentity>,
 }
 
+/// `POST /v1/volumes/{name}/slices/{index}/accept-loss`: a slice with no current copy (its only
+/// current copy lost records the database had recorded for it, a torn tail) serves again from the
+/// copy on `node` (default: the copy on an up node with the highest VBA heard), as it is: its
+/// last VBA becomes the slice's, its node the primary, with a new generation. What no copy holds
+/// any more is lost for good, so `confirm` must be `true`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptLossRequest {
+    #[serde(default)]
+    pub node: Option<NodeId>,
+    #[serde(default)]
+    pub confirm: bool,
+}
+
 /// A data directory of a storage node, as the node presents it when it registers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -284,6 +298,11 @@ pub struct AssignedUnit {
     pub lease_renewed: bool,
     /// Every copy of the slice, this node's included, so a primary knows its secondaries.
     pub copies: Vec<CopyInfo>,
+    /// An operator accepted the loss of what this node's copy no longer holds, at this
+    /// generation, the copy ending at this VBA (`vbs volume accept-loss`): the node serves it
+    /// again although it had reported it not current.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_accepted_vba: Option<Vba>,
 }
 
 /// Reply to a heartbeat; it always comes from the Raft leader.

@@ -1,8 +1,11 @@
-//! `vbs volume create|list|show|resize|delete`.
+//! `vbs volume create|list|show|resize|delete|accept-loss`.
 
 use anyhow::Context;
-use client::api::{CopyStatus, CreateVolumeRequest, Role, VolumeFilter, VolumeList, VolumeMap};
+use client::api::{
+    AcceptLossRequest, CopyStatus, CreateVolumeRequest, Role, VolumeFilter, VolumeList, VolumeMap,
+};
 use client::managers::Managers;
+use client::types::{NodeId, Vba};
 
 use super::format;
 use super::status::{copy_status, volumes_table};
@@ -61,6 +64,22 @@ pub enum VolumeCommand {
         /// Volume name
         #[arg(value_parser = super::volume_name)]
         name: String,
+    },
+    /// Make a slice that has no current copy serve again from one of its copies, as that copy
+    /// is: what no copy holds any more is lost for good
+    AcceptLoss {
+        /// Volume name
+        #[arg(value_parser = super::volume_name)]
+        name: String,
+        /// The slice's index (`vbs volume show NAME` lists them)
+        #[arg(long)]
+        slice: u32,
+        /// The node whose copy serves [default: the copy on an up node with the highest VBA]
+        #[arg(long)]
+        node: Option<String>,
+        /// Required: says that the writes the copy no longer holds are given up
+        #[arg(long)]
+        yes_i_accept_data_loss: bool,
     },
 }
 
@@ -123,6 +142,42 @@ pub async fn run(managers: &Managers, command: VolumeCommand) -> anyhow::Result<
                 .await
                 .with_context(|| format!("deleting volume {name:?}"))?;
             println!("deleted volume {} (id {})", map.name, map.id);
+        }
+        VolumeCommand::AcceptLoss {
+            name,
+            slice,
+            node,
+            yes_i_accept_data_loss,
+        } => {
+            let node = node
+                .map(|n| NodeId::parse(&n).map_err(anyhow::Error::msg))
+                .transpose()?;
+            if !yes_i_accept_data_loss {
+                anyhow::bail!(
+                    "accepting the loss of slice {slice} of {name:?} gives up for good the writes \
+                     no copy holds any more; run again with --yes-i-accept-data-loss to do it"
+                );
+            }
+            let request = AcceptLossRequest {
+                node,
+                confirm: true,
+            };
+            let map = managers
+                .accept_loss(&name, slice, &request)
+                .await
+                .with_context(|| format!("accepting the loss of slice {slice} of {name:?}"))?;
+            let serving = map.slices.get(slice as usize);
+            if let Some(serving) = serving {
+                let vba = serving
+                    .copies
+                    .iter()
+                    .find(|c| c.node == serving.primary)
+                    .map_or(Vba::ZERO, |c| c.last_vba);
+                println!(
+                    "slice {slice} of {name} serves again from {}, ending at VBA {vba}, generation {}",
+                    serving.primary, serving.generation
+                );
+            }
         }
     }
     Ok(())

@@ -118,11 +118,12 @@ function eventText(event) {
     case "volume_deleted": return `volume <b>${esc(e.volume)}</b> deleted`;
     case "drain_started": return `drain of node <b>${esc(e.node)}</b> started`;
     case "drain_stopped": return `drain of node <b>${esc(e.node)}</b> stopped`;
+    case "loss_accepted": return `loss accepted for ${slice()}: <b>${esc(e.node)}</b> serves as it is, ending at VBA ${esc(e.last_vba)} (the database had ${esc(e.recorded_vba)})`;
     default: return esc(e.kind);
   }
 }
 
-const WARNING_KINDS = new Set(["node_down", "slice_unavailable"]);
+const WARNING_KINDS = new Set(["node_down", "slice_unavailable", "loss_accepted"]);
 
 function renderEvents() {
   const element = document.getElementById("events");

@@ -68,6 +68,10 @@ pub fn router(manager: SharedManager) -> Router {
             get(volumes::show).delete(volumes::delete),
         )
         .route("/v1/volumes/{name}/resize", post(volumes::resize))
+        .route(
+            "/v1/volumes/{name}/slices/{index}/accept-loss",
+            post(volumes::accept_loss),
+        )
         .route("/v1/events", get(events::list))
         .route("/v1/io", get(io::history))
         .route("/v1/managers", post(managers::add))

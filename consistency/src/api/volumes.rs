@@ -1,4 +1,5 @@
-//! `GET|POST /v1/volumes`, `GET|DELETE /v1/volumes/{name}`, `POST /v1/volumes/{name}/resize`.
+//! `GET|POST /v1/volumes`, `GET|DELETE /v1/volumes/{name}`, `POST /v1/volumes/{name}/resize`,
+//! `POST /v1/volumes/{name}/slices/{index}/accept-loss`.
 
 use std::time::Instant;
 
@@ -7,8 +8,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use client::api::{
-    CreateVolumeRequest, ResizeVolumeRequest, VolumeFilter, VolumeList, VolumeMap,
-    MAX_VOLUMES_PER_PAGE,
+    AcceptLossRequest, CreateVolumeRequest, ResizeVolumeRequest, VolumeFilter, VolumeList,
+    VolumeMap, MAX_VOLUMES_PER_PAGE,
 };
 use serde::Deserialize;
 
@@ -16,7 +17,7 @@ use super::error::ApiFailure;
 use super::leader::on_leader;
 use super::parse_json;
 use super::status::ReadParams;
-use crate::decide::placement;
+use crate::decide::{loss, placement};
 use crate::manager::SharedManager;
 use crate::state::view::{nothing_remembered, Remembered};
 use crate::state::{Command, Outcome, Refusal, State as DbState, Volume};
@@ -181,6 +182,61 @@ pub async fn resize(
                     )))
                 }
             }
+        }
+        let map = m.read(|a| {
+            a.state
+                .volume_by_name(&name)
+                .map(|v| a.state.volume_map(v, &nothing_remembered))
+        });
+        map.map(|map| Json(map).into_response())
+            .ok_or_else(|| ApiFailure::not_found(format!("volume {name:?} does not exist")))
+    })
+    .await
+}
+
+/// An operator accepts the loss of what a slice's copies no longer hold (see
+/// [`AcceptLossRequest`]); the managers' log keeps a `warn` line of it, and the event log a
+/// `loss_accepted` event.
+pub async fn accept_loss(
+    State(manager): State<SharedManager>,
+    Path((name, index)): Path<(String, u32)>,
+    request: Request,
+) -> Response {
+    let m = manager.clone();
+    on_leader(&manager, request, |body| async move {
+        let request: AcceptLossRequest = parse_json(&body)?;
+        if !request.confirm {
+            return Err(ApiFailure::bad_request(format!(
+                "accepting the loss of slice {index} of {name:?} drops for good whatever no copy \
+                 holds any more; say so with \"confirm\": true (vbs volume accept-loss \
+                 --yes-i-accept-data-loss)"
+            )));
+        }
+        m.caught_up().await?;
+        let decided = m.with_liveness(Instant::now(), |l| {
+            m.read(|a| {
+                loss::accept_loss(&a.state, &name, index, request.node.as_ref(), |n, u| {
+                    l.last_vba(n, u)
+                })
+            })
+        });
+        let command = decided.ok_or_else(|| ApiFailure::unavailable("no longer the leader"))??;
+        let Command::AcceptLoss {
+            unit,
+            node,
+            last_vba,
+            ..
+        } = &command
+        else {
+            return Err(ApiFailure::internal("accept_loss decided another command"));
+        };
+        let cause = format!(
+            "an operator accepted the loss of slice {unit} of {name}: the copy on {node} serves \
+             as it is, ending at VBA {last_vba}"
+        );
+        tracing::warn!(volume = %name, %unit, %node, %last_vba, "{cause}");
+        if let Outcome::Refused(refusal) = m.propose(command.clone(), &cause).await? {
+            return Err(refusal.into());
         }
         let map = m.read(|a| {
             a.state

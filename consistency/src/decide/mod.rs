@@ -9,8 +9,10 @@
 //!   `caught_up`; `resync_progress` is only remembered).
 //! - [`resync`]: the leader's memory of resync progress, with rates and time left.
 //! - [`repair`]: re-replication of copies on nodes down past the grace period, and drains.
+//! - [`loss`]: which copy serves again when an operator accepts a slice's loss.
 
 pub mod liveness;
+pub mod loss;
 pub mod notify;
 pub mod placement;
 pub mod repair;

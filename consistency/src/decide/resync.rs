@@ -205,6 +205,7 @@ mod tests {
             node: node(name),
             status,
             last_vba: Vba::ZERO,
+            accepted: None,
         }
     }
 

@@ -104,6 +104,14 @@ impl State {
             Command::SetDraining { node, draining } => self
                 .set_draining(node, *draining, touched)
                 .map(|()| Outcome::Done),
+            Command::AcceptLoss {
+                unit,
+                expected_generation,
+                node,
+                last_vba,
+            } => self
+                .accept_loss(*unit, *expected_generation, node, *last_vba, touched)
+                .map(|()| Outcome::Done),
         };
         result.unwrap_or_else(Outcome::Refused)
     }
@@ -405,6 +413,7 @@ impl State {
                     node: node.clone(),
                     status: CopyStatus::Stale,
                     last_vba: Vba::ZERO,
+                    accepted: None,
                 });
             }
             slice.copies.retain(|c| !update.remove.contains(&c.node));
@@ -451,6 +460,68 @@ impl State {
             }
             touched.slices.insert(unit);
         }
+        Ok(())
+    }
+
+    fn accept_loss(
+        &mut self,
+        unit: UnitId,
+        expected_generation: Generation,
+        node: &NodeId,
+        last_vba: Vba,
+        touched: &mut Touched,
+    ) -> Result<(), Refusal> {
+        let node_up = self.node_is_up(node);
+        let volume = self.volume_name(unit);
+        let slice = self
+            .slice_mut(unit)
+            .ok_or_else(|| Refusal::NotFound(format!("unit {unit} does not exist")))?;
+        if slice.generation != expected_generation {
+            return Err(Refusal::StaleGeneration {
+                unit,
+                named: expected_generation,
+                current: slice.generation,
+            });
+        }
+        if let Some(current) = slice
+            .copies
+            .iter()
+            .find(|c| c.status == CopyStatus::Current)
+        {
+            return Err(Refusal::Conflict(format!(
+                "slice {unit} of {volume} has a current copy on node {}: nothing to accept",
+                current.node
+            )));
+        }
+        if !node_up {
+            return Err(Refusal::Conflict(format!(
+                "node {node} is not up: a copy serves again only on a node that is"
+            )));
+        }
+        let generation = Generation(slice.generation.0 + 1);
+        let copy = slice.copy_mut(node).ok_or_else(|| {
+            Refusal::NotFound(format!("node {node} holds no copy of slice {unit}"))
+        })?;
+        let recorded_vba = copy.last_vba;
+        copy.status = CopyStatus::Current;
+        copy.last_vba = last_vba;
+        copy.accepted = Some((generation, last_vba));
+        for other in slice.copies.iter_mut().filter(|c| c.node != *node) {
+            if other.status == CopyStatus::Syncing {
+                other.status = CopyStatus::Stale;
+            }
+        }
+        slice.primary = node.clone();
+        slice.generation = generation;
+        touched.changes.push(EventKind::LossAccepted {
+            volume,
+            unit,
+            node: node.clone(),
+            last_vba,
+            recorded_vba,
+            generation: slice.generation,
+        });
+        touched.slices.insert(unit);
         Ok(())
     }
 
@@ -573,6 +644,7 @@ impl State {
                     node: n.clone(),
                     status: CopyStatus::Current,
                     last_vba: Vba::ZERO,
+                    accepted: None,
                 })
                 .collect();
             slices.push(Slice {

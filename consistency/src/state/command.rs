@@ -67,6 +67,16 @@ pub enum Command {
         node: NodeId,
         draining: bool,
     },
+    /// An operator accepts the loss of what a slice's copies no longer hold: the slice has no
+    /// current copy, and `node`'s copy serves again as it is, its last VBA exactly `last_vba`
+    /// (not the higher one recorded), its node the primary, `generation + 1`. The other copies
+    /// are left to resync from it (`syncing` ones start again, as `stale`).
+    AcceptLoss {
+        unit: UnitId,
+        expected_generation: Generation,
+        node: NodeId,
+        last_vba: Vba,
+    },
     /// `command` with what its proposer notes for the event log (time and cause). Proposals
     /// carry one; log entries written before the event log existed do not.
     Noted {

@@ -56,6 +56,10 @@ pub struct Copy {
     pub status: CopyStatus,
     /// Highest VBA the node reported when this copy's status last changed.
     pub last_vba: Vba,
+    /// An operator accepted this copy's loss at this generation, ending at this VBA
+    /// ([`Command::AcceptLoss`]): its node, which reported it not current, serves it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted: Option<(Generation, Vba)>,
 }
 
 /// One slice of a volume and its copy set.

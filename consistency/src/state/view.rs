@@ -134,6 +134,10 @@ impl State {
                     status: copy.status,
                     lease_renewed: role == Role::Primary && lease_renewed(*unit, slice.generation),
                     copies: self.copy_infos(*unit, slice, remembered),
+                    loss_accepted_vba: copy
+                        .accepted
+                        .filter(|(generation, _)| *generation == slice.generation)
+                        .map(|(_, vba)| vba),
                 })
             })
             .collect()

@@ -206,6 +206,38 @@ async fn apply(node: &Arc<Node>, sent: Instant, reply: HeartbeatResponse) {
             warn!(unit = %unit.unit, "this primary's log lost a torn tail; stepping down");
             runtime.set_lost(true);
         }
+        // An operator accepted the loss of what this copy no longer holds, as it is now: it
+        // serves again.
+        if runtime.is_lost()
+            && unit.status == CopyStatus::Current
+            && unit.loss_accepted_vba == Some(runtime.engine.last_vba())
+        {
+            warn!(unit = %unit.unit, last_vba = %runtime.engine.last_vba(), generation = %unit.generation,
+                "an operator accepted this copy's loss: serving it again as it is");
+            runtime.set_lost(false);
+        }
+        // A primary that restarted with a log ending below the VBA the database recorded for its
+        // copy lost records it had held (a disk that lost a torn tail, or writes it had synced),
+        // some perhaps acknowledged: numbering writes on from its shorter log would give those
+        // VBAs to other writes. With no current copy to hand over to, it reports itself not
+        // current rather than serve; only an operator can accept the loss
+        // (`vbs volume accept-loss`).
+        let recorded = unit
+            .copies
+            .iter()
+            .find(|c| c.node == node.id)
+            .map_or(Vba::ZERO, |c| c.last_vba);
+        let held = runtime.engine.last_vba();
+        if unit.role == Role::Primary
+            && unit.status == CopyStatus::Current
+            && recorded > held
+            && restarted(node, unit.unit)
+            && !runtime.is_lost()
+        {
+            error!(unit = %unit.unit, %held, %recorded,
+                "this primary's log ends below the VBA the database recorded for its copy: it lost records, some perhaps acknowledged; reporting itself not current instead of serving (an operator may accept the loss: vbs volume accept-loss)");
+            runtime.set_lost(true);
+        }
         // A copy reported as having lost records serves again only once the database no longer
         // holds it current (it resyncs first): the report being accepted is not enough, since
         // until this node hears of the change it would still serve as a current copy.
@@ -357,6 +389,16 @@ async fn create(
     }
 }
 
+/// Whether `unit` was on the node's devices when it started, and its first heartbeat reply is
+/// still being applied.
+fn restarted(node: &Node, unit: client::types::UnitId) -> bool {
+    node.restarted_units
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .is_some_and(|units| units.contains(&unit))
+}
+
 /// Removes a unit from the node and its device, for the reason `why`.
 pub(super) async fn drop_unit(node: &Arc<Node>, runtime: &UnitRuntime, why: &str) {
     let unit = runtime.id;
@@ -425,6 +467,7 @@ mod tests {
             status,
             lease_renewed: true,
             copies,
+            loss_accepted_vba: None,
         }
     }
 
