@@ -206,13 +206,27 @@ async fn apply(node: &Arc<Node>, sent: Instant, reply: HeartbeatResponse) {
             warn!(unit = %unit.unit, "this primary's log lost a torn tail; stepping down");
             runtime.set_lost(true);
         }
-        // An operator accepted the loss of what this copy no longer holds, as it is now: it
-        // serves again.
+        let recorded = unit
+            .copies
+            .iter()
+            .find(|c| c.node == node.id)
+            .map_or(Vba::ZERO, |c| c.last_vba);
+        let held = runtime.engine.last_vba();
+        // An operator accepted the loss of what this copy no longer holds, as it is now: the
+        // database's record of it is still the accepted VBA, and no other copy is current (as
+        // when the loss was accepted; a copy that lost a tail another current copy holds steps
+        // down, above, accepted or not). It serves again.
+        let another_current = unit
+            .copies
+            .iter()
+            .any(|c| c.node != node.id && c.status == CopyStatus::Current);
         if runtime.is_lost()
             && unit.status == CopyStatus::Current
-            && unit.loss_accepted_vba == Some(runtime.engine.last_vba())
+            && unit.loss_accepted_vba == Some(held)
+            && recorded == held
+            && !another_current
         {
-            warn!(unit = %unit.unit, last_vba = %runtime.engine.last_vba(), generation = %unit.generation,
+            warn!(unit = %unit.unit, last_vba = %held, generation = %unit.generation,
                 "an operator accepted this copy's loss: serving it again as it is");
             runtime.set_lost(false);
         }
@@ -222,12 +236,6 @@ async fn apply(node: &Arc<Node>, sent: Instant, reply: HeartbeatResponse) {
         // VBAs to other writes. With no current copy to hand over to, it reports itself not
         // current rather than serve; only an operator can accept the loss
         // (`vbs volume accept-loss`).
-        let recorded = unit
-            .copies
-            .iter()
-            .find(|c| c.node == node.id)
-            .map_or(Vba::ZERO, |c| c.last_vba);
-        let held = runtime.engine.last_vba();
         if unit.role == Role::Primary
             && unit.status == CopyStatus::Current
             && recorded > held
