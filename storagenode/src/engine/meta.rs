@@ -89,6 +89,21 @@ pub fn generation_at(generations: &[GenerationStart], vba: Vba) -> Option<Genera
     after.checked_sub(1).map(|i| generations[i].generation)
 }
 
+/// The first VBA of the run of the generation in force at `vba`: where the history's records of
+/// that generation begin, over every start of it in a row (`Vba(0)` before any start).
+pub fn run_start(generations: &[GenerationStart], vba: Vba) -> Vba {
+    let Some(i) = generations.iter().rposition(|s| s.first_vba <= vba) else {
+        return Vba::ZERO;
+    };
+    let generation = generations[i].generation;
+    generations[..=i]
+        .iter()
+        .rev()
+        .take_while(|s| s.generation == generation)
+        .last()
+        .map_or(Vba::ZERO, |s| s.first_vba)
+}
+
 mod unit_id_string {
     use client::types::UnitId;
     use serde::{Deserialize, Deserializer, Serializer};

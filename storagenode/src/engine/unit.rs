@@ -565,18 +565,7 @@ impl Unit {
 
     /// The first VBA of the run of the history's generation at `vba`.
     pub fn run_start(&self, vba: Vba) -> Vba {
-        let state = self.state.lock();
-        let starts = &state.generations;
-        let Some(i) = starts.iter().rposition(|s| s.first_vba <= vba) else {
-            return Vba::ZERO;
-        };
-        let generation = starts[i].generation;
-        let first = starts[..=i]
-            .iter()
-            .rev()
-            .take_while(|s| s.generation == generation)
-            .last();
-        first.map_or(Vba::ZERO, |s| s.first_vba)
+        meta::run_start(&self.state.lock().generations, vba)
     }
 
     /// Waits until every record accepted so far is durable (async callers).

@@ -1,4 +1,6 @@
 //! The secondary side of replication, and the primary's answers to resend and catch-up requests.
+//! What a secondary does with a frame is decided in `replication::secondary`, without IO; this
+//! module carries the frame in and the decision out.
 //!
 //! A secondary applies records strictly in VBA order. A frame that overtook an earlier one waits
 //! up to `reorder_wait` for it; after that the gap is a hole, and the secondary asks the primary
@@ -18,7 +20,7 @@ use super::errors::{from_engine, from_join};
 use super::unit::UnitRuntime;
 use super::Node;
 use crate::engine::{EngineError, Op, Ticket};
-use crate::replication::order::{consecutive, place, Placement};
+use crate::replication::secondary::{self, FrameStep, GapWait, Refusal};
 
 pub(super) fn to_op(body: RecordBody) -> Op {
     match body {
@@ -37,69 +39,60 @@ pub async fn replicate(
     committed: Vba,
     records: Vec<WireRecord>,
 ) -> Result<Response, WireError> {
-    if !consecutive(records.iter().map(|r| r.vba)) {
-        return Err(WireError::new(
-            ErrorCode::BadRequest,
-            "replicated records must be consecutive",
-        ));
-    }
-    if records.iter().any(|r| r.generation != generation) {
-        return Err(WireError::new(
-            ErrorCode::BadRequest,
-            "replicated records carry the frame's generation",
-        ));
-    }
-    let assignment = runtime.assignment().ok_or_else(|| {
-        WireError::new(
-            ErrorCode::Unavailable,
-            format!("unit {} is not assigned here yet", runtime.id),
-        )
-    })?;
-    if assignment.role == Role::Primary && generation <= assignment.generation {
-        return Err(WireError::new(
-            ErrorCode::Conflict,
-            format!(
-                "this node is the primary of slice {} at generation {}",
-                runtime.id, assignment.generation
-            ),
-        ));
-    }
-    let Some(first) = records.first().map(|r| r.vba) else {
-        // No records: the primary says where its generation starts (`committed`).
-        generation_starts(runtime, &assignment, generation, committed).await?;
-        return Ok(Response::Replicate {
-            last_vba: runtime.engine.last_vba(),
-        });
-    };
-    match place(
-        assignment.generation,
-        runtime.engine.next_vba(),
-        generation,
-        first,
-    ) {
-        Placement::Refuse { current } => return Err(runtime.stale_generation(generation, current)),
-        Placement::Apply => {}
-        Placement::Gap { .. } => {
-            // A copy that just joined may get the primary's first forwarded writes before it
-            // has applied the records the join sent: give it time to.
-            let wait = if runtime.resyncing.load(std::sync::atomic::Ordering::Acquire) {
-                JOIN_TURN_WAIT
-            } else {
-                node.config.reorder_wait
+    let view = runtime.secondary_view();
+    let frame = records.iter().map(|r| (r.vba, r.generation));
+    match secondary::on_frame(&view, generation, committed, frame) {
+        FrameStep::Refuse(refusal) => return Err(refused(runtime, generation, refusal)),
+        FrameStep::StartGeneration { generation, start } => {
+            generation_starts(runtime, generation, start).await?;
+            return Ok(Response::Replicate {
+                last_vba: runtime.engine.last_vba(),
+            });
+        }
+        FrameStep::Apply => {}
+        FrameStep::WaitForGap { after, until, wait } => {
+            let wait = match wait {
+                GapWait::Join => JOIN_TURN_WAIT,
+                GapWait::Reorder => node.config.reorder_wait,
             };
-            tracing::debug!(unit = %runtime.id, %first, expected = %runtime.engine.next_vba(), ?wait, "a frame waits for its turn");
+            let first = until.next();
+            tracing::debug!(unit = %runtime.id, %first, %after, ?wait, "a frame waits for its turn");
             if !wait_for_turn(runtime, first, wait).await {
                 fill_gap(node, runtime, generation, first).await?;
             }
         }
     }
-    tracing::debug!(unit = %runtime.id, %first, "applying a frame");
     apply_in_order(runtime, records).await?;
-    tracing::debug!(unit = %runtime.id, %first, "applied a frame");
     runtime.engine.set_stable_vba(committed);
     Ok(Response::Replicate {
         last_vba: runtime.engine.last_vba(),
     })
+}
+
+/// The error a refused frame is answered with.
+fn refused(runtime: &UnitRuntime, generation: Generation, refusal: Refusal) -> WireError {
+    match refusal {
+        Refusal::NotConsecutive => WireError::new(
+            ErrorCode::BadRequest,
+            "replicated records must be consecutive",
+        ),
+        Refusal::MixedGenerations => WireError::new(
+            ErrorCode::BadRequest,
+            "replicated records carry the frame's generation",
+        ),
+        Refusal::NotAssigned => WireError::new(
+            ErrorCode::Unavailable,
+            format!("unit {} is not assigned here yet", runtime.id),
+        ),
+        Refusal::Primary { generation } => WireError::new(
+            ErrorCode::Conflict,
+            format!(
+                "this node is the primary of slice {} at generation {generation}",
+                runtime.id
+            ),
+        ),
+        Refusal::Stale { current } => runtime.stale_generation(generation, current),
+    }
 }
 
 /// The primary of `generation` says its history for that generation starts after `start`. A
@@ -109,22 +102,22 @@ pub async fn replicate(
 /// generation), so a copy already at `generation` has nothing to drop.
 async fn generation_starts(
     runtime: &Arc<UnitRuntime>,
-    assignment: &super::unit::Assignment,
     generation: Generation,
     start: Vba,
 ) -> Result<(), WireError> {
-    if generation < assignment.generation {
-        return Err(runtime.stale_generation(generation, assignment.generation));
-    }
     let _applying = runtime.applying.lock().await;
     let engine = runtime.engine.clone();
-    if engine.generation() >= generation || engine.last_vba() <= start {
+    let Some(truncate) =
+        secondary::on_generation_start(engine.generation(), engine.last_vba(), generation, start)
+    else {
         return Ok(());
-    }
-    let dropped = tokio::task::spawn_blocking(move || engine.truncate_after(start, generation))
-        .await
-        .map_err(from_join)?
-        .map_err(from_engine)?;
+    };
+    let dropped = tokio::task::spawn_blocking(move || {
+        engine.truncate_after(truncate.after, truncate.generation)
+    })
+    .await
+    .map_err(from_join)?
+    .map_err(from_engine)?;
     warn!(unit = %runtime.id, after = %start, dropped, %generation,
         "dropped an old generation's tail past where the new primary's generation starts");
     runtime.expected.send_replace(runtime.engine.next_vba());
@@ -146,7 +139,10 @@ async fn fill_gap(
     generation: Generation,
     first: Vba,
 ) -> Result<(), WireError> {
-    let after = Vba(runtime.engine.next_vba().0 - 1);
+    let Some((after, until)) = secondary::resend_range(runtime.engine.next_vba(), first) else {
+        // The frames before it came meanwhile.
+        return Ok(());
+    };
     let hole = |why: String| {
         WireError::new(
             ErrorCode::Hole,
@@ -166,7 +162,7 @@ async fn fill_gap(
         unit: runtime.id,
         generation,
         after,
-        until: Vba(first.0 - 1),
+        until,
     };
     let response = node
         .peers
@@ -200,16 +196,19 @@ async fn apply_in_order(
         let (vba, generation, op) = (record.vba, record.generation, to_op(record.body));
         let ticket = match runtime.engine.begin_apply(vba, generation, op.clone()) {
             Ok((_, ticket)) => ticket,
-            Err(EngineError::Conflict { held, got, .. }) if got > held => {
+            Err(conflict @ EngineError::Conflict { held, got, .. }) => {
                 // A new primary's records meet an unacknowledged tail of the old generation.
+                let Some(truncate) = secondary::on_conflict(vba, held, got) else {
+                    return Err(from_engine(conflict));
+                };
                 let engine = runtime.engine.clone();
-                let after = Vba(vba.0 - 1);
-                let dropped =
-                    tokio::task::spawn_blocking(move || engine.truncate_after(after, got))
-                        .await
-                        .map_err(from_join)?
-                        .map_err(from_engine)?;
-                warn!(unit = %runtime.id, %after, dropped, generation = %got, "truncated an old generation's tail");
+                let dropped = tokio::task::spawn_blocking(move || {
+                    engine.truncate_after(truncate.after, truncate.generation)
+                })
+                .await
+                .map_err(from_join)?
+                .map_err(from_engine)?;
+                warn!(unit = %runtime.id, after = %truncate.after, dropped, generation = %got, "truncated an old generation's tail");
                 runtime
                     .engine
                     .begin_apply(vba, generation, op)

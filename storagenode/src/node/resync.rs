@@ -27,6 +27,7 @@ use super::reports::Report;
 use super::unit::UnitRuntime;
 use super::Node;
 use crate::engine::Ticket;
+use crate::replication::secondary::{self, Agreed, Probe};
 
 /// Bytes asked for per pull.
 const PULL_BYTES: u32 = 1 << 20;
@@ -204,15 +205,10 @@ async fn resync(
                 // says where to drop the tail.
                 let agreed = Vba(error.detail);
                 let run_start = engine.run_start(after);
-                after = if agreed >= run_start && agreed > Vba::ZERO {
-                    agreed.min(after)
-                } else {
-                    Vba(run_start.0.saturating_sub(1))
-                };
-                if after < engine.stable_vba() {
-                    return Ok(Resynced::Diverged {
-                        stable: engine.stable_vba(),
-                    });
+                match secondary::on_histories_differ(after, agreed, run_start, engine.stable_vba())
+                {
+                    Probe::At { after: probe } => after = probe,
+                    Probe::Diverged { stable } => return Ok(Resynced::Diverged { stable }),
                 }
                 after_generation = engine.generation_at(after);
                 probing = true;
@@ -232,26 +228,22 @@ async fn resync(
         else {
             return Err(format!("unexpected answer {response:?}"));
         };
-        if std::mem::take(&mut probing) && after < engine.last_vba() {
+        if std::mem::take(&mut probing) {
             // The first pull that agrees with the primary: what this copy holds past `after`
-            // is a tail the primary never had. It gives way to the primary's history, of the
-            // generation of the first record that follows (or the slice's, if none does).
+            // may be a tail the primary never had.
             let replacing = records.first().map_or(generation, |r| r.generation);
-            let held = engine.generation_at(after.next());
-            if replacing != held {
-                truncate_tail(runtime, after, replacing).await?;
-            } else if let Some(next) = engine
-                .generations()
-                .into_iter()
-                .find(|s| s.first_vba > after.next() && s.generation != held)
-            {
-                // Records of the generation this copy holds right past `after` are the same
-                // primary's, so the same records; the histories may still part where this
-                // copy's next generation starts: probe there.
-                after = Vba(next.first_vba.0 - 1);
-                after_generation = engine.generation_at(after);
-                probing = true;
-                continue;
+            let history = engine.generations();
+            match secondary::on_agreeing_pull(after, engine.last_vba(), replacing, &history) {
+                Agreed::Keep => {}
+                Agreed::Truncate(truncate) => {
+                    truncate_tail(runtime, truncate.after, truncate.generation).await?
+                }
+                Agreed::ProbeAt { after: probe } => {
+                    after = probe;
+                    after_generation = engine.generation_at(after);
+                    probing = true;
+                    continue;
+                }
             }
         }
         let count = records.len() as u64;

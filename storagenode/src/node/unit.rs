@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::engine::{Marks, Unit};
 use crate::replication::lease::Lease;
+use crate::replication::secondary::View;
 use crate::replication::window::Window;
 
 /// What the database says about this copy of the slice.
@@ -172,6 +173,17 @@ impl UnitRuntime {
 
     pub fn assignment(&self) -> Option<Assignment> {
         lock(&self.assignment).clone()
+    }
+
+    /// What the secondary's decisions (`replication::secondary`) see of this copy.
+    pub fn secondary_view(&self) -> View {
+        View {
+            assigned: lock(&self.assignment)
+                .as_ref()
+                .map(|a| (a.role, a.generation)),
+            next_vba: self.engine.next_vba(),
+            resyncing: self.resyncing.load(Ordering::Acquire),
+        }
     }
 
     /// The copies a primary sends records to and waits for: the current secondaries and the
