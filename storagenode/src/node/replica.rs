@@ -44,6 +44,7 @@ pub async fn replicate(
     match secondary::on_frame(&view, generation, committed, frame) {
         FrameStep::Refuse(refusal) => return Err(refused(runtime, generation, refusal)),
         FrameStep::StartGeneration { generation, start } => {
+            runtime.note_announced(generation);
             generation_starts(runtime, generation, start).await?;
             return Ok(Response::Replicate {
                 last_vba: runtime.engine.last_vba(),

@@ -3,7 +3,7 @@
 //! ordering of incoming records.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -70,6 +70,10 @@ pub struct UnitRuntime {
     pub joined: Mutex<std::collections::BTreeMap<NodeId, Vba>>,
     /// Secondary: a resync of this copy is running.
     pub resyncing: AtomicBool,
+    /// Secondary: the newest generation whose primary told this copy where it starts
+    /// (`replica::replicate`). Memory only: after a restart, frames wait for the database's
+    /// answer, which names that generation.
+    heard_generation: AtomicU64,
     /// When the slice was last learned from a notification reply (see [`UnitRuntime::assign`]).
     slice_updated: Mutex<Option<Instant>>,
     /// The last resync of this copy, for metrics.
@@ -126,6 +130,7 @@ impl UnitRuntime {
             committed_changed: tokio::sync::Notify::new(),
             joined: Mutex::new(std::collections::BTreeMap::new()),
             resyncing: AtomicBool::new(false),
+            heard_generation: AtomicU64::new(0),
             slice_updated: Mutex::new(None),
             resync: Mutex::new(None),
         }
@@ -181,9 +186,17 @@ impl UnitRuntime {
             assigned: lock(&self.assignment)
                 .as_ref()
                 .map(|a| (a.role, a.generation)),
+            announced: Generation(self.heard_generation.load(Ordering::Acquire)),
             next_vba: self.engine.next_vba(),
             resyncing: self.resyncing.load(Ordering::Acquire),
         }
+    }
+
+    /// The primary of `generation` told this copy where its generation starts: frames of older
+    /// generations are refused from now on.
+    pub fn note_announced(&self, generation: Generation) {
+        self.heard_generation
+            .fetch_max(generation.0, Ordering::AcqRel);
     }
 
     /// The copies a primary sends records to and waits for: the current secondaries and the

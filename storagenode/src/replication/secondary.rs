@@ -21,6 +21,10 @@ pub struct View {
     /// The database's assignment of this copy, as its last heartbeat reply said: its role and the
     /// slice's generation. `None` before one named the unit.
     pub assigned: Option<(Role, Generation)>,
+    /// The newest generation whose primary told this copy where it starts (its empty first
+    /// frame), which the database's answer may not name yet: a copy takes nothing more from
+    /// an older generation's primary, as a Raft follower that heard of a newer term.
+    pub announced: Generation,
     /// The VBA the copy's next record must have.
     pub next_vba: Vba,
     /// A resync of the copy is running: it joined the write path and may get the primary's
@@ -111,8 +115,9 @@ pub fn on_frame(
         });
     }
     // A newer generation is taken: the copy learns it from the primary before the database.
-    if generation < assigned {
-        return FrameStep::Refuse(Refusal::Stale { current: assigned });
+    let current = assigned.max(view.announced);
+    if generation < current {
+        return FrameStep::Refuse(Refusal::Stale { current });
     }
     let Some(first) = first else {
         return FrameStep::StartGeneration {
