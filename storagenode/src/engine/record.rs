@@ -26,6 +26,7 @@
 //! recovery can index it for repair instead of stopping at it.
 
 use bytes::Bytes;
+use client::proto::RecordBody;
 use client::types::{Generation, Lba, Vba, BLOCK_BYTES};
 
 pub const RECORD_MAGIC: u32 = 0x5253_4256; // "VBSR" when read as bytes
@@ -93,6 +94,35 @@ impl Op {
     pub fn content_crc(&self) -> u32 {
         content_crc_of(self.kind(), self.lba(), self.blocks(), self.data())
     }
+}
+
+/// A replicated record's body, as the engine takes it.
+impl From<RecordBody> for Op {
+    fn from(body: RecordBody) -> Op {
+        match body {
+            RecordBody::Write { lba, data } => Op::Write { lba, data },
+            RecordBody::Trim { lba, blocks } => Op::Trim { lba, blocks },
+        }
+    }
+}
+
+/// An op, as it is replicated.
+impl From<Op> for RecordBody {
+    fn from(op: Op) -> RecordBody {
+        match op {
+            Op::Write { lba, data } => RecordBody::Write { lba, data },
+            Op::Trim { lba, blocks } => RecordBody::Trim { lba, blocks },
+        }
+    }
+}
+
+/// Bytes a replicated record takes in a log once applied: its header and its data.
+pub fn log_bytes(body: &RecordBody) -> usize {
+    HEADER_BYTES
+        + match body {
+            RecordBody::Write { data, .. } => data.len(),
+            RecordBody::Trim { .. } => 0,
+        }
 }
 
 /// The header fields of a record.

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use client::proto::Extent;
+use client::proto::{Extent, WireRecord};
 use client::types::{Generation, Lba, UnitId, Vba, BLOCK_BYTES};
 use parking_lot::Mutex;
 
@@ -32,6 +32,17 @@ pub struct Record {
     pub vba: Vba,
     pub generation: Generation,
     pub op: Op,
+}
+
+/// A record, as it is replicated.
+impl From<Record> for WireRecord {
+    fn from(record: Record) -> WireRecord {
+        WireRecord {
+            vba: record.vba,
+            generation: record.generation,
+            body: record.op.into(),
+        }
+    }
 }
 
 impl Record {

@@ -12,9 +12,7 @@
 use std::sync::Arc;
 
 use client::api::UnitGeneration;
-use client::proto::{
-    ErrorCode, RecordBody, Response, WireError, WireRecord, MAX_RECORDS_PER_FRAME,
-};
+use client::proto::{ErrorCode, Response, WireError, WireRecord, MAX_RECORDS_PER_FRAME};
 use client::types::{Generation, NodeId, Vba};
 use tracing::{info, warn};
 
@@ -24,23 +22,10 @@ use super::replica::primary_at;
 use super::reports::Report;
 use super::unit::UnitRuntime;
 use super::Node;
-use crate::engine::{EngineError, Op, Record};
+use crate::engine::EngineError;
 
 /// The most records a join sends at once; a copy further behind keeps pulling first.
 pub const MAX_JOIN_RECORDS: usize = 1024;
-const RECORD_OVERHEAD_BYTES: usize = 64;
-
-pub(super) fn to_wire(record: Record) -> WireRecord {
-    let body = match record.op {
-        Op::Write { lba, data } => RecordBody::Write { lba, data },
-        Op::Trim { lba, blocks } => RecordBody::Trim { lba, blocks },
-    };
-    WireRecord {
-        vba: record.vba,
-        generation: record.generation,
-        body,
-    }
-}
 
 /// What a pull asked for.
 pub struct Pull {
@@ -192,13 +177,13 @@ async fn read_batch_once(
             if record.vba > last_vba {
                 break;
             }
-            let size = RECORD_OVERHEAD_BYTES + record.op.data().len();
+            let size = record.op.record_bytes();
             if records.len() == max_records || bytes + size > budget {
                 through = records.last().map_or(after, |r: &WireRecord| r.vba);
                 break;
             }
             bytes += size;
-            records.push(to_wire(record));
+            records.push(WireRecord::from(record));
         }
         let (remaining_records, remaining_bytes) = engine.live_after(through);
         Ok(Ok(Response::Records {

@@ -307,24 +307,6 @@ pub async fn trim(
     Ok(Response::Trim { vba })
 }
 
-fn to_wire(vba: Vba, generation: Generation, op: &Op) -> WireRecord {
-    let body = match op {
-        Op::Write { lba, data } => RecordBody::Write {
-            lba: *lba,
-            data: data.clone(),
-        },
-        Op::Trim { lba, blocks } => RecordBody::Trim {
-            lba: *lba,
-            blocks: *blocks,
-        },
-    };
-    WireRecord {
-        vba,
-        generation,
-        body,
-    }
-}
-
 /// Appends `ops` on this primary and on its secondaries; returns the first VBA once the write may
 /// be acknowledged.
 async fn replicated_append(
@@ -372,22 +354,20 @@ async fn replicated_append(
             connections.insert(target.node.clone(), node.peers.get(&target.addr).await);
         }
     }
-    let records: Vec<WireRecord> = {
-        let first = runtime.engine.next_vba();
-        ops.iter()
-            .enumerate()
-            .map(|(i, op)| to_wire(Vba(first.0 + i as u64), generation, op))
-            .collect()
-    };
+    let bodies: Vec<RecordBody> = ops.iter().cloned().map(RecordBody::from).collect();
     let ticket = runtime
         .engine
         .begin_append(generation, ops)
         .map_err(from_engine)?;
-    debug_assert_eq!(
-        ticket.first_vba(),
-        records[0].vba,
-        "VBAs are assigned under the sequencer"
-    );
+    // The engine numbered the records, from its counter.
+    let records: Vec<WireRecord> = (ticket.first_vba().0..)
+        .zip(bodies)
+        .map(|(vba, body)| WireRecord {
+            vba: Vba(vba),
+            generation,
+            body,
+        })
+        .collect();
     let committed = runtime.update_window(|window| {
         window.push(&records);
         window.committed()

@@ -13,16 +13,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use client::api::CopyStatus;
-use client::proto::{ErrorCode, Request, Response, WireError};
+use client::proto::{ErrorCode, Request, Response, WireError, WireRecord};
 use client::types::{Generation, NodeId, Vba};
 use tracing::warn;
 
-use super::catchup::to_wire;
 use super::errors::{from_engine, from_join};
-use super::replica::to_op;
 use super::unit::UnitRuntime;
 use super::Node;
-use crate::engine::{EngineError, Record};
+use crate::engine::{EngineError, Op, Record};
 
 /// How long a copy asked for a record may take to answer.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -119,7 +117,7 @@ pub(super) async fn fetch(
         Some(record) if record.vba == vba => Ok(Some(Record {
             vba,
             generation: record.generation,
-            op: to_op(record.body),
+            op: Op::from(record.body),
         })),
         Some(record) => Err(format!("it sent VBA {} for VBA {vba}", record.vba)),
     }
@@ -153,6 +151,6 @@ pub async fn serve_fetch(
         remaining_records: 0,
         remaining_bytes: 0,
         joined: false,
-        records: record.into_iter().map(to_wire).collect(),
+        records: record.into_iter().map(WireRecord::from).collect(),
     })
 }

@@ -12,22 +12,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use client::api::Role;
-use client::proto::{ErrorCode, RecordBody, Request, Response, WireError, WireRecord};
+use client::proto::{ErrorCode, Request, Response, WireError, WireRecord};
 use client::types::{Generation, Vba};
 use tracing::{info, warn};
 
 use super::errors::{from_engine, from_join};
 use super::unit::UnitRuntime;
 use super::Node;
-use crate::engine::{EngineError, Op, Ticket};
-use crate::replication::secondary::{self, FrameStep, GapWait, Refusal};
-
-pub(super) fn to_op(body: RecordBody) -> Op {
-    match body {
-        RecordBody::Write { lba, data } => Op::Write { lba, data },
-        RecordBody::Trim { lba, blocks } => Op::Trim { lba, blocks },
-    }
-}
+use crate::engine::{EngineError, Op, Ticket, Unit};
+use crate::replication::secondary::{self, FrameStep, GapWait, Refusal, Truncate};
 
 /// How long a frame waits for its turn while this copy is resyncing.
 const JOIN_TURN_WAIT: Duration = Duration::from_secs(5);
@@ -106,22 +99,85 @@ async fn generation_starts(
     generation: Generation,
     start: Vba,
 ) -> Result<(), WireError> {
-    let _applying = runtime.applying.lock().await;
+    let applying = runtime.applying.lock().await;
+    let engine = &runtime.engine;
+    let held = engine.generation();
+    if let Some(truncate) =
+        secondary::on_generation_start(held, engine.last_vba(), generation, start)
+    {
+        let why = "an old generation's tail past where the new primary's generation starts";
+        drop_tail(runtime, &applying, truncate, why).await?;
+    }
+    Ok(())
+}
+
+/// Drops what the copy holds after `truncate.after` and starts `truncate.generation` there;
+/// `applying` is the unit's apply lock, held. Logs the drop, saying what was dropped (`what`).
+pub(super) async fn drop_tail(
+    runtime: &Arc<UnitRuntime>,
+    _applying: &tokio::sync::MutexGuard<'_, ()>,
+    truncate: Truncate,
+    what: &str,
+) -> Result<(), WireError> {
     let engine = runtime.engine.clone();
-    let Some(truncate) =
-        secondary::on_generation_start(engine.generation(), engine.last_vba(), generation, start)
-    else {
-        return Ok(());
-    };
-    let dropped = tokio::task::spawn_blocking(move || {
-        engine.truncate_after(truncate.after, truncate.generation)
-    })
-    .await
-    .map_err(from_join)?
-    .map_err(from_engine)?;
-    warn!(unit = %runtime.id, after = %start, dropped, %generation,
-        "dropped an old generation's tail past where the new primary's generation starts");
+    let Truncate { after, generation } = truncate;
+    let dropped = tokio::task::spawn_blocking(move || engine.truncate_after(after, generation))
+        .await
+        .map_err(from_join)?
+        .map_err(from_engine)?;
     runtime.expected.send_replace(runtime.engine.next_vba());
+    warn!(unit = %runtime.id, %after, dropped, %generation, "dropped {what}");
+    Ok(())
+}
+
+/// How a record is taken by the engine, in [`apply_records`].
+pub(super) enum Taken {
+    /// Queued: durable once its ticket is.
+    Queued(Ticket),
+    /// The copy holds it already.
+    Held,
+    /// It meets another generation's record: drop the tail first, then take it again.
+    Conflict(Truncate),
+}
+
+/// Queues `records` to the engine in VBA order under the unit's apply lock, each through `take`
+/// (dropping an old tail first where it says so), then waits until they are durable: how a
+/// secondary applies a frame and a resync applies a pull.
+pub(super) async fn apply_records(
+    runtime: &Arc<UnitRuntime>,
+    records: Vec<WireRecord>,
+    mut take: impl FnMut(&Arc<Unit>, WireRecord) -> Result<Taken, WireError>,
+) -> Result<(), WireError> {
+    let applying = runtime.applying.lock().await;
+    let mut last: Option<Ticket> = None;
+    for record in records {
+        let taken = match take(&runtime.engine, record.clone())? {
+            Taken::Conflict(truncate) => {
+                let what = "an old generation's tail that a newer record met";
+                drop_tail(runtime, &applying, truncate, what).await?;
+                take(&runtime.engine, record)?
+            }
+            taken => taken,
+        };
+        match taken {
+            Taken::Queued(ticket) => last = Some(ticket),
+            Taken::Held => {}
+            Taken::Conflict(truncate) => {
+                return Err(WireError::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "unit {}: a record still meets another generation's after dropping the tail after VBA {}",
+                        runtime.id, truncate.after
+                    ),
+                ))
+            }
+        }
+    }
+    runtime.expected.send_replace(runtime.engine.next_vba());
+    drop(applying);
+    if let Some(ticket) = last {
+        ticket.wait_async().await.map_err(from_engine)?;
+    }
     Ok(())
 }
 
@@ -186,46 +242,25 @@ async fn fill_gap(
     Ok(())
 }
 
-/// Queues the records to the engine in VBA order and waits until they are durable.
+/// Applies a frame's records in VBA order (a newer generation's record drops the old tail it
+/// meets) and waits until they are durable.
 async fn apply_in_order(
     runtime: &Arc<UnitRuntime>,
     records: Vec<WireRecord>,
 ) -> Result<(), WireError> {
-    let applying = runtime.applying.lock().await;
-    let mut last: Option<Ticket> = None;
-    for record in records {
-        let (vba, generation, op) = (record.vba, record.generation, to_op(record.body));
-        let ticket = match runtime.engine.begin_apply(vba, generation, op.clone()) {
-            Ok((_, ticket)) => ticket,
+    apply_records(runtime, records, |engine, record| {
+        let (vba, generation) = (record.vba, record.generation);
+        match engine.begin_apply(vba, generation, Op::from(record.body)) {
+            Ok((_, ticket)) => Ok(Taken::Queued(ticket)),
             Err(conflict @ EngineError::Conflict { held, got, .. }) => {
-                // A new primary's records meet an unacknowledged tail of the old generation.
-                let Some(truncate) = secondary::on_conflict(vba, held, got) else {
-                    return Err(from_engine(conflict));
-                };
-                let engine = runtime.engine.clone();
-                let dropped = tokio::task::spawn_blocking(move || {
-                    engine.truncate_after(truncate.after, truncate.generation)
-                })
-                .await
-                .map_err(from_join)?
-                .map_err(from_engine)?;
-                warn!(unit = %runtime.id, after = %truncate.after, dropped, generation = %got, "truncated an old generation's tail");
-                runtime
-                    .engine
-                    .begin_apply(vba, generation, op)
-                    .map_err(from_engine)?
-                    .1
+                secondary::on_conflict(vba, held, got)
+                    .map(Taken::Conflict)
+                    .ok_or_else(|| from_engine(conflict))
             }
-            Err(e) => return Err(from_engine(e)),
-        };
-        last = Some(ticket);
-    }
-    runtime.expected.send_replace(runtime.engine.next_vba());
-    drop(applying);
-    if let Some(ticket) = last {
-        ticket.wait_async().await.map_err(from_engine)?;
-    }
-    Ok(())
+            Err(e) => Err(from_engine(e)),
+        }
+    })
+    .await
 }
 
 /// Primary: every VBA in `(after, until]` a secondary is missing, from the window.

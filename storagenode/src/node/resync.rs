@@ -22,11 +22,12 @@ use tracing::{info, warn};
 
 use super::catchup::MAX_JOIN_RECORDS;
 use super::errors::from_engine;
-use super::replica::to_op;
+use super::replica::{self, Taken};
 use super::reports::Report;
 use super::unit::UnitRuntime;
 use super::Node;
-use crate::engine::Ticket;
+use crate::engine::record::log_bytes;
+use crate::engine::Op;
 use crate::replication::secondary::{self, Agreed, Probe};
 
 /// Bytes asked for per pull.
@@ -236,7 +237,11 @@ async fn resync(
             match secondary::on_agreeing_pull(after, engine.last_vba(), replacing, &history) {
                 Agreed::Keep => {}
                 Agreed::Truncate(truncate) => {
-                    truncate_tail(runtime, truncate.after, truncate.generation).await?
+                    let applying = runtime.applying.lock().await;
+                    let what = "a tail the primary does not have";
+                    replica::drop_tail(runtime, &applying, truncate, what)
+                        .await
+                        .map_err(|e| e.message)?;
                 }
                 Agreed::ProbeAt { after: probe } => {
                     after = probe;
@@ -247,7 +252,7 @@ async fn resync(
             }
         }
         let count = records.len() as u64;
-        let bytes: u64 = records.iter().map(|r| 64 + wire_data_len(r)).sum();
+        let bytes: u64 = records.iter().map(|r| log_bytes(&r.body) as u64).sum();
         apply(runtime, records).await?;
         progress.records_done += count;
         progress.bytes_done += bytes;
@@ -281,53 +286,21 @@ async fn resync(
     }
 }
 
-fn wire_data_len(record: &WireRecord) -> u64 {
-    match &record.body {
-        client::proto::RecordBody::Write { data, .. } => data.len() as u64,
-        client::proto::RecordBody::Trim { .. } => 0,
-    }
-}
-
 /// Applies pulled records (skipping any this copy already holds) and waits until durable.
 async fn apply(runtime: &Arc<UnitRuntime>, records: Vec<WireRecord>) -> Result<(), String> {
     #[cfg(feature = "bugs")]
     if crate::bugs::enabled(crate::bugs::Bug::ResyncSkipsRecords) {
         return Ok(());
     }
-    let applying = runtime.applying.lock().await;
-    let mut last: Option<Ticket> = None;
-    for record in records {
-        if record.vba < runtime.engine.next_vba() {
-            continue;
+    replica::apply_records(runtime, records, |engine, record| {
+        if record.vba < engine.next_vba() {
+            return Ok(Taken::Held);
         }
-        let ticket = runtime
-            .engine
-            .begin_ingest(record.vba, record.generation, to_op(record.body))
-            .map_err(|e| from_engine(e).message)?;
-        last = Some(ticket);
-    }
-    runtime.expected.send_replace(runtime.engine.next_vba());
-    drop(applying);
-    if let Some(ticket) = last {
-        ticket.wait_async().await.map_err(|e| e.to_string())?;
-    }
-    Ok(())
-}
-
-/// Drops what this copy holds after `after` and starts `generation` there.
-async fn truncate_tail(
-    runtime: &Arc<UnitRuntime>,
-    after: Vba,
-    generation: Generation,
-) -> Result<(), String> {
-    let engine = runtime.engine.clone();
-    let applying = runtime.applying.lock().await;
-    let dropped = tokio::task::spawn_blocking(move || engine.truncate_after(after, generation))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-    runtime.expected.send_replace(runtime.engine.next_vba());
-    drop(applying);
-    warn!(unit = %runtime.id, %after, dropped, "dropped a tail the primary does not have");
-    Ok(())
+        engine
+            .begin_ingest(record.vba, record.generation, Op::from(record.body))
+            .map(Taken::Queued)
+            .map_err(from_engine)
+    })
+    .await
+    .map_err(|e| e.message)
 }

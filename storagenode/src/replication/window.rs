@@ -5,7 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use client::proto::{RecordBody, WireRecord};
+use client::proto::WireRecord;
+
+use crate::engine::record::log_bytes;
 use client::types::{NodeId, Vba};
 
 /// The most record bytes a window holds; past it, new writes wait (refused as unavailable) until
@@ -24,10 +26,7 @@ pub struct Window {
 }
 
 fn record_bytes(record: &WireRecord) -> usize {
-    match &record.body {
-        RecordBody::Write { data, .. } => 64 + data.len(),
-        RecordBody::Trim { .. } => 64,
-    }
+    log_bytes(&record.body)
 }
 
 /// Records answering a resend: every VBA in `(after, through]`.
@@ -151,6 +150,7 @@ impl Window {
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use client::proto::RecordBody;
     use client::types::{Generation, Lba};
 
     fn record(vba: u64) -> WireRecord {
