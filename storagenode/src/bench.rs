@@ -13,11 +13,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
+use client::size::parse_size;
 use client::types::{Generation, Lba, SliceIndex, UnitId, VolumeId, BLOCK_BYTES};
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use crate::config::SyncMode;
 use crate::engine::{Device, DeviceOptions, Op, Unit};
 
 /// The volume whose units the benchmark writes; they are removed when it ends.
@@ -34,6 +36,91 @@ pub enum Pattern {
     Rand,
     /// Sequential, wrapping at the end of the unit.
     Seq,
+}
+
+/// `vbs-storage bench`'s flags.
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Bytes per write (a multiple of 4k).
+    #[arg(long, default_value = "4k", value_parser = parse_size)]
+    bs: u64,
+    /// Writes in flight at once.
+    #[arg(long, default_value_t = 1)]
+    iodepth: usize,
+    /// Writes in total.
+    #[arg(long, default_value_t = 20_000)]
+    count: u64,
+    /// Size of the unit written to.
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    size: u64,
+    /// Units written at once (sharing the device's log), as on a node holding that many
+    /// slices; write number n goes to unit n % units. Every unit has --size.
+    #[arg(long, default_value_t = 1)]
+    units: usize,
+    /// How writers wait for the engine: a blocked thread each, or a tokio task each (as in
+    /// the storage node).
+    #[arg(long, value_enum, default_value = "threads")]
+    driver: Driver,
+    #[arg(long, value_enum, default_value = "rand")]
+    pattern: Pattern,
+    /// `data` syncs every batch (the only durable mode); `none` never syncs.
+    #[arg(long, value_enum, default_value = "data")]
+    sync: SyncMode,
+    /// Segment size, for a data directory used for the first time.
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    segment_size: u64,
+    /// Seed of the random offsets and data.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `vbs-storage bench`: a line saying what it measures, progress on stderr, then the
+/// report (text, or one JSON object with `--json`).
+pub fn run_cli(args: BenchArgs) -> Result<()> {
+    let json = args.json;
+    let options = BenchOptions {
+        data_dir: args.data_dir,
+        bs: args.bs,
+        iodepth: args.iodepth,
+        count: args.count,
+        unit_bytes: args.size,
+        units: args.units,
+        driver: args.driver,
+        pattern: args.pattern,
+        sync: args.sync == SyncMode::Data,
+        segment_bytes: args.segment_size,
+        seed: args.seed.unwrap_or_else(rand::random),
+    };
+    if !json {
+        println!(
+            "vbs-storage bench: {} writes of {} bytes, iodepth {}, {} unit(s), {:?} driver, {:?} offsets, seed {}, in {}",
+            options.count,
+            options.bs,
+            options.iodepth,
+            options.units,
+            options.driver,
+            options.pattern,
+            options.seed,
+            options.data_dir.display()
+        );
+    }
+    let report = run(&options, |step| {
+        if !json {
+            eprint!("\r\x1b[2K{step}");
+        }
+    })?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        eprint!("\r\x1b[2K");
+        report.print(&mut std::io::stdout())?;
+    }
+    Ok(())
 }
 
 #[derive(Clone, Debug)]

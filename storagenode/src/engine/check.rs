@@ -1,5 +1,6 @@
 //! `vbs-storage check`: verifies every unit of a device without changing anything on it.
 
+use std::io::Write;
 use std::sync::Arc;
 
 use client::types::Vba;
@@ -43,6 +44,52 @@ pub struct DeviceCheck {
 impl DeviceCheck {
     pub fn consistent(&self) -> bool {
         self.problems.is_empty() && self.units.iter().all(|u| u.problems.is_empty())
+    }
+
+    /// The report `vbs-storage check` prints: the device, each unit, and the verdict.
+    pub fn print(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        writeln!(
+            out,
+            "device {} (segments of {} bytes)",
+            self.device, self.segment_bytes
+        )?;
+        for problem in &self.problems {
+            writeln!(out, "  problem: {problem}")?;
+        }
+        for unit in &self.units {
+            writeln!(
+                out,
+                "unit {}: {} segments, {} records, {} live records, {} live blocks, last VBA {}",
+                unit.unit,
+                unit.segments,
+                unit.records,
+                unit.live_records,
+                unit.live_blocks,
+                unit.last_vba
+            )?;
+            if unit.damaged_records > 0 {
+                writeln!(
+                    out,
+                    "  damaged: {} records whose data fails its checksum (repaired from another copy when read or scrubbed)",
+                    unit.damaged_records
+                )?;
+            }
+            if let Some(torn) = &unit.torn_tail {
+                writeln!(
+                    out,
+                    "  note: torn tail at {torn} (cut off when the node opens the unit)"
+                )?;
+            }
+            for problem in &unit.problems {
+                writeln!(out, "  problem: {problem}")?;
+            }
+        }
+        let verdict = if self.consistent() {
+            "consistent"
+        } else {
+            "INCONSISTENT"
+        };
+        writeln!(out, "{} units: {verdict}", self.units.len())
     }
 }
 
