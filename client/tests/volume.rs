@@ -12,7 +12,7 @@ use bytes::Bytes;
 use client::api::{Notification, Source, UnitGeneration};
 use client::conn::Pool;
 use client::managers::Managers;
-use client::proto::{ErrorCode, PeerKind, Request, Response, MAX_IO_BYTES};
+use client::proto::{ClientRequest, ErrorCode, PeerKind, Request, Response, MAX_IO_BYTES};
 use client::types::{Generation, Lba, UnitId};
 use client::volume::{ClientError, Op, Volume, VolumeOptions};
 use fake::{slice, volume_map, FakeManager, FakeNode, NotifyReply};
@@ -333,11 +333,13 @@ async fn abandoned_calls_leave_the_connection_usable() {
     let (_manager, a, _b) = cluster().await;
     let pool = Pool::new(PeerKind::Client, "test-client", Duration::from_secs(2));
     pool.get(&a.addr).await.expect("connects");
-    let write = |lba: u64| Request::Write {
-        unit: UnitId::new(7, 0),
-        generation: Generation(1),
-        lba: Lba(lba),
-        data: Bytes::from(vec![5u8; MAX_IO_BYTES as usize]),
+    let write = |lba: u64| {
+        Request::Client(ClientRequest::Write {
+            unit: UnitId::new(7, 0),
+            generation: Generation(1),
+            lba: Lba(lba),
+            data: Bytes::from(vec![5u8; MAX_IO_BYTES as usize]),
+        })
     };
     // With the node not reading (after the frame it may be reading now), the socket buffers
     // fill and these calls are given up while their frames are still on the way out.

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use client::nbd::wire;
 use client::proto::{
-    self, ErrorCode, Frame, Hello, HelloOk, PeerKind, RecordBody, Request, Response, WireError,
-    WireRecord,
+    self, ClientRequest, ErrorCode, Frame, Hello, HelloOk, PeerKind, PeerRequest, RecordBody,
+    Request, Response, WireError, WireRecord,
 };
 use client::types::{Generation, Lba, SliceIndex, UnitId, Vba, VolumeId, BLOCK_BYTES};
 use storagenode::engine::backend::Backend;
@@ -93,54 +93,54 @@ pub fn frame_seeds() -> Vec<Vec<u8>> {
             node: "n1".into(),
             challenge: None,
         }),
-        Frame::Request(Request::Read {
+        Frame::Request(Request::Client(ClientRequest::Read {
             unit,
             generation: g,
             lba: Lba(2),
             blocks: 4,
-        }),
-        Frame::Request(Request::Write {
+        })),
+        Frame::Request(Request::Client(ClientRequest::Write {
             unit,
             generation: g,
             lba: Lba(2),
             data: block.clone(),
-        }),
-        Frame::Request(Request::Trim {
+        })),
+        Frame::Request(Request::Client(ClientRequest::Trim {
             unit,
             generation: g,
             lba: Lba(2),
             blocks: 3,
-        }),
-        Frame::Request(Request::Flush {
+        })),
+        Frame::Request(Request::Client(ClientRequest::Flush {
             unit,
             generation: g,
-        }),
-        Frame::Request(Request::Allocation {
+        })),
+        Frame::Request(Request::Client(ClientRequest::Allocation {
             unit,
             generation: g,
             lba: Lba(2),
             blocks: 300,
-        }),
-        Frame::Request(Request::Replicate {
+        })),
+        Frame::Request(Request::Peer(PeerRequest::Replicate {
             unit,
             generation: g,
             committed: Vba(3),
             records: records.clone(),
-        }),
-        Frame::Request(Request::ResendRange {
+        })),
+        Frame::Request(Request::Peer(PeerRequest::ResendRange {
             unit,
             generation: g,
             after: Vba(1),
             until: Vba(5),
-        }),
-        Frame::Request(Request::CatchUp {
+        })),
+        Frame::Request(Request::Peer(PeerRequest::CatchUp {
             unit,
             generation: g,
             after: Vba(1),
             after_generation: g,
             max_bytes: 1 << 20,
             join: true,
-        }),
+        })),
         Frame::Response(Response::Read { data: block }),
         Frame::Response(Response::Write { first_vba: Vba(4) }),
         Frame::Response(Response::Allocation {

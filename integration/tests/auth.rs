@@ -16,8 +16,8 @@ use client::api::{ClusterStatus, CopyStatus, VolumeMap};
 use client::conn::{read_frame, Connection, DataError};
 use client::managers::Managers;
 use client::proto::{
-    self, Auth, ErrorCode, Frame, Hello, PeerKind, Request, Response, AUTH_NONCE_BYTES,
-    AUTH_PROOF_BYTES,
+    self, Auth, ClientRequest, ErrorCode, Frame, Hello, PeerKind, Request, Response,
+    AUTH_NONCE_BYTES, AUTH_PROOF_BYTES,
 };
 use client::security::Security;
 use client::types::Lba;
@@ -239,12 +239,12 @@ fn hello(min_version: u16, max_version: u16) -> Frame {
 }
 
 fn read_request(volume: &VolumeMap) -> Request {
-    Request::Read {
+    Request::Client(ClientRequest::Read {
         unit: volume.slices[0].unit,
         generation: volume.slices[0].generation,
         lba: Lba(0),
         blocks: 1,
-    }
+    })
 }
 
 fn refused_with(answers: &[Frame], code: ErrorCode) -> bool {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use client::api::{ClusterStatus, CopyStatus, VolumeMap};
 use client::conn::{Connection, DataError};
-use client::proto::{ErrorCode, PeerKind, Request};
+use client::proto::{ClientRequest, ErrorCode, PeerKind, PeerRequest, Request};
 use client::types::{Generation, Lba};
 use integration::gateway::tagged_block;
 use integration::{wait_until, Cluster, ClusterOptions};
@@ -348,11 +348,13 @@ async fn writes_with_a_stale_generation_are_refused() {
     )
     .await
     .expect("connects to the primary");
-    let write = |generation: Generation| Request::Write {
-        unit: slice.unit,
-        generation,
-        lba: Lba(0),
-        data: bytes::Bytes::from(vec![7u8; 4096]),
+    let write = |generation: Generation| {
+        Request::Client(ClientRequest::Write {
+            unit: slice.unit,
+            generation,
+            lba: Lba(0),
+            data: bytes::Bytes::from(vec![7u8; 4096]),
+        })
     };
     // The current generation is accepted once the node has learned its units.
     wait_until("the primary to accept writes", STARTUP, || async {
@@ -395,7 +397,7 @@ async fn writes_with_a_stale_generation_are_refused() {
     )
     .await
     .unwrap();
-    let replicate = Request::Replicate {
+    let replicate = Request::Peer(PeerRequest::Replicate {
         unit: slice.unit,
         generation: older,
         committed: client::types::Vba(0),
@@ -407,7 +409,7 @@ async fn writes_with_a_stale_generation_are_refused() {
                 data: bytes::Bytes::from(vec![1u8; 4096]),
             },
         }],
-    };
+    });
     let refused = peer
         .call(replicate, Duration::from_secs(5))
         .await

@@ -231,52 +231,52 @@ fn decode_body(kind: u8, body: &mut Bytes) -> Result<Frame, ProtocolError> {
                 kind::READ => {
                     let lba = Lba(r.u64("LBA")?);
                     let blocks = r.u32("blocks")?;
-                    Request::Read {
+                    Request::Client(ClientRequest::Read {
                         unit,
                         generation,
                         lba,
                         blocks,
-                    }
+                    })
                 }
                 kind::WRITE => {
                     let lba = Lba(r.u64("LBA")?);
                     let blocks = r.u32("blocks")? as u64;
-                    Request::Write {
+                    Request::Client(ClientRequest::Write {
                         unit,
                         generation,
                         lba,
                         data: r.blocks(blocks)?,
-                    }
+                    })
                 }
-                kind::FLUSH => Request::Flush { unit, generation },
+                kind::FLUSH => Request::Client(ClientRequest::Flush { unit, generation }),
                 kind::TRIM => {
                     let lba = Lba(r.u64("LBA")?);
-                    Request::Trim {
+                    Request::Client(ClientRequest::Trim {
                         unit,
                         generation,
                         lba,
                         blocks: r.u64("blocks")?,
-                    }
+                    })
                 }
                 kind::ALLOCATION => {
                     let lba = Lba(r.u64("LBA")?);
-                    Request::Allocation {
+                    Request::Client(ClientRequest::Allocation {
                         unit,
                         generation,
                         lba,
                         blocks: r.u64("blocks")?,
-                    }
+                    })
                 }
                 kind::REPLICATE => {
                     let committed = Vba(r.u64("committed VBA")?);
-                    Request::Replicate {
+                    Request::Peer(PeerRequest::Replicate {
                         unit,
                         generation,
                         committed,
                         records: r.records()?,
-                    }
+                    })
                 }
-                kind::SCRUB => Request::Scrub { unit, generation },
+                kind::SCRUB => Request::Client(ClientRequest::Scrub { unit, generation }),
                 kind::SCRUB_REPAIR => {
                     let after = Vba(r.u64("after")?);
                     let through = Vba(r.u64("through")?);
@@ -294,49 +294,49 @@ fn decode_body(kind: u8, body: &mut Bytes) -> Result<Frame, ProtocolError> {
                             })
                         })
                         .collect::<Result<_, ProtocolError>>()?;
-                    Request::ScrubRepair {
+                    Request::Peer(PeerRequest::ScrubRepair {
                         unit,
                         generation,
                         after,
                         through,
                         entries,
-                    }
+                    })
                 }
                 kind::SCRUB_RANGE => {
                     let after = Vba(r.u64("after")?);
-                    Request::ScrubRange {
+                    Request::Peer(PeerRequest::ScrubRange {
                         unit,
                         generation,
                         after,
                         through: Vba(r.u64("through")?),
-                    }
+                    })
                 }
-                kind::FETCH_RECORD => Request::FetchRecord {
+                kind::FETCH_RECORD => Request::Peer(PeerRequest::FetchRecord {
                     unit,
                     generation,
                     vba: Vba(r.u64("VBA")?),
-                },
+                }),
                 kind::RESEND_RANGE => {
                     let after = Vba(r.u64("after")?);
-                    Request::ResendRange {
+                    Request::Peer(PeerRequest::ResendRange {
                         unit,
                         generation,
                         after,
                         until: Vba(r.u64("until")?),
-                    }
+                    })
                 }
                 _ => {
                     let after = Vba(r.u64("after")?);
                     let after_generation = Generation(r.u64("after generation")?);
                     let max_bytes = r.u32("max bytes")?;
-                    Request::CatchUp {
+                    Request::Peer(PeerRequest::CatchUp {
                         unit,
                         generation,
                         after,
                         after_generation,
                         max_bytes,
                         join: r.u8("join")? != 0,
-                    }
+                    })
                 }
             })
         }

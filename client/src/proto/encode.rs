@@ -25,18 +25,18 @@ pub fn encode(out: &mut BytesMut, id: u64, frame: &Frame) {
         Frame::Auth(_) => kind::AUTH,
         Frame::AuthOk(_) => kind::AUTH_OK,
         Frame::Request(request) => match request {
-            Request::Read { .. } => kind::READ,
-            Request::Write { .. } => kind::WRITE,
-            Request::Flush { .. } => kind::FLUSH,
-            Request::Trim { .. } => kind::TRIM,
-            Request::Replicate { .. } => kind::REPLICATE,
-            Request::ResendRange { .. } => kind::RESEND_RANGE,
-            Request::CatchUp { .. } => kind::CATCH_UP,
-            Request::Allocation { .. } => kind::ALLOCATION,
-            Request::FetchRecord { .. } => kind::FETCH_RECORD,
-            Request::Scrub { .. } => kind::SCRUB,
-            Request::ScrubRange { .. } => kind::SCRUB_RANGE,
-            Request::ScrubRepair { .. } => kind::SCRUB_REPAIR,
+            Request::Client(ClientRequest::Read { .. }) => kind::READ,
+            Request::Client(ClientRequest::Write { .. }) => kind::WRITE,
+            Request::Client(ClientRequest::Flush { .. }) => kind::FLUSH,
+            Request::Client(ClientRequest::Trim { .. }) => kind::TRIM,
+            Request::Peer(PeerRequest::Replicate { .. }) => kind::REPLICATE,
+            Request::Peer(PeerRequest::ResendRange { .. }) => kind::RESEND_RANGE,
+            Request::Peer(PeerRequest::CatchUp { .. }) => kind::CATCH_UP,
+            Request::Client(ClientRequest::Allocation { .. }) => kind::ALLOCATION,
+            Request::Peer(PeerRequest::FetchRecord { .. }) => kind::FETCH_RECORD,
+            Request::Client(ClientRequest::Scrub { .. }) => kind::SCRUB,
+            Request::Peer(PeerRequest::ScrubRange { .. }) => kind::SCRUB_RANGE,
+            Request::Peer(PeerRequest::ScrubRepair { .. }) => kind::SCRUB_REPAIR,
         },
         Frame::Response(response) => match response {
             Response::Read { .. } => kind::READ_OK,
@@ -130,54 +130,55 @@ fn put_records(out: &mut BytesMut, records: &[WireRecord]) {
 fn encode_request(out: &mut BytesMut, request: &Request) {
     put_unit(out, request.unit(), request.generation());
     match request {
-        Request::Read { lba, blocks, .. } => {
+        Request::Client(ClientRequest::Read { lba, blocks, .. }) => {
             out.put_u64_le(lba.0);
             out.put_u32_le(*blocks);
         }
-        Request::Write { lba, data, .. } => {
+        Request::Client(ClientRequest::Write { lba, data, .. }) => {
             out.put_u64_le(lba.0);
             out.put_u32_le((data.len() as u64 / BLOCK_BYTES) as u32);
             out.put_slice(data);
         }
-        Request::Flush { .. } => {}
-        Request::Trim { lba, blocks, .. } | Request::Allocation { lba, blocks, .. } => {
+        Request::Client(ClientRequest::Flush { .. }) => {}
+        Request::Client(ClientRequest::Trim { lba, blocks, .. })
+        | Request::Client(ClientRequest::Allocation { lba, blocks, .. }) => {
             out.put_u64_le(lba.0);
             out.put_u64_le(*blocks);
         }
-        Request::Replicate {
+        Request::Peer(PeerRequest::Replicate {
             committed, records, ..
-        } => {
+        }) => {
             out.put_u64_le(committed.0);
             put_records(out, records);
         }
-        Request::ResendRange { after, until, .. } => {
+        Request::Peer(PeerRequest::ResendRange { after, until, .. }) => {
             out.put_u64_le(after.0);
             out.put_u64_le(until.0);
         }
-        Request::CatchUp {
+        Request::Peer(PeerRequest::CatchUp {
             after,
             after_generation,
             max_bytes,
             join,
             ..
-        } => {
+        }) => {
             out.put_u64_le(after.0);
             out.put_u64_le(after_generation.0);
             out.put_u32_le(*max_bytes);
             out.put_u8(u8::from(*join));
         }
-        Request::FetchRecord { vba, .. } => out.put_u64_le(vba.0),
-        Request::Scrub { .. } => {}
-        Request::ScrubRange { after, through, .. } => {
+        Request::Peer(PeerRequest::FetchRecord { vba, .. }) => out.put_u64_le(vba.0),
+        Request::Client(ClientRequest::Scrub { .. }) => {}
+        Request::Peer(PeerRequest::ScrubRange { after, through, .. }) => {
             out.put_u64_le(after.0);
             out.put_u64_le(through.0);
         }
-        Request::ScrubRepair {
+        Request::Peer(PeerRequest::ScrubRepair {
             after,
             through,
             entries,
             ..
-        } => {
+        }) => {
             out.put_u64_le(after.0);
             out.put_u64_le(through.0);
             out.put_u32_le(entries.len() as u32);

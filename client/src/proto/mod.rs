@@ -23,7 +23,10 @@ mod tests;
 pub use decode::{decode, ProtocolError};
 pub use encode::{encode, records_wire_bytes};
 pub use handshake::{Auth, AuthOk, Hello, HelloOk, PeerKind};
-pub use request::{RecordBody, Request, ScrubEntry, ScrubReport, WireRecord, MAX_SCRUB_ENTRIES};
+pub use request::{
+    ClientRequest, PeerRequest, RecordBody, Request, ScrubEntry, ScrubReport, WireRecord,
+    MAX_SCRUB_ENTRIES,
+};
 pub use response::{ErrorCode, Extent, Response, WireError};
 
 use crate::types::BLOCK_BYTES;

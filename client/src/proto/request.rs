@@ -29,6 +29,15 @@ pub enum RecordBody {
 /// storage node refuses a generation older than its own (fencing).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
+    /// From a client to a slice's primary.
+    Client(ClientRequest),
+    /// Between storage nodes.
+    Peer(PeerRequest),
+}
+
+/// A client's requests, to a slice's primary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClientRequest {
     /// Read `blocks` blocks from `lba` (client -> primary).
     Read {
         unit: UnitId,
@@ -64,6 +73,18 @@ pub enum Request {
         lba: Lba,
         blocks: u64,
     },
+    /// Scrub one slice (client -> primary): every current copy reads its live records up to the
+    /// VBA every copy holds back and checks them, damage is repaired from a good copy, and the
+    /// copies are compared by digests over VBA ranges. Answered with `Scrubbed` when done.
+    Scrub {
+        unit: UnitId,
+        generation: Generation,
+    },
+}
+
+/// Requests between storage nodes: replication, resync, repair and scrub.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerRequest {
     /// Records the primary numbered, in VBA order (primary -> secondary). `committed` is the VBA up
     /// to which every copy holds the log (what the secondary may compact under).
     Replicate {
@@ -100,13 +121,6 @@ pub enum Request {
         unit: UnitId,
         generation: Generation,
         vba: Vba,
-    },
-    /// Scrub one slice (client -> primary): every current copy reads its live records up to the
-    /// VBA every copy holds back and checks them, damage is repaired from a good copy, and the
-    /// copies are compared by digests over VBA ranges. Answered with `Scrubbed` when done.
-    Scrub {
-        unit: UnitId,
-        generation: Generation,
     },
     /// This copy's digest of its live records in `(after, through]`, each checked (and a
     /// damaged one repaired) first (primary -> current copy, during a scrub).
@@ -156,38 +170,78 @@ pub struct ScrubReport {
     pub copies: u32,
 }
 
+impl From<ClientRequest> for Request {
+    fn from(request: ClientRequest) -> Request {
+        Request::Client(request)
+    }
+}
+
+impl From<PeerRequest> for Request {
+    fn from(request: PeerRequest) -> Request {
+        Request::Peer(request)
+    }
+}
+
 impl Request {
     pub fn unit(&self) -> UnitId {
         match self {
-            Request::Read { unit, .. }
-            | Request::Write { unit, .. }
-            | Request::Flush { unit, .. }
-            | Request::Trim { unit, .. }
-            | Request::Allocation { unit, .. }
-            | Request::Replicate { unit, .. }
-            | Request::ResendRange { unit, .. }
-            | Request::CatchUp { unit, .. }
-            | Request::FetchRecord { unit, .. }
-            | Request::Scrub { unit, .. }
-            | Request::ScrubRange { unit, .. }
-            | Request::ScrubRepair { unit, .. } => *unit,
+            Request::Client(request) => request.unit(),
+            Request::Peer(request) => request.unit(),
         }
     }
 
     pub fn generation(&self) -> Generation {
         match self {
-            Request::Read { generation, .. }
-            | Request::Write { generation, .. }
-            | Request::Flush { generation, .. }
-            | Request::Trim { generation, .. }
-            | Request::Allocation { generation, .. }
-            | Request::Replicate { generation, .. }
-            | Request::ResendRange { generation, .. }
-            | Request::CatchUp { generation, .. }
-            | Request::FetchRecord { generation, .. }
-            | Request::Scrub { generation, .. }
-            | Request::ScrubRange { generation, .. }
-            | Request::ScrubRepair { generation, .. } => *generation,
+            Request::Client(request) => request.generation(),
+            Request::Peer(request) => request.generation(),
+        }
+    }
+}
+
+impl ClientRequest {
+    pub fn unit(&self) -> UnitId {
+        match self {
+            ClientRequest::Read { unit, .. }
+            | ClientRequest::Write { unit, .. }
+            | ClientRequest::Flush { unit, .. }
+            | ClientRequest::Trim { unit, .. }
+            | ClientRequest::Allocation { unit, .. }
+            | ClientRequest::Scrub { unit, .. } => *unit,
+        }
+    }
+
+    pub fn generation(&self) -> Generation {
+        match self {
+            ClientRequest::Read { generation, .. }
+            | ClientRequest::Write { generation, .. }
+            | ClientRequest::Flush { generation, .. }
+            | ClientRequest::Trim { generation, .. }
+            | ClientRequest::Allocation { generation, .. }
+            | ClientRequest::Scrub { generation, .. } => *generation,
+        }
+    }
+}
+
+impl PeerRequest {
+    pub fn unit(&self) -> UnitId {
+        match self {
+            PeerRequest::Replicate { unit, .. }
+            | PeerRequest::ResendRange { unit, .. }
+            | PeerRequest::CatchUp { unit, .. }
+            | PeerRequest::FetchRecord { unit, .. }
+            | PeerRequest::ScrubRange { unit, .. }
+            | PeerRequest::ScrubRepair { unit, .. } => *unit,
+        }
+    }
+
+    pub fn generation(&self) -> Generation {
+        match self {
+            PeerRequest::Replicate { generation, .. }
+            | PeerRequest::ResendRange { generation, .. }
+            | PeerRequest::CatchUp { generation, .. }
+            | PeerRequest::FetchRecord { generation, .. }
+            | PeerRequest::ScrubRange { generation, .. }
+            | PeerRequest::ScrubRepair { generation, .. } => *generation,
         }
     }
 }

@@ -26,7 +26,7 @@ pub enum Response {
     /// Records answering a resend or catch-up: every live record in `(after, through]`.
     /// `last_vba` is the sender's highest durable VBA; `done` says `through` reached it.
     /// `remaining_*` count the live records after `through` (catch-up only). `joined`: the copy
-    /// was joined (see [`Request::CatchUp`]).
+    /// was joined (see [`PeerRequest::CatchUp`]).
     Records {
         through: Vba,
         last_vba: Vba,
@@ -43,7 +43,7 @@ pub enum Response {
         extents: Vec<Extent>,
     },
     Scrubbed(ScrubReport),
-    /// A copy's digest of a range (see [`Request::ScrubRange`]); `damaged`: its records that
+    /// A copy's digest of a range (see [`PeerRequest::ScrubRange`]); `damaged`: its records that
     /// failed their checksum, of which it `repaired` some from another copy first.
     ScrubDigest {
         records: u64,

@@ -72,64 +72,64 @@ fn every_frame_round_trips() {
         Frame::AuthOk(AuthOk {
             proof: [3; AUTH_PROOF_BYTES],
         }),
-        Frame::Request(Request::Read {
+        Frame::Request(Request::Client(ClientRequest::Read {
             unit: unit(),
             generation: g,
             lba: Lba(3),
             blocks: 2,
-        }),
-        Frame::Request(Request::Write {
+        })),
+        Frame::Request(Request::Client(ClientRequest::Write {
             unit: unit(),
             generation: g,
             lba: Lba(3),
             data: block.clone(),
-        }),
-        Frame::Request(Request::Flush {
+        })),
+        Frame::Request(Request::Client(ClientRequest::Flush {
             unit: unit(),
             generation: g,
-        }),
-        Frame::Request(Request::Trim {
+        })),
+        Frame::Request(Request::Client(ClientRequest::Trim {
             unit: unit(),
             generation: g,
             lba: Lba(3),
             blocks: 9,
-        }),
-        Frame::Request(Request::Replicate {
+        })),
+        Frame::Request(Request::Peer(PeerRequest::Replicate {
             unit: unit(),
             generation: g,
             committed: Vba(4),
             records: records.clone(),
-        }),
-        Frame::Request(Request::ResendRange {
+        })),
+        Frame::Request(Request::Peer(PeerRequest::ResendRange {
             unit: unit(),
             generation: g,
             after: Vba(1),
             until: Vba(9),
-        }),
-        Frame::Request(Request::CatchUp {
+        })),
+        Frame::Request(Request::Peer(PeerRequest::CatchUp {
             unit: unit(),
             generation: g,
             after: Vba(1),
             after_generation: Generation(1),
             max_bytes: 1 << 20,
             join: true,
-        }),
-        Frame::Request(Request::FetchRecord {
+        })),
+        Frame::Request(Request::Peer(PeerRequest::FetchRecord {
             unit: unit(),
             generation: g,
             vba: Vba(17),
-        }),
-        Frame::Request(Request::Scrub {
+        })),
+        Frame::Request(Request::Client(ClientRequest::Scrub {
             unit: unit(),
             generation: g,
-        }),
-        Frame::Request(Request::ScrubRange {
+        })),
+        Frame::Request(Request::Peer(PeerRequest::ScrubRange {
             unit: unit(),
             generation: g,
             after: Vba(3),
             through: Vba(4099),
-        }),
-        Frame::Request(Request::ScrubRepair {
+        })),
+        Frame::Request(Request::Peer(PeerRequest::ScrubRepair {
             unit: unit(),
             generation: g,
             after: Vba(3),
@@ -146,7 +146,7 @@ fn every_frame_round_trips() {
                     crc: 0xffff_ffff,
                 },
             ],
-        }),
+        })),
         Frame::Response(Response::Scrubbed(ScrubReport {
             through: Vba(9),
             records: 8,
@@ -170,12 +170,12 @@ fn every_frame_round_trips() {
         Frame::Response(Response::Flush),
         Frame::Response(Response::Trim { vba: Vba(78) }),
         Frame::Response(Response::Replicate { last_vba: Vba(79) }),
-        Frame::Request(Request::Allocation {
+        Frame::Request(Request::Client(ClientRequest::Allocation {
             unit: unit(),
             generation: g,
             lba: Lba(5),
             blocks: 1 << 18,
-        }),
+        })),
         Frame::Response(Response::Allocation {
             extents: vec![
                 Extent {
@@ -228,12 +228,12 @@ fn oversized_and_malformed_frames_are_refused() {
 
     // A write that claims more blocks than it carries.
     let mut buf = BytesMut::new();
-    let write = Request::Write {
+    let write = Request::Client(ClientRequest::Write {
         unit: unit(),
         generation: Generation(1),
         lba: Lba(0),
         data: Bytes::from(vec![1u8; 4096]),
-    };
+    });
     encode(&mut buf, 1, &Frame::Request(write));
     let blocks_at = FRAME_HEADER_BYTES + 20 + 8;
     buf[blocks_at..blocks_at + 4].copy_from_slice(&2u32.to_le_bytes());

@@ -32,7 +32,8 @@ use crate::api::{ErrorCode as ApiCode, VolumeMap};
 use crate::conn::Pool;
 use crate::managers::Managers;
 use crate::proto::{
-    Extent, PeerKind, Request, Response, ScrubReport, MAX_EXTENTS_PER_FRAME, MAX_IO_BYTES,
+    ClientRequest, Extent, PeerKind, Request, Response, ScrubReport, MAX_EXTENTS_PER_FRAME,
+    MAX_IO_BYTES,
 };
 use crate::types::{Generation, Lba, NodeId, SliceIndex, UnitId, Vba, VolumeId, BLOCK_BYTES};
 
@@ -355,11 +356,13 @@ impl Volume {
             Op::Read,
             part.slice,
             deadline,
-            |route| Request::Read {
-                unit: route.unit,
-                generation: route.generation,
-                lba: part.lba,
-                blocks,
+            |route| {
+                Request::Client(ClientRequest::Read {
+                    unit: route.unit,
+                    generation: route.generation,
+                    lba: part.lba,
+                    blocks,
+                })
             },
             |response| match response {
                 Response::Read { data } if data.len() as u64 == part.len_bytes => Ok(data),
@@ -386,11 +389,13 @@ impl Volume {
                 Op::Write,
                 part.slice,
                 deadline,
-                |route| Request::Write {
-                    unit: route.unit,
-                    generation: route.generation,
-                    lba: part.lba,
-                    data: data.clone(),
+                |route| {
+                    Request::Client(ClientRequest::Write {
+                        unit: route.unit,
+                        generation: route.generation,
+                        lba: part.lba,
+                        data: data.clone(),
+                    })
                 },
                 |response| match response {
                     Response::Write { first_vba } => Ok(first_vba),
@@ -414,11 +419,13 @@ impl Volume {
             Op::Trim,
             part.slice,
             deadline,
-            |route| Request::Trim {
-                unit: route.unit,
-                generation: route.generation,
-                lba: part.lba,
-                blocks: part.blocks(),
+            |route| {
+                Request::Client(ClientRequest::Trim {
+                    unit: route.unit,
+                    generation: route.generation,
+                    lba: part.lba,
+                    blocks: part.blocks(),
+                })
             },
             |response| match response {
                 Response::Trim { .. } => Ok(()),
@@ -439,11 +446,13 @@ impl Volume {
             Op::Allocation,
             part.slice,
             deadline,
-            |route| Request::Allocation {
-                unit: route.unit,
-                generation: route.generation,
-                lba: part.lba,
-                blocks: part.blocks(),
+            |route| {
+                Request::Client(ClientRequest::Allocation {
+                    unit: route.unit,
+                    generation: route.generation,
+                    lba: part.lba,
+                    blocks: part.blocks(),
+                })
             },
             |response| match response {
                 Response::Allocation { extents } => {
@@ -465,16 +474,18 @@ impl Volume {
     }
 
     /// Scrubs slice `slice` on its primary: every current copy read back and checked, damage
-    /// repaired, the copies compared (see [`Request::Scrub`]). Answers when done, which takes
+    /// repaired, the copies compared (see [`ClientRequest::Scrub`]). Answers when done, which takes
     /// as long as the nodes' scrub rate says.
     pub async fn scrub(&self, slice: SliceIndex) -> Result<ScrubReport, ClientError> {
         self.call(
             Op::Scrub,
             slice,
             Instant::now() + SCRUB_DEADLINE,
-            |route| Request::Scrub {
-                unit: route.unit,
-                generation: route.generation,
+            |route| {
+                Request::Client(ClientRequest::Scrub {
+                    unit: route.unit,
+                    generation: route.generation,
+                })
             },
             |response| match response {
                 Response::Scrubbed(report) => Ok(report),
@@ -490,9 +501,11 @@ impl Volume {
             Op::Flush,
             slice,
             deadline,
-            |route| Request::Flush {
-                unit: route.unit,
-                generation: route.generation,
+            |route| {
+                Request::Client(ClientRequest::Flush {
+                    unit: route.unit,
+                    generation: route.generation,
+                })
             },
             |response| match response {
                 Response::Flush => Ok(()),

@@ -24,7 +24,7 @@ use client::api::{
     Notification, NotificationResponse, Role, SliceMap, VolumeList, VolumeMap,
 };
 use client::conn::read_frame;
-use client::proto::{self, ErrorCode, Frame, HelloOk, Request, Response, WireError};
+use client::proto::{self, ClientRequest, ErrorCode, Frame, HelloOk, Request, Response, WireError};
 use client::types::{Generation, Lba, ManagerId, NodeId, SliceIndex, UnitId, Vba, VolumeId};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -360,10 +360,10 @@ async fn send(
 /// The answer to `request`, or `None` to stay silent.
 async fn answer(state: &NodeState, request: Request) -> Option<Response> {
     let (kind, bytes) = match &request {
-        Request::Read { blocks, .. } => ("read", u64::from(*blocks) * 4096),
-        Request::Write { data, .. } => ("write", data.len() as u64),
-        Request::Trim { blocks, .. } => ("trim", blocks * 4096),
-        Request::Flush { .. } => ("flush", 0),
+        Request::Client(ClientRequest::Read { blocks, .. }) => ("read", u64::from(*blocks) * 4096),
+        Request::Client(ClientRequest::Write { data, .. }) => ("write", data.len() as u64),
+        Request::Client(ClientRequest::Trim { blocks, .. }) => ("trim", blocks * 4096),
+        Request::Client(ClientRequest::Flush { .. }) => ("flush", 0),
         _ => ("other", 0),
     };
     lock(&state.seen).push(Seen {
@@ -431,7 +431,7 @@ fn serve_request(state: &NodeState, request: Request) -> Result<Response, WireEr
     };
     let mut stored = lock(&state.blocks);
     Ok(match request {
-        Request::Read { lba, blocks, .. } => {
+        Request::Client(ClientRequest::Read { lba, blocks, .. }) => {
             in_range(lba, u64::from(blocks))?;
             let mut data = BytesMut::zeroed(blocks as usize * 4096);
             for (i, block) in data.chunks_mut(4096).enumerate() {
@@ -446,22 +446,22 @@ fn serve_request(state: &NodeState, request: Request) -> Result<Response, WireEr
                 data: data.freeze(),
             }
         }
-        Request::Write { lba, data, .. } => {
+        Request::Client(ClientRequest::Write { lba, data, .. }) => {
             in_range(lba, data.len() as u64 / 4096)?;
             for (i, block) in data.chunks(4096).enumerate() {
                 stored.insert((unit, lba.0 + i as u64), Bytes::copy_from_slice(block));
             }
             Response::Write { first_vba: Vba(1) }
         }
-        Request::Trim { lba, blocks, .. } => {
+        Request::Client(ClientRequest::Trim { lba, blocks, .. }) => {
             in_range(lba, blocks)?;
             for i in 0..blocks {
                 stored.remove(&(unit, lba.0 + i));
             }
             Response::Trim { vba: Vba(1) }
         }
-        Request::Flush { .. } => Response::Flush,
-        Request::Allocation { lba, blocks, .. } => {
+        Request::Client(ClientRequest::Flush { .. }) => Response::Flush,
+        Request::Client(ClientRequest::Allocation { lba, blocks, .. }) => {
             in_range(lba, blocks)?;
             let mut extents: Vec<proto::Extent> = Vec::new();
             for i in 0..blocks {

@@ -16,8 +16,8 @@ use client::api::{CopyInfo, CopyStatus, Notification, Source, UnitGeneration};
 use client::conn::{Connection, DataError, Reply as Pending};
 use client::managers::ManagerError;
 use client::proto::{
-    ErrorCode, RecordBody, Request, Response, WireError, WireRecord, MAX_EXTENTS_PER_FRAME,
-    MAX_IO_BYTES,
+    ErrorCode, PeerRequest, RecordBody, Request, Response, WireError, WireRecord,
+    MAX_EXTENTS_PER_FRAME, MAX_IO_BYTES,
 };
 use client::types::{Generation, Lba, NodeId, Vba, BLOCK_BYTES};
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -534,12 +534,12 @@ fn replicate_request(
     committed: Vba,
     records: &[WireRecord],
 ) -> Request {
-    Request::Replicate {
+    Request::Peer(PeerRequest::Replicate {
         unit: runtime.id,
         generation,
         committed,
         records: records.to_vec(),
-    }
+    })
 }
 
 /// Waits for one secondary's answer to the records, sending them again (they are idempotent)

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use client::api::CopyStatus;
-use client::proto::{ErrorCode, Request, Response, WireError, WireRecord};
+use client::proto::{ErrorCode, PeerRequest, Request, Response, WireError, WireRecord};
 use client::types::{Generation, NodeId, Vba};
 use tracing::warn;
 
@@ -99,11 +99,11 @@ pub(super) async fn fetch(
     vba: Vba,
     addr: &str,
 ) -> Result<Option<Record>, String> {
-    let request = Request::FetchRecord {
+    let request = Request::Peer(PeerRequest::FetchRecord {
         unit: runtime.id,
         generation,
         vba,
-    };
+    });
     let response = node
         .peers
         .call(addr, request, FETCH_TIMEOUT)
@@ -123,7 +123,7 @@ pub(super) async fn fetch(
     }
 }
 
-/// Serves another copy's [`Request::FetchRecord`]: this copy's record of `vba`, checked, if this
+/// Serves another copy's [`PeerRequest::FetchRecord`]: this copy's record of `vba`, checked, if this
 /// copy is current at `generation`.
 pub async fn serve_fetch(
     runtime: &Arc<UnitRuntime>,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use client::api::Role;
-use client::proto::{ErrorCode, Request, Response, WireError, WireRecord};
+use client::proto::{ErrorCode, PeerRequest, Request, Response, WireError, WireRecord};
 use client::types::{Generation, Vba};
 use tracing::{info, warn};
 
@@ -215,12 +215,12 @@ async fn fill_gap(
         .assignment()
         .and_then(|a| a.primary().map(|p| p.addr.clone()))
         .ok_or_else(|| hole("the primary is not known".into()))?;
-    let request = Request::ResendRange {
+    let request = Request::Peer(PeerRequest::ResendRange {
         unit: runtime.id,
         generation,
         after,
         until,
-    };
+    });
     let response = node
         .peers
         .call(&primary, request, node.config.write_timeout)

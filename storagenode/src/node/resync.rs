@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use client::api::{CopyStatus, ResyncProgress, Role, UnitGeneration};
 use client::conn::DataError;
-use client::proto::{ErrorCode, Request, Response, WireRecord};
+use client::proto::{ErrorCode, PeerRequest, Request, Response, WireRecord};
 use client::types::{Generation, Vba};
 use tracing::{info, warn};
 
@@ -189,14 +189,14 @@ async fn resync(
     // only its end.
     let mut reported = Instant::now();
     loop {
-        let request = Request::CatchUp {
+        let request = Request::Peer(PeerRequest::CatchUp {
             unit: runtime.id,
             generation,
             after,
             after_generation,
             max_bytes: PULL_BYTES,
             join,
-        };
+        });
         let response = match node.peers.call(&primary, request, PULL_TIMEOUT).await {
             Ok(response) => response,
             Err(DataError::Remote { error, .. }) if error.code == ErrorCode::Conflict => {

@@ -12,7 +12,7 @@
 //! differs.
 //!
 //! Scrubs run in the background, each unit this node is primary of once per `--scrub-interval`,
-//! and on demand (`vbs scrub NAME`, `Request::Scrub`); all of a node's scrub reads share one
+//! and on demand (`vbs scrub NAME`, `ClientRequest::Scrub`); all of a node's scrub reads share one
 //! budget of `--scrub-rate` bytes per second.
 
 use std::collections::BTreeMap;
@@ -21,7 +21,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use client::api::{CopyStatus, ScrubStatus, UnitScrub};
-use client::proto::{ErrorCode, Request, Response, ScrubEntry, ScrubReport, WireError};
+use client::proto::{
+    ErrorCode, PeerRequest, Request, Response, ScrubEntry, ScrubReport, WireError,
+};
 use client::types::{Generation, NodeId, UnitId, Vba};
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -306,13 +308,13 @@ async fn mend(
     step: &ScrubStep,
     report: &mut ScrubReport,
 ) -> bool {
-    let request = Request::ScrubRepair {
+    let request = Request::Peer(PeerRequest::ScrubRepair {
         unit: runtime.id,
         generation,
         after,
         through: step.through,
         entries: step.entries.clone(),
-    };
+    });
     match node.peers.call(addr, request, RANGE_TIMEOUT).await {
         Ok(Response::ScrubDigest {
             digest,
@@ -391,19 +393,19 @@ async fn digest_of(
     after: Vba,
     through: Vba,
 ) -> Result<Response, String> {
-    let request = Request::ScrubRange {
+    let request = Request::Peer(PeerRequest::ScrubRange {
         unit: runtime.id,
         generation,
         after,
         through,
-    };
+    });
     node.peers
         .call(addr, request, RANGE_TIMEOUT)
         .await
         .map_err(|e| e.to_string())
 }
 
-/// Serves the primary's [`Request::ScrubRepair`]: each record of `(after, through]` whose VBA
+/// Serves the primary's [`PeerRequest::ScrubRepair`]: each record of `(after, through]` whose VBA
 /// the primary lists with another generation or content is replaced with the primary's, and
 /// the range digested again. Records one side holds live and the other not cannot be mended
 /// record by record; they count as damaged, not repaired.
@@ -483,7 +485,7 @@ fn current_copy(
     runtime.current_at(generation)
 }
 
-/// Serves the primary's [`Request::ScrubRange`]: this copy's digest of `(after, through]`, its
+/// Serves the primary's [`PeerRequest::ScrubRange`]: this copy's digest of `(after, through]`, its
 /// damaged records repaired first.
 pub async fn serve_range(
     node: &Node,

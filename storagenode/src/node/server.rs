@@ -17,7 +17,10 @@ use std::time::Duration;
 use bytes::BytesMut;
 use client::admission::{PerAddress, DEFAULT_CONNECTIONS_PER_ADDRESS};
 use client::conn::{read_frame, FrameWriter};
-use client::proto::{ErrorCode, Frame, PeerKind, Request, Response, WireError, MAX_IN_FLIGHT};
+use client::proto::{
+    ClientRequest, ErrorCode, Frame, PeerKind, PeerRequest, Request, Response, WireError,
+    MAX_IN_FLIGHT,
+};
 use client::security::Surface;
 use client::types::NodeId;
 use tokio::io::AsyncRead;
@@ -179,10 +182,14 @@ async fn handle(
             format!("storage node {} holds no unit {unit}", node.id),
         ));
     };
+    let request = match request {
+        Request::Client(request) => request,
+        Request::Peer(request) => return peer_request(node, peer, &runtime, request).await,
+    };
     let started = std::time::Instant::now();
     let volume = unit.volume;
     let (kind, bytes, result) = match request {
-        Request::Read {
+        ClientRequest::Read {
             generation,
             lba,
             blocks,
@@ -203,7 +210,7 @@ async fn handle(
                 .await,
             )
         }
-        Request::Write {
+        ClientRequest::Write {
             generation,
             lba,
             data,
@@ -216,7 +223,7 @@ async fn handle(
                 primary::write(node, &runtime, generation, lba, data).await,
             )
         }
-        Request::Trim {
+        ClientRequest::Trim {
             generation,
             lba,
             blocks,
@@ -229,11 +236,11 @@ async fn handle(
                 primary::trim(node, &runtime, generation, lba, blocks).await,
             )
         }
-        Request::Flush { generation, .. } => {
+        ClientRequest::Flush { generation, .. } => {
             let result = runtime.serving_primary(generation).map(|_| Response::Flush);
             (IoKind::Flush, 0, result)
         }
-        Request::Allocation {
+        ClientRequest::Allocation {
             generation,
             lba,
             blocks,
@@ -249,7 +256,11 @@ async fn handle(
             )
             .await
         }
-        request => return peer_request(node, peer, &runtime, request).await,
+        ClientRequest::Scrub { generation, .. } => {
+            return scrub::scrub(node, &runtime, generation)
+                .await
+                .map(Response::Scrubbed)
+        }
     };
     node.io_metrics
         .record(volume, kind, bytes, started.elapsed(), result.is_ok());
@@ -261,22 +272,22 @@ async fn peer_request(
     node: &Arc<Node>,
     peer: Option<&NodeId>,
     runtime: &Arc<super::unit::UnitRuntime>,
-    request: Request,
+    request: PeerRequest,
 ) -> Result<Response, WireError> {
     match request {
-        Request::Replicate {
+        PeerRequest::Replicate {
             generation,
             committed,
             records,
             ..
         } => replica::replicate(node, runtime, generation, committed, records).await,
-        Request::ResendRange {
+        PeerRequest::ResendRange {
             generation,
             after,
             until,
             ..
         } => replica::resend(runtime, generation, after, until),
-        Request::CatchUp {
+        PeerRequest::CatchUp {
             generation,
             after,
             after_generation,
@@ -299,31 +310,21 @@ async fn peer_request(
             };
             catchup::serve(node, runtime, copy.clone(), pull).await
         }
-        Request::FetchRecord {
+        PeerRequest::FetchRecord {
             generation, vba, ..
         } => repair::serve_fetch(runtime, peer, generation, vba).await,
-        Request::ScrubRange {
+        PeerRequest::ScrubRange {
             generation,
             after,
             through,
             ..
         } => scrub::serve_range(node, runtime, peer, generation, after, through).await,
-        Request::ScrubRepair {
+        PeerRequest::ScrubRepair {
             generation,
             after,
             through,
             entries,
             ..
         } => scrub::serve_repair(node, runtime, peer, generation, (after, through), entries).await,
-        Request::Scrub { generation, .. } => scrub::scrub(node, runtime, generation)
-            .await
-            .map(Response::Scrubbed),
-        Request::Read { .. }
-        | Request::Write { .. }
-        | Request::Trim { .. }
-        | Request::Flush { .. }
-        | Request::Allocation { .. } => {
-            unreachable!("client requests are served by `handle`")
-        }
     }
 }
