@@ -93,7 +93,7 @@ pub async fn serve(
         .await;
     }
     // Join: no write is numbered while the rest of the log is read and the copy added.
-    let _sequenced = runtime.sequencer.lock().await;
+    let _sequenced = runtime.primary.sequencer.lock().await;
     engine.drain_async().await.map_err(from_engine)?;
     let response = read_batch(
         node,

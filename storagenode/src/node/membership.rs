@@ -3,7 +3,6 @@
 //! carries: units to create, roles and generations to take, units to drop.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -196,7 +195,7 @@ async fn apply(node: &Arc<Node>, sent: Instant, reply: HeartbeatResponse) {
         // (acknowledged ones too, if the disk did not keep what it flushed): numbering writes on
         // from its shorter log would give those VBAs to other writes, and its reads would miss
         // them. With a current copy to fail over to, it steps down before serving anything.
-        if runtime.torn.swap(false, Ordering::Relaxed)
+        if runtime.take_torn()
             && unit.role == Role::Primary
             && unit
                 .copies

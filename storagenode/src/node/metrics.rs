@@ -346,6 +346,7 @@ fn render(node: &Node) -> String {
     for unit in &units {
         let last = unit.engine.last_vba();
         for (copy, acked) in unit
+            .primary
             .window
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -188,9 +188,7 @@ pub async fn run(
     }
     for report in reports.iter().filter(|r| r.torn_tail.is_some()) {
         if let Some(runtime) = report.unit.and_then(|unit| units.get(&unit)) {
-            runtime
-                .torn
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            runtime.note_torn();
         }
     }
     for report in reports.iter().filter(|r| r.damaged_records > 0) {

@@ -199,9 +199,10 @@ async fn ask_copies(
     generation: Generation,
     vba: Vba,
 ) -> Result<(), WireError> {
-    let _one_round = runtime.asking.lock().await;
+    let _one_round = runtime.primary.asking.lock().await;
     let assignment = runtime.serving_primary(generation)?;
     let unconfirmed = runtime
+        .primary
         .window
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -237,6 +238,7 @@ async fn ask_copies(
     for (target, reply) in replies {
         let short = || {
             runtime
+                .primary
                 .window
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -334,8 +336,9 @@ async fn replicated_append(
         connections.insert(target.node.clone(), connection);
     }
 
-    let sequenced = runtime.sequencer.lock().await;
+    let sequenced = runtime.primary.sequencer.lock().await;
     if runtime
+        .primary
         .window
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -435,6 +438,7 @@ async fn replicated_append(
                 // Every current copy holds the log up to the committed VBA: compaction may drop
                 // what is superseded below it.
                 let committed = runtime
+                    .primary
                     .window
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -631,7 +635,7 @@ async fn mark_stale(
     target: &NodeId,
     generation: Generation,
 ) -> Marked {
-    let _one_at_a_time = runtime.marking.lock().await;
+    let _one_at_a_time = runtime.primary.marking.lock().await;
     let still_waited_for = runtime
         .assignment()
         .is_some_and(|a| runtime.replicas(&a).iter().any(|c| &c.node == target));

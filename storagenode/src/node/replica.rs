@@ -99,7 +99,7 @@ async fn generation_starts(
     generation: Generation,
     start: Vba,
 ) -> Result<(), WireError> {
-    let applying = runtime.applying.lock().await;
+    let applying = runtime.secondary.applying.lock().await;
     let engine = &runtime.engine;
     let held = engine.generation();
     if let Some(truncate) =
@@ -125,7 +125,10 @@ pub(super) async fn drop_tail(
         .await
         .map_err(from_join)?
         .map_err(from_engine)?;
-    runtime.expected.send_replace(runtime.engine.next_vba());
+    runtime
+        .secondary
+        .expected
+        .send_replace(runtime.engine.next_vba());
     warn!(unit = %runtime.id, %after, dropped, %generation, "dropped {what}");
     Ok(())
 }
@@ -148,7 +151,7 @@ pub(super) async fn apply_records(
     records: Vec<WireRecord>,
     mut take: impl FnMut(&Arc<Unit>, WireRecord) -> Result<Taken, WireError>,
 ) -> Result<(), WireError> {
-    let applying = runtime.applying.lock().await;
+    let applying = runtime.secondary.applying.lock().await;
     let mut last: Option<Ticket> = None;
     for record in records {
         let taken = match take(&runtime.engine, record.clone())? {
@@ -173,7 +176,10 @@ pub(super) async fn apply_records(
             }
         }
     }
-    runtime.expected.send_replace(runtime.engine.next_vba());
+    runtime
+        .secondary
+        .expected
+        .send_replace(runtime.engine.next_vba());
     drop(applying);
     if let Some(ticket) = last {
         ticket.wait_async().await.map_err(from_engine)?;
@@ -183,7 +189,7 @@ pub(super) async fn apply_records(
 
 /// Waits until the engine expects `first` (the frames before it arrived), for at most `wait`.
 async fn wait_for_turn(runtime: &UnitRuntime, first: Vba, wait: Duration) -> bool {
-    let mut expected = runtime.expected.subscribe();
+    let mut expected = runtime.secondary.expected.subscribe();
     tokio::time::timeout(wait, expected.wait_for(|next| *next >= first))
         .await
         .is_ok_and(|r| r.is_ok())
@@ -272,6 +278,7 @@ pub fn resend(
 ) -> Result<Response, WireError> {
     primary_at(runtime, generation)?;
     let resend = runtime
+        .primary
         .window
         .lock()
         .unwrap_or_else(|p| p.into_inner())

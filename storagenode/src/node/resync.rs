@@ -10,7 +10,6 @@
 //! known to hold (its primary lost a torn tail that only it had, and wrote on) is dropped, and
 //! created again empty for a full resync: it is not current, so nothing counts on what it held.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,7 +42,7 @@ const ATTEMPTS: u32 = 5;
 /// the other units' reports into one notification), then waits for a turn to pull: at most
 /// [`super::NodeConfig::resync_parallel`] units pull at a time.
 pub fn start(node: &Arc<Node>, runtime: &Arc<UnitRuntime>) {
-    if runtime.resyncing.swap(true, Ordering::AcqRel) {
+    if !runtime.begin_resync() {
         return;
     }
     let (node, runtime) = (node.clone(), runtime.clone());
@@ -80,7 +79,7 @@ pub fn start(node: &Arc<Node>, runtime: &Arc<UnitRuntime>) {
                 }
             }
         }
-        runtime.resyncing.store(false, Ordering::Release);
+        runtime.end_resync();
     });
 }
 
@@ -237,7 +236,7 @@ async fn resync(
             match secondary::on_agreeing_pull(after, engine.last_vba(), replacing, &history) {
                 Agreed::Keep => {}
                 Agreed::Truncate(truncate) => {
-                    let applying = runtime.applying.lock().await;
+                    let applying = runtime.secondary.applying.lock().await;
                     let what = "a tail the primary does not have";
                     replica::drop_tail(runtime, &applying, truncate, what)
                         .await

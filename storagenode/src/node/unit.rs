@@ -52,32 +52,12 @@ pub struct UnitRuntime {
     node: NodeId,
     assignment: Mutex<Option<Assignment>>,
     lease: Mutex<Lease>,
-    /// Primary: orders VBA assignment and the sending of records, so that records go out to each
-    /// secondary in VBA order.
-    pub sequencer: tokio::sync::Mutex<()>,
-    pub window: Mutex<Window>,
-    /// Primary: one report of an unresponsive secondary at a time.
-    pub marking: tokio::sync::Mutex<()>,
-    /// Primary: one round of asking copies how far they are at a time (`primary::ask_copies`).
-    pub asking: tokio::sync::Mutex<()>,
-    /// Secondary: records are queued to the engine in VBA order under this lock.
-    pub applying: tokio::sync::Mutex<()>,
-    /// Secondary: the next VBA the engine expects, watched by frames that arrived early.
-    pub expected: watch::Sender<Vba>,
-    /// Primary: `syncing` copies that joined (see `replica::catch_up`): they get every write from
-    /// the VBA given here on, and the primary waits for them as for current copies, until the
-    /// database lists them current (or stale).
-    pub joined: Mutex<std::collections::BTreeMap<NodeId, Vba>>,
-    /// Secondary: a resync of this copy is running.
-    pub resyncing: AtomicBool,
-    /// Secondary: the newest generation whose primary told this copy where it starts
-    /// (`replica::replicate`). Memory only: after a restart, frames wait for the database's
-    /// answer, which names that generation.
-    heard_generation: AtomicU64,
+    /// What the copy holds while it is the slice's primary.
+    pub primary: PrimarySide,
+    /// What the copy holds while it is a secondary.
+    pub secondary: SecondarySide,
     /// When the slice was last learned from a notification reply (see [`UnitRuntime::assign`]).
     slice_updated: Mutex<Option<Instant>>,
-    /// The last resync of this copy, for metrics.
-    resync: Mutex<Option<client::api::ResyncProgress>>,
     /// This copy lost records the database counts on: the node had to create it empty (its
     /// data was lost), or as primary it lost records a current copy holds (a torn tail). It
     /// serves nothing until the database has been told it is not current. Kept in `unit.json`
@@ -90,13 +70,46 @@ pub struct UnitRuntime {
     /// Held while the marks above change and are written.
     marking_marks: Mutex<()>,
     /// Recovery cut a torn tail off this unit's log when the node started, and the first
-    /// assignment since has not been applied yet.
-    pub torn: AtomicBool,
-    /// Primary: the copies told where this primary's generation starts (`primary::announce`),
-    /// and the generation they were told for.
+    /// assignment since has not been applied yet ([`UnitRuntime::note_torn`],
+    /// [`UnitRuntime::take_torn`]).
+    torn: AtomicBool,
+}
+
+/// A primary's state of its unit.
+pub struct PrimarySide {
+    /// Orders VBA assignment and the sending of records, so that records go out to each
+    /// secondary in VBA order.
+    pub sequencer: tokio::sync::Mutex<()>,
+    pub window: Mutex<Window>,
+    /// One report of an unresponsive secondary at a time.
+    pub marking: tokio::sync::Mutex<()>,
+    /// One round of asking copies how far they are at a time (`primary::ask_copies`).
+    pub asking: tokio::sync::Mutex<()>,
+    /// `syncing` copies that joined (see `replica::catch_up`): they get every write from the VBA
+    /// given here on, and the primary waits for them as for current copies, until the database
+    /// lists them current (or stale).
+    joined: Mutex<std::collections::BTreeMap<NodeId, Vba>>,
+    /// The copies told where this primary's generation starts (`primary::announce`), and the
+    /// generation they were told for.
     announced: Mutex<(Generation, BTreeSet<NodeId>)>,
-    /// Primary: woken whenever the window's committed VBA may have moved.
+    /// Woken whenever the window's committed VBA may have moved.
     committed_changed: tokio::sync::Notify,
+}
+
+/// A secondary's state of its unit.
+pub struct SecondarySide {
+    /// Records are queued to the engine in VBA order under this lock.
+    pub applying: tokio::sync::Mutex<()>,
+    /// The next VBA the engine expects, watched by frames that arrived early.
+    pub expected: watch::Sender<Vba>,
+    /// A resync of this copy is running ([`UnitRuntime::begin_resync`]).
+    resyncing: AtomicBool,
+    /// The newest generation whose primary told this copy where it starts
+    /// (`replica::replicate`). Memory only: after a restart, frames wait for the database's
+    /// answer, which names that generation.
+    heard_generation: AtomicU64,
+    /// The last resync of this copy, for metrics.
+    resync: Mutex<Option<client::api::ResyncProgress>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -116,24 +129,48 @@ impl UnitRuntime {
             node,
             assignment: Mutex::new(None),
             lease: Mutex::new(Lease::default()),
-            sequencer: tokio::sync::Mutex::new(()),
-            window: Mutex::new(Window::new(last)),
-            marking: tokio::sync::Mutex::new(()),
-            asking: tokio::sync::Mutex::new(()),
-            applying: tokio::sync::Mutex::new(()),
-            expected: watch::Sender::new(next),
+            primary: PrimarySide {
+                sequencer: tokio::sync::Mutex::new(()),
+                window: Mutex::new(Window::new(last)),
+                marking: tokio::sync::Mutex::new(()),
+                asking: tokio::sync::Mutex::new(()),
+                joined: Mutex::new(std::collections::BTreeMap::new()),
+                announced: Mutex::new((Generation(0), BTreeSet::new())),
+                committed_changed: tokio::sync::Notify::new(),
+            },
+            secondary: SecondarySide {
+                applying: tokio::sync::Mutex::new(()),
+                expected: watch::Sender::new(next),
+                resyncing: AtomicBool::new(false),
+                heard_generation: AtomicU64::new(0),
+                resync: Mutex::new(None),
+            },
+            slice_updated: Mutex::new(None),
             lost: AtomicBool::new(marks.lost),
             undecided: AtomicBool::new(marks.undecided),
             marking_marks: Mutex::new(()),
             torn: AtomicBool::new(false),
-            announced: Mutex::new((Generation(0), BTreeSet::new())),
-            committed_changed: tokio::sync::Notify::new(),
-            joined: Mutex::new(std::collections::BTreeMap::new()),
-            resyncing: AtomicBool::new(false),
-            heard_generation: AtomicU64::new(0),
-            slice_updated: Mutex::new(None),
-            resync: Mutex::new(None),
         }
+    }
+
+    /// Recovery cut a torn tail off this unit's log as the node started.
+    pub fn note_torn(&self) {
+        self.torn.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether recovery cut a torn tail that no assignment has been applied to since; the
+    /// first call after it answers yes.
+    pub fn take_torn(&self) -> bool {
+        self.torn.swap(false, Ordering::Relaxed)
+    }
+
+    /// Starts a resync of this copy unless one is running: `false` if one is.
+    pub fn begin_resync(&self) -> bool {
+        !self.secondary.resyncing.swap(true, Ordering::AcqRel)
+    }
+
+    pub fn end_resync(&self) {
+        self.secondary.resyncing.store(false, Ordering::Release);
     }
 
     pub fn is_lost(&self) -> bool {
@@ -186,23 +223,24 @@ impl UnitRuntime {
             assigned: lock(&self.assignment)
                 .as_ref()
                 .map(|a| (a.role, a.generation)),
-            announced: Generation(self.heard_generation.load(Ordering::Acquire)),
+            announced: Generation(self.secondary.heard_generation.load(Ordering::Acquire)),
             next_vba: self.engine.next_vba(),
-            resyncing: self.resyncing.load(Ordering::Acquire),
+            resyncing: self.secondary.resyncing.load(Ordering::Acquire),
         }
     }
 
     /// The primary of `generation` told this copy where its generation starts: frames of older
     /// generations are refused from now on.
     pub fn note_announced(&self, generation: Generation) {
-        self.heard_generation
+        self.secondary
+            .heard_generation
             .fetch_max(generation.0, Ordering::AcqRel);
     }
 
     /// The copies a primary sends records to and waits for: the current secondaries and the
     /// joined syncing copies.
     pub fn replicas(&self, assignment: &Assignment) -> Vec<CopyInfo> {
-        let joined = lock(&self.joined);
+        let joined = lock(&self.primary.joined);
         assignment
             .copies
             .iter()
@@ -215,7 +253,7 @@ impl UnitRuntime {
     /// Forgets joined copies that the database no longer lists as syncing: they are current now,
     /// or stale again.
     fn settle_joined(&self, assignment: &Assignment) {
-        let mut joined = lock(&self.joined);
+        let mut joined = lock(&self.primary.joined);
         joined.retain(|node, _| {
             assignment
                 .copies
@@ -260,13 +298,13 @@ impl UnitRuntime {
 
     /// A syncing copy joined at `from`: it gets and acknowledges every write from there on.
     pub fn join(&self, node: NodeId, from: Vba) {
-        lock(&self.joined).insert(node, from);
+        lock(&self.primary.joined).insert(node, from);
         self.refresh_window();
     }
 
     /// Where `node` joined, if it did.
     pub fn joined_at(&self, node: &NodeId) -> Option<Vba> {
-        lock(&self.joined).get(node).copied()
+        lock(&self.primary.joined).get(node).copied()
     }
 
     /// Updates the copies from a slice map the database returned (after a notification).
@@ -304,11 +342,11 @@ impl UnitRuntime {
     }
 
     pub fn set_resync_progress(&self, progress: client::api::ResyncProgress) {
-        *lock(&self.resync) = Some(progress);
+        *lock(&self.secondary.resync) = Some(progress);
     }
 
     pub fn resync_progress(&self) -> Option<client::api::ResyncProgress> {
-        *lock(&self.resync)
+        *lock(&self.secondary.resync)
     }
 
     pub fn renew_lease(&self, sent_at: Instant, lease: std::time::Duration) {
@@ -423,8 +461,8 @@ impl UnitRuntime {
     /// Changes the replication window, then wakes the reads waiting for its committed VBA
     /// ([`UnitRuntime::wait_window`]), which the change may have moved.
     pub fn update_window<T>(&self, change: impl FnOnce(&mut Window) -> T) -> T {
-        let changed = change(&mut lock(&self.window));
-        self.committed_changed.notify_waiters();
+        let changed = change(&mut lock(&self.primary.window));
+        self.primary.committed_changed.notify_waiters();
         changed
     }
 
@@ -448,11 +486,11 @@ impl UnitRuntime {
         mut look: impl FnMut(&Window) -> Option<T>,
     ) -> Option<T> {
         loop {
-            let changed = self.committed_changed.notified();
+            let changed = self.primary.committed_changed.notified();
             tokio::pin!(changed);
             // Registered before looking, so that a change right after the look is not missed.
             changed.as_mut().enable();
-            if let Some(found) = look(&lock(&self.window)) {
+            if let Some(found) = look(&lock(&self.primary.window)) {
                 return Some(found);
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
@@ -472,13 +510,13 @@ impl UnitRuntime {
 
     /// Whether `copy` was told where `generation` starts.
     pub fn announced(&self, generation: Generation, copy: &NodeId) -> bool {
-        let announced = lock(&self.announced);
+        let announced = lock(&self.primary.announced);
         announced.0 == generation && announced.1.contains(copy)
     }
 
     /// Notes that `copy` was told where `generation` starts (forgetting older generations).
     pub fn set_announced(&self, generation: Generation, copy: &NodeId) {
-        let mut announced = lock(&self.announced);
+        let mut announced = lock(&self.primary.announced);
         if announced.0 != generation {
             *announced = (generation, BTreeSet::new());
         }
