@@ -9,7 +9,7 @@ use client::api::MAX_EVENTS_PER_PAGE;
 use serde::Deserialize;
 
 use super::error::ApiFailure;
-use super::leader::on_leader;
+use super::leader;
 use crate::manager::SharedManager;
 
 /// Query parameters of `GET /v1/events`.
@@ -36,17 +36,10 @@ pub async fn list(State(manager): State<SharedManager>, request: Request) -> Res
         ))
         .into_response();
     }
-    let read = move |m: &SharedManager| {
+    let local = params.local;
+    leader::read(&manager, request, local, move |m| {
         let page = m.read(|a| a.state.events.page(params.after, limit));
-        Json(page).into_response()
-    };
-    if params.local {
-        return read(&manager);
-    }
-    let m = manager.clone();
-    on_leader(&manager, request, |_| async move {
-        m.linearizable().await?;
-        Ok(read(&m))
+        Ok(Json(page).into_response())
     })
     .await
 }

@@ -60,6 +60,23 @@ where
     }
 }
 
+/// Answers a read: from this replica's own state when `local` (`?local=true`, which may lag the
+/// leader's), else as a linearizable read on the leader, forwarded there from a follower.
+pub async fn read<F>(manager: &SharedManager, request: Request, local: bool, read: F) -> Response
+where
+    F: FnOnce(&SharedManager) -> Result<Response, ApiFailure> + Send + 'static,
+{
+    if local {
+        return read(manager).unwrap_or_else(IntoResponse::into_response);
+    }
+    let m = manager.clone();
+    on_leader(manager, request, |_| async move {
+        m.linearizable().await?;
+        read(&m)
+    })
+    .await
+}
+
 /// How long a follower waits for the leader's answer to a forwarded request: what the leader
 /// may take for it, plus slack. Membership changes wait for a new replica to catch up, far
 /// longer than a commit; giving up on them early would report a failure that is not one.

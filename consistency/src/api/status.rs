@@ -13,7 +13,7 @@ use client::types::{ManagerId, NodeId};
 use serde::Deserialize;
 
 use super::error::ApiFailure;
-use super::leader::on_leader;
+use super::leader;
 use crate::manager::SharedManager;
 use crate::state::State as DbState;
 
@@ -142,13 +142,8 @@ pub async fn status(State(manager): State<SharedManager>, request: Request) -> R
         Ok(params) => params,
         Err(failure) => return failure.into_response(),
     };
-    if params.local {
-        return Json(cluster_status(&manager, params.volumes)).into_response();
-    }
-    let m = manager.clone();
-    on_leader(&manager, request, |_| async move {
-        m.linearizable().await?;
-        Ok(Json(cluster_status(&m, params.volumes)).into_response())
+    leader::read(&manager, request, params.local, move |m| {
+        Ok(Json(cluster_status(m, params.volumes)).into_response())
     })
     .await
 }

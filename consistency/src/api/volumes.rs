@@ -14,7 +14,7 @@ use client::api::{
 use serde::Deserialize;
 
 use super::error::ApiFailure;
-use super::leader::on_leader;
+use super::leader::{self, on_leader};
 use super::parse_json;
 use super::status::ReadParams;
 use crate::decide::{loss, placement};
@@ -76,8 +76,9 @@ pub async fn list(State(manager): State<SharedManager>, request: Request) -> Res
         ))
         .into_response();
     }
-    let read = move |m: &SharedManager| {
-        m.read_with_memory(Instant::now(), |a, remembered| {
+    let local = params.local;
+    leader::read(&manager, request, local, move |m| {
+        let page = m.read_with_memory(Instant::now(), |a, remembered| {
             page(
                 &a.state,
                 remembered,
@@ -85,15 +86,8 @@ pub async fn list(State(manager): State<SharedManager>, request: Request) -> Res
                 params.status,
                 limit,
             )
-        })
-    };
-    if params.local {
-        return Json(read(&manager)).into_response();
-    }
-    let m = manager.clone();
-    on_leader(&manager, request, |_| async move {
-        m.linearizable().await?;
-        Ok(Json(read(&m)).into_response())
+        });
+        Ok(Json(page).into_response())
     })
     .await
 }
@@ -107,7 +101,7 @@ pub async fn show(
         Ok(params) => params,
         Err(failure) => return failure.into_response(),
     };
-    let read = move |m: &SharedManager| -> Result<Response, ApiFailure> {
+    leader::read(&manager, request, params.local, move |m| {
         m.read_with_memory(Instant::now(), |a, remembered| {
             a.state
                 .volume_by_name(&name)
@@ -115,14 +109,6 @@ pub async fn show(
         })
         .map(|map| Json(map).into_response())
         .ok_or_else(|| ApiFailure::not_found(format!("volume {name:?} does not exist")))
-    };
-    if params.local {
-        return read(&manager).unwrap_or_else(IntoResponse::into_response);
-    }
-    let m = manager.clone();
-    on_leader(&manager, request, |_| async move {
-        m.linearizable().await?;
-        read(&m)
     })
     .await
 }
