@@ -1,4 +1,7 @@
 //! A cluster of real vbs processes on loopback, each with its own data directory and log.
+//!
+//! One file, past 600 lines: starting, stopping and waiting on each kind of process share the
+//! same directories, ports, logs and credentials, and tests reach all of it through `Cluster`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, TcpListener};

@@ -24,6 +24,9 @@
 //! Every error is a 4xx or 5xx with an [`ApiError`] body. Request types refuse unknown fields, so a
 //! misspelt field is an error rather than a silently ignored setting. Reads are linearizable unless
 //! the query string says `?local=true` (answer from the member's own, possibly lagging, state).
+//!
+//! One file, past 600 lines, because it is the API's reference: the route table above and every
+//! body it names read as one document; the event log's and IO history's bodies have their own.
 
 mod events;
 mod io;

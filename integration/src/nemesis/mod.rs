@@ -11,6 +11,9 @@
 //! [`availability`] how long a slice that could serve kept its clients waiting. One client goes
 //! through the NBD gateway with libnbd ([`nbd`]), the others through the client library.
 //!
+//! This file, past 600 lines, is the run itself, its steps in the order they happen; each
+//! concern it calls is a module of its own (below).
+//!
 //! # Layout
 //! - [`schedule`]: the fault kinds and the seeded schedule;
 //! - [`faults`]: injecting and healing a fault, tearing a log tail;

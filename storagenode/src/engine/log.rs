@@ -10,6 +10,10 @@
 //!
 //! Async waiters ([`Log::wait_durable_async`]) are served by the device's one commit thread
 //! (`committer.rs`) under load, and write a lone batch themselves otherwise.
+//!
+//! One file, past 600 lines, because the group commit is one protocol: who becomes the writer,
+//! what a batch takes, how durability is published and how a failure reaches every waiter share
+//! one lock and one set of invariants, and read apart they would hide the hand-offs.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -7,6 +7,10 @@
 //! force at its VBA (`unit.json`), and each block takes the record with the highest VBA that covers
 //! it. So a crash in the middle of a compaction, which leaves a record in two segments, or a
 //! truncated tail still on disk, recover to the same state.
+//!
+//! One file, past 600 lines, because opening and truncating rebuild an index by the same rules
+//! (which records belong to the history, which one a block takes), and the rules must not drift
+//! apart.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -6,6 +6,9 @@
 //! 4. ... while, in the same VBA order, they are sent to every current and syncing secondary;
 //! 5. acknowledge once the local append is durable and every current secondary has acknowledged
 //!    or been marked stale by a committed notification (`replication::progress`).
+//!
+//! One file, past 600 lines, because it reads as the five steps above, in order, with the
+//! read path that waits on the same window; the decisions themselves are in `replication`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
