@@ -11,6 +11,8 @@
 //!   shared by `tests/fuzz.rs` and the cargo-fuzz targets of `integration/fuzz/`.
 //! - [`gateway`]: a `vbs nbd` gateway process; `tagged_block`, data that says which write it is.
 //! - [`tools`]: programs from Debian packages the tests drive, installed with apt when missing.
+//! - [`user`]: a cluster driven as its users drive it: `vbs` commands that must succeed, blocks
+//!   written and read through the CLI, a slice's copies, qemu-io over NBD.
 //! - [`measure`]: what the benchmarks read off processes (CPU, memory, threads) and the
 //!   managers' notification commit rate.
 //! - [`wait`]: waiting on observable state with a deadline, never a fixed sleep.
@@ -28,6 +30,7 @@ pub mod measure;
 pub mod nemesis;
 pub mod process;
 pub mod tools;
+pub mod user;
 pub mod wait;
 
 pub use cluster::{

@@ -118,21 +118,10 @@ fn assert_refused(out: &Output, what: &str, words: &[&str]) {
     );
 }
 
-fn vbs_ok(cluster: &Cluster, args: &[&str], input: Option<&[u8]>) -> Vec<u8> {
-    let out = cluster.vbs_with_input(args, input).expect("vbs runs");
-    assert!(
-        out.status.success(),
-        "vbs {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
 /// Creates the volume on two nodes, writes the pattern and reads it back with the CLI, and
 /// checks that both copies are current (the secondary took every replicated write).
 async fn works_end_to_end(cluster: &Cluster) -> VolumeMap {
-    vbs_ok(
-        cluster,
+    cluster.vbs_ok(
         &[
             "volume",
             "create",
@@ -147,12 +136,8 @@ async fn works_end_to_end(cluster: &Cluster) -> VolumeMap {
         None,
     );
     let data = vec![PATTERN; WRITTEN_BYTES];
-    vbs_ok(cluster, &["write", VOLUME, "--offset", "0"], Some(&data));
-    let read = vbs_ok(
-        cluster,
-        &["read", VOLUME, "--offset", "0", "--length", "64k"],
-        None,
-    );
+    cluster.vbs_ok(&["write", VOLUME, "--offset", "0"], Some(&data));
+    let read = cluster.vbs_ok(&["read", VOLUME, "--offset", "0", "--length", "64k"], None);
     assert!(read == data, "the data read back is what was written");
     let status: ClusterStatus = cluster.status().await.unwrap();
     let volume = status

@@ -250,15 +250,6 @@ fn keep(path: &Path) {
     }
 }
 
-fn vbs_ok(cluster: &Cluster, args: &[&str]) {
-    let out = cluster.vbs(args).expect("vbs runs");
-    assert!(
-        out.status.success(),
-        "vbs {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_a_killed_storage_node_going_down() {
     chromium();
@@ -273,8 +264,7 @@ async fn the_dashboard_shows_a_killed_storage_node_going_down() {
         .wait_for_storage_up(STARTUP)
         .await
         .expect("nodes up");
-    vbs_ok(
-        &cluster,
+    cluster.vbs_ok(
         &[
             "volume",
             "create",
@@ -286,6 +276,7 @@ async fn the_dashboard_shows_a_killed_storage_node_going_down() {
             "--slice-size",
             "4M",
         ],
+        None,
     );
     // Through a follower: the page's reads are forwarded to the leader like any other.
     let leader = status.leader.expect("a leader").0;

@@ -6,11 +6,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use client::api::{ClusterStatus, CopyInfo, CopyStatus, SliceMap};
+use client::api::{CopyInfo, CopyStatus, SliceMap};
 use client::managers::Managers;
 use client::types::{NodeId, UnitId};
 use client::volume::{Volume, VolumeOptions};
 use integration::gateway::tagged_block;
+use integration::user::slice_of;
 use integration::{wait_until, Cluster, ClusterOptions};
 
 const STARTUP: Duration = Duration::from_secs(30);
@@ -43,16 +44,6 @@ async fn open(cluster: &Cluster, name: &str) -> Arc<Volume> {
             .await
             .expect("volume opens"),
     )
-}
-
-fn slice_of(status: &ClusterStatus, volume: &str, index: usize) -> SliceMap {
-    status
-        .volumes
-        .iter()
-        .find(|v| v.name == volume)
-        .expect("volume")
-        .slices[index]
-        .clone()
 }
 
 fn copy_on<'a>(slice: &'a SliceMap, node: &NodeId) -> Option<&'a CopyInfo> {

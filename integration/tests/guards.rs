@@ -22,6 +22,7 @@ use client::types::{Generation, NodeId, UnitId, Vba};
 use integration::binaries::binary;
 use integration::cluster::free_port;
 use integration::process::Process;
+use integration::user::slice_of;
 use integration::wait_until;
 
 const UNIT_BYTES: u64 = 1 << 20;
@@ -337,48 +338,6 @@ async fn a_data_directory_from_another_node_is_never_served_as_current() {
     assert_ne!(on_x.status, CopyStatus::Current, "{slice:?}");
 }
 
-/// `vbs write VOLUME --offset OFFSET` of one 4 KiB block filled with `fill`.
-fn write_block(cluster: &integration::Cluster, volume: &str, offset: u64, fill: u8) {
-    let file = cluster
-        .dir
-        .path()
-        .join(format!("block-{volume}-{offset}-{fill}"));
-    std::fs::write(&file, vec![fill; 4096]).expect("block file");
-    let offset = offset.to_string();
-    let out = cluster
-        .vbs(&[
-            "write",
-            volume,
-            "--offset",
-            &offset,
-            "--file",
-            &file.display().to_string(),
-        ])
-        .expect("vbs runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// `vbs read VOLUME --offset OFFSET --length 4096`: the block, or what vbs printed.
-fn read_block(
-    cluster: &integration::Cluster,
-    volume: &str,
-    offset: u64,
-) -> Result<Vec<u8>, String> {
-    let offset = offset.to_string();
-    let out = cluster
-        .vbs(&["read", volume, "--offset", &offset, "--length", "4096"])
-        .expect("vbs runs");
-    if out.status.success() {
-        Ok(out.stdout)
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
 /// Where a write record whose block is all `fill` starts, in the segment files under `dir`.
 fn record_of(dir: &std::path::Path, fill: u8) -> (std::path::PathBuf, u64) {
     use storagenode::engine::record::HEADER_BYTES;
@@ -417,16 +376,7 @@ async fn a_primary_that_lost_recorded_writes_serves_only_once_an_operator_accept
     cluster
         .create_volume("torn", "64M", "2", "16M")
         .expect("volume created");
-    let slice_of = |status: &client::api::ClusterStatus| {
-        status
-            .volumes
-            .iter()
-            .find(|v| v.name == "torn")
-            .expect("the volume")
-            .slices[0]
-            .clone()
-    };
-    let first = slice_of(&cluster.status().await.expect("status"));
+    let first = slice_of(&cluster.status().await.expect("status"), "torn", 0);
     let x = first.primary.0.clone();
     let y = first
         .copies
@@ -437,15 +387,15 @@ async fn a_primary_that_lost_recorded_writes_serves_only_once_an_operator_accept
         .0
         .clone();
     for lba in 0..5u64 {
-        write_block(&cluster, "torn", lba * 4096, 0x10 + lba as u8);
+        cluster.write_with_cli("torn", lba * 4096, &[0x10 + lba as u8; 4096]);
     }
     // y stops; the two writes after it are on x alone (y goes stale at the first).
     cluster.storage_node(&y).expect("y").kill();
-    write_block(&cluster, "torn", 5 * 4096, 0x20);
-    write_block(&cluster, "torn", 6 * 4096, 0x21);
+    cluster.write_with_cli("torn", 5 * 4096, &[0x20; 4096]);
+    cluster.write_with_cli("torn", 6 * 4096, &[0x21; 4096]);
     wait_until("x to report VBA 7", WAIT, || async {
         let status = cluster.status().await.map_err(|e| e.to_string())?;
-        let slice = slice_of(&status);
+        let slice = slice_of(&status, "torn", 0);
         let on_x = slice
             .copies
             .iter()
@@ -498,7 +448,7 @@ async fn a_primary_that_lost_recorded_writes_serves_only_once_an_operator_accept
     .expect("x reports itself not current");
     wait_until("slice 0 to have no current copy", WAIT, || async {
         let status = cluster.status().await.map_err(|e| e.to_string())?;
-        let slice = slice_of(&status);
+        let slice = slice_of(&status, "torn", 0);
         let none = slice.copies.iter().all(|c| c.status != CopyStatus::Current);
         Ok::<_, String>(none.then_some(()))
     })
@@ -514,7 +464,7 @@ async fn a_primary_that_lost_recorded_writes_serves_only_once_an_operator_accept
         !out.status.success() && stderr.contains("--yes-i-accept-data-loss"),
         "{stderr}"
     );
-    let slice = slice_of(&cluster.status().await.expect("status"));
+    let slice = slice_of(&cluster.status().await.expect("status"), "torn", 0);
     assert!(
         slice.copies.iter().all(|c| c.status != CopyStatus::Current),
         "{slice:?}"
@@ -552,14 +502,18 @@ async fn a_primary_that_lost_recorded_writes_serves_only_once_an_operator_accept
 
     // x serves what it holds: the first five blocks; the two lost writes read as never written.
     for lba in 0..5u64 {
-        let block = read_block(&cluster, "torn", lba * 4096).expect("a block x holds");
+        let block = cluster
+            .read_with_cli("torn", lba * 4096, 4096)
+            .expect("a block x holds");
         assert_eq!(block, vec![0x10 + lba as u8; 4096], "LBA {lba}");
     }
     assert_eq!(
-        read_block(&cluster, "torn", 5 * 4096).expect("LBA 5"),
+        cluster
+            .read_with_cli("torn", 5 * 4096, 4096)
+            .expect("LBA 5"),
         vec![0u8; 4096]
     );
-    write_block(&cluster, "torn", 5 * 4096, 0x30);
+    cluster.write_with_cli("torn", 5 * 4096, &[0x30; 4096]);
     // y returns, resyncs from x, and the slice has two current copies again.
     cluster
         .storage_node(&y)
@@ -568,14 +522,16 @@ async fn a_primary_that_lost_recorded_writes_serves_only_once_an_operator_accept
         .expect("y starts again");
     wait_until("y current again", WAIT, || async {
         let status = cluster.status().await.map_err(|e| e.to_string())?;
-        let slice = slice_of(&status);
+        let slice = slice_of(&status, "torn", 0);
         let all = slice.copies.iter().all(|c| c.status == CopyStatus::Current);
         Ok::<_, String>(all.then_some(()))
     })
     .await
     .expect("both copies current");
     assert_eq!(
-        read_block(&cluster, "torn", 5 * 4096).expect("LBA 5"),
+        cluster
+            .read_with_cli("torn", 5 * 4096, 4096)
+            .expect("LBA 5"),
         vec![0x30u8; 4096]
     );
 }

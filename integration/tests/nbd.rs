@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use client::nbd::wire;
 use integration::gateway::NbdGateway;
+use integration::user::qemu_io_ok;
 use integration::{Cluster, ClusterOptions};
 
 const STARTUP: Duration = Duration::from_secs(30);
@@ -223,20 +224,6 @@ fn mapped(url: &str) -> (u64, u64) {
     (data, holes)
 }
 
-/// qemu-io on `url` with `commands`; fails on any failed command or pattern mismatch.
-fn qemu_io(url: &str, commands: &[&str]) -> String {
-    let qemu_io = tool("qemu-io", "qemu-utils");
-    let mut args = vec!["-f", "raw", url];
-    for command in commands {
-        args.extend(["-c", command]);
-    }
-    let out = run(&qemu_io, &args);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(!text.contains("failed"), "qemu-io {commands:?}: {text}");
-    assert!(!text.contains("error"), "qemu-io {commands:?}: {text}");
-    text
-}
-
 /// One server serves every volume by name, those created after it started too; block status
 /// maps holes from the index; a whole-device discard is one request like any other; a volume
 /// grown in use shows its new size to a new connection, and cannot shrink.
@@ -245,7 +232,7 @@ async fn every_volume_is_an_export_with_holes_mapped_discards_served_and_growth_
     let (cluster, gateway, url) = cluster_exporting("big", "4G", "256M", &[]).await;
 
     // 1 MiB written in a 4 GiB volume: the map shows 1 MiB of data, the rest holes.
-    qemu_io(&url, &["write -P 0xab 3G 1M"]);
+    qemu_io_ok(&url, &["write -P 0xab 3G 1M"]);
     assert_eq!(mapped(&url), (1 << 20, (4 << 30) - (1 << 20)));
 
     // A volume created now is listed and served by name.
@@ -261,7 +248,7 @@ async fn every_volume_is_an_export_with_holes_mapped_discards_served_and_growth_
     let later = format!("nbd://{}/later", gateway.addr);
 
     // A whole-device discard, then a write and reads on the same connection.
-    qemu_io(
+    qemu_io_ok(
         &later,
         &[
             "write -P 0x5c 0 1M",
@@ -291,7 +278,7 @@ async fn every_volume_is_an_export_with_holes_mapped_discards_served_and_growth_
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(size(&later), 100 << 20);
-    qemu_io(
+    qemu_io_ok(
         &later,
         &[
             "write -P 0x77 90M 1M",

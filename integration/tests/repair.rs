@@ -4,12 +4,12 @@
 //! right data; with no good copy left, the read fails with an error of its own (NBD: EIO).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use client::types::NodeId;
 use integration::cluster::free_port;
 use integration::gateway::{tagged_block, NbdGateway};
+use integration::user::qemu_io;
 use integration::{wait_until, Cluster, ClusterOptions};
 use storagenode::engine::record::{HEADER_BYTES, RECORD_MAGIC};
 use storagenode::engine::segment::SEGMENT_HEADER_BYTES;
@@ -45,60 +45,6 @@ async fn cluster_with(replicas: &str, extra: &[&str]) -> (Cluster, Vec<(String, 
         .create_volume("rot", "64M", replicas, "16M")
         .unwrap();
     (cluster, metrics)
-}
-
-/// `vbs write rot --offset OFFSET` of `data`.
-fn vbs_write(cluster: &Cluster, offset: u64, data: &[u8]) {
-    let file = cluster.dir.path().join(format!("block-{offset}"));
-    std::fs::write(&file, data).unwrap();
-    let out = cluster
-        .vbs(&[
-            "write",
-            "rot",
-            "--offset",
-            &offset.to_string(),
-            "--file",
-            file.to_str().unwrap(),
-        ])
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// `vbs read rot` of one block at `offset`: its bytes, or what vbs printed on failure.
-fn vbs_read(cluster: &Cluster, offset: u64) -> Result<Vec<u8>, String> {
-    let out = cluster
-        .vbs(&[
-            "read",
-            "rot",
-            "--offset",
-            &offset.to_string(),
-            "--length",
-            &BLOCK.to_string(),
-        ])
-        .unwrap();
-    if out.status.success() {
-        Ok(out.stdout)
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
-/// The nodes holding slice `slice` of `rot`: its primary, then its secondaries.
-async fn copies_of(cluster: &Cluster, slice: usize) -> (NodeId, Vec<NodeId>) {
-    let status = cluster.status().await.unwrap();
-    let volume = status.volumes.iter().find(|v| v.name == "rot").unwrap();
-    let map = &volume.slices[slice];
-    let secondaries = map
-        .copies
-        .iter()
-        .filter(|c| c.node != map.primary)
-        .map(|c| c.node.clone())
-        .collect();
-    (map.primary.clone(), secondaries)
 }
 
 /// Every log segment file under `dir`.
@@ -195,49 +141,52 @@ fn repair_lines(cluster: &Cluster, node: &NodeId) -> usize {
         .count()
 }
 
-fn qemu_io(url: &str, commands: &[&str]) -> String {
-    let qemu_io = integration::tools::ensure("qemu-io", "qemu-utils").expect("qemu-io");
-    let mut command = Command::new(qemu_io);
-    command.args(["-f", "raw", url]);
-    for c in commands {
-        command.args(["-c", c]);
-    }
-    let out = command.output().unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_damaged_on_the_primary_is_read_from_the_other_copy_and_repaired() {
     let (mut cluster, metrics) = cluster("2").await;
-    let (primary, _) = copies_of(&cluster, 0).await;
+    let (primary, _) = cluster.copies_of("rot", 0).await;
     let in_data = tagged_block(0xd1);
     let in_header = tagged_block(0xd2);
-    vbs_write(&cluster, 3 * BLOCK, &in_data);
-    vbs_write(&cluster, 9 * BLOCK, &in_header);
+    cluster.write_with_cli("rot", 3 * BLOCK, &in_data);
+    cluster.write_with_cli("rot", 9 * BLOCK, &in_header);
     damage(&cluster, &primary, &in_data, false);
     damage(&cluster, &primary, &in_header, true);
 
-    assert_eq!(vbs_read(&cluster, 3 * BLOCK).unwrap(), in_data.to_vec());
-    assert_eq!(vbs_read(&cluster, 9 * BLOCK).unwrap(), in_header.to_vec());
+    assert_eq!(
+        cluster.read_with_cli("rot", 3 * BLOCK, BLOCK).unwrap(),
+        in_data.to_vec()
+    );
+    assert_eq!(
+        cluster.read_with_cli("rot", 9 * BLOCK, BLOCK).unwrap(),
+        in_header.to_vec()
+    );
     let addr = metrics_of(&metrics, &primary);
     assert_eq!(damaged_records(&cluster, addr, "repaired").await, 2);
     assert_eq!(damaged_records(&cluster, addr, "unrepaired").await, 0);
     assert_eq!(repair_lines(&cluster, &primary), 2);
     // Repaired in place: reading again finds nothing damaged.
-    assert_eq!(vbs_read(&cluster, 3 * BLOCK).unwrap(), in_data.to_vec());
-    assert_eq!(vbs_read(&cluster, 9 * BLOCK).unwrap(), in_header.to_vec());
+    assert_eq!(
+        cluster.read_with_cli("rot", 3 * BLOCK, BLOCK).unwrap(),
+        in_data.to_vec()
+    );
+    assert_eq!(
+        cluster.read_with_cli("rot", 9 * BLOCK, BLOCK).unwrap(),
+        in_header.to_vec()
+    );
     assert_eq!(damaged_records(&cluster, addr, "repaired").await, 2);
     // Repaired in place: killed, the node reads its whole log back at start, and serves.
     let node = cluster.storage_node(&primary.0).unwrap();
     node.kill();
     node.restart().unwrap();
     cluster.wait_for_storage_up(STARTUP).await.unwrap();
-    assert_eq!(vbs_read(&cluster, 3 * BLOCK).unwrap(), in_data.to_vec());
-    assert_eq!(vbs_read(&cluster, 9 * BLOCK).unwrap(), in_header.to_vec());
+    assert_eq!(
+        cluster.read_with_cli("rot", 3 * BLOCK, BLOCK).unwrap(),
+        in_data.to_vec()
+    );
+    assert_eq!(
+        cluster.read_with_cli("rot", 9 * BLOCK, BLOCK).unwrap(),
+        in_header.to_vec()
+    );
     // Its copies resync; until they do, a damaged record would have no other current copy.
     wait_until("every copy current", Duration::from_secs(30), || async {
         let status = cluster.status().await.map_err(|e| e.to_string())?;
@@ -251,7 +200,7 @@ async fn a_record_damaged_on_the_primary_is_read_from_the_other_copy_and_repaire
     let offset = 16 << 20;
     let written = qemu_io(&gateway.url, &[&format!("write -P 0x5a {offset} 4k")]);
     assert!(written.contains("wrote 4096/4096"), "{written}");
-    let (slice_primary, _) = copies_of(&cluster, 1).await;
+    let (slice_primary, _) = cluster.copies_of("rot", 1).await;
     damage(&cluster, &slice_primary, &[0x5a; 4096], false);
     let read = qemu_io(&gateway.url, &[&format!("read -P 0x5a {offset} 4k")]);
     assert!(read.contains("read 4096/4096"), "{read}");
@@ -263,16 +212,16 @@ async fn a_record_damaged_on_the_primary_is_read_from_the_other_copy_and_repaire
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_block_damaged_on_every_copy_fails_with_an_error_naming_it_and_eio_over_nbd() {
     let (cluster, metrics) = cluster("2").await;
-    let (primary, secondaries) = copies_of(&cluster, 0).await;
+    let (primary, secondaries) = cluster.copies_of("rot", 0).await;
     let secondary = &secondaries[0];
     let block = tagged_block(0xe1);
-    vbs_write(&cluster, 5 * BLOCK, &block);
+    cluster.write_with_cli("rot", 5 * BLOCK, &block);
     let beside = tagged_block(0xe2);
-    vbs_write(&cluster, 6 * BLOCK, &beside);
+    cluster.write_with_cli("rot", 6 * BLOCK, &beside);
     damage(&cluster, &primary, &block, false);
     damage(&cluster, secondary, &block, true);
 
-    let error = vbs_read(&cluster, 5 * BLOCK).unwrap_err();
+    let error = cluster.read_with_cli("rot", 5 * BLOCK, BLOCK).unwrap_err();
     eprintln!("vbs read of a block damaged on both copies: {error}");
     for part in [
         "read of volume \"rot\"",
@@ -283,7 +232,10 @@ async fn a_block_damaged_on_every_copy_fails_with_an_error_naming_it_and_eio_ove
         assert!(error.contains(part), "{part:?} missing from: {error}");
     }
     // The block beside it is not affected.
-    assert_eq!(vbs_read(&cluster, 6 * BLOCK).unwrap(), beside.to_vec());
+    assert_eq!(
+        cluster.read_with_cli("rot", 6 * BLOCK, BLOCK).unwrap(),
+        beside.to_vec()
+    );
     let addr = metrics_of(&metrics, &primary);
     assert!(damaged_records(&cluster, addr, "unrepaired").await >= 1);
     assert_eq!(damaged_records(&cluster, addr, "repaired").await, 0);
@@ -298,18 +250,24 @@ async fn a_block_damaged_on_every_copy_fails_with_an_error_naming_it_and_eio_ove
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_damaged_on_secondaries_are_repaired_by_whichever_becomes_primary() {
     let (mut cluster, metrics) = cluster("3").await;
-    let (primary, secondaries) = copies_of(&cluster, 0).await;
+    let (primary, secondaries) = cluster.copies_of("rot", 0).await;
     let (first, second) = (tagged_block(0xf1), tagged_block(0xf2));
-    vbs_write(&cluster, 2 * BLOCK, &first);
-    vbs_write(&cluster, 7 * BLOCK, &second);
+    cluster.write_with_cli("rot", 2 * BLOCK, &first);
+    cluster.write_with_cli("rot", 7 * BLOCK, &second);
     // Each secondary has one of the two damaged, the other intact.
     damage(&cluster, &secondaries[0], &first, false);
     damage(&cluster, &secondaries[1], &second, true);
     cluster.storage_node(&primary.0).unwrap().kill();
 
-    assert_eq!(vbs_read(&cluster, 2 * BLOCK).unwrap(), first.to_vec());
-    assert_eq!(vbs_read(&cluster, 7 * BLOCK).unwrap(), second.to_vec());
-    let (new_primary, _) = copies_of(&cluster, 0).await;
+    assert_eq!(
+        cluster.read_with_cli("rot", 2 * BLOCK, BLOCK).unwrap(),
+        first.to_vec()
+    );
+    assert_eq!(
+        cluster.read_with_cli("rot", 7 * BLOCK, BLOCK).unwrap(),
+        second.to_vec()
+    );
+    let (new_primary, _) = cluster.copies_of("rot", 0).await;
     assert!(
         secondaries.contains(&new_primary),
         "{new_primary} took over"
@@ -336,14 +294,14 @@ fn vbs_scrub(cluster: &Cluster) -> (bool, String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scrub_finds_and_repairs_damage_on_any_copy_without_a_client_read() {
     let (cluster, metrics) = cluster("2").await;
-    let (primary, secondaries) = copies_of(&cluster, 0).await;
+    let (primary, secondaries) = cluster.copies_of("rot", 0).await;
     let secondary = &secondaries[0];
     let (on_secondary, on_primary) = (tagged_block(0xa1), tagged_block(0xa2));
-    vbs_write(&cluster, 4 * BLOCK, &on_secondary);
-    vbs_write(&cluster, 8 * BLOCK, &on_primary);
+    cluster.write_with_cli("rot", 4 * BLOCK, &on_secondary);
+    cluster.write_with_cli("rot", 8 * BLOCK, &on_primary);
     // Blocks elsewhere in the volume, so every slice has records to compare.
     for slice in 1..4u64 {
-        vbs_write(&cluster, slice * (16 << 20), &tagged_block(0xb0 + slice));
+        cluster.write_with_cli("rot", slice * (16 << 20), &tagged_block(0xb0 + slice));
     }
     let (ok, stdout, stderr) = vbs_scrub(&cluster);
     assert!(ok, "{stdout}{stderr}");
@@ -387,14 +345,17 @@ async fn a_scrub_finds_and_repairs_damage_on_any_copy_without_a_client_read() {
     let (ok, stdout, _) = vbs_scrub(&cluster);
     assert!(ok && stdout.contains("found nothing wrong"), "{stdout}");
     assert_eq!(
-        vbs_read(&cluster, 4 * BLOCK).unwrap(),
+        cluster.read_with_cli("rot", 4 * BLOCK, BLOCK).unwrap(),
         on_secondary.to_vec()
     );
-    assert_eq!(vbs_read(&cluster, 8 * BLOCK).unwrap(), on_primary.to_vec());
+    assert_eq!(
+        cluster.read_with_cli("rot", 8 * BLOCK, BLOCK).unwrap(),
+        on_primary.to_vec()
+    );
 
     // Damage on every copy: the pass says so and fails.
     let lost = tagged_block(0xa3);
-    vbs_write(&cluster, 12 * BLOCK, &lost);
+    cluster.write_with_cli("rot", 12 * BLOCK, &lost);
     damage(&cluster, &primary, &lost, false);
     damage(&cluster, secondary, &lost, false);
     let (ok, stdout, stderr) = vbs_scrub(&cluster);
@@ -424,9 +385,9 @@ async fn a_scrub_finds_and_repairs_damage_on_any_copy_without_a_client_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_background_scrub_repairs_a_secondary_on_its_own() {
     let (cluster, metrics) = cluster_with("2", &["--scrub-interval", "2s"]).await;
-    let (_, secondaries) = copies_of(&cluster, 0).await;
+    let (_, secondaries) = cluster.copies_of("rot", 0).await;
     let block = tagged_block(0xc1);
-    vbs_write(&cluster, 6 * BLOCK, &block);
+    cluster.write_with_cli("rot", 6 * BLOCK, &block);
     damage(&cluster, &secondaries[0], &block, false);
     let addr = metrics_of(&metrics, &secondaries[0]);
     wait_until(
@@ -447,9 +408,9 @@ async fn the_background_scrub_repairs_a_secondary_on_its_own() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scrub_mends_a_copy_that_differs_although_each_record_passes_its_checksum() {
     let (mut cluster, metrics) = cluster("2").await;
-    let (primary, secondaries) = copies_of(&cluster, 0).await;
+    let (primary, secondaries) = cluster.copies_of("rot", 0).await;
     let block = tagged_block(0xd7);
-    vbs_write(&cluster, 3 * BLOCK, &block);
+    cluster.write_with_cli("rot", 3 * BLOCK, &block);
     let (file, at) = find_record(&cluster, &secondaries[0], &block);
     let mut record = vec![0u8; HEADER_BYTES + BLOCK as usize];
     {
@@ -482,7 +443,10 @@ async fn a_scrub_mends_a_copy_that_differs_although_each_record_passes_its_check
     assert!(ok && stdout.contains("found nothing wrong"), "{stdout}");
     // The secondary now holds the primary's block: it serves it once it is the primary.
     cluster.storage_node(&primary.0).unwrap().kill();
-    assert_eq!(vbs_read(&cluster, 3 * BLOCK).unwrap(), block.to_vec());
+    assert_eq!(
+        cluster.read_with_cli("rot", 3 * BLOCK, BLOCK).unwrap(),
+        block.to_vec()
+    );
 }
 
 /// Damage read at start: a killed node reads back the log written since its last checkpoint, and
@@ -492,13 +456,13 @@ async fn a_scrub_mends_a_copy_that_differs_although_each_record_passes_its_check
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_opens_past_damaged_records_in_its_log_and_a_scrub_repairs_the_live_one() {
     let (mut cluster, metrics) = cluster("2").await;
-    let (primary, _) = copies_of(&cluster, 0).await;
+    let (primary, _) = cluster.copies_of("rot", 0).await;
     let (dead, overwriting, live) = (tagged_block(0xc1), tagged_block(0xc2), tagged_block(0xc3));
-    vbs_write(&cluster, 3 * BLOCK, &dead);
-    vbs_write(&cluster, 3 * BLOCK, &overwriting);
-    vbs_write(&cluster, 4 * BLOCK, &live);
+    cluster.write_with_cli("rot", 3 * BLOCK, &dead);
+    cluster.write_with_cli("rot", 3 * BLOCK, &overwriting);
+    cluster.write_with_cli("rot", 4 * BLOCK, &live);
     // A record after the live one: damage to the last record of the log reads as a torn tail.
-    vbs_write(&cluster, 6 * BLOCK, &tagged_block(0xc5));
+    cluster.write_with_cli("rot", 6 * BLOCK, &tagged_block(0xc5));
     cluster.storage_node(&primary.0).unwrap().kill();
     damage(&cluster, &primary, &dead, false);
     damage(&cluster, &primary, &live, false);
@@ -523,7 +487,7 @@ async fn a_node_opens_past_damaged_records_in_its_log_and_a_scrub_repairs_the_li
     .unwrap();
     // A scrub covers what every copy is known to hold: the last write becomes known so with the
     // next one.
-    vbs_write(&cluster, 5 * BLOCK, &tagged_block(0xc4));
+    cluster.write_with_cli("rot", 5 * BLOCK, &tagged_block(0xc4));
 
     let (ok, stdout, stderr) = vbs_scrub(&cluster);
     eprintln!("vbs scrub after a start past damaged records:\n{stdout}");
@@ -534,6 +498,12 @@ async fn a_node_opens_past_damaged_records_in_its_log_and_a_scrub_repairs_the_li
     );
     let addr = metrics_of(&metrics, &primary);
     assert_eq!(damaged_records(&cluster, addr, "repaired").await, 1);
-    assert_eq!(vbs_read(&cluster, 3 * BLOCK).unwrap(), overwriting.to_vec());
-    assert_eq!(vbs_read(&cluster, 4 * BLOCK).unwrap(), live.to_vec());
+    assert_eq!(
+        cluster.read_with_cli("rot", 3 * BLOCK, BLOCK).unwrap(),
+        overwriting.to_vec()
+    );
+    assert_eq!(
+        cluster.read_with_cli("rot", 4 * BLOCK, BLOCK).unwrap(),
+        live.to_vec()
+    );
 }

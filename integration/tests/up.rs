@@ -5,6 +5,8 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use integration::user::qemu_io_ok;
+
 /// A base port whose cluster ports (base+1..3, base+101..103, base+809) are all free now.
 fn free_base() -> u16 {
     let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
@@ -94,23 +96,6 @@ fn http_get(dir: &std::path::Path, port: u16, path: &str) -> String {
         .unwrap_or_default()
 }
 
-fn qemu_io(url: &str, commands: &[&str]) {
-    let qemu_io =
-        integration::tools::ensure("qemu-io", "qemu-utils").expect("qemu-io (qemu-utils)");
-    let mut cmd = Command::new(qemu_io);
-    cmd.args(["-f", "raw", url]);
-    for c in commands {
-        cmd.args(["-c", c]);
-    }
-    let out = cmd.output().expect("qemu-io (qemu-utils) runs");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && !text.contains("failed"),
-        "qemu-io {commands:?}: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Sends SIGINT (what Ctrl-C sends) and waits for a clean exit.
 fn interrupt(mut up: Up) {
     // SAFETY: kill(2) on our own child's pid.
@@ -142,7 +127,7 @@ fn vbs_up_serves_a_volume_stops_on_ctrl_c_and_resumes_with_its_data() {
         std::os::unix::fs::PermissionsExt::mode(&token.permissions()) & 0o777,
         0o600
     );
-    qemu_io(&url, &["write -P 0x3c 0 2M", "read -P 0x3c 0 2M"]);
+    qemu_io_ok(&url, &["write -P 0x3c 0 2M", "read -P 0x3c 0 2M"]);
     // Managers and storage nodes serve metrics; the writes show on the primary's.
     let manager = http_get(dir.path(), base + 1, "/metrics");
     assert!(manager.contains("vbs_raft_term"), "{manager}");
@@ -209,7 +194,7 @@ fn vbs_up_serves_a_volume_stops_on_ctrl_c_and_resumes_with_its_data() {
     }
 
     let (second, url) = up(dir.path(), base);
-    qemu_io(&url, &["read -P 0x3c 0 2M"]);
+    qemu_io_ok(&url, &["read -P 0x3c 0 2M"]);
     interrupt(second);
 }
 
@@ -299,7 +284,7 @@ fn a_storage_node_killed_once_the_cluster_is_up_leaves_the_rest_serving() {
     }
     wait_for_none_in(&node_dir, Duration::from_secs(5));
     // The volume has two copies on three nodes: it goes on serving, through vbs up's NBD server.
-    qemu_io(&url, &["write -P 0x5a 0 1M", "read -P 0x5a 0 1M"]);
+    qemu_io_ok(&url, &["write -P 0x5a 0 1M", "read -P 0x5a 0 1M"]);
     interrupt(up);
 }
 
