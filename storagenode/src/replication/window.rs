@@ -105,6 +105,10 @@ impl Window {
     pub fn resend(&self, after: Vba, until: Vba) -> Resend {
         let mut records = Vec::new();
         let mut through = after;
+        if until <= after {
+            // An empty or reversed range (a peer's request says so): nothing to resend.
+            return Resend { records, through };
+        }
         for (vba, record) in self.records.range(after.next()..=until) {
             if *vba != through.next() {
                 break;
@@ -243,5 +247,16 @@ mod tests {
         window.acked(&node("b"), Vba(3));
         let stale = window.resend(Vba(1), Vba(5));
         assert_eq!((stale.through, stale.records.len()), (Vba(1), 0));
+    }
+
+    #[test]
+    fn a_resend_of_an_empty_or_reversed_range_is_empty() {
+        let mut window = Window::new(Vba(0));
+        window.set_current(&[node("b")]);
+        window.push(&(1..=6).map(record).collect::<Vec<_>>());
+        for (after, until) in [(3, 3), (5, 2), (0, 0)] {
+            let resend = window.resend(Vba(after), Vba(until));
+            assert_eq!((resend.through, resend.records.len()), (Vba(after), 0));
+        }
     }
 }
