@@ -259,4 +259,130 @@ mod tests {
             assert_eq!((resend.through, resend.records.len()), (Vba(after), 0));
         }
     }
+
+    /// What the window must answer, kept the simple way: every record pushed, what each copy
+    /// acknowledged, the primary's durable VBA.
+    struct Model {
+        pushed: Vec<u64>,
+        local: u64,
+        acked: BTreeMap<NodeId, u64>,
+        /// The highest committed VBA so far: records at or below it may be gone.
+        pruned_through: u64,
+    }
+
+    impl Model {
+        fn committed(&self) -> u64 {
+            self.acked
+                .values()
+                .copied()
+                .min()
+                .map_or(self.local, |a| a.min(self.local))
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        Push(u64),
+        Local(u64),
+        Ack(usize, u64),
+        Current(Vec<bool>),
+    }
+
+    fn steps() -> impl proptest::strategy::Strategy<Value = Vec<Step>> {
+        use proptest::prelude::*;
+        let step = prop_oneof![
+            (1..4u64).prop_map(Step::Push),
+            (0..40u64).prop_map(Step::Local),
+            ((0..3usize), (0..40u64)).prop_map(|(n, v)| Step::Ack(n, v)),
+            proptest::collection::vec(any::<bool>(), 3).prop_map(Step::Current),
+        ];
+        proptest::collection::vec(step, 1..60)
+    }
+
+    proptest::proptest! {
+        /// Random pushes, durable marks, acknowledgements (stale ones too) and changes of the
+        /// current copies: the window's committed VBA is the model's, it holds every record above
+        /// what was ever committed and resends it exactly, its byte count matches what it holds,
+        /// and the copies it calls unconfirmed are those nothing in flight can advance.
+        #[test]
+        fn the_window_answers_as_its_model(start in 0..5u64, steps in steps()) {
+            let nodes = [node("a"), node("b"), node("c")];
+            let mut window = Window::new(Vba(start));
+            let mut model = Model {
+                pushed: Vec::new(),
+                local: start,
+                acked: BTreeMap::new(),
+                pruned_through: 0,
+            };
+            let mut next = start + 1;
+            for step in steps {
+                match step {
+                    Step::Push(count) => {
+                        let records: Vec<WireRecord> = (next..next + count).map(record).collect();
+                        window.push(&records);
+                        model.pushed.extend(next..next + count);
+                        next += count;
+                    }
+                    Step::Local(vba) => {
+                        let vba = vba.min(next - 1);
+                        window.local_durable(Vba(vba));
+                        model.local = model.local.max(vba);
+                    }
+                    Step::Ack(n, vba) => {
+                        let vba = vba.min(next - 1);
+                        window.acked(&nodes[n], Vba(vba));
+                        if let Some(acked) = model.acked.get_mut(&nodes[n]) {
+                            *acked = (*acked).max(vba);
+                        }
+                    }
+                    Step::Current(which) => {
+                        let current: Vec<NodeId> = nodes
+                            .iter()
+                            .zip(which)
+                            .filter(|(_, on)| *on)
+                            .map(|(n, _)| n.clone())
+                            .collect();
+                        window.set_current(&current);
+                        model.acked.retain(|n, _| current.contains(n));
+                        for n in current {
+                            model.acked.entry(n).or_insert(0);
+                        }
+                    }
+                }
+                let committed = model.committed();
+                model.pruned_through = model.pruned_through.max(committed);
+                proptest::prop_assert_eq!(window.committed(), Vba(committed));
+                // Every record above what was ever committed is held, and resent exactly.
+                let held: Vec<u64> = model
+                    .pushed
+                    .iter()
+                    .copied()
+                    .filter(|v| *v > model.pruned_through)
+                    .collect();
+                proptest::prop_assert_eq!(window.len(), held.len());
+                let bytes: usize = held.iter().map(|v| record_bytes(&record(*v))).sum();
+                proptest::prop_assert_eq!(window.bytes, bytes);
+                if let (Some(&first), Some(&last)) = (held.first(), held.last()) {
+                    let resend = window.resend(Vba(first - 1), Vba(last));
+                    proptest::prop_assert_eq!(resend.through, Vba(last));
+                    let resent: Vec<WireRecord> = held.iter().map(|v| record(*v)).collect();
+                    proptest::prop_assert_eq!(resend.records, resent);
+                }
+                // Nothing at or below what was pruned is resent.
+                let below = window.resend(Vba(0), Vba(model.pruned_through));
+                proptest::prop_assert!(below.records.is_empty());
+                // Unconfirmed: short of the newest VBA, and the VBA after their last
+                // acknowledgement is not on its way.
+                let newest = Vba(next - 1);
+                let expected: Vec<NodeId> = model
+                    .acked
+                    .iter()
+                    .filter(|(_, a)| Vba(**a) < newest)
+                    .filter(|(_, a)| held.first().is_none_or(|f| **a + 1 < *f))
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                proptest::prop_assert_eq!(window.unconfirmed(newest), expected);
+            }
+        }
+    }
 }
