@@ -98,7 +98,7 @@ impl WriteProgress {
             }
             Reply::Deposed(generation) => {
                 self.waiting.remove(node);
-                self.failure.get_or_insert(Failure::Deposed(generation));
+                self.deposed(generation);
                 self.next()
             }
             Reply::Diverged(reason) => {
@@ -122,9 +122,7 @@ impl WriteProgress {
         self.waiting.remove(node);
         match marked {
             Marked::Stale => {}
-            Marked::Deposed(generation) => {
-                self.failure.get_or_insert(Failure::Deposed(generation));
-            }
+            Marked::Deposed(generation) => self.deposed(generation),
             Marked::Failed(reason) => {
                 self.failure.get_or_insert(Failure::Unavailable(format!(
                     "secondary {node} did not answer and could not be marked stale: {reason}"
@@ -132,6 +130,14 @@ impl WriteProgress {
             }
         }
         self.next()
+    }
+
+    /// This primary was deposed: that is what the write fails with, whatever else failed
+    /// before, so that the client refreshes its map at once and the primary steps down.
+    fn deposed(&mut self, generation: Generation) {
+        if !matches!(self.failure, Some(Failure::Deposed(_))) {
+            self.failure = Some(Failure::Deposed(generation));
+        }
     }
 
     fn next(&self) -> Step {
@@ -240,6 +246,24 @@ mod tests {
             Step::Fail(Failure::Diverged(
                 "copy c: VBA 7 held with other content".into()
             ))
+        );
+    }
+
+    #[test]
+    fn deposed_wins_over_a_failure_seen_before_it() {
+        let mut p = WriteProgress::new([n("b"), n("c")]);
+        assert_eq!(p.local_done(Ok(())), Step::Wait);
+        assert_eq!(
+            p.replied(&n("b"), Reply::Failed("timeout".into())),
+            Step::MarkStale(n("b"))
+        );
+        assert_eq!(
+            p.marked(&n("b"), Marked::Failed("no quorum".into())),
+            Step::Wait
+        );
+        assert_eq!(
+            p.replied(&n("c"), Reply::Deposed(Generation(5))),
+            Step::Fail(Failure::Deposed(Generation(5)))
         );
     }
 }
