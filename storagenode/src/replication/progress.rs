@@ -266,4 +266,109 @@ mod tests {
             Step::Fail(Failure::Deposed(Generation(5)))
         );
     }
+
+    /// How one secondary's part of a write goes, in the property below.
+    #[derive(Clone, Debug)]
+    enum Fate {
+        Acked,
+        /// No answer, then the marking's outcome.
+        Failed(MarkFate),
+        Deposed,
+        Diverged,
+    }
+
+    #[derive(Clone, Debug)]
+    enum MarkFate {
+        Stale,
+        Deposed,
+        Failed,
+    }
+
+    fn fate() -> impl proptest::strategy::Strategy<Value = Fate> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => Just(Fate::Acked),
+            2 => Just(Fate::Failed(MarkFate::Stale)),
+            1 => Just(Fate::Failed(MarkFate::Deposed)),
+            1 => Just(Fate::Failed(MarkFate::Failed)),
+            1 => Just(Fate::Deposed),
+            1 => Just(Fate::Diverged),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Any number of secondaries, each with any fate, their answers and the local append in
+        /// any order: the write is acknowledged only once everything is settled and only if
+        /// the local append held and every secondary acknowledged or was marked stale; it never
+        /// waits once everything is settled; a deposed primary fails it as deposed, whatever
+        /// else failed, and a diverged copy as diverged unless the primary was deposed.
+        #[test]
+        fn a_write_is_acknowledged_only_when_every_copy_is_settled(
+            fates in proptest::collection::vec(fate(), 0..5),
+            local_ok in proptest::prelude::any::<bool>(),
+            order in proptest::collection::vec(proptest::prelude::any::<u16>(), 12),
+        ) {
+            let nodes: Vec<NodeId> = (0..fates.len()).map(|i| n(&format!("s{i}"))).collect();
+            let mut progress = WriteProgress::new(nodes.clone());
+            // The events: each secondary's reply (and its marking, right after a failure), and
+            // the local append, interleaved by `order`.
+            let mut pending: Vec<usize> = (0..=fates.len()).collect();
+            let mut last = Step::Wait;
+            let mut turn = 0;
+            // A marking happens only while the write has not failed otherwise already.
+            let mut marked_deposed = false;
+            while !pending.is_empty() {
+                let pick = order[turn % order.len()] as usize % pending.len();
+                turn += 1;
+                let event = pending.remove(pick);
+                let step = if event == fates.len() {
+                    progress.local_done(if local_ok { Ok(()) } else { Err("disk".into()) })
+                } else {
+                    let node = &nodes[event];
+                    match &fates[event] {
+                        Fate::Acked => progress.replied(node, Reply::Acked),
+                        Fate::Deposed => progress.replied(node, Reply::Deposed(Generation(9))),
+                        Fate::Diverged => progress.replied(node, Reply::Diverged("other".into())),
+                        Fate::Failed(mark) => {
+                            let step = progress.replied(node, Reply::Failed("timeout".into()));
+                            if step == Step::MarkStale(node.clone()) {
+                                marked_deposed |= matches!(mark, MarkFate::Deposed);
+                                progress.marked(node, match mark {
+                                    MarkFate::Stale => Marked::Stale,
+                                    MarkFate::Deposed => Marked::Deposed(Generation(9)),
+                                    MarkFate::Failed => Marked::Failed("no quorum".into()),
+                                })
+                            } else {
+                                step
+                            }
+                        }
+                    }
+                };
+                if !pending.is_empty() {
+                    proptest::prop_assert!(
+                        step == Step::Wait || matches!(step, Step::MarkStale(_)),
+                        "{step:?} before every event came"
+                    );
+                }
+                last = step;
+            }
+            let all_good = local_ok
+                && fates.iter().all(|f| matches!(f, Fate::Acked | Fate::Failed(MarkFate::Stale)));
+            let deposed = marked_deposed || fates.iter().any(|f| matches!(f, Fate::Deposed));
+            let diverged = fates.iter().any(|f| matches!(f, Fate::Diverged));
+            match last {
+                Step::Acknowledge => proptest::prop_assert!(all_good),
+                Step::Fail(failure) => {
+                    proptest::prop_assert!(!all_good);
+                    if diverged && !deposed {
+                        proptest::prop_assert!(matches!(failure, Failure::Diverged(_)));
+                    }
+                    if deposed {
+                        proptest::prop_assert!(matches!(failure, Failure::Deposed(_)));
+                    }
+                }
+                step => proptest::prop_assert!(false, "{step:?} after every event"),
+            }
+        }
+    }
 }
