@@ -64,6 +64,17 @@ fn page(
     VolumeList { volumes, next }
 }
 
+/// The map of volume `name` as the applied state has it now: what a change to it answers with.
+fn volume_named(m: &SharedManager, name: &str) -> Result<Response, ApiFailure> {
+    let map = m.read(|a| {
+        a.state
+            .volume_by_name(name)
+            .map(|v| a.state.volume_map(v, &nothing_remembered))
+    });
+    map.map(|map| Json(map).into_response())
+        .ok_or_else(|| ApiFailure::not_found(format!("volume {name:?} does not exist")))
+}
+
 pub async fn list(State(manager): State<SharedManager>, request: Request) -> Response {
     let params: ListParams = match super::parse_query(&request) {
         Ok(params) => params,
@@ -169,13 +180,7 @@ pub async fn resize(
                 }
             }
         }
-        let map = m.read(|a| {
-            a.state
-                .volume_by_name(&name)
-                .map(|v| a.state.volume_map(v, &nothing_remembered))
-        });
-        map.map(|map| Json(map).into_response())
-            .ok_or_else(|| ApiFailure::not_found(format!("volume {name:?} does not exist")))
+        volume_named(&m, &name)
     })
     .await
 }
@@ -224,13 +229,7 @@ pub async fn accept_loss(
         if let Outcome::Refused(refusal) = m.propose(command.clone(), &cause).await? {
             return Err(refusal.into());
         }
-        let map = m.read(|a| {
-            a.state
-                .volume_by_name(&name)
-                .map(|v| a.state.volume_map(v, &nothing_remembered))
-        });
-        map.map(|map| Json(map).into_response())
-            .ok_or_else(|| ApiFailure::not_found(format!("volume {name:?} does not exist")))
+        volume_named(&m, &name)
     })
     .await
 }

@@ -5,7 +5,6 @@
 //! of serving). Only an operator can decide that what no copy holds any more is gone; this says
 //! which copy takes over and with which VBA, or why none can.
 
-use client::api::CopyStatus;
 use client::types::{NodeId, SliceIndex, UnitId, Vba};
 
 use crate::state::{Command, Refusal, State};
@@ -33,16 +32,7 @@ pub fn accept_loss(
         volume: found.id,
         slice: SliceIndex(index),
     };
-    if let Some(current) = slice
-        .copies
-        .iter()
-        .find(|c| c.status == CopyStatus::Current)
-    {
-        return Err(Refusal::Conflict(format!(
-            "slice {unit} of {volume} has a current copy on node {}: nothing to accept",
-            current.node
-        )));
-    }
+    slice.check_no_current_copy(unit, volume)?;
     let (node, last_vba) = match node {
         Some(node) => {
             if slice.copy(node).is_none() {
@@ -94,6 +84,7 @@ mod tests {
     use crate::state::apply::Touched;
     use crate::state::fixtures::{cluster, node, volume_on};
     use crate::state::Outcome;
+    use client::api::CopyStatus;
 
     fn apply(state: &mut State, command: Command) -> Outcome {
         let outcome = state.apply(&command, &mut Touched::default());

@@ -486,16 +486,7 @@ impl State {
                 current: slice.generation,
             });
         }
-        if let Some(current) = slice
-            .copies
-            .iter()
-            .find(|c| c.status == CopyStatus::Current)
-        {
-            return Err(Refusal::Conflict(format!(
-                "slice {unit} of {volume} has a current copy on node {}: nothing to accept",
-                current.node
-            )));
-        }
+        slice.check_no_current_copy(unit, &volume)?;
         if !node_up {
             return Err(Refusal::Conflict(format!(
                 "node {node} is not up: a copy serves again only on a node that is"

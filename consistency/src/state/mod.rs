@@ -80,6 +80,18 @@ impl Slice {
         self.copies.iter_mut().find(|c| &c.node == node)
     }
 
+    /// Refuses to accept the loss of slice `unit` of `volume` while a copy of it is current:
+    /// that copy holds what the others lost, and nothing is to be accepted.
+    pub fn check_no_current_copy(&self, unit: UnitId, volume: &str) -> Result<(), Refusal> {
+        match self.copies.iter().find(|c| c.status == CopyStatus::Current) {
+            Some(current) => Err(Refusal::Conflict(format!(
+                "slice {unit} of {volume} has a current copy on node {}: nothing to accept",
+                current.node
+            ))),
+            None => Ok(()),
+        }
+    }
+
     pub fn role_of(&self, node: &NodeId) -> Role {
         if &self.primary == node {
             Role::Primary

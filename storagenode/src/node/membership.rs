@@ -195,13 +195,11 @@ async fn apply(node: &Arc<Node>, sent: Instant, reply: HeartbeatResponse) {
         // (acknowledged ones too, if the disk did not keep what it flushed): numbering writes on
         // from its shorter log would give those VBAs to other writes, and its reads would miss
         // them. With a current copy to fail over to, it steps down before serving anything.
-        if runtime.take_torn()
-            && unit.role == Role::Primary
-            && unit
-                .copies
-                .iter()
-                .any(|c| c.node != node.id && c.status == CopyStatus::Current)
-        {
+        let another_current = unit
+            .copies
+            .iter()
+            .any(|c| c.node != node.id && c.status == CopyStatus::Current);
+        if runtime.take_torn() && unit.role == Role::Primary && another_current {
             warn!(unit = %unit.unit, "this primary's log lost a torn tail; stepping down");
             runtime.set_lost(true);
         }
@@ -215,10 +213,6 @@ async fn apply(node: &Arc<Node>, sent: Instant, reply: HeartbeatResponse) {
         // database's record of it is still the accepted VBA, and no other copy is current (as
         // when the loss was accepted; a copy that lost a tail another current copy holds steps
         // down, above, accepted or not). It serves again.
-        let another_current = unit
-            .copies
-            .iter()
-            .any(|c| c.node != node.id && c.status == CopyStatus::Current);
         if runtime.is_lost()
             && unit.status == CopyStatus::Current
             && unit.loss_accepted_vba == Some(held)
