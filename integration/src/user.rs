@@ -61,6 +61,24 @@ impl Cluster {
         }
     }
 
+    /// Waits until storage node `name`'s log satisfies `done` (what is awaited is `what`), and
+    /// returns the log.
+    pub async fn wait_for_storage_log(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: std::time::Duration,
+        done: impl Fn(&str) -> bool,
+    ) -> String {
+        let path = self.dir.path().join(format!("{name}.log"));
+        crate::wait_until(what, timeout, || async {
+            let log = std::fs::read_to_string(&path).unwrap_or_default();
+            Ok::<_, String>(done(&log).then_some(log))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// The primary of slice `index` of `volume`, then its other copies, as the managers list
     /// them now.
     pub async fn copies_of(&self, volume: &str, index: usize) -> (NodeId, Vec<NodeId>) {

@@ -276,16 +276,11 @@ async fn a_data_directory_from_another_node_is_never_served_as_current() {
         .restart()
         .expect("x starts");
 
-    let x_log = cluster.dir.path().join(format!("{x}.log"));
-    wait_until("x to mark the copies on y's device lost", WAIT, || async {
-        let log = std::fs::read_to_string(&x_log).unwrap_or_default();
-        Ok::<_, String>(
+    cluster
+        .wait_for_storage_log(&x, "x to mark the copies on y's device lost", WAIT, |log| {
             log.contains("do not know this data directory")
-                .then_some(()),
-        )
-    })
-    .await
-    .expect("x marks the copies lost");
+        })
+        .await;
     let managers: String = (1..=3).map(|id| cluster.manager_log(id, 400)).collect();
     assert!(
         managers.contains("presents a data directory the database does not know"),
@@ -436,16 +431,11 @@ async fn a_primary_that_lost_recorded_writes_serves_only_once_an_operator_accept
         .restart()
         .expect("x starts again");
 
-    let x_log = cluster.dir.path().join(format!("{x}.log"));
-    wait_until("x to refuse to serve its shorter log", WAIT, || async {
-        let log = std::fs::read_to_string(&x_log).unwrap_or_default();
-        Ok::<_, String>(
+    cluster
+        .wait_for_storage_log(&x, "x to refuse to serve its shorter log", WAIT, |log| {
             log.contains("this primary's log ends below the VBA the database recorded")
-                .then_some(()),
-        )
-    })
-    .await
-    .expect("x reports itself not current");
+        })
+        .await;
     wait_until("slice 0 to have no current copy", WAIT, || async {
         let status = cluster.status().await.map_err(|e| e.to_string())?;
         let slice = slice_of(&status, "torn", 0);

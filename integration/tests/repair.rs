@@ -467,14 +467,11 @@ async fn a_node_opens_past_damaged_records_in_its_log_and_a_scrub_repairs_the_li
     damage(&cluster, &primary, &dead, false);
     damage(&cluster, &primary, &live, false);
     cluster.storage_node(&primary.0).unwrap().restart().unwrap();
-    let log_file = cluster.dir.path().join(format!("{}.log", primary.0));
-    let log = wait_until("the node to start", STARTUP, || async {
-        let log = std::fs::read_to_string(&log_file).unwrap_or_default();
-        let restarted = log.matches("storage node starting").count() == 2;
-        Ok::<_, String>(restarted.then_some(log))
-    })
-    .await
-    .unwrap();
+    let log = cluster
+        .wait_for_storage_log(&primary.0, "the node to start", STARTUP, |log| {
+            log.matches("storage node starting").count() == 2
+        })
+        .await;
     assert!(
         log.contains("records whose data is damaged"),
         "the node says what it found at start:\n{log}"
