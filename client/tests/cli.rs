@@ -6,9 +6,9 @@ mod fake;
 use std::process::Output;
 use std::sync::atomic::Ordering;
 
-use client::types::UnitId;
 use fake::{slice, volume_map, FakeManager, FakeNode};
 use tokio::process::Command;
+use vbs_wire::types::UnitId;
 
 const MIB: u64 = 1 << 20;
 

@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use client::api::{Notification, Source, UnitGeneration};
-use client::conn::Pool;
-use client::managers::Managers;
-use client::proto::{ClientRequest, ErrorCode, PeerKind, Request, Response, MAX_IO_BYTES};
-use client::types::{Generation, Lba, UnitId};
 use client::volume::{ClientError, Op, Volume, VolumeOptions};
 use fake::{slice, volume_map, FakeManager, FakeNode, NotifyReply};
+use vbs_wire::api::{Notification, Source, UnitGeneration};
+use vbs_wire::conn::Pool;
+use vbs_wire::managers::Managers;
+use vbs_wire::proto::{ClientRequest, ErrorCode, PeerKind, Request, Response, MAX_IO_BYTES};
+use vbs_wire::types::{Generation, Lba, UnitId};
 
 const MIB: u64 = 1 << 20;
 /// Volume 7 "v": 10 MiB in slices of 4 MiB (the last one 2 MiB).

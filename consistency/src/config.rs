@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use client::security::{Security, ServerArgs};
-use client::size::parse_duration;
+use vbs_wire::security::{Security, ServerArgs};
+use vbs_wire::size::parse_duration;
 
 use crate::decide::liveness::LeaseConfig;
 use crate::raft_types::RaftId;
@@ -118,7 +118,7 @@ pub struct Config {
     pub commit_timeout: Duration,
     /// How long a node stays down before its copies are re-created elsewhere.
     pub grace: Duration,
-    pub space: client::api::SpaceThresholds,
+    pub space: vbs_wire::api::SpaceThresholds,
     /// The cluster token and TLS settings, for the API, Raft traffic and forwarding.
     pub security: Security,
 }
@@ -142,7 +142,7 @@ impl Args {
             },
             commit_timeout: self.commit_timeout,
             grace: self.grace,
-            space: client::api::SpaceThresholds {
+            space: vbs_wire::api::SpaceThresholds {
                 nearfull_percent: self.nearfull_percent,
                 full_percent: self.full_percent,
             },
@@ -171,7 +171,7 @@ impl Config {
             },
             commit_timeout: Duration::from_secs(3),
             grace: DEFAULT_GRACE,
-            space: client::api::SpaceThresholds::default(),
+            space: vbs_wire::api::SpaceThresholds::default(),
             security: Security::default(),
         }
     }

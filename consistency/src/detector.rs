@@ -13,10 +13,10 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use client::api::NodeState;
-use client::types::{NodeId, UnitId};
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
+use vbs_wire::api::NodeState;
+use vbs_wire::types::{NodeId, UnitId};
 
 use crate::decide::repair::{self, Conditions, MAX_REPAIRS_PER_ROUND};
 use crate::manager::SharedManager;

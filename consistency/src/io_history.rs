@@ -6,8 +6,8 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use client::api::{IoPoint, IoSeries, IoSource, VolumeIo, IO_LATENCY_BUCKETS_US};
-use client::types::{NodeId, VolumeId};
+use vbs_wire::api::{IoPoint, IoSeries, IoSource, VolumeIo, IO_LATENCY_BUCKETS_US};
+use vbs_wire::types::{NodeId, VolumeId};
 
 /// Length of one step of the history.
 pub const STEP_MS: u64 = 5_000;

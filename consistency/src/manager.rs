@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use client::security::Rejections;
-use client::types::NodeId;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
 use parking_lot::Mutex;
+use vbs_wire::security::Rejections;
+use vbs_wire::types::NodeId;
 
 use crate::api::error::ApiFailure;
 use crate::config::Config;

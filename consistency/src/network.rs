@@ -7,7 +7,6 @@
 
 use std::time::Duration;
 
-use client::security::Security;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
 };
@@ -19,6 +18,7 @@ use openraft::raft::{
 use openraft::RPCTypes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use vbs_wire::security::Security;
 
 use crate::raft_types::{ManagerNode, RaftId, SnapshotMeta, TypeConfig, Vote};
 
@@ -29,7 +29,7 @@ pub const SNAPSHOT_PATH: &str = "/raft/snapshot";
 /// Builds the HTTP client for Raft traffic between managers: no proxies, short connect timeout,
 /// idle connections kept so that heartbeats do not reconnect; the token on every request and
 /// TLS as `security` says. Requests leave from `source` when given (the manager's listen
-/// address, see `client::conn::source_of`).
+/// address, see `vbs_wire::conn::source_of`).
 pub fn raft_http_client(
     connect_timeout: Duration,
     source: Option<std::net::IpAddr>,

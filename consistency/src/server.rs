@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use client::security::http::{PlainListener, TlsListener};
 use openraft::storage::RaftLogStorage;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use vbs_wire::security::http::{PlainListener, TlsListener};
 
 use crate::bootstrap::{self, Start};
 use crate::config::Config;
@@ -42,7 +42,7 @@ pub async fn run(
         tracing::warn!(id = config.id, "{warning}");
     }
     // Requests to other managers leave from the listen address, as a storage node's do.
-    let source = client::conn::source_of(listener.local_addr()?);
+    let source = vbs_wire::conn::source_of(listener.local_addr()?);
     let forward_client = security
         .http_client(
             reqwest::Client::builder()

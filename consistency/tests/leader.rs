@@ -3,13 +3,13 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use client::api::{ApiError, ErrorCode, Health};
 use consistency::config::Config;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use vbs_wire::api::{ApiError, ErrorCode, Health};
 
 struct Replica {
     addr: String,

@@ -8,17 +8,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use client::api::{
-    ApiError, ClusterStatus, CopyStatus, ErrorCode, NodeStatus, Notification, NotificationResponse,
-    ResyncProgress, SliceMap, UnitGeneration, VolumeMap,
-};
-use client::types::NodeId;
 use consistency::config::Config;
 use reqwest::StatusCode;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use vbs_wire::api::{
+    ApiError, ClusterStatus, CopyStatus, ErrorCode, NodeStatus, Notification, NotificationResponse,
+    ResyncProgress, SliceMap, UnitGeneration, VolumeMap,
+};
+use vbs_wire::types::NodeId;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -191,7 +191,7 @@ impl Manager {
     }
 }
 
-fn copy_on<'a>(slice: &'a SliceMap, node: &str) -> Option<&'a client::api::CopyInfo> {
+fn copy_on<'a>(slice: &'a SliceMap, node: &str) -> Option<&'a vbs_wire::api::CopyInfo> {
     slice.copies.iter().find(|c| c.node.0 == node)
 }
 

@@ -97,7 +97,7 @@ fn bench(
                 .ok()
         })
         .with_context(|| format!("no run time in {text}"))?;
-    let bytes = client::size::parse_size(size).map_err(anyhow::Error::msg)? * u64::from(count);
+    let bytes = vbs_wire::size::parse_size(size).map_err(anyhow::Error::msg)? * u64::from(count);
     Ok((f64::from(count) / seconds, bytes as f64 / seconds / 1e6))
 }
 

@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use client::api::{CopyStatus, ResyncStatus, SliceMap};
-use client::managers::Managers;
-use client::types::NodeId;
 use client::volume::{Volume, VolumeOptions};
 use futures::stream::{self, StreamExt};
 use integration::{wait_until, Cluster, ClusterOptions};
+use vbs_wire::api::{CopyStatus, ResyncStatus, SliceMap};
+use vbs_wire::managers::Managers;
+use vbs_wire::types::NodeId;
 
 const RESYNC_RATE: &str = "4G";
 

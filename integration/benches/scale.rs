@@ -17,13 +17,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use client::api::NodeState;
-use client::managers::Managers;
 use client::volume::{Volume, VolumeOptions};
 use futures::stream::{self, StreamExt};
 use integration::measure::{notification_commits, ProcessSample};
 use integration::{copies_not_current, primaries_on, wait_until, Cluster, ClusterOptions};
 use reqwest::Method;
+use vbs_wire::api::NodeState;
+use vbs_wire::managers::Managers;
 
 const NODES: u64 = 4;
 const IDLE_SAMPLE: Duration = Duration::from_secs(10);

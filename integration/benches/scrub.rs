@@ -19,10 +19,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use client::managers::Managers;
 use client::volume::{Volume, VolumeOptions};
 use futures::stream::{self, StreamExt};
 use integration::{Cluster, ClusterOptions};
+use vbs_wire::managers::Managers;
 
 const CHAIN: &str = "VBS_SCRUB_BENCH";
 

@@ -96,7 +96,7 @@ async fn not_current(cluster: &Cluster) -> anyhow::Result<Vec<String>> {
     for volume in &status.volumes {
         for slice in &volume.slices {
             for copy in &slice.copies {
-                if copy.status != client::api::CopyStatus::Current {
+                if copy.status != vbs_wire::api::CopyStatus::Current {
                     found.push(format!(
                         "{}/{}@{} {:?}",
                         volume.name, slice.unit, copy.node, copy.status

@@ -9,11 +9,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use client::api::ClusterStatus;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tempfile::TempDir;
+use vbs_wire::api::ClusterStatus;
 
 use crate::binaries::binary;
 use crate::credentials::Credentials;
@@ -111,7 +111,7 @@ impl Default for ClusterOptions {
 /// The replicated part of a status's volume maps: without what only the leader remembers (resync
 /// progress and the VBAs heard in heartbeats), which the other managers do not show and which
 /// moves without any change to the state.
-pub fn replicated_volumes(status: &ClusterStatus) -> Vec<client::api::VolumeMap> {
+pub fn replicated_volumes(status: &ClusterStatus) -> Vec<vbs_wire::api::VolumeMap> {
     let mut volumes = status.volumes.clone();
     for copy in volumes
         .iter_mut()
@@ -131,12 +131,12 @@ pub fn copies_not_current(status: &ClusterStatus) -> usize {
         .iter()
         .flat_map(|v| &v.slices)
         .flat_map(|s| &s.copies)
-        .filter(|c| c.status != client::api::CopyStatus::Current)
+        .filter(|c| c.status != vbs_wire::api::CopyStatus::Current)
         .count()
 }
 
 /// Slices whose primary is `node`.
-pub fn primaries_on(status: &ClusterStatus, node: &client::types::NodeId) -> usize {
+pub fn primaries_on(status: &ClusterStatus, node: &vbs_wire::types::NodeId) -> usize {
     status
         .volumes
         .iter()
@@ -146,7 +146,10 @@ pub fn primaries_on(status: &ClusterStatus, node: &client::types::NodeId) -> usi
 }
 
 /// The names of the volumes with a copy on `node`, in the status's order.
-pub fn volumes_with_a_copy_on(status: &ClusterStatus, node: &client::types::NodeId) -> Vec<String> {
+pub fn volumes_with_a_copy_on(
+    status: &ClusterStatus,
+    node: &vbs_wire::types::NodeId,
+) -> Vec<String> {
     status
         .volumes
         .iter()
@@ -340,7 +343,7 @@ impl Cluster {
                 status
                     .nodes
                     .iter()
-                    .any(|n| n.id.0 == *name && n.state == client::api::NodeState::Up)
+                    .any(|n| n.id.0 == *name && n.state == vbs_wire::api::NodeState::Up)
             });
             Ok::<_, anyhow::Error>(up.then_some(status))
         })

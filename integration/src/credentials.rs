@@ -7,11 +7,11 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use client::security::Security;
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose,
     SanType,
 };
+use vbs_wire::security::Security;
 
 /// What every process of a cluster is given, and what a client needs to talk to it.
 pub struct Credentials {

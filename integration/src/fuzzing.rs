@@ -6,7 +6,7 @@
 //! `integration/fuzz/` (`cargo fuzz`, run for hours by `.ci/fuzz`). Each target has seed inputs:
 //! valid encodings that a mutation starts from.
 //!
-//! - [`frames`]: data-plane frames (`client::proto::decode`);
+//! - [`frames`]: data-plane frames (`vbs_wire::proto::decode`);
 //! - [`log_record`]: one log record (`storagenode::engine::record`);
 //! - [`recovery`]: a unit written, its device's log segments damaged as the input says, then
 //!   reopened;
@@ -16,13 +16,13 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use client::nbd::wire;
-use client::proto::{
+use storagenode::engine::backend::Backend;
+use storagenode::engine::{record, Device, DeviceOptions, EngineError, MemoryBackend, Op};
+use vbs_wire::proto::{
     self, ClientRequest, ErrorCode, Frame, Hello, HelloOk, PeerKind, PeerRequest, RecordBody,
     Request, Response, WireError, WireRecord,
 };
-use client::types::{Generation, Lba, SliceIndex, UnitId, Vba, VolumeId, BLOCK_BYTES};
-use storagenode::engine::backend::Backend;
-use storagenode::engine::{record, Device, DeviceOptions, EngineError, MemoryBackend, Op};
+use vbs_wire::types::{Generation, Lba, SliceIndex, UnitId, Vba, VolumeId, BLOCK_BYTES};
 
 const BLOCK: usize = BLOCK_BYTES as usize;
 
@@ -145,11 +145,11 @@ pub fn frame_seeds() -> Vec<Vec<u8>> {
         Frame::Response(Response::Write { first_vba: Vba(4) }),
         Frame::Response(Response::Allocation {
             extents: vec![
-                client::proto::Extent {
+                vbs_wire::proto::Extent {
                     blocks: 2,
                     allocated: false,
                 },
-                client::proto::Extent {
+                vbs_wire::proto::Extent {
                     blocks: 298,
                     allocated: true,
                 },

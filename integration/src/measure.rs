@@ -5,9 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use client::api::{Notification, UnitGeneration, VolumeMap};
 use reqwest::Method;
 use serde_json::json;
+use vbs_wire::api::{Notification, UnitGeneration, VolumeMap};
 
 use crate::{Cluster, ClusterOptions};
 

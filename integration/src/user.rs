@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use client::api::{ClusterStatus, SliceMap};
-use client::types::NodeId;
+use vbs_wire::api::{ClusterStatus, SliceMap};
+use vbs_wire::types::NodeId;
 
 use crate::cluster::Cluster;
 

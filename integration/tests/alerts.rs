@@ -7,10 +7,10 @@
 use std::fmt::Write;
 use std::time::Duration;
 
-use client::api::{CopyStatus, NodeState};
 use integration::binaries::workspace_root;
 use integration::cluster::free_port;
 use integration::{tools, wait_until, Cluster, ClusterOptions};
+use vbs_wire::api::{CopyStatus, NodeState};
 
 const STARTUP: Duration = Duration::from_secs(30);
 

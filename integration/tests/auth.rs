@@ -12,15 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use client::api::{ClusterStatus, CopyStatus, VolumeMap};
-use client::conn::{read_frame, Connection, DataError};
-use client::managers::Managers;
-use client::proto::{
-    self, Auth, ClientRequest, ErrorCode, Frame, Hello, PeerKind, Request, Response,
-    AUTH_NONCE_BYTES, AUTH_PROOF_BYTES,
-};
-use client::security::Security;
-use client::types::Lba;
 use integration::binaries::binary;
 use integration::cluster::free_port;
 use integration::credentials::{write_token_file, TestCa};
@@ -31,6 +22,15 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use vbs_wire::api::{ClusterStatus, CopyStatus, VolumeMap};
+use vbs_wire::conn::{read_frame, Connection, DataError};
+use vbs_wire::managers::Managers;
+use vbs_wire::proto::{
+    self, Auth, ClientRequest, ErrorCode, Frame, Hello, PeerKind, Request, Response,
+    AUTH_NONCE_BYTES, AUTH_PROOF_BYTES,
+};
+use vbs_wire::security::Security;
+use vbs_wire::types::Lba;
 
 const STARTUP: Duration = Duration::from_secs(30);
 const VOLUME: &str = "vol";

@@ -10,9 +10,9 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use client::api::{EventKind, IoHistory, NodeState};
 use integration::binaries::{binary, profile_dir, workspace_root};
 use integration::{volumes_with_a_copy_on, wait_until, Cluster, ClusterOptions};
+use vbs_wire::api::{EventKind, IoHistory, NodeState};
 
 const STARTUP: Duration = Duration::from_secs(30);
 /// The lease is 2 s (+ 500 ms clock margin), the page polls every second: a down node shows
@@ -403,7 +403,7 @@ async fn the_dashboard_shows_a_killed_storage_node_going_down() {
         .vbs(&["events", "--json", "--last", "1000"])
         .expect("vbs events runs");
     assert!(events.status.success(), "{events:?}");
-    let events: Vec<client::api::Event> = String::from_utf8_lossy(&events.stdout)
+    let events: Vec<vbs_wire::api::Event> = String::from_utf8_lossy(&events.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).expect("one event per line"))
         .collect();
@@ -435,7 +435,7 @@ async fn the_dashboard_shows_a_killed_storage_node_going_down() {
         let Ok(line) = followed.recv_timeout(left) else {
             break false;
         };
-        let event: client::api::Event = serde_json::from_str(&line).expect("an event per line");
+        let event: vbs_wire::api::Event = serde_json::from_str(&line).expect("an event per line");
         let seen = matches!(&event.what, EventKind::NodeDown { node, .. } if node.0 == victim);
         printed.push(event);
         if seen {
@@ -518,7 +518,7 @@ async fn with_many_volumes_the_dashboard_shows_those_needing_attention() {
     assert!(tags_having(&healthy, "data-volume").is_empty());
 
     let victim = "n2";
-    let victim_id = client::types::NodeId::parse(victim).expect("a node name");
+    let victim_id = vbs_wire::types::NodeId::parse(victim).expect("a node name");
     let mut on_victim =
         volumes_with_a_copy_on(&cluster.status().await.expect("status"), &victim_id);
     on_victim.sort();

@@ -6,13 +6,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use client::api::{CopyInfo, CopyStatus, SliceMap};
-use client::managers::Managers;
-use client::types::{NodeId, UnitId};
 use client::volume::{Volume, VolumeOptions};
 use integration::gateway::tagged_block;
 use integration::user::slice_of;
 use integration::{wait_until, Cluster, ClusterOptions};
+use vbs_wire::api::{CopyInfo, CopyStatus, SliceMap};
+use vbs_wire::managers::Managers;
+use vbs_wire::types::{NodeId, UnitId};
 
 const STARTUP: Duration = Duration::from_secs(30);
 

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use client::api::CopyStatus;
 use integration::{wait_until, Cluster, ClusterOptions};
+use vbs_wire::api::CopyStatus;
 
 const STARTUP: Duration = Duration::from_secs(30);
 const VOLUME_BYTES: usize = 8 << 20;

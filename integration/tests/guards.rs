@@ -14,16 +14,16 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use client::api::{
-    ApiError, AssignedUnit, CopyInfo, CopyStatus, ErrorCode, HeartbeatResponse, NodeState,
-    NodeStatus, Notification, NotificationResponse, Role,
-};
-use client::types::{Generation, NodeId, UnitId, Vba};
 use integration::binaries::binary;
 use integration::cluster::free_port;
 use integration::process::Process;
 use integration::user::slice_of;
 use integration::wait_until;
+use vbs_wire::api::{
+    ApiError, AssignedUnit, CopyInfo, CopyStatus, ErrorCode, HeartbeatResponse, NodeState,
+    NodeStatus, Notification, NotificationResponse, Role,
+};
+use vbs_wire::types::{Generation, NodeId, UnitId, Vba};
 
 const UNIT_BYTES: u64 = 1 << 20;
 const WAIT: Duration = Duration::from_secs(30);
@@ -235,7 +235,7 @@ async fn a_data_directory_from_another_node_is_never_served_as_current() {
     for slice in 0..4 {
         write(&cluster, slice, 0xa0);
     }
-    let map = |status: &client::api::ClusterStatus| {
+    let map = |status: &vbs_wire::api::ClusterStatus| {
         status
             .volumes
             .iter()

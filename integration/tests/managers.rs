@@ -3,10 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use client::api::{ClusterStatus, VolumeList, VolumeMap};
 use integration::{wait_until, Cluster, ClusterOptions};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use vbs_wire::api::{ClusterStatus, VolumeList, VolumeMap};
 
 const ELECTION: Duration = Duration::from_secs(20);
 const CATCH_UP: Duration = Duration::from_secs(20);
@@ -465,7 +465,7 @@ async fn vbs_node_drain_starts_a_drain_or_refuses_it_whole() {
         .expect("n1 listed");
     assert!(n1.contains("draining"), "{stdout}");
     let json = cluster.vbs(&["node", "list", "--json"]).expect("vbs runs");
-    let nodes: Vec<client::api::NodeStatus> =
+    let nodes: Vec<vbs_wire::api::NodeStatus> =
         serde_json::from_slice(&json.stdout).expect("the nodes as JSON");
     let drained: Vec<&str> = nodes
         .iter()

@@ -6,13 +6,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use client::types::NodeId;
 use integration::cluster::free_port;
 use integration::gateway::{tagged_block, NbdGateway};
 use integration::user::qemu_io;
 use integration::{wait_until, Cluster, ClusterOptions};
 use storagenode::engine::record::{HEADER_BYTES, RECORD_MAGIC};
 use storagenode::engine::segment::SEGMENT_HEADER_BYTES;
+use vbs_wire::types::NodeId;
 
 const STARTUP: Duration = Duration::from_secs(30);
 const BLOCK: u64 = 4096;

@@ -4,13 +4,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use client::api::{ClusterStatus, CopyStatus, VolumeMap};
-use client::conn::{Connection, DataError};
-use client::proto::{ClientRequest, ErrorCode, PeerKind, PeerRequest, Request};
-use client::types::{Generation, Lba};
 use integration::gateway::tagged_block;
 use integration::{wait_until, Cluster, ClusterOptions};
 use rand::{Rng, RngCore, SeedableRng};
+use vbs_wire::api::{ClusterStatus, CopyStatus, VolumeMap};
+use vbs_wire::conn::{Connection, DataError};
+use vbs_wire::proto::{ClientRequest, ErrorCode, PeerKind, PeerRequest, Request};
+use vbs_wire::types::{Generation, Lba};
 
 const STARTUP: Duration = Duration::from_secs(30);
 
@@ -224,7 +224,8 @@ async fn a_killed_secondary_is_marked_stale_and_no_acknowledged_write_is_lost() 
         .clone();
 
     let managers = Arc::new(
-        client::managers::Managers::parse(&cluster.managers_arg(), Duration::from_secs(5)).unwrap(),
+        vbs_wire::managers::Managers::parse(&cluster.managers_arg(), Duration::from_secs(5))
+            .unwrap(),
     );
     let volume = Arc::new(
         client::volume::Volume::open(
@@ -400,11 +401,11 @@ async fn writes_with_a_stale_generation_are_refused() {
     let replicate = Request::Peer(PeerRequest::Replicate {
         unit: slice.unit,
         generation: older,
-        committed: client::types::Vba(0),
-        records: vec![client::proto::WireRecord {
-            vba: client::types::Vba(2),
+        committed: vbs_wire::types::Vba(0),
+        records: vec![vbs_wire::proto::WireRecord {
+            vba: vbs_wire::types::Vba(2),
             generation: older,
-            body: client::proto::RecordBody::Write {
+            body: vbs_wire::proto::RecordBody::Write {
                 lba: Lba(1),
                 data: bytes::Bytes::from(vec![1u8; 4096]),
             },

@@ -7,11 +7,11 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use client::api::CopyStatus;
 use integration::cluster::replicated_volumes;
 use integration::gateway::NbdGateway;
 use integration::{Cluster, ClusterOptions};
 use reqwest::{Method, StatusCode};
+use vbs_wire::api::CopyStatus;
 
 const STARTUP: Duration = Duration::from_secs(30);
 
@@ -75,13 +75,13 @@ fn frame_header(length: u32, kind: u8) -> Vec<u8> {
 
 fn hello() -> Vec<u8> {
     let mut buf = bytes::BytesMut::new();
-    let hello = client::proto::Hello {
-        min_version: client::proto::MIN_PROTOCOL_VERSION,
-        max_version: client::proto::PROTOCOL_VERSION,
-        peer: client::proto::PeerKind::Client,
+    let hello = vbs_wire::proto::Hello {
+        min_version: vbs_wire::proto::MIN_PROTOCOL_VERSION,
+        max_version: vbs_wire::proto::PROTOCOL_VERSION,
+        peer: vbs_wire::proto::PeerKind::Client,
         name: "hostile".into(),
     };
-    client::proto::encode(&mut buf, 0, &client::proto::Frame::Hello(hello));
+    vbs_wire::proto::encode(&mut buf, 0, &vbs_wire::proto::Frame::Hello(hello));
     buf.to_vec()
 }
 
@@ -268,7 +268,7 @@ async fn hostile_input_on_every_surface_changes_nothing_and_stops_nothing() {
         }
         // A flood of connections from one address: those over the limit are closed at once,
         // the others stay open, and the node keeps serving.
-        let limit = client::admission::DEFAULT_CONNECTIONS_PER_ADDRESS;
+        let limit = vbs_wire::admission::DEFAULT_CONNECTIONS_PER_ADDRESS;
         assert_flood_refused(&name, &addr, limit, 44);
     }
 

@@ -6,15 +6,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use client::api::{NodeState, VolumeList};
-use client::managers::Managers;
-use client::types::NodeId;
 use client::volume::{Volume, VolumeOptions};
 use futures::stream::{self, StreamExt};
 use integration::{
     copies_not_current, primaries_on, volumes_with_a_copy_on, wait_until, Cluster, ClusterOptions,
 };
 use reqwest::Method;
+use vbs_wire::api::{NodeState, VolumeList};
+use vbs_wire::managers::Managers;
+use vbs_wire::types::NodeId;
 
 const STARTUP: Duration = Duration::from_secs(30);
 

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use client::types::{Generation, Lba, UnitId, BLOCK_BYTES};
 use storagenode::engine::{Device, DeviceOptions, Op};
+use vbs_wire::types::{Generation, Lba, UnitId, BLOCK_BYTES};
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)

@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use client::size::parse_size;
-use client::types::{Generation, Lba, SliceIndex, UnitId, VolumeId, BLOCK_BYTES};
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
+use vbs_wire::size::parse_size;
+use vbs_wire::types::{Generation, Lba, SliceIndex, UnitId, VolumeId, BLOCK_BYTES};
 
 use crate::config::SyncMode;
 use crate::engine::{Device, DeviceOptions, Op, Unit};

@@ -33,5 +33,5 @@ impl Bug {
 
 /// Whether `bug` is switched on by `VBS_BUG` (an unknown name there stops the process).
 pub fn enabled(bug: Bug) -> bool {
-    client::bugs::enabled(&Bug::ALL.map(Bug::name), bug.name())
+    vbs_wire::bugs::enabled(&Bug::ALL.map(Bug::name), bug.name())
 }

@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use client::security::ServerArgs;
-use client::size::{parse_duration, parse_size};
-use client::types::NodeId;
+use vbs_wire::security::ServerArgs;
+use vbs_wire::size::{parse_duration, parse_size};
+use vbs_wire::types::NodeId;
 
 use crate::engine::DeviceOptions;
 use crate::node::NodeConfig;

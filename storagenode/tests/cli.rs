@@ -98,8 +98,8 @@ fn bench_refuses_bad_sizes_in_one_line() {
 
 #[test]
 fn check_finds_damage_and_names_where() {
-    use client::types::{Generation, Lba, UnitId};
     use storagenode::engine::{Device, DeviceOptions, Op};
+    use vbs_wire::types::{Generation, Lba, UnitId};
 
     let dir = tempfile::tempdir().unwrap();
     let unit_id = UnitId::new(3, 2);

@@ -14,13 +14,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use client::types::{Generation, Lba, UnitId, Vba, BLOCK_BYTES};
 use rand::{Rng, SeedableRng};
 use storagenode::engine::{Device, DeviceOptions, Op};
+use vbs_wire::types::{Generation, Lba, UnitId, Vba, BLOCK_BYTES};
 
 const UNIT: UnitId = UnitId {
-    volume: client::types::VolumeId(5),
-    slice: client::types::SliceIndex(0),
+    volume: vbs_wire::types::VolumeId(5),
+    slice: vbs_wire::types::SliceIndex(0),
 };
 const BLOCKS: u64 = 2048;
 const WRITERS: usize = 8;

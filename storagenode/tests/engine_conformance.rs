@@ -5,16 +5,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use client::types::{Generation, Lba, UnitId, Vba, BLOCK_BYTES};
 use storagenode::engine::backend::Backend;
 use storagenode::engine::segment::SEGMENT_HEADER_BYTES;
 use storagenode::engine::{
     Applied, Device, DeviceOptions, EngineError, FileBackend, Marks, MemoryBackend, Op, Record,
 };
+use vbs_wire::types::{Generation, Lba, UnitId, Vba, BLOCK_BYTES};
 
 const UNIT: UnitId = UnitId {
-    volume: client::types::VolumeId(1),
-    slice: client::types::SliceIndex(0),
+    volume: vbs_wire::types::VolumeId(1),
+    slice: vbs_wire::types::SliceIndex(0),
 };
 const UNIT_BYTES: u64 = 4 << 20;
 /// Small segments, so that a few dozen writes roll over several of them.

@@ -8,18 +8,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use client::types::{Generation, Lba, UnitId, Vba, BLOCK_BYTES};
 use proptest::prelude::*;
 use storagenode::engine::{Device, DeviceOptions, MemoryBackend, Op};
+use vbs_wire::types::{Generation, Lba, UnitId, Vba, BLOCK_BYTES};
 
 const UNIT: UnitId = UnitId {
-    volume: client::types::VolumeId(9),
-    slice: client::types::SliceIndex(1),
+    volume: vbs_wire::types::VolumeId(9),
+    slice: vbs_wire::types::SliceIndex(1),
 };
 /// Takes the same operations as `UNIT`, interleaved with them in the device log.
 const NEIGHBOUR: UnitId = UnitId {
-    volume: client::types::VolumeId(9),
-    slice: client::types::SliceIndex(2),
+    volume: vbs_wire::types::VolumeId(9),
+    slice: vbs_wire::types::SliceIndex(2),
 };
 const BLOCKS: u64 = 64;
 

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use client::types::{Generation, Lba, UnitId, Vba, BLOCK_BYTES};
 use storagenode::engine::backend::{BlockFile, Wrapped};
 use storagenode::engine::{Device, DeviceOptions, MemoryBackend, Op, Unit};
+use vbs_wire::types::{Generation, Lba, UnitId, Vba, BLOCK_BYTES};
 
 #[test]
 fn concurrent_appends_share_one_sync() {

@@ -19,13 +19,15 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 
-use client::api::{
+use vbs_wire::api::{
     ApiError, ClusterStatus, CopyInfo, CopyStatus, ErrorCode as ApiCode, ManagerStatus,
     Notification, NotificationResponse, Role, SliceMap, VolumeList, VolumeMap,
 };
-use client::conn::read_frame;
-use client::proto::{self, ClientRequest, ErrorCode, Frame, HelloOk, Request, Response, WireError};
-use client::types::{Generation, Lba, ManagerId, NodeId, SliceIndex, UnitId, Vba, VolumeId};
+use vbs_wire::conn::read_frame;
+use vbs_wire::proto::{
+    self, ClientRequest, ErrorCode, Frame, HelloOk, Request, Response, WireError,
+};
+use vbs_wire::types::{Generation, Lba, ManagerId, NodeId, SliceIndex, UnitId, Vba, VolumeId};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -110,7 +112,7 @@ async fn status(State(state): State<Arc<ManagerState>>) -> Json<ClusterStatus> {
             voter: true,
         }],
         nodes: Vec::new(),
-        counts: client::api::StatusCounts::of(&[], &volumes),
+        counts: vbs_wire::api::StatusCounts::of(&[], &volumes),
         volumes,
     })
 }

@@ -10,9 +10,9 @@
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use client::security::http::{authorize, unauthorized};
-use client::security::Surface;
 use tracing::debug;
+use vbs_wire::security::http::{authorize, unauthorized};
+use vbs_wire::security::Surface;
 
 use crate::manager::SharedManager;
 

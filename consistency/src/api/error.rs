@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use client::api::{ApiError, ErrorCode};
+use vbs_wire::api::{ApiError, ErrorCode};
 
 use crate::state::Refusal;
 
@@ -151,7 +151,7 @@ impl IntoResponse for ApiFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use client::types::{Generation, UnitId};
+    use vbs_wire::types::{Generation, UnitId};
 
     #[test]
     fn refusals_map_to_codes_and_statuses() {

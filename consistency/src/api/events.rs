@@ -1,12 +1,12 @@
 //! `GET /v1/events[?after=SEQ][&limit=N][&local=true]`: the event log after a cursor
-//! ([`client::api::EventPage`]). The log is replicated state, so a follower's local read serves
+//! ([`vbs_wire::api::EventPage`]). The log is replicated state, so a follower's local read serves
 //! the same entries, perhaps fewer of the newest.
 
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use client::api::MAX_EVENTS_PER_PAGE;
 use serde::Deserialize;
+use vbs_wire::api::MAX_EVENTS_PER_PAGE;
 
 use super::error::ApiFailure;
 use super::leader;

@@ -1,4 +1,4 @@
-//! `GET /v1/io[?volume=NAME]`: the leader's IO history ([`client::api::IoHistory`]), which the
+//! `GET /v1/io[?volume=NAME]`: the leader's IO history ([`vbs_wire::api::IoHistory`]), which the
 //! dashboard charts. Only the leader has it: a follower forwards the request.
 
 use std::time::Instant;
@@ -6,8 +6,8 @@ use std::time::Instant;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use client::api::IoHistory;
 use serde::Deserialize;
+use vbs_wire::api::IoHistory;
 
 use super::error::ApiFailure;
 use super::leader::on_leader;

@@ -32,7 +32,7 @@ where
         Err(e) => {
             let failure = ApiFailure::new(
                 axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-                client::api::ErrorCode::BadRequest,
+                vbs_wire::api::ErrorCode::BadRequest,
                 format!("request body unreadable or over {MAX_API_BODY_BYTES} bytes: {e}"),
             );
             return failure.into_response();

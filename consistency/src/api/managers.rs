@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use client::api::AddManagerRequest;
+use vbs_wire::api::AddManagerRequest;
 
 use super::error::ApiFailure;
 use super::leader::on_leader;
@@ -68,7 +68,7 @@ pub async fn add(State(manager): State<SharedManager>, request: Request) -> Resp
         if members.contains(&id) {
             return Err(ApiFailure::new(
                 axum::http::StatusCode::CONFLICT,
-                client::api::ErrorCode::AlreadyExists,
+                vbs_wire::api::ErrorCode::AlreadyExists,
                 format!("manager {id} is already a voter"),
             ));
         }

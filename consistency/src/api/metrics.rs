@@ -9,9 +9,9 @@ use std::time::Instant;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use client::api::{CopyStatus, NodeState};
-use client::security::Surface;
-use client::types::{NodeId, SliceIndex, UnitId};
+use vbs_wire::api::{CopyStatus, NodeState};
+use vbs_wire::security::Surface;
+use vbs_wire::types::{NodeId, SliceIndex, UnitId};
 
 use crate::decide::resync::{ResyncTracker, RunningResyncs};
 use crate::manager::SharedManager;
@@ -341,7 +341,7 @@ fn escape_help(help: &str) -> String {
 mod tests {
     use std::time::Duration;
 
-    use client::api::ResyncProgress;
+    use vbs_wire::api::ResyncProgress;
 
     use super::*;
     use crate::state::fixtures::{cluster, node, volume_on};

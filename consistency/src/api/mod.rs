@@ -1,4 +1,4 @@
-//! The HTTP API (axum): the public routes of [`client::api`] and the Raft RPC routes, on one
+//! The HTTP API (axum): the public routes of [`vbs_wire::api`] and the Raft RPC routes, on one
 //! listener.
 //!
 //! - [`auth`]: the bearer token every route but `/health` and the dashboard's files requires.

@@ -13,10 +13,10 @@ use std::time::Instant;
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use client::api::{
+use vbs_wire::api::{
     DeviceIdentity, HeartbeatRequest, HeartbeatResponse, NodeState, RegisterNodeRequest,
 };
-use client::types::NodeId;
+use vbs_wire::types::NodeId;
 
 use serde::Deserialize;
 use tracing::warn;

@@ -7,7 +7,7 @@ use std::time::Instant;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use client::api::{Notification, NotificationResponse};
+use vbs_wire::api::{Notification, NotificationResponse};
 
 use super::error::ApiFailure;
 use super::leader::on_leader;

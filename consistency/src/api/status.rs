@@ -6,11 +6,11 @@ use std::time::Instant;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use client::api::{
+use serde::Deserialize;
+use vbs_wire::api::{
     ClusterStatus, DeviceSpace, Health, ManagerStatus, NodeStatus, StatusCounts, VolumeMap,
 };
-use client::types::{ManagerId, NodeId};
-use serde::Deserialize;
+use vbs_wire::types::{ManagerId, NodeId};
 
 use super::error::ApiFailure;
 use super::leader;

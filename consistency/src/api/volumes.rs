@@ -7,11 +7,11 @@ use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use client::api::{
+use serde::Deserialize;
+use vbs_wire::api::{
     AcceptLossRequest, CreateVolumeRequest, ResizeVolumeRequest, VolumeFilter, VolumeList,
     VolumeMap, MAX_VOLUMES_PER_PAGE,
 };
-use serde::Deserialize;
 
 use super::error::ApiFailure;
 use super::leader::{self, on_leader};
@@ -272,8 +272,8 @@ pub async fn delete(
 
 #[cfg(test)]
 mod tests {
-    use client::api::CopyStatus;
-    use client::types::UnitId;
+    use vbs_wire::api::CopyStatus;
+    use vbs_wire::types::UnitId;
 
     use super::*;
     use crate::state::fixtures::{cluster, node, volume_on};

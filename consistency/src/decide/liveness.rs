@@ -26,8 +26,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use client::api::{HeartbeatRequest, NodeState};
-use client::types::{Generation, NodeId, UnitId, Vba};
+use vbs_wire::api::{HeartbeatRequest, NodeState};
+use vbs_wire::types::{Generation, NodeId, UnitId, Vba};
 
 use super::resync::ResyncTracker;
 use crate::state::command::{CopyChange, SliceUpdate};
@@ -62,9 +62,9 @@ struct Heard {
     /// The units the node's last heartbeat listed, when it listed all it holds.
     listed: Option<BTreeSet<UnitId>>,
     /// Each data directory's space, as last reported.
-    devices: Vec<client::api::DeviceSpace>,
+    devices: Vec<vbs_wire::api::DeviceSpace>,
     /// The last scrub of each unit the node ran as primary.
-    scrubs: BTreeMap<UnitId, client::api::ScrubStatus>,
+    scrubs: BTreeMap<UnitId, vbs_wire::api::ScrubStatus>,
 }
 
 /// A primary lease that heartbeat replies no longer renew.
@@ -95,7 +95,7 @@ pub struct Liveness {
     /// Client IO as nodes report it, for the dashboard's charts.
     pub io: crate::io_history::IoHistory,
     /// A node whose devices are all past the full threshold reports no room for new copies.
-    pub space: client::api::SpaceThresholds,
+    pub space: vbs_wire::api::SpaceThresholds,
 }
 
 /// What the failure detector found.
@@ -123,7 +123,7 @@ impl Liveness {
             judging: BTreeSet::new(),
             resyncs: ResyncTracker::default(),
             io: crate::io_history::IoHistory::default(),
-            space: client::api::SpaceThresholds::default(),
+            space: vbs_wire::api::SpaceThresholds::default(),
         }
     }
 
@@ -148,7 +148,7 @@ impl Liveness {
     }
 
     /// Each data directory of `node` with its space, as last reported to this leader.
-    pub fn devices(&self, node: &NodeId) -> &[client::api::DeviceSpace] {
+    pub fn devices(&self, node: &NodeId) -> &[vbs_wire::api::DeviceSpace] {
         self.heard.get(node).map_or(&[], |h| &h.devices)
     }
 
@@ -218,13 +218,13 @@ impl Liveness {
     }
 
     /// Every VBA the leader heard from `node`, for committing with a status change.
-    pub fn last_vbas(&self, node: &NodeId) -> Vec<client::api::UnitReport> {
+    pub fn last_vbas(&self, node: &NodeId) -> Vec<vbs_wire::api::UnitReport> {
         self.heard
             .get(node)
             .map(|h| {
                 h.last_vbas
                     .iter()
-                    .map(|(unit, vba)| client::api::UnitReport {
+                    .map(|(unit, vba)| vbs_wire::api::UnitReport {
                         unit: *unit,
                         last_vba: *vba,
                     })
@@ -445,9 +445,9 @@ pub fn failover(
     let old = &slice.primary;
     let old_vba = slice.copy(old).map_or(Vba::ZERO, |c| c.last_vba);
     let old_status = if state.node_is_up(old) {
-        client::api::CopyStatus::Stale
+        vbs_wire::api::CopyStatus::Stale
     } else {
-        client::api::CopyStatus::Down
+        vbs_wire::api::CopyStatus::Down
     };
     SliceUpdate {
         new_primary: Some(candidate.clone()),

@@ -5,7 +5,7 @@
 //! of serving). Only an operator can decide that what no copy holds any more is gone; this says
 //! which copy takes over and with which VBA, or why none can.
 
-use client::types::{NodeId, SliceIndex, UnitId, Vba};
+use vbs_wire::types::{NodeId, SliceIndex, UnitId, Vba};
 
 use crate::state::{Command, Refusal, State};
 
@@ -78,13 +78,13 @@ pub fn accept_loss(
 mod tests {
     use std::collections::BTreeMap;
 
-    use client::api::NodeState;
+    use vbs_wire::api::NodeState;
 
     use super::*;
     use crate::state::apply::Touched;
     use crate::state::fixtures::{cluster, node, volume_on};
     use crate::state::Outcome;
-    use client::api::CopyStatus;
+    use vbs_wire::api::CopyStatus;
 
     fn apply(state: &mut State, command: Command) -> Outcome {
         let outcome = state.apply(&command, &mut Touched::default());

@@ -14,8 +14,8 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use client::api::{CopyStatus, Notification, ResyncProgress, Source, UnitGeneration};
-use client::types::{Generation, NodeId, UnitId, Vba};
+use vbs_wire::api::{CopyStatus, Notification, ResyncProgress, Source, UnitGeneration};
+use vbs_wire::types::{Generation, NodeId, UnitId, Vba};
 
 use super::liveness::{failover, Liveness};
 use crate::state::command::{CopyChange, CopyRequirement, SliceUpdate};

@@ -7,9 +7,9 @@
 //! report its free space, which moves with every write, and ordering by it piled units on
 //! whichever node reported last.
 
-use client::api::MAX_SLICES_PER_VOLUME;
-use client::api::{CreateVolumeRequest, DEFAULT_REPLICAS, DEFAULT_SLICE_BYTES};
-use client::types::{check_name, NodeId, BLOCK_BYTES};
+use vbs_wire::api::MAX_SLICES_PER_VOLUME;
+use vbs_wire::api::{CreateVolumeRequest, DEFAULT_REPLICAS, DEFAULT_SLICE_BYTES};
+use vbs_wire::types::{check_name, NodeId, BLOCK_BYTES};
 
 use crate::state::{slice_count, Command, Node, Refusal, State, MAX_COPIES_PER_SLICE};
 
@@ -271,8 +271,8 @@ mod tests {
     use crate::state::apply::Touched;
     use crate::state::fixtures::{cluster, node};
     use crate::state::Outcome;
-    use client::api::NodeState;
-    use client::types::SliceIndex;
+    use vbs_wire::api::NodeState;
+    use vbs_wire::types::SliceIndex;
 
     fn request(size_bytes: u64, replicas: u32, slice_bytes: u64) -> CreateVolumeRequest {
         CreateVolumeRequest {

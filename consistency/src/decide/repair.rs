@@ -25,8 +25,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use client::api::CopyStatus;
-use client::types::{Generation, NodeId, UnitId};
+use vbs_wire::api::CopyStatus;
+use vbs_wire::types::{Generation, NodeId, UnitId};
 
 use super::placement::free_bytes;
 use crate::state::command::{CopyChange, CopyRequirement, SliceUpdate};
@@ -197,7 +197,7 @@ fn plan_slice(
                  draining, hold none of its copies and have {} free",
                 if deficit == 1 { "y" } else { "ies" },
                 update.add.len(),
-                client::size::format_size(volume.unit_bytes(unit.slice)),
+                vbs_wire::size::format_size(volume.unit_bytes(unit.slice)),
             ),
         });
     }

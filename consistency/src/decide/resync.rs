@@ -14,8 +14,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use client::api::{CopyStatus, ResyncProgress, ResyncStatus};
-use client::types::{NodeId, UnitId};
+use vbs_wire::api::{CopyStatus, ResyncProgress, ResyncStatus};
+use vbs_wire::types::{NodeId, UnitId};
 
 use crate::state::{Copy, Refusal};
 
@@ -182,7 +182,7 @@ impl ResyncTracker {
 
 #[cfg(test)]
 mod tests {
-    use client::types::Vba;
+    use vbs_wire::types::Vba;
 
     use super::*;
     use crate::state::fixtures::node;

@@ -6,8 +6,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use client::api::{CopyStatus, EventKind, NodeState};
-use client::types::{Generation, NodeId, SliceIndex, UnitId, Vba, VolumeId};
+use vbs_wire::api::{CopyStatus, EventKind, NodeState};
+use vbs_wire::types::{Generation, NodeId, SliceIndex, UnitId, Vba, VolumeId};
 
 use super::command::{Command, CopyChange, CopyRequirement, Outcome, Refusal, SliceUpdate};
 use super::{slice_count, Copy, Node, Slice, State, Volume, MAX_COPIES_PER_SLICE};
@@ -671,7 +671,7 @@ impl State {
         let (id, old_count) = (volume.id, volume.slices.len());
         let new_count = slice_count(size_bytes, volume.slice_bytes);
         if size_bytes < volume.size_bytes
-            || size_bytes % client::types::BLOCK_BYTES != 0
+            || size_bytes % vbs_wire::types::BLOCK_BYTES != 0
             || new_count - old_count as u64 != placement.len() as u64
         {
             return Err(Refusal::BadRequest(format!(

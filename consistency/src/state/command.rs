@@ -5,10 +5,10 @@
 //! if the slice has moved on since, so a decision taken on a state that changed meanwhile cannot
 //! undo a newer one.
 
-use client::api::{CopyStatus, NodeState, UnitReport};
-use client::types::{Generation, NodeId, UnitId, Vba, VolumeId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
+use vbs_wire::api::{CopyStatus, NodeState, UnitReport};
+use vbs_wire::types::{Generation, NodeId, UnitId, Vba, VolumeId};
 
 use super::events::Note;
 

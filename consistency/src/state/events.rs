@@ -5,8 +5,8 @@
 
 use std::collections::VecDeque;
 
-use client::api::{Event, EventKind, EventPage, MAX_EVENTS};
 use serde::{Deserialize, Serialize};
+use vbs_wire::api::{Event, EventKind, EventPage, MAX_EVENTS};
 
 /// What the proposer of a command says about it, for the event log: when (its wall clock) and
 /// why.
@@ -114,7 +114,7 @@ impl EventLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use client::types::NodeId;
+    use vbs_wire::types::NodeId;
 
     fn drain(n: u32) -> EventKind {
         EventKind::DrainStarted {

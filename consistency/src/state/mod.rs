@@ -16,9 +16,9 @@ pub mod view;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use client::api::{CopyStatus, NodeState, Role};
-use client::types::{Generation, NodeId, SliceIndex, UnitId, Vba, VolumeId};
 use serde::{Deserialize, Serialize};
+use vbs_wire::api::{CopyStatus, NodeState, Role};
+use vbs_wire::types::{Generation, NodeId, SliceIndex, UnitId, Vba, VolumeId};
 
 pub use command::{Command, Outcome, Refusal};
 pub use events::{EventLog, Note};

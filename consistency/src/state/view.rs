@@ -1,10 +1,10 @@
 //! The state as the API shows it: volume maps, node status and what a heartbeat reply tells a
 //! storage node.
 
-use client::api::{
+use vbs_wire::api::{
     AssignedUnit, CopyInfo, NodeStatus, ResyncStatus, Role, ScrubStatus, SliceMap, VolumeMap,
 };
-use client::types::{Generation, NodeId, SliceIndex, UnitId, Vba, BLOCK_BYTES};
+use vbs_wire::types::{Generation, NodeId, SliceIndex, UnitId, Vba, BLOCK_BYTES};
 
 use super::{Copy, Node, Slice, State, Volume};
 

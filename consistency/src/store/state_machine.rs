@@ -23,7 +23,7 @@ use super::snapshot::{self, StoredSnapshot};
 use crate::raft_types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::state::apply::Touched;
 use crate::state::{Outcome, State, Volume};
-use client::types::{SliceIndex, UnitId, VolumeId};
+use vbs_wire::types::{SliceIndex, UnitId, VolumeId};
 
 const TREE: &str = "state";
 const FORMAT: u64 = 1;
@@ -99,7 +99,7 @@ fn removed_slices(touched: &Touched, id: VolumeId) -> u32 {
     touched.removed_slices.get(&id).copied().unwrap_or(0)
 }
 
-fn node_key(id: &client::types::NodeId) -> Vec<u8> {
+fn node_key(id: &vbs_wire::types::NodeId) -> Vec<u8> {
     [NODE_PREFIX, id.0.as_bytes()].concat()
 }
 

@@ -217,8 +217,8 @@ async fn sled_behind_the_snapshot_is_caught_up_from_the_snapshot_file_on_open() 
 #[tokio::test]
 async fn slice_changes_and_deleted_volumes_survive_a_reopen_of_sled() {
     use crate::state::command::{CopyChange, SliceUpdate};
-    use client::api::CopyStatus;
-    use client::types::{Generation, UnitId, Vba};
+    use vbs_wire::api::CopyStatus;
+    use vbs_wire::types::{Generation, UnitId, Vba};
 
     let dir = tempfile::tempdir().expect("temp dir");
     let expected = {
@@ -266,7 +266,7 @@ async fn slice_changes_and_deleted_volumes_survive_a_reopen_of_sled() {
 #[tokio::test]
 async fn copy_set_changes_and_drains_survive_a_reopen_of_sled() {
     use crate::state::command::SliceUpdate;
-    use client::types::{Generation, UnitId};
+    use vbs_wire::types::{Generation, UnitId};
 
     let dir = tempfile::tempdir().expect("temp dir");
     let expected = {

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use client::size::parse_duration;
 use integration::nemesis::schedule::FaultKind;
 use integration::nemesis::{self, netfilter, Config};
+use vbs_wire::size::parse_duration;
 
 #[derive(Parser)]
 #[command(

@@ -13,9 +13,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use client::api::{ClusterStatus, CopyStatus, NodeState};
-use client::managers::Managers;
 use tokio::sync::watch;
+use vbs_wire::api::{ClusterStatus, CopyStatus, NodeState};
+use vbs_wire::managers::Managers;
 
 use super::faults::slices;
 use super::history::{History, Outcome, ReadEvent, WriteEvent};
@@ -78,7 +78,7 @@ impl Monitor {
 
 /// Each slice of `volume`: whether a copy is `current` on an `up` node.
 fn servable(status: &ClusterStatus, volume: &str) -> Option<Vec<bool>> {
-    let up = |node: &client::types::NodeId| {
+    let up = |node: &vbs_wire::types::NodeId| {
         status
             .nodes
             .iter()

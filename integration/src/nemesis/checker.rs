@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use client::types::{Generation, NodeId, UnitId, Vba};
+use vbs_wire::types::{Generation, NodeId, UnitId, Vba};
 
 use super::history::{BlockValue, Outcome, ReadEvent, WriteEvent, WriteId};
 
@@ -285,8 +285,8 @@ fn check_primaries(writes: &[WriteEvent], verdict: &mut Verdict) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use client::types::Lba;
     use client::volume::WriteAck;
+    use vbs_wire::types::Lba;
 
     fn id(client: u32, seq: u64) -> WriteId {
         WriteId { client, seq }

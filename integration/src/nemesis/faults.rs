@@ -4,17 +4,17 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use anyhow::{bail, Context};
-use client::api::{ClusterStatus, CopyStatus, Role, SliceMap};
 use std::collections::{BTreeMap, BTreeSet};
+use vbs_wire::api::{ClusterStatus, CopyStatus, Role, SliceMap};
 
-use client::types::UnitId;
-use client::types::BLOCK_BYTES;
 use storagenode::engine::backend::BlockFile;
 use storagenode::engine::log::LOG_DIR;
 use storagenode::engine::meta::{UnitMeta, UNIT_META};
 use storagenode::engine::record::{Kind, HEADER_BYTES};
 use storagenode::engine::segment::{read_header, scan, Found, Vsid};
 use storagenode::engine::{Backend, FileBackend};
+use vbs_wire::types::UnitId;
+use vbs_wire::types::BLOCK_BYTES;
 
 use super::netfilter::Netfilter;
 use super::schedule::{FaultKind, Step};
@@ -393,8 +393,8 @@ mod tests {
     use std::sync::Arc;
 
     use bytes::Bytes;
-    use client::types::{Generation, Lba, UnitId, BLOCK_BYTES};
     use storagenode::engine::{Device, DeviceOptions, Op};
+    use vbs_wire::types::{Generation, Lba, UnitId, BLOCK_BYTES};
 
     use super::*;
 

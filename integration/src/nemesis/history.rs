@@ -11,8 +11,8 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use bytes::Bytes;
-use client::types::BLOCK_BYTES;
 use client::volume::WriteAck;
+use vbs_wire::types::BLOCK_BYTES;
 
 const BLOCK: usize = BLOCK_BYTES as usize;
 const MAGIC: &[u8; 8] = b"VBSNEMS1";

@@ -42,8 +42,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use client::api::{ClusterStatus, CopyStatus, NodeState};
-use client::types::BLOCK_BYTES;
+use vbs_wire::api::{ClusterStatus, CopyStatus, NodeState};
+use vbs_wire::types::BLOCK_BYTES;
 
 use crate::binaries::binary_with_features;
 use crate::cluster::{replicated_volumes, Addresses, Cluster, ClusterOptions};
@@ -387,7 +387,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Report> {
         }
     }
     let monitor = Monitor::start(
-        client::managers::Managers::parse(&cluster.managers_arg(), Duration::from_secs(2))
+        vbs_wire::managers::Managers::parse(&cluster.managers_arg(), Duration::from_secs(2))
             .map_err(anyhow::Error::msg)?,
         VOLUME,
         history.clone(),

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use client::managers::Managers;
-use client::types::BLOCK_BYTES;
 use client::volume::{ClientError, Volume, VolumeOptions, WriteAck};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use vbs_wire::managers::Managers;
+use vbs_wire::types::BLOCK_BYTES;
 
 use super::history::{decode_block, payload, History, Outcome, ReadEvent, WriteEvent, WriteId};
 use super::nbd::NbdClient;

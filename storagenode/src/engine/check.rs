@@ -3,8 +3,8 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use client::types::Vba;
 use serde::Serialize;
+use vbs_wire::types::Vba;
 
 use super::backend::Backend;
 use super::device::{device_meta, Device};
@@ -126,7 +126,7 @@ fn content_digest(unit: &Unit) -> super::error::Result<u32> {
     let mut lba = 0;
     while lba < unit.blocks() {
         let blocks = CHUNK_BLOCKS.min(unit.blocks() - lba);
-        let data = unit.read(client::types::Lba(lba), blocks)?;
+        let data = unit.read(vbs_wire::types::Lba(lba), blocks)?;
         crc = crc32c::crc32c_append(crc, &data);
         lba += blocks;
     }

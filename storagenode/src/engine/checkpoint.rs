@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use client::types::{Generation, Vba};
+use vbs_wire::types::{Generation, Vba};
 
 use super::backend::Backend;
 use super::error::{device_err, Result};

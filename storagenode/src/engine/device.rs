@@ -14,9 +14,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use client::types::{UnitId, BLOCK_BYTES};
 use parking_lot::Mutex;
 use tracing::{info, warn};
+use vbs_wire::types::{UnitId, BLOCK_BYTES};
 
 use super::backend::file::FileBackend;
 use super::backend::{Backend, Space};

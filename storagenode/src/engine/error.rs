@@ -1,6 +1,6 @@
 use std::io;
 
-use client::types::{Generation, Lba, UnitId, Vba};
+use vbs_wire::types::{Generation, Lba, UnitId, Vba};
 
 use super::segment::Vsid;
 

@@ -17,8 +17,8 @@
 
 use std::collections::HashMap;
 
-use client::proto::Extent;
-use client::types::{Lba, Vba};
+use vbs_wire::proto::Extent;
+use vbs_wire::types::{Lba, Vba};
 
 use super::record::{HEADER_BYTES, WRITE_RECORD_BYTES};
 use super::segment::Vsid;

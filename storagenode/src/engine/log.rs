@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use client::types::{Generation, Vba};
 use parking_lot::{Mutex, MutexGuard, RwLock};
+use vbs_wire::types::{Generation, Vba};
 
 use super::backend::{Backend, BlockFile};
 use super::committer::Committer;

@@ -2,8 +2,8 @@
 //! unit (`unit.json`). Each carries a format version so that a newer layout is refused, not
 //! misread.
 
-use client::types::{Generation, UnitId, Vba};
 use serde::{Deserialize, Serialize};
+use vbs_wire::types::{Generation, UnitId, Vba};
 
 pub const DEVICE_META: &str = "device.json";
 pub const UNIT_META: &str = "unit.json";
@@ -105,8 +105,8 @@ pub fn run_start(generations: &[GenerationStart], vba: Vba) -> Vba {
 }
 
 mod unit_id_string {
-    use client::types::UnitId;
     use serde::{Deserialize, Deserializer, Serializer};
+    use vbs_wire::types::UnitId;
 
     pub fn serialize<S: Serializer>(unit: &UnitId, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(unit)

@@ -26,8 +26,8 @@
 //! recovery can index it for repair instead of stopping at it.
 
 use bytes::Bytes;
-use client::proto::RecordBody;
-use client::types::{Generation, Lba, Vba, BLOCK_BYTES};
+use vbs_wire::proto::RecordBody;
+use vbs_wire::types::{Generation, Lba, Vba, BLOCK_BYTES};
 
 pub const RECORD_MAGIC: u32 = 0x5253_4256; // "VBSR" when read as bytes
 pub const RECORD_VERSION: u8 = 3;

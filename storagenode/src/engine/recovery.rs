@@ -16,9 +16,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use client::types::{Generation, Lba, UnitId, Vba, BLOCK_BYTES};
 use parking_lot::Mutex;
 use tracing::warn;
+use vbs_wire::types::{Generation, Lba, UnitId, Vba, BLOCK_BYTES};
 
 use super::backend::Backend;
 use super::checkpoint::UnitCheckpoint;

@@ -8,7 +8,7 @@
 //! once the repair, which holds the log's maintenance lock, is done. A crash in the middle of
 //! the write leaves the record damaged, as it was before.
 
-use client::types::Vba;
+use vbs_wire::types::Vba;
 
 use super::error::{io_err, EngineError, Result};
 use super::index::Target;

@@ -1,8 +1,8 @@
 //! Scrub in the engine: reading a range of a unit's live records back, checking each, and
 //! folding them into a digest that two copies holding the same records agree on.
 
-use client::proto::ScrubEntry;
-use client::types::Vba;
+use vbs_wire::proto::ScrubEntry;
+use vbs_wire::types::Vba;
 
 use super::error::{EngineError, Result};
 use super::unit::{Record, Unit};

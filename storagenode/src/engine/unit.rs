@@ -13,8 +13,8 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use client::types::{Generation, Lba, UnitId, Vba, BLOCK_BYTES};
 use parking_lot::Mutex;
+use vbs_wire::types::{Generation, Lba, UnitId, Vba, BLOCK_BYTES};
 
 use super::backend::Backend;
 use super::error::{io_err, EngineError, Result};

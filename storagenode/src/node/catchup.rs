@@ -11,10 +11,10 @@
 
 use std::sync::Arc;
 
-use client::api::UnitGeneration;
-use client::proto::{ErrorCode, Response, WireError, WireRecord, MAX_RECORDS_PER_FRAME};
-use client::types::{Generation, NodeId, Vba};
 use tracing::{info, warn};
+use vbs_wire::api::UnitGeneration;
+use vbs_wire::proto::{ErrorCode, Response, WireError, WireRecord, MAX_RECORDS_PER_FRAME};
+use vbs_wire::types::{Generation, NodeId, Vba};
 
 use super::errors::{from_engine, from_join};
 use super::repair;
@@ -81,7 +81,7 @@ pub async fn serve(
     }
     if !pull.join {
         let budget =
-            (pull.max_bytes as usize).clamp(64 << 10, client::proto::MAX_IO_BYTES as usize);
+            (pull.max_bytes as usize).clamp(64 << 10, vbs_wire::proto::MAX_IO_BYTES as usize);
         return read_batch(
             node,
             runtime,

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use client::api::{DeviceIdentity, DeviceSpace};
-use client::types::UnitId;
+use vbs_wire::api::{DeviceIdentity, DeviceSpace};
+use vbs_wire::types::UnitId;
 
 use crate::engine::{Device, DeviceOptions, EngineError, Marks, RecoveryReport, Unit};
 

@@ -1,6 +1,6 @@
 //! Engine errors as the data plane reports them.
 
-use client::proto::{ErrorCode, WireError};
+use vbs_wire::proto::{ErrorCode, WireError};
 
 use crate::engine::EngineError;
 

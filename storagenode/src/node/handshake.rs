@@ -3,14 +3,14 @@
 //! hello, and then a correct proof, gets a connection to the point where requests are read.
 
 use bytes::BytesMut;
-use client::conn::{read_frame, FrameWriter};
-use client::proto::{
+use tokio::io::AsyncRead;
+use vbs_wire::conn::{read_frame, FrameWriter};
+use vbs_wire::proto::{
     AuthOk, ErrorCode, Frame, Hello, HelloOk, Response, WireError, AUTH_PROTOCOL_VERSION,
     MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
-use client::security::token::nonce;
-use client::security::Surface;
-use tokio::io::AsyncRead;
+use vbs_wire::security::token::nonce;
+use vbs_wire::security::Surface;
 
 use super::Node;
 
@@ -116,7 +116,7 @@ pub fn negotiate(hello: &Hello, authenticating: bool) -> Result<u16, WireError> 
 
 #[cfg(test)]
 mod tests {
-    use client::proto::PeerKind;
+    use vbs_wire::proto::PeerKind;
 
     use super::*;
 

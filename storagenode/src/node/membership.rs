@@ -6,13 +6,13 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use client::api::{
+use tracing::{debug, error, info, warn};
+use vbs_wire::api::{
     AssignedUnit, CopyInfo, CopyStatus, ErrorCode, HeartbeatRequest, HeartbeatResponse,
     Notification, RegisterNodeRequest, Role, UnitGeneration, UnitReport,
 };
-use client::managers::{Hedge, ManagerError};
-use client::types::{NodeId, Vba};
-use tracing::{debug, error, info, warn};
+use vbs_wire::managers::{Hedge, ManagerError};
+use vbs_wire::types::{NodeId, Vba};
 
 use super::unit::{Assignment, UnitRuntime};
 use super::Node;
@@ -358,7 +358,7 @@ fn emptied_copy(unit: &AssignedUnit, me: &NodeId) -> Emptied {
 
 async fn create(
     node: &Arc<Node>,
-    unit: client::types::UnitId,
+    unit: vbs_wire::types::UnitId,
     bytes: u64,
 ) -> Option<Arc<UnitRuntime>> {
     let created = {
@@ -392,7 +392,7 @@ async fn create(
 
 /// Whether `unit` was on the node's devices when it started, and its first heartbeat reply is
 /// still being applied.
-fn restarted(node: &Node, unit: client::types::UnitId) -> bool {
+fn restarted(node: &Node, unit: vbs_wire::types::UnitId) -> bool {
     node.restarted_units
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -440,7 +440,7 @@ async fn report_not_current(node: &Node, units: Vec<UnitGeneration>) {
 
 #[cfg(test)]
 mod tests {
-    use client::types::{Generation, UnitId};
+    use vbs_wire::types::{Generation, UnitId};
 
     use super::*;
 

@@ -16,10 +16,10 @@ use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use client::api::{Role, VolumeIo, IO_LATENCY_BUCKETS_US};
-use client::security::http::{authorize, unauthorized, PlainListener, TlsListener};
-use client::security::Surface;
-use client::types::VolumeId;
+use vbs_wire::api::{Role, VolumeIo, IO_LATENCY_BUCKETS_US};
+use vbs_wire::security::http::{authorize, unauthorized, PlainListener, TlsListener};
+use vbs_wire::security::Surface;
+use vbs_wire::types::VolumeId;
 
 use super::Node;
 

@@ -40,14 +40,14 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use client::conn::Pool;
-use client::managers::Managers;
-use client::proto::PeerKind;
-use client::security::{Rejections, Security};
-use client::types::{NodeId, UnitId};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tracing::{info, warn};
+use vbs_wire::conn::Pool;
+use vbs_wire::managers::Managers;
+use vbs_wire::proto::PeerKind;
+use vbs_wire::security::{Rejections, Security};
+use vbs_wire::types::{NodeId, UnitId};
 
 use crate::engine::DeviceOptions;
 use devices::Devices;
@@ -162,7 +162,7 @@ pub async fn run(
         tokio::task::spawn_blocking(move || Devices::open(&dirs, &options)).await??
     };
     // Connections to managers and peers leave from the listen address (`conn::source_of`).
-    let source = client::conn::source_of(listener.local_addr()?);
+    let source = vbs_wire::conn::source_of(listener.local_addr()?);
     let security = config.security.clone();
     let managers = Managers::parse_secured(
         &config.managers,

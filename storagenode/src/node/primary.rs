@@ -15,16 +15,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use client::api::{CopyInfo, CopyStatus, Notification, Source, UnitGeneration};
-use client::conn::{Connection, DataError, Reply as Pending};
-use client::managers::ManagerError;
-use client::proto::{
+use futures::stream::{FuturesUnordered, StreamExt};
+use tracing::{error, info, warn};
+use vbs_wire::api::{CopyInfo, CopyStatus, Notification, Source, UnitGeneration};
+use vbs_wire::conn::{Connection, DataError, Reply as Pending};
+use vbs_wire::managers::ManagerError;
+use vbs_wire::proto::{
     ErrorCode, PeerRequest, RecordBody, Request, Response, WireError, WireRecord,
     MAX_EXTENTS_PER_FRAME, MAX_IO_BYTES,
 };
-use client::types::{Generation, Lba, NodeId, Vba, BLOCK_BYTES};
-use futures::stream::{FuturesUnordered, StreamExt};
-use tracing::{error, info, warn};
+use vbs_wire::types::{Generation, Lba, NodeId, Vba, BLOCK_BYTES};
 
 use super::errors::{from_engine, from_join};
 use super::metrics::ReadPath;
@@ -671,7 +671,7 @@ async fn mark_stale(
             }
         }
         Err(ManagerError::Api { error, .. })
-            if error.code == client::api::ErrorCode::StaleGeneration =>
+            if error.code == vbs_wire::api::ErrorCode::StaleGeneration =>
         {
             node.refresh.notify_one();
             Marked::Deposed(Generation(generation.0 + 1))

@@ -12,10 +12,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use client::api::CopyStatus;
-use client::proto::{ErrorCode, PeerRequest, Request, Response, WireError, WireRecord};
-use client::types::{Generation, NodeId, Vba};
 use tracing::warn;
+use vbs_wire::api::CopyStatus;
+use vbs_wire::proto::{ErrorCode, PeerRequest, Request, Response, WireError, WireRecord};
+use vbs_wire::types::{Generation, NodeId, Vba};
 
 use super::errors::{from_engine, from_join};
 use super::unit::UnitRuntime;

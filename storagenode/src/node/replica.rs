@@ -11,10 +11,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use client::api::Role;
-use client::proto::{ErrorCode, PeerRequest, Request, Response, WireError, WireRecord};
-use client::types::{Generation, Vba};
 use tracing::{info, warn};
+use vbs_wire::api::Role;
+use vbs_wire::proto::{ErrorCode, PeerRequest, Request, Response, WireError, WireRecord};
+use vbs_wire::types::{Generation, Vba};
 
 use super::errors::{from_engine, from_join};
 use super::unit::UnitRuntime;

@@ -18,11 +18,11 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use client::api::{Notification, ResyncProgress, SliceMap, UnitGeneration};
-use client::managers::{ManagerError, Managers};
-use client::types::{NodeId, UnitId};
 use tokio::sync::{oneshot, Notify};
 use tracing::debug;
+use vbs_wire::api::{Notification, ResyncProgress, SliceMap, UnitGeneration};
+use vbs_wire::managers::{ManagerError, Managers};
+use vbs_wire::types::{NodeId, UnitId};
 
 /// Most units one notification names (the database's own bound).
 pub const MAX_UNITS_PER_NOTIFICATION: usize = 4096;
@@ -188,8 +188,8 @@ mod tests {
     use axum::response::IntoResponse;
     use axum::routing::post;
     use axum::Json;
-    use client::api::{ApiError, ErrorCode, NotificationResponse};
-    use client::types::{Generation, SliceIndex};
+    use vbs_wire::api::{ApiError, ErrorCode, NotificationResponse};
+    use vbs_wire::types::{Generation, SliceIndex};
 
     use super::*;
 

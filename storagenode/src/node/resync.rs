@@ -13,11 +13,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use client::api::{CopyStatus, ResyncProgress, Role, UnitGeneration};
-use client::conn::DataError;
-use client::proto::{ErrorCode, PeerRequest, Request, Response, WireRecord};
-use client::types::{Generation, Vba};
 use tracing::{info, warn};
+use vbs_wire::api::{CopyStatus, ResyncProgress, Role, UnitGeneration};
+use vbs_wire::conn::DataError;
+use vbs_wire::proto::{ErrorCode, PeerRequest, Request, Response, WireRecord};
+use vbs_wire::types::{Generation, Vba};
 
 use super::catchup::MAX_JOIN_RECORDS;
 use super::errors::from_engine;

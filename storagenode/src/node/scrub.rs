@@ -20,13 +20,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use client::api::{CopyStatus, ScrubStatus, UnitScrub};
-use client::proto::{
-    ErrorCode, PeerRequest, Request, Response, ScrubEntry, ScrubReport, WireError,
-};
-use client::types::{Generation, NodeId, UnitId, Vba};
 use tokio::time::Instant;
 use tracing::{info, warn};
+use vbs_wire::api::{CopyStatus, ScrubStatus, UnitScrub};
+use vbs_wire::proto::{
+    ErrorCode, PeerRequest, Request, Response, ScrubEntry, ScrubReport, WireError,
+};
+use vbs_wire::types::{Generation, NodeId, UnitId, Vba};
 
 use super::errors::{from_engine, from_join};
 use super::repair;

@@ -15,18 +15,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use client::admission::{PerAddress, DEFAULT_CONNECTIONS_PER_ADDRESS};
-use client::conn::{read_frame, FrameWriter};
-use client::proto::{
-    ClientRequest, ErrorCode, Frame, PeerKind, PeerRequest, Request, Response, WireError,
-    MAX_IN_FLIGHT,
-};
-use client::security::Surface;
-use client::types::NodeId;
 use tokio::io::AsyncRead;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
+use vbs_wire::admission::{PerAddress, DEFAULT_CONNECTIONS_PER_ADDRESS};
+use vbs_wire::conn::{read_frame, FrameWriter};
+use vbs_wire::proto::{
+    ClientRequest, ErrorCode, Frame, PeerKind, PeerRequest, Request, Response, WireError,
+    MAX_IN_FLIGHT,
+};
+use vbs_wire::security::Surface;
+use vbs_wire::types::NodeId;
 
 use super::metrics::IoKind;
 use super::{catchup, handshake, primary, repair, replica, scrub, Node};
@@ -195,7 +195,7 @@ async fn handle(
             blocks,
             ..
         } => {
-            let bytes = u64::from(blocks) * client::types::BLOCK_BYTES;
+            let bytes = u64::from(blocks) * vbs_wire::types::BLOCK_BYTES;
             (
                 IoKind::Read,
                 bytes,
@@ -229,7 +229,7 @@ async fn handle(
             blocks,
             ..
         } => {
-            let bytes = blocks * client::types::BLOCK_BYTES;
+            let bytes = blocks * vbs_wire::types::BLOCK_BYTES;
             (
                 IoKind::Trim,
                 bytes,

@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use client::api::{AssignedUnit, CopyInfo, CopyStatus, Role, SliceMap};
-use client::proto::{ErrorCode, WireError};
-use client::types::{Generation, Lba, NodeId, UnitId, Vba};
 use tokio::sync::watch;
+use vbs_wire::api::{AssignedUnit, CopyInfo, CopyStatus, Role, SliceMap};
+use vbs_wire::proto::{ErrorCode, WireError};
+use vbs_wire::types::{Generation, Lba, NodeId, UnitId, Vba};
 
 use crate::engine::{Marks, Unit};
 use crate::replication::lease::Lease;
@@ -109,7 +109,7 @@ pub struct SecondarySide {
     /// answer, which names that generation.
     heard_generation: AtomicU64,
     /// The last resync of this copy, for metrics.
-    resync: Mutex<Option<client::api::ResyncProgress>>,
+    resync: Mutex<Option<vbs_wire::api::ResyncProgress>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -341,11 +341,11 @@ impl UnitRuntime {
         }
     }
 
-    pub fn set_resync_progress(&self, progress: client::api::ResyncProgress) {
+    pub fn set_resync_progress(&self, progress: vbs_wire::api::ResyncProgress) {
         *lock(&self.secondary.resync) = Some(progress);
     }
 
-    pub fn resync_progress(&self) -> Option<client::api::ResyncProgress> {
+    pub fn resync_progress(&self) -> Option<vbs_wire::api::ResyncProgress> {
         *lock(&self.secondary.resync)
     }
 
@@ -436,7 +436,7 @@ impl UnitRuntime {
         let end = lba
             .0
             .saturating_add(blocks)
-            .saturating_mul(client::types::BLOCK_BYTES);
+            .saturating_mul(vbs_wire::types::BLOCK_BYTES);
         if end <= assignment.unit_bytes {
             return Ok(());
         }

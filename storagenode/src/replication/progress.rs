@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use client::types::{Generation, NodeId};
+use vbs_wire::types::{Generation, NodeId};
 
 /// How one secondary answered the replicated records.
 #[derive(Clone, Debug, PartialEq, Eq)]

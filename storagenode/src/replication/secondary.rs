@@ -10,8 +10,8 @@
 //! acknowledges a record of generation `g` only while it holds `g`'s history up to it; it never
 //! drops a record at or below its stable VBA (what every copy was known to hold).
 
-use client::api::Role;
-use client::types::{Generation, Vba};
+use vbs_wire::api::Role;
+use vbs_wire::types::{Generation, Vba};
 
 use crate::engine::meta::{generation_at, GenerationStart};
 

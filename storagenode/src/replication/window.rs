@@ -5,10 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use client::proto::WireRecord;
+use vbs_wire::proto::WireRecord;
 
 use crate::engine::record::log_bytes;
-use client::types::{NodeId, Vba};
+use vbs_wire::types::{NodeId, Vba};
 
 /// The most record bytes a window holds; past it, new writes wait (refused as unavailable) until
 /// slow secondaries acknowledge or are marked stale.
@@ -154,8 +154,8 @@ impl Window {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use client::proto::RecordBody;
-    use client::types::{Generation, Lba};
+    use vbs_wire::proto::RecordBody;
+    use vbs_wire::types::{Generation, Lba};
 
     fn record(vba: u64) -> WireRecord {
         WireRecord {

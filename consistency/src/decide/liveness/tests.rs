@@ -1,7 +1,7 @@
 use std::time::{Duration, Instant};
 
-use client::api::{HeartbeatRequest, NodeState, UnitReport};
-use client::types::{Generation, UnitId, Vba};
+use vbs_wire::api::{HeartbeatRequest, NodeState, UnitReport};
+use vbs_wire::types::{Generation, UnitId, Vba};
 
 use super::*;
 use crate::state::apply::Touched;
@@ -104,7 +104,7 @@ fn a_node_silent_past_lease_and_margin_goes_down_with_its_last_vbas() {
     let copy = slice.copy(&node("n1")).expect("copy");
     assert_eq!(
         (copy.status, copy.last_vba),
-        (client::api::CopyStatus::Down, Vba(17))
+        (vbs_wire::api::CopyStatus::Down, Vba(17))
     );
     // A node already down is not judged again.
     assert!(downed(&memory.detect(&state, t1 + LEASE + MARGIN)).is_empty());
@@ -277,7 +277,7 @@ fn a_node_is_lost_once_down_for_the_grace_period_after_its_lease() {
 
 /// The copies of volume `vol`'s first slice as n1's heartbeat reply lists them at `now`, checked
 /// to be those the volume map shows.
-fn copies_shown(state: &State, memory: &Liveness, now: Instant) -> Vec<client::api::CopyInfo> {
+fn copies_shown(state: &State, memory: &Liveness, now: Instant) -> Vec<vbs_wire::api::CopyInfo> {
     let remembered = |u, c: &Copy| memory.remembered(u, c, now);
     let assigned = state.assigned_units(&node("n1"), |_, _| false, &remembered);
     let volume = state.volume_by_name("vol").expect("volume");
@@ -369,12 +369,12 @@ fn a_node_whose_heartbeat_lists_no_such_unit_is_shown_at_vba_0() {
 fn a_node_whose_devices_are_all_past_the_full_threshold_has_no_room_for_new_copies() {
     let t0 = Instant::now();
     let mut l = liveness(t0);
-    let device = |dir: &str, free_bytes| client::api::DeviceSpace {
+    let device = |dir: &str, free_bytes| vbs_wire::api::DeviceSpace {
         dir: dir.into(),
         total_bytes: 100 << 20,
         free_bytes,
     };
-    let with_devices = |devices: Vec<client::api::DeviceSpace>| HeartbeatRequest {
+    let with_devices = |devices: Vec<vbs_wire::api::DeviceSpace>| HeartbeatRequest {
         free_bytes: Some(40 << 20),
         devices,
         ..Default::default()

@@ -2,11 +2,11 @@
 
 use std::time::{Duration, Instant};
 
-use client::api::{
+use vbs_wire::api::{
     CopyStatus, HeartbeatRequest, NodeState, Notification, ResyncProgress, Source, UnitGeneration,
     UnitReport,
 };
-use client::types::{Generation, UnitId, Vba};
+use vbs_wire::types::{Generation, UnitId, Vba};
 
 use super::*;
 use crate::decide::liveness::{LeaseConfig, Liveness};

@@ -1,7 +1,9 @@
 use std::time::{Duration, Instant};
 
-use client::api::{CopyStatus, HeartbeatRequest, Notification, Source, UnitGeneration, UnitReport};
-use client::types::{Generation, NodeId, UnitId, Vba};
+use vbs_wire::api::{
+    CopyStatus, HeartbeatRequest, Notification, Source, UnitGeneration, UnitReport,
+};
+use vbs_wire::types::{Generation, NodeId, UnitId, Vba};
 
 use super::*;
 use crate::decide::liveness::{LeaseConfig, Liveness};
@@ -229,7 +231,7 @@ fn a_client_report_fails_the_primary_over_only_after_its_lease() {
 fn a_client_report_about_a_down_primary_fails_over_at_once() {
     let (mut state, memory, t0) = setup();
     let unit = UnitId::new(1, 1);
-    state.nodes.get_mut(&node("n2")).expect("n2").state = client::api::NodeState::Down;
+    state.nodes.get_mut(&node("n2")).expect("n2").state = vbs_wire::api::NodeState::Down;
     let n = Notification::Unresponsive {
         source: Source::Client("host-1".into()),
         target: node("n2"),

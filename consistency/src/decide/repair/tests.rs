@@ -1,7 +1,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
-use client::api::{CopyStatus, NodeState};
-use client::types::{Generation, NodeId, UnitId, Vba};
+use vbs_wire::api::{CopyStatus, NodeState};
+use vbs_wire::types::{Generation, NodeId, UnitId, Vba};
 
 use super::*;
 

@@ -1,8 +1,8 @@
 //! Copy-set changes (re-replication, drains), the draining mark, and the copy status life cycle
 //! across node state changes.
 
-use client::api::{CopyStatus, NodeState};
-use client::types::{Generation, UnitId, Vba, VolumeId};
+use vbs_wire::api::{CopyStatus, NodeState};
+use vbs_wire::types::{Generation, UnitId, Vba, VolumeId};
 
 use crate::state::command::{Command, CopyChange, CopyRequirement, Outcome, Refusal, SliceUpdate};
 use crate::state::fixtures::{cluster, node, volume_on};

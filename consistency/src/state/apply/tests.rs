@@ -1,5 +1,5 @@
-use client::api::{CopyStatus, EventKind, NodeState, UnitReport};
-use client::types::{Generation, NodeId, SliceIndex, UnitId, Vba, VolumeId};
+use vbs_wire::api::{CopyStatus, EventKind, NodeState, UnitReport};
+use vbs_wire::types::{Generation, NodeId, SliceIndex, UnitId, Vba, VolumeId};
 
 use crate::state::command::{Command, CopyChange, Outcome, Refusal, SliceUpdate};
 use crate::state::fixtures::{cluster, node, volume_on};

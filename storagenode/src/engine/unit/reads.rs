@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use client::proto::{Extent, WireRecord};
-use client::types::{Generation, Lba, Vba, BLOCK_BYTES};
+use vbs_wire::proto::{Extent, WireRecord};
+use vbs_wire::types::{Generation, Lba, Vba, BLOCK_BYTES};
 
 use super::super::backend::BlockFile;
 use super::super::error::{io_err, EngineError, Result};

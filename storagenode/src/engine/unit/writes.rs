@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use client::types::{Generation, Vba};
+use vbs_wire::types::{Generation, Vba};
 
 use super::super::error::{EngineError, Result};
 use super::super::log::Pending;

@@ -34,7 +34,7 @@ pub struct HelloOk {
 }
 
 /// The connecting side's answer to a challenge: its own nonce and the proof that it knows the
-/// cluster secret (`client::security::Token::client_proof`).
+/// cluster secret (`vbs_wire::security::Token::client_proof`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Auth {
     pub nonce: [u8; AUTH_NONCE_BYTES],
