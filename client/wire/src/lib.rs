@@ -9,6 +9,7 @@
 //! - [`proto`]: the data-plane protocol: binary frames, their encoding and decoding.
 //! - [`conn`]: pipelined data-plane connections to storage nodes, pooled by address.
 //! - [`managers`]: an HTTP client for the manager quorum, trying each member in turn.
+//! - [`metrics`]: the `/metrics` text every process serves, written by `prometheus-client`.
 //! - [`security`]: the cluster token, TLS settings, and the HTTP side of both.
 //! - [`types`]: newtypes for VBAs, LBAs, generations, ids (`Vba`, `Lba`, `Generation`, `UnitId`, ...).
 //! - [`size`]: parsing and printing of human sizes (`4k`, `64M`, `1G`) and durations.
@@ -20,6 +21,7 @@ pub mod api;
 pub mod bugs;
 pub mod conn;
 pub mod managers;
+pub mod metrics;
 pub mod proto;
 pub mod security;
 pub mod size;

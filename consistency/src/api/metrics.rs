@@ -1,24 +1,22 @@
 //! `GET /metrics`: Prometheus text exposition (format 0.0.4), computed at scrape time from the
-//! Raft metrics, the applied state and, on the leader, the resync progress it remembers. A
-//! handful of gauges does not warrant a metrics registry.
+//! Raft metrics, the applied state and, on the leader, the resync progress it remembers, and
+//! written by `vbs_wire::metrics`.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
+use std::fmt;
 use std::time::Instant;
 
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use vbs_wire::api::{CopyStatus, NodeState};
+use vbs_wire::metrics::{self, Families, CONTENT_TYPE};
 use vbs_wire::security::Surface;
 use vbs_wire::types::{NodeId, SliceIndex, UnitId};
 
 use crate::decide::resync::{ResyncTracker, RunningResyncs};
 use crate::manager::SharedManager;
 use crate::state::State as DbState;
-
-/// The content type of the text exposition format.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// What this replica's Raft reports.
 #[derive(Debug, Default)]
@@ -164,177 +162,139 @@ pub async fn metrics(State(manager): State<SharedManager>) -> Response {
             })
         })
         .unwrap_or_else(|| manager.read(|a| StateFigures::of(&a.state, None, now)));
-    let mut text = render(&raft, &figures);
-    manager
-        .rejections
-        .render(&mut text, &[Surface::Api, Surface::Raft, Surface::Tls]);
+    let rejections = manager.rejections.clone();
+    let text = metrics::render(move |out| {
+        write(out, &raft, &figures)?;
+        rejections.write_metrics(out, &[Surface::Api, Surface::Raft, Surface::Tls])
+    });
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
 }
 
-fn render(raft: &RaftFigures, figures: &StateFigures) -> String {
-    let mut out = Exposition::default();
-    out.gauge("vbs_raft_term", "Current Raft term.")
-        .value(raft.term);
+fn write(out: &mut Families<'_>, raft: &RaftFigures, figures: &StateFigures) -> fmt::Result {
+    out.gauge("vbs_raft_term", "Current Raft term.", raft.term)?;
     out.gauge(
         "vbs_raft_is_leader",
         "1 if this manager is the Raft leader.",
-    )
-    .value(u64::from(raft.is_leader));
-    out.gauge("vbs_raft_leader_id", "Id of the known leader, 0 if none.")
-        .value(raft.leader.unwrap_or(0));
+        u64::from(raft.is_leader),
+    )?;
+    out.gauge(
+        "vbs_raft_leader_id",
+        "Id of the known leader, 0 if none.",
+        raft.leader.unwrap_or(0),
+    )?;
     out.gauge(
         "vbs_raft_last_log_index",
         "Index of the last Raft log entry.",
-    )
-    .value(raft.last_log_index.unwrap_or(0));
+        raft.last_log_index.unwrap_or(0),
+    )?;
     out.gauge(
         "vbs_raft_commit_index",
         "Highest committed Raft log index known here.",
-    )
-    .value(raft.commit_index.unwrap_or(0));
+        raft.commit_index.unwrap_or(0),
+    )?;
     out.gauge(
         "vbs_raft_applied_index",
         "Highest Raft log index applied here.",
-    )
-    .value(raft.applied_index.unwrap_or(0));
-    out.gauge(
+        raft.applied_index.unwrap_or(0),
+    )?;
+    out.gauges(
         "vbs_managers",
         "Manager replicas in the Raft membership, by role (learners are catching up).",
-    )
-    .sample(&[("role", "voter")], raft.voters)
-    .sample(&[("role", "learner")], raft.learners);
+        [
+            ([("role", "voter")], raft.voters),
+            ([("role", "learner")], raft.learners),
+        ],
+    )?;
 
     let up = figures
         .nodes
         .iter()
         .filter(|(_, state, _)| *state == NodeState::Up)
         .count() as u64;
-    out.gauge("vbs_storage_nodes", "Storage nodes by status.")
-        .sample(&[("status", "up")], up)
-        .sample(&[("status", "down")], figures.nodes.len() as u64 - up);
-    out.gauge("vbs_storage_nodes_draining", "Storage nodes being drained.")
-        .value(figures.nodes.iter().filter(|(_, _, d)| *d).count() as u64);
-    let mut node_up = out.gauge(
+    out.gauges(
+        "vbs_storage_nodes",
+        "Storage nodes by status.",
+        [
+            ([("status", "up")], up),
+            ([("status", "down")], figures.nodes.len() as u64 - up),
+        ],
+    )?;
+    out.gauge(
+        "vbs_storage_nodes_draining",
+        "Storage nodes being drained.",
+        figures.nodes.iter().filter(|(_, _, d)| *d).count() as u64,
+    )?;
+    out.gauges(
         "vbs_storage_node_up",
         "1 if the storage node is up, 0 if it is down.",
-    );
-    for (id, state, _) in &figures.nodes {
-        node_up = node_up.sample(&[("node", &id.0)], u64::from(*state == NodeState::Up));
-    }
+        figures.nodes.iter().map(|(id, state, _)| {
+            (
+                [("node", id.0.as_str())],
+                u64::from(*state == NodeState::Up),
+            )
+        }),
+    )?;
 
-    let mut copies = out.gauge("vbs_copies", "Copies of slices by update status.");
-    for (status, count) in &figures.copies {
-        copies = copies.sample(&[("status", status.as_str())], *count);
-    }
+    out.gauges(
+        "vbs_copies",
+        "Copies of slices by update status.",
+        figures
+            .copies
+            .iter()
+            .map(|(status, count)| ([("status", status.as_str())], *count)),
+    )?;
     out.gauge(
         "vbs_slices_degraded",
         "Slices with fewer current copies than their volume's replicas.",
-    )
-    .value(figures.slices_degraded);
-    out.gauge("vbs_volumes", "Volumes.").value(figures.volumes);
+        figures.slices_degraded,
+    )?;
+    out.gauge("vbs_volumes", "Volumes.", figures.volumes)?;
 
-    out.gauge(
+    out.gauges(
         "vbs_storage_devices_past_threshold",
         "Storage node devices past the managers' nearfull threshold (and not full), and past the \
          full one (leader only, 0 elsewhere).",
-    )
-    .sample(&[("threshold", "nearfull")], figures.devices_nearfull)
-    .sample(&[("threshold", "full")], figures.devices_full);
+        [
+            ([("threshold", "nearfull")], figures.devices_nearfull),
+            ([("threshold", "full")], figures.devices_full),
+        ],
+    )?;
     out.gauge(
         "vbs_resyncs_running",
         "Resyncs under way, as reported to the leader (0 on other managers).",
-    )
-    .value(figures.running.count);
+        figures.running.count,
+    )?;
     out.gauge(
         "vbs_resync_bytes_remaining",
         "Bytes the resyncs under way still have to copy, as last reported to the leader.",
-    )
-    .value(figures.running.bytes_remaining);
-    let mut done = out.gauge(
+        figures.running.bytes_remaining,
+    )?;
+    out.gauges(
         "vbs_resync_copy_bytes_done",
         "Bytes a resync under way has copied, per copy, as last reported to the leader \
          (absent on other managers).",
-    );
-    for r in &figures.resyncs {
-        done = done.sample(&copy_labels(r, &r.slice.to_string()), r.bytes_done);
-    }
-    let mut remaining = out.gauge(
+        figures
+            .resyncs
+            .iter()
+            .map(|r| (copy_labels(r), r.bytes_done)),
+    )?;
+    out.gauges(
         "vbs_resync_copy_bytes_remaining",
         "Bytes a resync under way still has to copy, per copy, as last reported to the leader \
          (absent on other managers).",
-    );
-    for r in &figures.resyncs {
-        remaining = remaining.sample(&copy_labels(r, &r.slice.to_string()), r.bytes_remaining);
-    }
-    out.text
-}
-
-fn copy_labels<'a>(resync: &'a CopyResync, slice: &'a str) -> [(&'static str, &'a str); 3] {
-    [
-        ("volume", resync.volume.as_str()),
-        ("slice", slice),
-        ("node", resync.node.0.as_str()),
-    ]
-}
-
-/// A text exposition being written: metric families, each a `# HELP` and a `# TYPE` line, then
-/// its samples.
-#[derive(Debug, Default)]
-struct Exposition {
-    text: String,
-}
-
-/// The samples of one metric family.
-struct Family<'a> {
-    text: &'a mut String,
-    name: &'a str,
-}
-
-impl Exposition {
-    fn gauge<'a>(&'a mut self, name: &'a str, help: &str) -> Family<'a> {
-        // Writing to a String cannot fail.
-        let _ = writeln!(self.text, "# HELP {name} {}", escape_help(help));
-        let _ = writeln!(self.text, "# TYPE {name} gauge");
-        Family {
-            text: &mut self.text,
-            name,
-        }
-    }
-}
-
-impl Family<'_> {
-    /// The family's one unlabelled sample.
-    fn value(self, value: u64) {
-        let _ = writeln!(self.text, "{} {value}", self.name);
-    }
-
-    fn sample(self, labels: &[(&str, &str)], value: u64) -> Self {
-        let labels: Vec<String> = labels
+        figures
+            .resyncs
             .iter()
-            .map(|(name, v)| format!("{name}=\"{}\"", escape_label_value(v)))
-            .collect();
-        let _ = writeln!(self.text, "{}{{{}}} {value}", self.name, labels.join(","));
-        self
-    }
+            .map(|r| (copy_labels(r), r.bytes_remaining)),
+    )
 }
 
-/// A label value as the text format wants it: backslash, double quote and line feed escaped.
-fn escape_label_value(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// A `# HELP` text: backslash and line feed escaped.
-fn escape_help(help: &str) -> String {
-    help.replace('\\', "\\\\").replace('\n', "\\n")
+fn copy_labels(resync: &CopyResync) -> [(&'static str, String); 3] {
+    [
+        ("volume", resync.volume.clone()),
+        ("slice", resync.slice.to_string()),
+        ("node", resync.node.0.clone()),
+    ]
 }
 
 #[cfg(test)]
@@ -345,20 +305,6 @@ mod tests {
 
     use super::*;
     use crate::state::fixtures::{cluster, node, volume_on};
-
-    #[test]
-    fn label_values_and_help_are_escaped() {
-        assert_eq!(escape_label_value(r#"a"b\c"#), r#"a\"b\\c"#);
-        assert_eq!(escape_label_value("two\nlines"), "two\\nlines");
-        assert_eq!(escape_help("a\\b\nc \"d\""), "a\\\\b\\nc \"d\"");
-        let mut out = Exposition::default();
-        out.gauge("m", "Help.")
-            .sample(&[("l", "x\"y"), ("k", "z")], 3);
-        assert_eq!(
-            out.text,
-            "# HELP m Help.\n# TYPE m gauge\nm{l=\"x\\\"y\",k=\"z\"} 3\n"
-        );
-    }
 
     /// Every sample line belongs to the family announced just before it, every family has
     /// both its `# HELP` and its `# TYPE`, and no family appears twice.
@@ -445,7 +391,7 @@ mod tests {
         assert_eq!(figures.running.count, figures.resyncs.len() as u64);
         assert_eq!(figures.running.bytes_remaining, 3 << 20);
 
-        let text = render(&RaftFigures::default(), &figures);
+        let text = metrics::render(move |out| write(out, &RaftFigures::default(), &figures));
         assert_well_formed(&text);
         for line in [
             "vbs_copies{status=\"current\"} 2",
@@ -477,7 +423,7 @@ mod tests {
             voters: 3,
             ..RaftFigures::default()
         };
-        let text = render(&raft, &figures);
+        let text = metrics::render(move |out| write(out, &raft, &figures));
         assert_well_formed(&text);
         for line in [
             "vbs_raft_term 7",

@@ -1,11 +1,11 @@
 //! The storage node's `/metrics` (Prometheus text format), on `--metrics-listen`: client IO by
 //! volume and operation (counts, bytes, latency histograms), reads by where they found their
 //! blocks, each data directory's space, each unit's last VBA, the primary's replication lag per
-//! copy, resync progress, and refused connections and requests. With a token it answers only requests that carry it; with
-//! TLS on, it serves HTTPS.
+//! copy, resync progress, and refused connections and requests, written by `vbs_wire::metrics`.
+//! With a token it answers only requests that carry it; with TLS on, it serves HTTPS.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
+use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use vbs_wire::api::{Role, VolumeIo, IO_LATENCY_BUCKETS_US};
+use vbs_wire::metrics::{self, Families, Histogram, CONTENT_TYPE};
 use vbs_wire::security::http::{authorize, unauthorized, PlainListener, TlsListener};
 use vbs_wire::security::Surface;
 use vbs_wire::types::VolumeId;
@@ -159,123 +160,78 @@ impl IoMetrics {
             .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
     }
 
-    fn render(&self, out: &mut String) {
+    fn write(&self, out: &mut Families<'_>) -> fmt::Result {
         let map = self
             .series
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let header = |out: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        let labels = |volume: &VolumeId, kind: &IoKind| {
+            [
+                ("volume", volume.to_string()),
+                ("op", kind.label().to_string()),
+            ]
         };
-        header(
-            out,
+        let each = |field: fn(&Series) -> &AtomicU64| {
+            map.iter()
+                .map(move |((v, k), s)| (labels(v, k), field(s).load(Ordering::Relaxed)))
+        };
+        out.counters(
             "vbs_io_requests_total",
-            "counter",
             "Client requests served as primary.",
-        );
-        for ((volume, kind), s) in &map {
-            let _ = writeln!(
-                out,
-                "vbs_io_requests_total{{volume=\"{volume}\",op=\"{}\"}} {}",
-                kind.label(),
-                s.count.load(Ordering::Relaxed)
-            );
-        }
-        header(
-            out,
+            each(|s| &s.count),
+        )?;
+        out.counters(
             "vbs_io_errors_total",
-            "counter",
             "Client requests that failed.",
-        );
-        for ((volume, kind), s) in &map {
-            let _ = writeln!(
-                out,
-                "vbs_io_errors_total{{volume=\"{volume}\",op=\"{}\"}} {}",
-                kind.label(),
-                s.errors.load(Ordering::Relaxed)
-            );
-        }
-        header(
-            out,
+            each(|s| &s.errors),
+        )?;
+        out.counters(
             "vbs_io_bytes_total",
-            "counter",
             "Bytes read, written or trimmed for clients.",
-        );
-        for ((volume, kind), s) in &map {
-            let _ = writeln!(
-                out,
-                "vbs_io_bytes_total{{volume=\"{volume}\",op=\"{}\"}} {}",
-                kind.label(),
-                s.bytes.load(Ordering::Relaxed)
-            );
-        }
-        header(
-            out,
+            each(|s| &s.bytes),
+        )?;
+        out.histograms(
             "vbs_io_latency_seconds",
-            "histogram",
             "Latency of successful client requests.",
-        );
-        for ((volume, kind), s) in &map {
-            let labels = format!("volume=\"{volume}\",op=\"{}\"", kind.label());
-            let mut cumulative = 0;
-            for (i, bound) in BUCKETS.iter().enumerate() {
-                cumulative += s.buckets[i].load(Ordering::Relaxed);
-                let bound = *bound as f64 / 1e6;
-                let _ = writeln!(
-                    out,
-                    "vbs_io_latency_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
-                );
-            }
-            cumulative += s.buckets[BUCKETS.len()].load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "vbs_io_latency_seconds_bucket{{{labels},le=\"+Inf\"}} {cumulative}"
-            );
-            let sum = s.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-            let _ = writeln!(out, "vbs_io_latency_seconds_sum{{{labels}}} {sum}");
-            let _ = writeln!(out, "vbs_io_latency_seconds_count{{{labels}}} {cumulative}");
-        }
-        header(
-            out,
+            map.iter().map(|((v, k), s)| {
+                let histogram = Histogram {
+                    buckets: BUCKETS
+                        .iter()
+                        .zip(&s.buckets)
+                        .map(|(bound, n)| (*bound as f64 / 1e6, n.load(Ordering::Relaxed)))
+                        .collect(),
+                    overflow: s.buckets[BUCKETS.len()].load(Ordering::Relaxed),
+                    sum: s.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+                };
+                (labels(v, k), histogram)
+            }),
+        )?;
+        out.counters(
             "vbs_reads_total",
-            "counter",
             "Client reads by where their blocks were found: the page cache (copied on the async \
              thread) or not (read on a blocking thread).",
-        );
-        for (path, counter) in [
-            ("page_cache", &self.reads_cached),
-            ("blocking", &self.reads_blocking),
-        ] {
-            let _ = writeln!(
-                out,
-                "vbs_reads_total{{path=\"{path}\"}} {}",
-                counter.load(Ordering::Relaxed)
-            );
-        }
-        header(
-            out,
+            [
+                ([("path", "page_cache")], &self.reads_cached),
+                ([("path", "blocking")], &self.reads_blocking),
+            ]
+            .map(|(l, c)| (l, c.load(Ordering::Relaxed))),
+        )?;
+        out.counters(
             "vbs_damaged_records_total",
-            "counter",
             "Records of this node's copies found damaged (their checksum failed) when read, by \
              outcome: repaired from another current copy, or not (no copy could give it).",
-        );
-        for (outcome, counter) in [
-            ("repaired", &self.damaged_repaired),
-            ("unrepaired", &self.damaged_unrepaired),
-        ] {
-            let _ = writeln!(
-                out,
-                "vbs_damaged_records_total{{outcome=\"{outcome}\"}} {}",
-                counter.load(Ordering::Relaxed)
-            );
-        }
+            [
+                ([("outcome", "repaired")], &self.damaged_repaired),
+                ([("outcome", "unrepaired")], &self.damaged_unrepaired),
+            ]
+            .map(|(l, c)| (l, c.load(Ordering::Relaxed))),
+        )
     }
 }
 
-fn render(node: &Node) -> String {
-    let mut out = String::new();
-    node.io_metrics.render(&mut out);
+fn write(out: &mut Families<'_>, node: &Node) -> fmt::Result {
+    node.io_metrics.write(out)?;
     let scrubs = &node.scrubs;
     for (name, help, counter) in [
         (
@@ -299,89 +255,75 @@ fn render(node: &Node) -> String {
             &scrubs.mismatches,
         ),
     ] {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-            counter.load(std::sync::atomic::Ordering::Relaxed)
-        );
+        out.counter(name, help, counter.load(Ordering::Relaxed))?;
     }
     if let Ok(devices) = node.devices.each_space() {
-        let _ = writeln!(
-            out,
-            "# HELP vbs_device_bytes Space of each data directory's filesystem: total and free \
-             (to unprivileged users).\n# TYPE vbs_device_bytes gauge"
-        );
-        for device in &devices {
-            // Debug quoting escapes `\`, `"` and newlines as the text format wants.
-            let dir = format!("{:?}", device.dir);
-            for (kind, bytes) in [("total", device.total_bytes), ("free", device.free_bytes)] {
-                let _ = writeln!(out, "vbs_device_bytes{{dir={dir},kind=\"{kind}\"}} {bytes}");
-            }
-        }
+        out.gauges(
+            "vbs_device_bytes",
+            "Space of each data directory's filesystem: total and free (to unprivileged users).",
+            devices.iter().flat_map(|device| {
+                let dir = &device.dir;
+                [("total", device.total_bytes), ("free", device.free_bytes)].map(|(kind, bytes)| {
+                    ([("dir", dir.clone()), ("kind", kind.to_string())], bytes)
+                })
+            }),
+        )?;
     }
     let units = node.units();
-    let _ = writeln!(
-        out,
-        "# HELP vbs_unit_last_vba Highest durable VBA of each unit held here."
-    );
-    let _ = writeln!(out, "# TYPE vbs_unit_last_vba gauge");
-    for unit in &units {
-        let role = match unit.assignment().map(|a| a.role) {
-            Some(Role::Primary) => "primary",
-            Some(Role::Secondary) => "secondary",
-            None => "unassigned",
-        };
-        let _ = writeln!(
-            out,
-            "vbs_unit_last_vba{{unit=\"{}\",role=\"{role}\"}} {}",
-            unit.id,
-            unit.engine.last_vba()
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP vbs_replication_lag_vbas VBAs a copy has not yet acknowledged (on its primary).\n\
-         # TYPE vbs_replication_lag_vbas gauge"
-    );
-    for unit in &units {
-        let last = unit.engine.last_vba();
-        for (copy, acked) in unit
-            .primary
-            .window
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .acknowledged()
-        {
-            let lag = last.0.saturating_sub(acked.0);
-            let _ = writeln!(
-                out,
-                "vbs_replication_lag_vbas{{unit=\"{}\",copy=\"{copy}\"}} {lag}",
-                unit.id
-            );
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP vbs_resync_bytes Resync of a copy held here: bytes done and in total.\n\
-         # TYPE vbs_resync_bytes gauge"
-    );
-    for unit in &units {
-        if let Some(progress) = unit.resync_progress() {
-            let _ = writeln!(
-                out,
-                "vbs_resync_bytes{{unit=\"{}\",part=\"done\"}} {}",
-                unit.id, progress.bytes_done
-            );
-            let _ = writeln!(
-                out,
-                "vbs_resync_bytes{{unit=\"{}\",part=\"total\"}} {}",
-                unit.id, progress.bytes_total
-            );
-        }
-    }
+    out.gauges(
+        "vbs_unit_last_vba",
+        "Highest durable VBA of each unit held here.",
+        units.iter().map(|unit| {
+            let role = match unit.assignment().map(|a| a.role) {
+                Some(Role::Primary) => "primary",
+                Some(Role::Secondary) => "secondary",
+                None => "unassigned",
+            };
+            (
+                [("unit", unit.id.to_string()), ("role", role.to_string())],
+                unit.engine.last_vba().0,
+            )
+        }),
+    )?;
+    out.gauges(
+        "vbs_replication_lag_vbas",
+        "VBAs a copy has not yet acknowledged (on its primary).",
+        units.iter().flat_map(|unit| {
+            let last = unit.engine.last_vba();
+            unit.primary
+                .window
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .acknowledged()
+                .into_iter()
+                .map(move |(copy, acked)| {
+                    (
+                        [("unit", unit.id.to_string()), ("copy", copy.to_string())],
+                        last.0.saturating_sub(acked.0),
+                    )
+                })
+        }),
+    )?;
+    out.gauges(
+        "vbs_resync_bytes",
+        "Resync of a copy held here: bytes done and in total.",
+        units.iter().flat_map(|unit| {
+            unit.resync_progress().into_iter().flat_map(|progress| {
+                [
+                    ("done", progress.bytes_done),
+                    ("total", progress.bytes_total),
+                ]
+                .map(|(part, bytes)| {
+                    (
+                        [("unit", unit.id.to_string()), ("part", part.to_string())],
+                        bytes,
+                    )
+                })
+            })
+        }),
+    )?;
     node.rejections
-        .render(&mut out, &[Surface::Data, Surface::Metrics, Surface::Tls]);
-    out
+        .write_metrics(out, &[Surface::Data, Surface::Metrics, Surface::Tls])
 }
 
 async fn metrics(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
@@ -389,11 +331,8 @@ async fn metrics(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response 
         node.rejections.count(Surface::Metrics);
         return unauthorized(refusal);
     }
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        render(&node),
-    )
-        .into_response()
+    let text = metrics::render(move |out| write(out, &node));
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
 }
 
 /// Serves `/metrics` on `listener` until `shutdown` completes.

@@ -19,6 +19,8 @@ use std::sync::Arc;
 
 use reqwest::header::{HeaderMap, AUTHORIZATION};
 
+use crate::metrics::Families;
+
 pub use tls::Tls;
 pub use token::{BearerError, Token};
 
@@ -235,22 +237,15 @@ impl Rejections {
         self.counts[surface as usize].load(Ordering::Relaxed)
     }
 
-    /// Appends the `vbs_auth_rejected_total` family (Prometheus text) for `surfaces`.
-    pub fn render(&self, out: &mut String, surfaces: &[Surface]) {
-        use std::fmt::Write;
-        let _ = writeln!(
-            out,
-            "# HELP vbs_auth_rejected_total Requests and connections refused: no or a wrong \
-             token, or a failed TLS handshake.\n# TYPE vbs_auth_rejected_total counter"
-        );
-        for surface in surfaces {
-            let _ = writeln!(
-                out,
-                "vbs_auth_rejected_total{{surface=\"{}\"}} {}",
-                surface.as_str(),
-                self.get(*surface)
-            );
-        }
+    /// Adds the `vbs_auth_rejected_total` family for `surfaces`.
+    pub fn write_metrics(&self, out: &mut Families<'_>, surfaces: &[Surface]) -> std::fmt::Result {
+        out.counters(
+            "vbs_auth_rejected_total",
+            "Requests and connections refused: no or a wrong token, or a failed TLS handshake.",
+            surfaces
+                .iter()
+                .map(|s| ([("surface", s.as_str())], self.get(*s))),
+        )
     }
 }
 
@@ -277,8 +272,10 @@ mod tests {
         let rejections = Rejections::default();
         rejections.count(Surface::Raft);
         rejections.count(Surface::Raft);
-        let mut out = String::new();
-        rejections.render(&mut out, &[Surface::Api, Surface::Raft]);
+        let rejections = Arc::new(rejections);
+        let out = crate::metrics::render(move |out| {
+            rejections.write_metrics(out, &[Surface::Api, Surface::Raft])
+        });
         assert!(
             out.contains("# TYPE vbs_auth_rejected_total counter"),
             "{out}"
