@@ -84,7 +84,7 @@ pub async fn run(manager: SharedManager, mut stop: watch::Receiver<bool>) {
                         tracing::warn!(verdict = %summary, "failure detector verdict committed")
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e.body.error, verdict = %summary, "verdict not committed");
+                        tracing::warn!(error = %e, verdict = %summary, "verdict not committed");
                         failed = true;
                     }
                 }
@@ -189,6 +189,6 @@ async fn repair_round(manager: &SharedManager, waiting: &mut BTreeSet<UnitId>) {
                 );
             }
         }
-        Err(e) => tracing::warn!(error = %e.body.error, "repair not committed"),
+        Err(e) => tracing::warn!(error = %e, "repair not committed"),
     }
 }

@@ -11,7 +11,8 @@
 //! - [`raft_types`]: the openraft type configuration.
 //! - [`network`]: Raft RPCs over HTTP between replicas.
 //! - [`manager`]: the IO shell shared by the API and the failure detector (leader routing,
-//!   proposals with deadlines, linearizable reads, the leader's liveness memory).
+//!   proposals with deadlines, linearizable reads, the leader's liveness memory), and what a
+//!   notification or a heartbeat does on the leader (`manager::events`).
 //! - [`api`]: the axum routes: public API, forwarding to the leader, Raft RPC endpoints.
 //! - [`detector`]: the failure detector loop on the leader.
 //! - [`io_history`]: the leader's last 15 minutes of client IO per node and volume, from the

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use vbs_wire::api::{ApiError, ErrorCode};
 
+use crate::manager::ManagerError;
 use crate::state::Refusal;
 
 /// How long a client should wait before retrying an `unavailable` answer.
@@ -61,6 +62,15 @@ impl ApiFailure {
     pub fn retry_after(mut self, wait: Duration) -> ApiFailure {
         self.body.retry_after_ms = Some(wait.as_millis().max(1) as u64);
         self
+    }
+}
+
+impl From<ManagerError> for ApiFailure {
+    fn from(error: ManagerError) -> ApiFailure {
+        match error {
+            ManagerError::Refused(refusal) => refusal.into(),
+            other => ApiFailure::unavailable(other.to_string()),
+        }
     }
 }
 

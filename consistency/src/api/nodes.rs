@@ -3,7 +3,8 @@
 //!
 //! All run on the leader: the heartbeat reply renews the node's lease, and only the leader's
 //! failure detector judges leases. A heartbeat is recorded in the leader's memory only; it is
-//! committed through Raft only when it changes something (a `down` node coming back). A drain
+//! committed through Raft only when it changes something (a `down` node coming back,
+//! [`crate::decide::liveness::on_heartbeat`]; carried out by [`crate::manager::events`]). A drain
 //! commits only the node's `draining` mark; the failure detector moves the copies
 //! ([`crate::decide::repair`]).
 
@@ -13,9 +14,7 @@ use std::time::Instant;
 use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use vbs_wire::api::{
-    DeviceIdentity, HeartbeatRequest, HeartbeatResponse, NodeState, RegisterNodeRequest,
-};
+use vbs_wire::api::{DeviceIdentity, HeartbeatRequest, RegisterNodeRequest};
 use vbs_wire::types::NodeId;
 
 use serde::Deserialize;
@@ -27,7 +26,7 @@ use super::parse_json;
 use crate::config::check_addr;
 use crate::decide::repair;
 use crate::manager::SharedManager;
-use crate::state::{Command, Outcome};
+use crate::state::Command;
 
 /// The body of a drain request, if any: nothing to say yet, but a misspelt option is refused
 /// rather than ignored.
@@ -37,13 +36,6 @@ struct DrainRequest {}
 
 fn parse_node_id(id: &str) -> Result<NodeId, ApiFailure> {
     NodeId::parse(id).map_err(ApiFailure::bad_request)
-}
-
-fn refused(outcome: Outcome) -> Result<(), ApiFailure> {
-    match outcome {
-        Outcome::Refused(refusal) => Err(refusal.into()),
-        _ => Ok(()),
-    }
 }
 
 /// The devices a registration presents that the database does not know for the node, and whose
@@ -97,7 +89,7 @@ pub async fn register(State(manager): State<SharedManager>, request: Request) ->
                 .then(|| request.devices.iter().map(|d| d.id.clone()).collect()),
         };
         let cause = format!("node {id} registered from {}", request.addr);
-        refused(m.propose(command, &cause).await?)?;
+        m.apply(command, &cause).await?;
         m.with_liveness(Instant::now(), |l| {
             l.registered(&id, Instant::now(), Some(free_bytes))
         });
@@ -122,47 +114,7 @@ pub async fn heartbeat(
         let received = Instant::now();
         let id = parse_node_id(&id)?;
         let request: HeartbeatRequest = parse_json(&body)?;
-        // Only a leader confirmed by a quorum *after* the heartbeat arrived may grant a lease: a
-        // deposed leader that has not noticed yet would otherwise renew leases that its
-        // successor does not know of and would not wait for. This also brings the applied state
-        // up to date with everything committed before the heartbeat arrived.
-        m.linearizable().await?;
-        let node_state = m.read(|a| a.state.nodes.get(&id).map(|n| n.state));
-        let node_state = node_state.ok_or_else(|| {
-            ApiFailure::not_found(format!(
-                "storage node {id} is not registered; POST /v1/nodes first"
-            ))
-        })?;
-        if node_state == NodeState::Down {
-            let last_vbas = request.units.clone();
-            let command = Command::SetNodeState {
-                node: id.clone(),
-                state: NodeState::Up,
-                last_vbas,
-            };
-            let cause = format!("heartbeat from node {id}, which was down");
-            refused(m.propose(command, &cause).await?)?;
-            tracing::info!(node = %id, "storage node is back up");
-        }
-        // Recorded only now, for registered nodes: the memory holds no names nobody registered,
-        // and the failure detector sees the heartbeat before any reply to it renews a lease.
-        let reply = m
-            .with_liveness(Instant::now(), |l| {
-                l.heard(&id, received, &request);
-                l.io.record(&id, &request.io, crate::io_history::unix_ms());
-                m.read(|a| HeartbeatResponse {
-                    lease_ms: l.config().lease.as_millis() as u64,
-                    node_state: a.state.nodes.get(&id).map_or(NodeState::Down, |n| n.state),
-                    units: a.state.assigned_units(
-                        &id,
-                        |unit, generation| l.renews(&a.state, &id, unit, generation),
-                        &|unit, copy| l.remembered(unit, copy, received),
-                    ),
-                })
-            })
-            .ok_or_else(|| {
-                ApiFailure::unavailable("leadership moved while the heartbeat was answered")
-            })?;
+        let reply = m.heartbeat(&id, &request, received).await?;
         Ok(Json(reply).into_response())
     })
     .await
@@ -184,7 +136,7 @@ pub async fn drain(
         // The feasibility check counts free space.
         let (_placing, free) = m.placing().await?;
         if let Some(command) = m.read(|a| repair::drain(&a.state, &id, &free))? {
-            refused(m.propose(command, "request: drain node").await?)?;
+            m.apply(command, "request: drain node").await?;
             tracing::info!(node = %id, "draining storage node");
         }
         let status = m.read(|a| a.state.nodes.get(&id).map(|n| a.state.node_status(n)));

@@ -131,7 +131,7 @@ pub async fn create(State(manager): State<SharedManager>, request: Request) -> R
         let spec = placement::validate(&request)?;
         let (_placing, free) = m.placing().await?;
         let command = m.read(|a| placement::place(&a.state, &spec, |n| free.get(n).copied()))?;
-        match m.propose(command, "request: create volume").await? {
+        match m.apply(command, "request: create volume").await? {
             Outcome::VolumeCreated(id) => {
                 let map = m.read(|a| {
                     a.state
@@ -144,7 +144,6 @@ pub async fn create(State(manager): State<SharedManager>, request: Request) -> R
                 })?;
                 Ok((StatusCode::CREATED, Json(map)).into_response())
             }
-            Outcome::Refused(refusal) => Err(refusal.into()),
             other => Err(ApiFailure::internal(format!(
                 "unexpected outcome {other:?}"
             ))),
@@ -170,9 +169,8 @@ pub async fn resize(
             })
         })?;
         if let Some(command) = command {
-            match m.propose(command, "request: grow volume").await? {
+            match m.apply(command, "request: grow volume").await? {
                 Outcome::VolumeResized(_) => {}
-                Outcome::Refused(refusal) => return Err(refusal.into()),
                 other => {
                     return Err(ApiFailure::internal(format!(
                         "unexpected outcome {other:?}"
@@ -226,9 +224,7 @@ pub async fn accept_loss(
              as it is, ending at VBA {last_vba}"
         );
         tracing::warn!(volume = %name, %unit, %node, %last_vba, "{cause}");
-        if let Outcome::Refused(refusal) = m.propose(command.clone(), &cause).await? {
-            return Err(refusal.into());
-        }
+        m.apply(command.clone(), &cause).await?;
         volume_named(&m, &name)
     })
     .await
@@ -253,7 +249,7 @@ pub async fn delete(
             ApiFailure::from(Refusal::NotFound(format!("volume {name:?} does not exist")))
         })?;
         match m
-            .propose(Command::DeleteVolume { name }, "request: delete volume")
+            .apply(Command::DeleteVolume { name }, "request: delete volume")
             .await?
         {
             Outcome::VolumeDeleted(id) if id == map.id => Ok(Json(map).into_response()),
@@ -261,7 +257,6 @@ pub async fn delete(
                 "deleted volume {id}, which replaced volume {} meanwhile",
                 map.id
             ))),
-            Outcome::Refused(refusal) => Err(refusal.into()),
             other => Err(ApiFailure::internal(format!(
                 "unexpected outcome {other:?}"
             ))),

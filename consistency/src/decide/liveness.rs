@@ -32,7 +32,7 @@ use vbs_wire::types::{Generation, NodeId, UnitId, Vba};
 use super::resync::ResyncTracker;
 use crate::state::command::{CopyChange, SliceUpdate};
 use crate::state::view::CopyMemory;
-use crate::state::{Command, Copy, State};
+use crate::state::{Command, Copy, Refusal, State};
 
 /// Most unit reports kept from one heartbeat; a node holding more reports the rest next time.
 pub const MAX_UNITS_PER_HEARTBEAT: usize = 100_000;
@@ -458,6 +458,28 @@ pub fn failover(
         }],
         ..SliceUpdate::new(unit, slice.generation)
     }
+}
+
+/// What a heartbeat from `node` changes in the database: nothing for a node that is `up`; for a
+/// node that was `down`, its return, with the last VBA it holds of each unit (its copies come
+/// back as they were, and resync from there). Refused for a node nobody registered.
+pub fn on_heartbeat(
+    state: &State,
+    node: &NodeId,
+    request: &HeartbeatRequest,
+) -> Result<Option<Command>, Refusal> {
+    let known = state.nodes.get(node).ok_or_else(|| {
+        Refusal::NotFound(format!(
+            "storage node {node} is not registered; POST /v1/nodes first"
+        ))
+    })?;
+    Ok(
+        (known.state == NodeState::Down).then(|| Command::SetNodeState {
+            node: node.clone(),
+            state: NodeState::Up,
+            last_vbas: request.units.clone(),
+        }),
+    )
 }
 
 #[cfg(test)]

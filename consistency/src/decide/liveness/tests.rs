@@ -398,3 +398,25 @@ fn a_node_whose_devices_are_all_past_the_full_threshold_has_no_room_for_new_copi
     l.heard(&node("n2"), t0, &with_devices(vec![device("/a", 30 << 20)]));
     assert_eq!(l.reported_free()[&node("n2")], 40 << 20);
 }
+
+#[test]
+fn a_heartbeat_brings_a_down_node_back_with_its_last_vbas_and_changes_nothing_for_an_up_one() {
+    let mut state = cluster(&["n1", "n2"]);
+    let id = volume_on(&mut state, "vol", &[&["n1", "n2"]]);
+    let unit = UnitId::new(id.0, 0);
+    let request = heartbeat(&[(unit, 7)]);
+    assert_eq!(on_heartbeat(&state, &node("n2"), &request), Ok(None));
+
+    state.nodes.get_mut(&node("n2")).expect("n2").state = NodeState::Down;
+    assert_eq!(
+        on_heartbeat(&state, &node("n2"), &request),
+        Ok(Some(Command::SetNodeState {
+            node: node("n2"),
+            state: NodeState::Up,
+            last_vbas: request.units.clone(),
+        }))
+    );
+
+    let refusal = on_heartbeat(&state, &node("n9"), &request).expect_err("not registered");
+    assert!(matches!(refusal, Refusal::NotFound(_)), "{refusal:?}");
+}

@@ -1,11 +1,18 @@
 //! The IO shell around Raft that every request handler and the failure detector share: where the
 //! leader is, proposing a command with a deadline, linearizable reads, and the leader's
-//! in-memory liveness table.
+//! in-memory liveness table. Errors are [`ManagerError`]s; the HTTP layer (`api::error`) turns
+//! them into answers.
+//!
+//! # Layout
+//! - `mod.rs`: [`Manager`], Raft proposals and reads, the leader's memory.
+//! - [`events`]: what a notification or a heartbeat does on the leader: the decision of
+//!   [`crate::decide`] taken on the applied state, then its effects (leases revoked, resync
+//!   progress remembered, commands committed).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
@@ -13,13 +20,43 @@ use parking_lot::Mutex;
 use vbs_wire::security::Rejections;
 use vbs_wire::types::NodeId;
 
-use crate::api::error::ApiFailure;
 use crate::config::Config;
 use crate::decide::liveness::Liveness;
 use crate::raft_types::{Raft, RaftId};
 use crate::state::view::{nothing_remembered, Remembered};
-use crate::state::{Command, Note, Outcome};
+use crate::state::{Command, Note, Outcome, Refusal};
 use crate::store::{Applied, LogStore, SharedState};
+
+pub mod events;
+
+/// Why the managers could not do what was asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManagerError {
+    /// The database refused it: what was asked is wrong, or the state does not allow it now.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error(
+        "the change was not committed within {} ms: fewer than a quorum of managers answer; it \
+         may still be applied, retry to find out",
+        timeout.as_millis()
+    )]
+    CommitTimedOut { timeout: Duration },
+    #[error("leadership moved (new leader: {leader:?}) while the change was proposed; retry")]
+    LeadershipMoved { leader: Option<RaftId> },
+    #[error("the change was not committed: {0}")]
+    NotCommitted(String),
+    #[error(
+        "a quorum of managers did not confirm this leader within {} ms; retry, or read with \
+         ?local=true",
+        timeout.as_millis()
+    )]
+    NotConfirmed { timeout: Duration },
+    #[error("linearizable read failed: {0}")]
+    ReadFailed(String),
+    /// This replica stopped leading while it worked on the request.
+    #[error("leadership moved while {0}")]
+    NoLongerLeader(&'static str),
+}
 
 /// Where a request that needs the leader should go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,22 +187,26 @@ impl Manager {
     /// records what it changed with `cause` and the time now. Fails with 503 when it is not
     /// committed within the commit timeout: no quorum, or leadership lost. A command that timed
     /// out may still be committed later; every command is safe to retry.
-    pub async fn propose(&self, command: Command, cause: &str) -> Result<Outcome, ApiFailure> {
+    pub async fn propose(&self, command: Command, cause: &str) -> Result<Outcome, ManagerError> {
         let timeout = self.config.commit_timeout;
         match tokio::time::timeout(timeout, self.commit(command, cause)).await {
-            Err(_) => Err(ApiFailure::unavailable(format!(
-                "the change was not committed within {} ms: fewer than a quorum of managers \
-                 answer; it may still be applied, retry to find out",
-                timeout.as_millis()
-            ))),
+            Err(_) => Err(ManagerError::CommitTimedOut { timeout }),
             Ok(result) => result,
+        }
+    }
+
+    /// [`Manager::propose`], with a refusal as an error.
+    pub async fn apply(&self, command: Command, cause: &str) -> Result<Outcome, ManagerError> {
+        match self.propose(command, cause).await? {
+            Outcome::Refused(refusal) => Err(refusal.into()),
+            outcome => Ok(outcome),
         }
     }
 
     /// Commits `command` (noted with `cause`, as [`Manager::propose`]) through Raft with no
     /// deadline: returns once Raft has resolved it, so that an error means it was not, and will
     /// not be, committed by this leader.
-    pub async fn commit(&self, command: Command, cause: &str) -> Result<Outcome, ApiFailure> {
+    pub async fn commit(&self, command: Command, cause: &str) -> Result<Outcome, ManagerError> {
         match self
             .raft
             .client_write(command.noted(Note::now(cause)))
@@ -173,31 +214,22 @@ impl Manager {
         {
             Ok(response) => Ok(response.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(ApiFailure::unavailable(format!(
-                    "leadership moved (new leader: {:?}) while the change was proposed; retry",
-                    f.leader_id
-                )))
+                Err(ManagerError::LeadershipMoved {
+                    leader: f.leader_id,
+                })
             }
-            Err(e) => Err(ApiFailure::unavailable(format!(
-                "the change was not committed: {e}"
-            ))),
+            Err(e) => Err(ManagerError::NotCommitted(e.to_string())),
         }
     }
 
     /// Waits until this leader's applied state reflects everything committed before the call,
     /// confirmed by a quorum: a read after it is linearizable.
-    pub async fn linearizable(&self) -> Result<(), ApiFailure> {
+    pub async fn linearizable(&self) -> Result<(), ManagerError> {
         let timeout = self.config.commit_timeout;
         match tokio::time::timeout(timeout, self.raft.ensure_linearizable()).await {
-            Err(_) => Err(ApiFailure::unavailable(format!(
-                "a quorum of managers did not confirm this leader within {} ms; retry, or read \
-                 with ?local=true",
-                timeout.as_millis()
-            ))),
+            Err(_) => Err(ManagerError::NotConfirmed { timeout }),
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(ApiFailure::unavailable(format!(
-                "linearizable read failed: {e}"
-            ))),
+            Ok(Err(e)) => Err(ManagerError::ReadFailed(e.to_string())),
         }
     }
 }
@@ -208,7 +240,7 @@ impl Manager {
     /// brought back `up` (and granted a lease) would still look `down`, and a decision taken on
     /// that view could skip the lease wait. Within its own term, a leader applies its own
     /// changes before it answers for them, so later calls return at once.
-    pub async fn caught_up(&self) -> Result<(), ApiFailure> {
+    pub async fn caught_up(&self) -> Result<(), ManagerError> {
         let term = self.leader_term();
         if term.is_some_and(|t| t == self.caught_up_term.load(Ordering::Acquire)) {
             return Ok(());
@@ -227,7 +259,7 @@ impl Manager {
     /// reported.
     pub async fn placing(
         &self,
-    ) -> Result<(tokio::sync::MutexGuard<'_, ()>, BTreeMap<NodeId, u64>), ApiFailure> {
+    ) -> Result<(tokio::sync::MutexGuard<'_, ()>, BTreeMap<NodeId, u64>), ManagerError> {
         self.caught_up().await?;
         let guard = self.placement_lock.lock().await;
         let free = self
