@@ -1,6 +1,7 @@
 //! The node's side of the consistency database: registration, heartbeats (about once a second,
 //! with each unit's last VBA), the lease they renew, and applying the assignments each reply
-//! carries: units to create, roles and generations to take, units to drop.
+//! carries: units to create, roles and generations to take, units to drop, and the marks that
+//! keep a copy from serving, as `replication::serving` decides them.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -8,15 +9,15 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, error, info, warn};
 use vbs_wire::api::{
-    AssignedUnit, CopyInfo, CopyStatus, ErrorCode, HeartbeatRequest, HeartbeatResponse,
-    Notification, RegisterNodeRequest, Role, UnitGeneration, UnitReport,
+    AssignedUnit, ErrorCode, HeartbeatRequest, HeartbeatResponse, Notification,
+    RegisterNodeRequest, Role, UnitGeneration, UnitReport,
 };
 use vbs_wire::managers::{Hedge, ManagerError};
-use vbs_wire::types::{NodeId, Vba};
 
 use super::unit::{Assignment, UnitRuntime};
 use super::Node;
 use crate::engine::Marks;
+use crate::replication::serving;
 
 /// Runs for the life of the node: registers, then heartbeats.
 pub async fn run(node: Arc<Node>) {
@@ -161,19 +162,20 @@ async fn apply(node: &Arc<Node>, sent: Instant, reply: HeartbeatResponse) {
                 None => continue,
             },
         };
-        if runtime.is_undecided() {
-            match emptied_copy(unit, &node.id) {
-                Emptied::Lost => {
-                    warn!(unit = %unit.unit, "this unit had to be created empty, but the slice was written: its data here was lost; reporting it not current");
-                    runtime.set_lost(true);
-                    runtime.set_undecided(false);
-                }
-                Emptied::Unwritten => runtime.set_undecided(false),
-                Emptied::Unknown => {
-                    debug!(unit = %unit.unit, "created empty; waiting to hear how far the slice's other current copies are");
-                }
-            }
+        let decided = serving::on_assignment(
+            unit,
+            &node.id,
+            serving::Local {
+                marks: runtime.marks(),
+                torn: runtime.take_torn(),
+                held: runtime.engine.last_vba(),
+                restarted: restarted(node, unit.unit),
+            },
+        );
+        for event in &decided.events {
+            log_serving(unit, event);
         }
+        runtime.set_marks(decided.marks);
         if runtime.engine.size_bytes() < unit.unit_bytes {
             // The volume grew past this unit's end: a last slice grew, or a unit made before
             // units took their slice's whole span.
@@ -190,60 +192,6 @@ async fn apply(node: &Arc<Node>, sent: Instant, reply: HeartbeatResponse) {
                     continue;
                 }
             }
-        }
-        // A primary whose log lost a torn tail may have lost records its current copies hold
-        // (acknowledged ones too, if the disk did not keep what it flushed): numbering writes on
-        // from its shorter log would give those VBAs to other writes, and its reads would miss
-        // them. With a current copy to fail over to, it steps down before serving anything.
-        let another_current = unit
-            .copies
-            .iter()
-            .any(|c| c.node != node.id && c.status == CopyStatus::Current);
-        if runtime.take_torn() && unit.role == Role::Primary && another_current {
-            warn!(unit = %unit.unit, "this primary's log lost a torn tail; stepping down");
-            runtime.set_lost(true);
-        }
-        let recorded = unit
-            .copies
-            .iter()
-            .find(|c| c.node == node.id)
-            .map_or(Vba::ZERO, |c| c.last_vba);
-        let held = runtime.engine.last_vba();
-        // An operator accepted the loss of what this copy no longer holds, as it is now: the
-        // database's record of it is still the accepted VBA, and no other copy is current (as
-        // when the loss was accepted; a copy that lost a tail another current copy holds steps
-        // down, above, accepted or not). It serves again.
-        if runtime.is_lost()
-            && unit.status == CopyStatus::Current
-            && unit.loss_accepted_vba == Some(held)
-            && recorded == held
-            && !another_current
-        {
-            warn!(unit = %unit.unit, last_vba = %held, generation = %unit.generation,
-                "an operator accepted this copy's loss: serving it again as it is");
-            runtime.set_lost(false);
-        }
-        // A primary that restarted with a log ending below the VBA the database recorded for its
-        // copy lost records it had held (a disk that lost a torn tail, or writes it had synced),
-        // some perhaps acknowledged: numbering writes on from its shorter log would give those
-        // VBAs to other writes. With no current copy to hand over to, it reports itself not
-        // current rather than serve; only an operator can accept the loss
-        // (`vbs volume accept-loss`).
-        if unit.role == Role::Primary
-            && unit.status == CopyStatus::Current
-            && recorded > held
-            && restarted(node, unit.unit)
-            && !runtime.is_lost()
-        {
-            error!(unit = %unit.unit, %held, %recorded,
-                "this primary's log ends below the VBA the database recorded for its copy: it lost records, some perhaps acknowledged; reporting itself not current instead of serving (an operator may accept the loss: vbs volume accept-loss)");
-            runtime.set_lost(true);
-        }
-        // A copy reported as having lost records serves again only once the database no longer
-        // holds it current (it resyncs first): the report being accepted is not enough, since
-        // until this node hears of the change it would still serve as a current copy.
-        if unit.status != CopyStatus::Current {
-            runtime.set_lost(false);
         }
         let before = runtime.assignment();
         let assignment = Assignment::from_assigned(unit);
@@ -266,9 +214,7 @@ async fn apply(node: &Arc<Node>, sent: Instant, reply: HeartbeatResponse) {
             drop_unit(node, &runtime, "no longer assigned here").await;
         }
     }
-    // A secondary that was away may have missed writes the primary did not report (the primary
-    // only reports a copy that fails it during a write). A primary missed nothing: every write it
-    // acknowledged was durable in its own log first (unless its log lost a torn tail, above).
+    // A restarted secondary may have missed writes (`serving::missed_while_away`).
     let restarted = node
         .restarted_units
         .lock()
@@ -279,7 +225,7 @@ async fn apply(node: &Arc<Node>, sent: Instant, reply: HeartbeatResponse) {
             .units
             .iter()
             .filter(|u| restarted.contains(&u.unit))
-            .filter(|u| u.role == Role::Secondary && u.status == CopyStatus::Current)
+            .filter(|u| serving::missed_while_away(u))
             .map(|u| UnitGeneration {
                 unit: u.unit,
                 generation: u.generation,
@@ -321,38 +267,20 @@ async fn apply(node: &Arc<Node>, sent: Instant, reply: HeartbeatResponse) {
     }
 }
 
-/// What a node that had to create a unit empty can tell of its copy.
-#[derive(Debug, PartialEq, Eq)]
-enum Emptied {
-    /// The database holds the copy current and the slice was written: the copy lost records.
-    Lost,
-    /// Not current, or current and never written: nothing was lost.
-    Unwritten,
-    /// Current, no copy known to be written, but another current copy has not reported to the
-    /// answering leader yet (one just elected remembers no heartbeat, and the copies' committed
-    /// VBAs date from their last status change).
-    Unknown,
-}
-
-fn emptied_copy(unit: &AssignedUnit, me: &NodeId) -> Emptied {
-    if unit.status != CopyStatus::Current {
-        return Emptied::Unwritten;
-    }
-    // Written if anything says so: a VBA committed with a status change, or one a node reported.
-    // A report of 0 (a node whose heartbeat does not list the unit) does not undo a committed one.
-    let written =
-        |c: &CopyInfo| c.last_vba > Vba::ZERO || c.reported_vba.is_some_and(|v| v > Vba::ZERO);
-    if unit.copies.iter().any(written) {
-        return Emptied::Lost;
-    }
-    let unheard = unit
-        .copies
-        .iter()
-        .any(|c| &c.node != me && c.status == CopyStatus::Current && c.reported_vba.is_none());
-    if unheard {
-        Emptied::Unknown
-    } else {
-        Emptied::Unwritten
+/// The node's log line for why a copy's marks changed, or did not.
+fn log_serving(unit: &AssignedUnit, event: &serving::Event) {
+    use serving::Event;
+    match event {
+        Event::EmptiedOverWrites => warn!(unit = %unit.unit,
+            "this unit had to be created empty, but the slice was written: its data here was lost; reporting it not current"),
+        Event::EmptiedUnknown => debug!(unit = %unit.unit,
+            "created empty; waiting to hear how far the slice's other current copies are"),
+        Event::TornTailStepsDown => warn!(unit = %unit.unit,
+            "this primary's log lost a torn tail; stepping down"),
+        Event::LossAccepted => warn!(unit = %unit.unit, generation = %unit.generation,
+            "an operator accepted this copy's loss: serving it again as it is"),
+        Event::BelowRecorded { held, recorded } => error!(unit = %unit.unit, %held, %recorded,
+            "this primary's log ends below the VBA the database recorded for its copy: it lost records, some perhaps acknowledged; reporting itself not current instead of serving (an operator may accept the loss: vbs volume accept-loss)"),
     }
 }
 
@@ -434,121 +362,6 @@ async fn report_not_current(node: &Node, units: Vec<UnitGeneration>) {
         ),
         Err(e) => {
             warn!(error = %e, "could not report lost units as not current; retrying at the next beat")
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use vbs_wire::types::{Generation, UnitId};
-
-    use super::*;
-
-    fn copy(node: &str, status: CopyStatus, last_vba: u64, reported: Option<u64>) -> CopyInfo {
-        CopyInfo {
-            node: NodeId::parse(node).unwrap(),
-            addr: format!("{node}:1"),
-            role: Role::Secondary,
-            status,
-            last_vba: Vba(last_vba),
-            reported_vba: reported.map(Vba),
-            resync: None,
-            scrub: None,
-        }
-    }
-
-    fn unit(status: CopyStatus, copies: Vec<CopyInfo>) -> AssignedUnit {
-        AssignedUnit {
-            unit: UnitId::new(1, 0),
-            volume_size_bytes: 1 << 20,
-            slice_bytes: 1 << 20,
-            unit_bytes: 1 << 20,
-            generation: Generation(1),
-            role: Role::Primary,
-            status,
-            lease_renewed: true,
-            copies,
-            loss_accepted_vba: None,
-        }
-    }
-
-    #[test]
-    fn an_emptied_copy_is_lost_only_where_the_slice_was_written() {
-        use CopyStatus::{Current, Down, Stale};
-        let me = NodeId::parse("a").unwrap();
-        let cases = [
-            // The other copy reported records: this one lost them.
-            (
-                Current,
-                vec![
-                    copy("a", Current, 0, Some(0)),
-                    copy("b", Current, 0, Some(64)),
-                ],
-                Emptied::Lost,
-            ),
-            // A committed VBA says so too, even where the nodes' heartbeats list no such unit.
-            (
-                Current,
-                vec![
-                    copy("a", Current, 64, Some(0)),
-                    copy("b", Current, 0, Some(0)),
-                ],
-                Emptied::Lost,
-            ),
-            // A committed VBA says so too, with no heartbeat heard.
-            (
-                Current,
-                vec![copy("a", Current, 0, None), copy("b", Current, 64, None)],
-                Emptied::Lost,
-            ),
-            // Heard from the other copy, at 0: never written.
-            (
-                Current,
-                vec![
-                    copy("a", Current, 0, Some(0)),
-                    copy("b", Current, 0, Some(0)),
-                ],
-                Emptied::Unwritten,
-            ),
-            // A leader just elected has heard from nobody: wait.
-            (
-                Current,
-                vec![copy("a", Current, 0, None), copy("b", Current, 0, None)],
-                Emptied::Unknown,
-            ),
-            // Only this node's own report, which is of the new empty unit: still wait.
-            (
-                Current,
-                vec![copy("a", Current, 0, Some(0)), copy("b", Current, 0, None)],
-                Emptied::Unknown,
-            ),
-            // The other copy is not current: nothing better to learn from it.
-            (
-                Current,
-                vec![copy("a", Current, 0, None), copy("b", Stale, 0, None)],
-                Emptied::Unwritten,
-            ),
-            (
-                Current,
-                vec![copy("a", Current, 0, None), copy("b", Down, 0, None)],
-                Emptied::Unwritten,
-            ),
-            // A copy that is not current resyncs anyway.
-            (
-                Stale,
-                vec![copy("a", Stale, 0, None), copy("b", Current, 64, Some(64))],
-                Emptied::Unwritten,
-            ),
-            // One copy only.
-            (
-                Current,
-                vec![copy("a", Current, 0, None)],
-                Emptied::Unwritten,
-            ),
-        ];
-        for (status, copies, want) in cases {
-            let assigned = unit(status, copies);
-            assert_eq!(emptied_copy(&assigned, &me), want, "{assigned:?}");
         }
     }
 }

@@ -181,13 +181,21 @@ impl UnitRuntime {
         self.undecided.load(Ordering::Relaxed)
     }
 
+    pub fn marks(&self) -> Marks {
+        Marks {
+            lost: self.is_lost(),
+            undecided: self.is_undecided(),
+        }
+    }
+
+    /// Sets both marks at once (`replication::serving` decides them).
+    pub fn set_marks(&self, marks: Marks) {
+        self.change_marks(|m| *m = marks);
+    }
+
     /// Marks this copy as having lost records the database counts on, or clears the mark.
     pub fn set_lost(&self, lost: bool) {
         self.change_marks(|m| m.lost = lost);
-    }
-
-    pub fn set_undecided(&self, undecided: bool) {
-        self.change_marks(|m| m.undecided = undecided);
     }
 
     /// Changes the marks: at once in memory, so the copy stops (or resumes) serving now, then
@@ -196,10 +204,7 @@ impl UnitRuntime {
     /// from then on.
     fn change_marks(&self, change: impl FnOnce(&mut Marks)) {
         let _changing = lock(&self.marking_marks);
-        let before = Marks {
-            lost: self.is_lost(),
-            undecided: self.is_undecided(),
-        };
+        let before = self.marks();
         let mut marks = before;
         change(&mut marks);
         if marks == before {
@@ -556,8 +561,10 @@ mod tests {
                 .expect("created");
             let runtime = UnitRuntime::new(engine, node.clone());
             assert!(runtime.is_undecided());
-            runtime.set_lost(true);
-            runtime.set_undecided(false);
+            runtime.set_marks(Marks {
+                lost: true,
+                undecided: false,
+            });
         }
         // After a crash: the copy still knows it lost records, and serves nothing.
         let device = open(&backend);
