@@ -276,12 +276,13 @@ mod cases {
 
     pub fn a_units_marks_survive_a_reopen_and_a_truncation(fixture: &dyn Fixture) {
         let undecided = Marks {
-            lost: false,
             undecided: true,
+            ..Marks::default()
         };
         let lost = Marks {
             lost: true,
             undecided: false,
+            lost_in: G1,
         };
         let other = UnitId::new(UNIT.volume.0, UNIT.slice.0 + 1);
         {

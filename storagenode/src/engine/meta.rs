@@ -69,6 +69,12 @@ pub struct Marks {
     /// slice was written is not known yet.
     #[serde(default)]
     pub undecided: bool,
+    /// With `lost`: the newest generation of the slice the node knew when it marked the copy
+    /// lost. An operator's acceptance of a loss made at a later generation serves the copy
+    /// again; one made at this generation or before predates this loss and does not. 0 in
+    /// marks written before this was kept: any acceptance then serves the copy.
+    #[serde(default)]
+    pub lost_in: Generation,
 }
 
 impl Marks {
@@ -172,6 +178,7 @@ mod tests {
             marks: Marks {
                 lost: true,
                 undecided: false,
+                lost_in: Generation(3),
             },
             ..meta
         };

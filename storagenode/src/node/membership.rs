@@ -91,7 +91,7 @@ async fn register(node: &Node) {
                         "the managers do not know this data directory as this node's (wiped, replaced, or another node's): its copies are marked lost and will be resynced");
                     for unit in units {
                         if let Some(runtime) = node.unit(unit) {
-                            runtime.set_lost(true);
+                            runtime.mark_lost();
                         }
                     }
                     marked_lost.insert(device);
@@ -292,8 +292,8 @@ async fn create(
     let created = {
         let node = node.clone();
         let marks = Marks {
-            lost: false,
             undecided: true,
+            ..Marks::default()
         };
         tokio::task::spawn_blocking(move || node.devices.create_unit(unit, bytes, marks)).await
     };

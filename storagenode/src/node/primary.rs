@@ -523,7 +523,7 @@ fn refusal(runtime: &UnitRuntime, failure: Failure) -> WireError {
         Failure::Diverged(reason) => {
             // Serve nothing more; the membership loop reports the copy not current at the next
             // beat, and the database fails the slice over to a copy that holds what this lost.
-            runtime.set_lost(true);
+            runtime.mark_lost();
             WireError::new(
                 ErrorCode::NotCurrent,
                 format!(

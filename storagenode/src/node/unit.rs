@@ -61,14 +61,15 @@ pub struct UnitRuntime {
     /// This copy lost records the database counts on: the node had to create it empty (its
     /// data was lost), or as primary it lost records a current copy holds (a torn tail). It
     /// serves nothing until the database has been told it is not current. Kept in `unit.json`
-    /// ([`UnitRuntime::set_lost`]), so a crash before the report does not undo it.
+    /// ([`UnitRuntime::mark_lost`]), so a crash before the report does not undo it.
     lost: AtomicBool,
     /// The node created this unit empty although the database holds the copy current, and does
     /// not know yet whether the slice was written (see `membership::emptied_copy`): it serves
     /// nothing until it does. Kept in `unit.json` like `lost`.
     undecided: AtomicBool,
-    /// Held while the marks above change and are written.
-    marking_marks: Mutex<()>,
+    /// The marks as `unit.json` keeps them (the two above, and the generation a loss was found
+    /// in); held while they change and are written.
+    marks: Mutex<Marks>,
     /// Recovery cut a torn tail off this unit's log when the node started, and the first
     /// assignment since has not been applied yet ([`UnitRuntime::note_torn`],
     /// [`UnitRuntime::take_torn`]).
@@ -148,7 +149,7 @@ impl UnitRuntime {
             slice_updated: Mutex::new(None),
             lost: AtomicBool::new(marks.lost),
             undecided: AtomicBool::new(marks.undecided),
-            marking_marks: Mutex::new(()),
+            marks: Mutex::new(marks),
             torn: AtomicBool::new(false),
         }
     }
@@ -182,10 +183,7 @@ impl UnitRuntime {
     }
 
     pub fn marks(&self) -> Marks {
-        Marks {
-            lost: self.is_lost(),
-            undecided: self.is_undecided(),
-        }
+        *lock(&self.marks)
     }
 
     /// Sets both marks at once (`replication::serving` decides them).
@@ -193,9 +191,19 @@ impl UnitRuntime {
         self.change_marks(|m| *m = marks);
     }
 
-    /// Marks this copy as having lost records the database counts on, or clears the mark.
-    pub fn set_lost(&self, lost: bool) {
-        self.change_marks(|m| m.lost = lost);
+    /// Marks this copy as having lost records the database counts on, found in the newest
+    /// generation of the slice this node knows.
+    pub fn mark_lost(&self) {
+        let generation = self
+            .assignment()
+            .map_or(Generation(0), |a| a.generation)
+            .max(self.engine.generation());
+        self.change_marks(|m| {
+            if !m.lost {
+                m.lost = true;
+                m.lost_in = generation;
+            }
+        });
     }
 
     /// Changes the marks: at once in memory, so the copy stops (or resumes) serving now, then
@@ -203,13 +211,14 @@ impl UnitRuntime {
     /// turns out lost or wiped, or is resolved, and what they guard must hold across a crash
     /// from then on.
     fn change_marks(&self, change: impl FnOnce(&mut Marks)) {
-        let _changing = lock(&self.marking_marks);
-        let before = self.marks();
+        let mut kept = lock(&self.marks);
+        let before = *kept;
         let mut marks = before;
         change(&mut marks);
         if marks == before {
             return;
         }
+        *kept = marks;
         self.lost.store(marks.lost, Ordering::Relaxed);
         self.undecided.store(marks.undecided, Ordering::Relaxed);
         if let Err(e) = self.engine.set_marks(marks) {
@@ -553,8 +562,8 @@ mod tests {
         {
             let device = open(&backend);
             let undecided = Marks {
-                lost: false,
                 undecided: true,
+                ..Marks::default()
             };
             let engine = device
                 .create_unit_marked(unit, 1 << 20, undecided)
@@ -564,13 +573,15 @@ mod tests {
             runtime.set_marks(Marks {
                 lost: true,
                 undecided: false,
+                lost_in: Generation(1),
             });
         }
         // After a crash: the copy still knows it lost records, and serves nothing.
         let device = open(&backend);
         let runtime = UnitRuntime::new(device.unit(unit).expect("found"), node.clone());
         assert!(runtime.is_lost() && !runtime.is_undecided());
-        runtime.set_lost(false);
+        assert_eq!(runtime.marks().lost_in, Generation(1));
+        runtime.set_marks(Marks::default());
         drop(runtime);
         drop(device);
         let device = open(&backend);

@@ -11,7 +11,7 @@
 //! of exactly what it lacks.
 
 use vbs_wire::api::{AssignedUnit, CopyInfo, CopyStatus, Role};
-use vbs_wire::types::{NodeId, Vba};
+use vbs_wire::types::{Generation, NodeId, Vba};
 
 use crate::engine::meta::Marks;
 
@@ -73,7 +73,7 @@ pub fn on_assignment(unit: &AssignedUnit, me: &NodeId, local: Local) -> Decision
         match emptied_copy(unit, me) {
             Emptied::Lost => {
                 events.push(Event::EmptiedOverWrites);
-                marks.lost = true;
+                lose(&mut marks, unit);
                 marks.undecided = false;
             }
             Emptied::Unwritten => marks.undecided = false,
@@ -89,7 +89,7 @@ pub fn on_assignment(unit: &AssignedUnit, me: &NodeId, local: Local) -> Decision
     // its shorter log would give those VBAs to other writes, and its reads would miss them.
     if local.torn && unit.role == Role::Primary && another_current {
         events.push(Event::TornTailStepsDown);
-        marks.lost = true;
+        lose(&mut marks, unit);
     }
     let recorded = unit
         .copies
@@ -99,8 +99,11 @@ pub fn on_assignment(unit: &AssignedUnit, me: &NodeId, local: Local) -> Decision
     // An operator accepted the loss of what this copy no longer holds, as it is now: the
     // database's record of it is still the accepted VBA, and no other copy is current (as when
     // the loss was accepted; a copy that lost a tail another current copy holds steps down,
-    // above, accepted or not).
+    // above, accepted or not). The acceptance (which started this generation) came after the
+    // loss was found: a copy that lost records again since, at this generation (its disk wiped
+    // after it served from the acceptance), waits for an operator to accept that loss too.
     if marks.lost
+        && marks.lost_in < unit.generation
         && unit.status == CopyStatus::Current
         && unit.loss_accepted_vba == Some(local.held)
         && recorded == local.held
@@ -108,6 +111,7 @@ pub fn on_assignment(unit: &AssignedUnit, me: &NodeId, local: Local) -> Decision
     {
         events.push(Event::LossAccepted);
         marks.lost = false;
+        marks.lost_in = Generation(0);
     }
     // A primary that restarted with a log ending below the VBA the database recorded for its
     // copy lost records it had held (a disk that lost a torn tail, or writes it had synced), some
@@ -123,15 +127,24 @@ pub fn on_assignment(unit: &AssignedUnit, me: &NodeId, local: Local) -> Decision
             held: local.held,
             recorded,
         });
-        marks.lost = true;
+        lose(&mut marks, unit);
     }
     // A copy reported as having lost records serves again only once the database no longer
     // holds it current (it resyncs first): the report being accepted is not enough, since until
     // this node hears of the change it would still serve as a current copy.
     if unit.status != CopyStatus::Current {
         marks.lost = false;
+        marks.lost_in = Generation(0);
     }
     Decision { marks, events }
+}
+
+/// Marks the copy lost, found in the reply's generation (kept if it was lost already).
+fn lose(marks: &mut Marks, unit: &AssignedUnit) {
+    if !marks.lost {
+        marks.lost = true;
+        marks.lost_in = unit.generation;
+    }
 }
 
 /// Whether a restarted node's copy of `unit` may have missed writes it must report: a secondary

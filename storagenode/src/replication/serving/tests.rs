@@ -1,5 +1,8 @@
-//! Every transition of a copy's marks.
+//! Every transition of a copy's marks, and a property: whatever the reply and the copy, a copy
+//! left serving (no marks) never lacks records the database counts on, unless an operator
+//! accepted exactly that after the loss was found.
 
+use proptest::prelude::*;
 use vbs_wire::types::{Generation, UnitId};
 
 use super::*;
@@ -36,22 +39,24 @@ fn me() -> NodeId {
     NodeId::parse("a").unwrap()
 }
 
-const SERVING: Marks = Marks {
-    lost: false,
-    undecided: false,
-};
-const LOST: Marks = Marks {
-    lost: true,
-    undecided: false,
-};
-const UNDECIDED: Marks = Marks {
-    lost: false,
-    undecided: true,
-};
+/// A copy's marks as (lost, undecided).
+type Flags = (bool, bool);
+const SERVING: Flags = (false, false);
+const LOST: Flags = (true, false);
+const UNDECIDED: Flags = (false, true);
 
-fn local(marks: Marks, held: u64) -> Local {
+fn flags(marks: Marks) -> Flags {
+    (marks.lost, marks.undecided)
+}
+
+/// A copy with these marks (a loss found before any generation of the tests' slices) and log.
+fn local((lost, undecided): Flags, held: u64) -> Local {
     Local {
-        marks,
+        marks: Marks {
+            lost,
+            undecided,
+            lost_in: Generation(0),
+        },
         torn: false,
         held: Vba(held),
         restarted: false,
@@ -149,7 +154,7 @@ fn an_undecided_copy_is_lost_over_writes_served_over_none_and_waits_when_unheard
         ],
     );
     let decided = on_assignment(&written, &me(), local(UNDECIDED, 0));
-    assert_eq!(decided.marks, LOST);
+    assert_eq!(flags(decided.marks), LOST);
     assert_eq!(decided.events, [Event::EmptiedOverWrites]);
 
     let unwritten = unit(
@@ -160,7 +165,7 @@ fn an_undecided_copy_is_lost_over_writes_served_over_none_and_waits_when_unheard
         ],
     );
     let decided = on_assignment(&unwritten, &me(), local(UNDECIDED, 0));
-    assert_eq!(decided.marks, SERVING);
+    assert_eq!(flags(decided.marks), SERVING);
     assert!(decided.events.is_empty());
 
     let unheard = unit(
@@ -168,7 +173,7 @@ fn an_undecided_copy_is_lost_over_writes_served_over_none_and_waits_when_unheard
         vec![copy("a", Current, 0, None), copy("b", Current, 0, None)],
     );
     let decided = on_assignment(&unheard, &me(), local(UNDECIDED, 0));
-    assert_eq!(decided.marks, UNDECIDED);
+    assert_eq!(flags(decided.marks), UNDECIDED);
     assert_eq!(decided.events, [Event::EmptiedUnknown]);
 }
 
@@ -184,20 +189,20 @@ fn a_torn_primary_steps_down_only_with_another_current_copy() {
         vec![copy("a", Current, 5, None), copy("b", Current, 5, None)],
     );
     let decided = on_assignment(&with_other, &me(), torn);
-    assert_eq!(decided.marks, LOST);
+    assert_eq!(flags(decided.marks), LOST);
     assert_eq!(decided.events, [Event::TornTailStepsDown]);
 
     let alone = unit(
         Current,
         vec![copy("a", Current, 5, None), copy("b", Stale, 5, None)],
     );
-    assert_eq!(on_assignment(&alone, &me(), torn).marks, SERVING);
+    assert_eq!(flags(on_assignment(&alone, &me(), torn).marks), SERVING);
 
     let secondary = AssignedUnit {
         role: Role::Secondary,
         ..with_other
     };
-    assert_eq!(on_assignment(&secondary, &me(), torn).marks, SERVING);
+    assert_eq!(flags(on_assignment(&secondary, &me(), torn).marks), SERVING);
 }
 
 #[test]
@@ -212,7 +217,7 @@ fn a_restarted_primary_below_its_recorded_vba_stops_serving() {
         ..local(SERVING, 7)
     };
     let decided = on_assignment(&assigned, &me(), restarted);
-    assert_eq!(decided.marks, LOST);
+    assert_eq!(flags(decided.marks), LOST);
     assert_eq!(
         decided.events,
         [Event::BelowRecorded {
@@ -223,7 +228,7 @@ fn a_restarted_primary_below_its_recorded_vba_stops_serving() {
     // Not restarted: the recorded VBA may be one it reported before a write failed here; the
     // log is what it is, and the write path reports what it lacks.
     assert_eq!(
-        on_assignment(&assigned, &me(), local(SERVING, 7)).marks,
+        flags(on_assignment(&assigned, &me(), local(SERVING, 7)).marks),
         SERVING
     );
     // Holding all it recorded, it serves.
@@ -231,7 +236,7 @@ fn a_restarted_primary_below_its_recorded_vba_stops_serving() {
         restarted: true,
         ..local(SERVING, 9)
     };
-    assert_eq!(on_assignment(&assigned, &me(), whole).marks, SERVING);
+    assert_eq!(flags(on_assignment(&assigned, &me(), whole).marks), SERVING);
 }
 
 #[test]
@@ -248,19 +253,19 @@ fn an_accepted_loss_serves_again_only_at_exactly_what_the_copy_holds() {
         )
     };
     let decided = on_assignment(&accepted(7, 7, Stale), &me(), local(LOST, 7));
-    assert_eq!(decided.marks, SERVING);
+    assert_eq!(flags(decided.marks), SERVING);
     assert_eq!(decided.events, [Event::LossAccepted]);
     // Accepted at another VBA, not yet recorded, or with a current copy to hand over to.
     assert_eq!(
-        on_assignment(&accepted(6, 7, Stale), &me(), local(LOST, 7)).marks,
+        flags(on_assignment(&accepted(6, 7, Stale), &me(), local(LOST, 7)).marks),
         LOST
     );
     assert_eq!(
-        on_assignment(&accepted(7, 9, Stale), &me(), local(LOST, 7)).marks,
+        flags(on_assignment(&accepted(7, 9, Stale), &me(), local(LOST, 7)).marks),
         LOST
     );
     assert_eq!(
-        on_assignment(&accepted(7, 7, Current), &me(), local(LOST, 7)).marks,
+        flags(on_assignment(&accepted(7, 7, Current), &me(), local(LOST, 7)).marks),
         LOST
     );
 }
@@ -277,7 +282,7 @@ fn a_lost_copy_serves_again_once_the_database_holds_it_not_current() {
             )
         };
         assert_eq!(
-            on_assignment(&assigned, &me(), local(LOST, 0)).marks,
+            flags(on_assignment(&assigned, &me(), local(LOST, 0)).marks),
             SERVING
         );
     }
@@ -286,7 +291,7 @@ fn a_lost_copy_serves_again_once_the_database_holds_it_not_current() {
         vec![copy("a", Current, 9, None), copy("b", Current, 9, None)],
     );
     assert_eq!(
-        on_assignment(&still_current, &me(), local(LOST, 9)).marks,
+        flags(on_assignment(&still_current, &me(), local(LOST, 9)).marks),
         LOST
     );
 }
@@ -306,4 +311,166 @@ fn only_a_current_secondary_reports_what_it_missed_while_away() {
         ..secondary
     };
     assert!(!missed_while_away(&stale));
+}
+
+#[test]
+fn a_loss_found_after_an_accepted_one_waits_for_its_own_acceptance() {
+    use CopyStatus::{Current, Stale};
+    // The operator accepted this copy's loss at VBA 0 (generation 2); it served and took
+    // writes, then its disk was wiped and the unit created again empty.
+    let assigned = AssignedUnit {
+        generation: Generation(2),
+        loss_accepted_vba: Some(Vba(0)),
+        ..unit(
+            Current,
+            vec![copy("a", Current, 0, Some(40)), copy("b", Stale, 3, None)],
+        )
+    };
+    let decided = on_assignment(&assigned, &me(), local(UNDECIDED, 0));
+    assert_eq!(flags(decided.marks), LOST);
+    assert_eq!(decided.marks.lost_in, Generation(2));
+    assert_eq!(decided.events, [Event::EmptiedOverWrites]);
+    // The next reply still carries the old acceptance: the copy stays lost.
+    let next = Local {
+        marks: decided.marks,
+        ..local(SERVING, 0)
+    };
+    assert_eq!(flags(on_assignment(&assigned, &me(), next).marks), LOST);
+    // A new acceptance starts a new generation, which serves it.
+    let accepted_again = AssignedUnit {
+        generation: Generation(3),
+        ..assigned
+    };
+    let decided = on_assignment(&accepted_again, &me(), next);
+    assert_eq!(flags(decided.marks), SERVING);
+    assert_eq!(decided.events, [Event::LossAccepted]);
+}
+
+fn status() -> impl Strategy<Value = CopyStatus> {
+    prop_oneof![
+        Just(CopyStatus::Current),
+        Just(CopyStatus::Stale),
+        Just(CopyStatus::Syncing),
+        Just(CopyStatus::Down),
+    ]
+}
+
+/// A reply naming this node's copy and up to two others, each with any status and VBAs, and a
+/// copy with any marks and log.
+fn case() -> impl Strategy<Value = (AssignedUnit, Local)> {
+    let vba = 0u64..4;
+    let other = (status(), vba.clone(), proptest::option::of(vba.clone()));
+    (
+        status(),
+        any::<bool>(),
+        (vba.clone(), proptest::option::of(vba.clone())),
+        proptest::collection::vec(other, 0..3),
+        proptest::option::of(vba.clone()),
+        (
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+            vba,
+        ),
+        (1u64..4, 0u64..4),
+    )
+        .prop_map(
+            |(
+                status,
+                primary,
+                (recorded, reported),
+                others,
+                accepted,
+                (lost, undecided, torn, restarted, held),
+                (generation, lost_in),
+            )| {
+                let mut copies = vec![copy("a", status, recorded, reported)];
+                for (i, (s, v, r)) in others.into_iter().enumerate() {
+                    copies.push(copy(&format!("o{i}"), s, v, r));
+                }
+                let assigned = AssignedUnit {
+                    generation: Generation(generation),
+                    role: if primary {
+                        Role::Primary
+                    } else {
+                        Role::Secondary
+                    },
+                    loss_accepted_vba: accepted.map(Vba),
+                    ..unit(status, copies)
+                };
+                let local = Local {
+                    marks: Marks {
+                        lost,
+                        undecided,
+                        lost_in: Generation(if lost { lost_in } else { 0 }),
+                    },
+                    torn,
+                    held: Vba(held),
+                    restarted,
+                };
+                (assigned, local)
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+    #[test]
+    fn a_copy_left_serving_lacks_nothing_the_database_counts_on((assigned, local) in case()) {
+        let me = me();
+        let decided = on_assignment(&assigned, &me, local);
+        let current = assigned.status == CopyStatus::Current;
+        let recorded = assigned.copies[0].last_vba;
+        let another_current = assigned.copies[1..].iter().any(|c| c.status == CopyStatus::Current);
+        let accepted_here = assigned.loss_accepted_vba == Some(local.held)
+            && recorded == local.held
+            && !another_current
+            && local.marks.lost_in < assigned.generation;
+        // Nothing becomes undecided; a copy the database does not hold current never stays lost.
+        prop_assert!(!decided.marks.undecided || local.marks.undecided);
+        prop_assert!(current || !decided.marks.lost);
+        if !current {
+            return Ok(());
+        }
+        // An emptied copy of a written slice does not serve, unless it was lost already and an
+        // operator accepted that loss since.
+        let accepted = local.marks.lost && accepted_here;
+        if local.marks.undecided && assigned.copies.iter().any(written) && !accepted {
+            prop_assert!(decided.marks.lost, "{assigned:?} {local:?} -> {decided:?}");
+        }
+        // An emptied copy serves only once it is known that the slice was never written.
+        if local.marks.undecided && !decided.marks.undecided && !decided.marks.lost && !accepted {
+            prop_assert_eq!(emptied_copy(&assigned, &me), Emptied::Unwritten);
+        }
+        // A restarted primary that lacks records the database recorded does not serve.
+        if assigned.role == Role::Primary && local.restarted && recorded > local.held {
+            prop_assert!(decided.marks.lost, "{assigned:?} {local:?} -> {decided:?}");
+        }
+        // A torn primary with a current copy to hand over to does not serve.
+        if assigned.role == Role::Primary && local.torn && another_current {
+            prop_assert!(decided.marks.lost, "{assigned:?} {local:?} -> {decided:?}");
+        }
+        // A loss first found in this reply stands: the operator's acceptance came before it.
+        let found = decided.events.iter().any(|e| {
+            matches!(
+                e,
+                Event::EmptiedOverWrites | Event::TornTailStepsDown | Event::BelowRecorded { .. }
+            )
+        });
+        if found && !local.marks.lost {
+            prop_assert!(decided.marks.lost, "{assigned:?} {local:?} -> {decided:?}");
+        }
+        // A lost mark is cleared, while current, only by an accepted loss of exactly what the
+        // copy holds, made after the loss was found.
+        if local.marks.lost && !decided.marks.lost {
+            prop_assert!(accepted_here, "{assigned:?} {local:?} -> {decided:?}");
+        }
+        // Marks change only with an event that says why, or by the database's word alone (a
+        // never-written slice, a status that is not current).
+        if decided.marks.lost && !local.marks.lost {
+            prop_assert!(!decided.events.is_empty());
+        }
+    }
 }
