@@ -20,23 +20,30 @@ pub enum Start {
     Wait,
 }
 
+/// Why a replica must not start.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StartRefused {
+    #[error(
+        "this replica's data directory is empty, but the leader (manager {leader}) has \
+         replicated to manager {id} before: its data was lost. Remove it first \
+         (DELETE /v1/managers/{id}), then start it, then add it again (POST /v1/managers); \
+         see docs/operations.md"
+    )]
+    DataLost { id: RaftId, leader: RaftId },
+}
+
 /// Decides how to start from the probe replies of the peers that answered.
 pub fn decide(
     id: RaftId,
     peers: &BTreeMap<RaftId, String>,
     store_is_empty: bool,
     replies: &[(RaftId, ProbeReply)],
-) -> Result<Start, String> {
+) -> Result<Start, StartRefused> {
     if !store_is_empty {
         return Ok(Start::Resume);
     }
     if let Some((peer, _)) = replies.iter().find(|(_, r)| r.replicated_before) {
-        return Err(format!(
-            "this replica's data directory is empty, but the leader (manager {peer}) has \
-             replicated to manager {id} before: its data was lost. Remove it first \
-             (DELETE /v1/managers/{id}), then start it, then add it again (POST /v1/managers); \
-             see docs/operations.md"
-        ));
+        return Err(StartRefused::DataLost { id, leader: *peer });
     }
     if replies.iter().any(|(_, r)| r.initialized) {
         return Ok(Start::Wait);
@@ -107,6 +114,7 @@ mod tests {
     #[test]
     fn a_wiped_replica_the_leader_knows_refuses_to_start() {
         let err = decide(3, &peers(), true, &[(2, reply(true, true))]).expect_err("refused");
-        assert!(err.contains("DELETE /v1/managers/3"), "{err}");
+        assert_eq!(err, StartRefused::DataLost { id: 3, leader: 2 });
+        assert!(err.to_string().contains("DELETE /v1/managers/3"), "{err}");
     }
 }

@@ -70,35 +70,71 @@ pub struct Args {
 /// whole units, short enough that a dead node does not leave slices short of copies for long.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(600);
 
+/// A setting that is wrong, and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("address {0:?} is not HOST:PORT")]
+    Addr(String),
+    #[error("peer {0:?} is not ID=ADDR")]
+    PeerShape(String),
+    #[error("peer {0:?}: bad id")]
+    PeerId(String),
+    #[error("peer {item:?}: {error}")]
+    PeerAddr {
+        item: String,
+        error: Box<ConfigError>,
+    },
+    #[error("peer id {0} appears twice")]
+    PeerTwice(RaftId),
+    #[error("--peers names no peer")]
+    NoPeers,
+    #[error("--listen: {0}")]
+    Listen(Box<ConfigError>),
+    #[error("{0}")]
+    Security(String),
+    #[error("--peers must include this replica's own id {0}")]
+    NotAPeer(RaftId),
+    #[error("the election timeout must be at least three Raft heartbeats")]
+    ElectionTimeoutShort,
+    #[error("--election-timeout-min must be below --election-timeout-max")]
+    ElectionTimeoutRange,
+    #[error("--snapshot-every, --lease and --commit-timeout must be positive")]
+    NotPositive,
+    #[error("--nearfull-percent ({nearfull}) must not be above --full-percent ({full})")]
+    Thresholds { nearfull: u8, full: u8 },
+}
+
 /// Parses `1=127.0.0.1:7001,2=127.0.0.1:7002`.
-pub fn parse_peers(text: &str) -> Result<BTreeMap<RaftId, String>, String> {
+pub fn parse_peers(text: &str) -> Result<BTreeMap<RaftId, String>, ConfigError> {
     let mut peers = BTreeMap::new();
     for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let (id, addr) = item
             .split_once('=')
-            .ok_or_else(|| format!("peer {item:?} is not ID=ADDR"))?;
+            .ok_or_else(|| ConfigError::PeerShape(item.to_string()))?;
         let id: RaftId = id
             .trim()
             .parse()
-            .map_err(|_| format!("peer {item:?}: bad id"))?;
-        check_addr(addr.trim()).map_err(|e| format!("peer {item:?}: {e}"))?;
+            .map_err(|_| ConfigError::PeerId(item.to_string()))?;
+        check_addr(addr.trim()).map_err(|e| ConfigError::PeerAddr {
+            item: item.to_string(),
+            error: Box::new(e),
+        })?;
         if peers.insert(id, addr.trim().to_string()).is_some() {
-            return Err(format!("peer id {id} appears twice"));
+            return Err(ConfigError::PeerTwice(id));
         }
     }
     if peers.is_empty() {
-        return Err("--peers names no peer".into());
+        return Err(ConfigError::NoPeers);
     }
     Ok(peers)
 }
 
 /// Checks a `host:port` address.
-pub fn check_addr(addr: &str) -> Result<(), String> {
-    let (host, port) = addr
-        .rsplit_once(':')
-        .ok_or_else(|| format!("address {addr:?} is not HOST:PORT"))?;
+pub fn check_addr(addr: &str) -> Result<(), ConfigError> {
+    let bad = || ConfigError::Addr(addr.to_string());
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
     if host.is_empty() || port.parse::<u16>().is_err() {
-        return Err(format!("address {addr:?} is not HOST:PORT"));
+        return Err(bad());
     }
     Ok(())
 }
@@ -124,9 +160,12 @@ pub struct Config {
 }
 
 impl Args {
-    pub fn into_config(self) -> Result<Config, String> {
-        check_addr(&self.listen).map_err(|e| format!("--listen: {e}"))?;
-        let security = self.security.load().map_err(|e| e.to_string())?;
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        check_addr(&self.listen).map_err(|e| ConfigError::Listen(Box::new(e)))?;
+        let security = self
+            .security
+            .load()
+            .map_err(|e| ConfigError::Security(e.to_string()))?;
         let config = Config {
             id: self.id,
             data_dir: self.data_dir,
@@ -176,27 +215,24 @@ impl Config {
         }
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.peers.contains_key(&self.id) {
-            return Err(format!(
-                "--peers must include this replica's own id {}",
-                self.id
-            ));
+            return Err(ConfigError::NotAPeer(self.id));
         }
         if self.raft_heartbeat * 3 > self.election_timeout_min {
-            return Err("the election timeout must be at least three Raft heartbeats".into());
+            return Err(ConfigError::ElectionTimeoutShort);
         }
         if self.election_timeout_min >= self.election_timeout_max {
-            return Err("--election-timeout-min must be below --election-timeout-max".into());
+            return Err(ConfigError::ElectionTimeoutRange);
         }
         if self.snapshot_every == 0 || self.lease.lease.is_zero() || self.commit_timeout.is_zero() {
-            return Err("--snapshot-every, --lease and --commit-timeout must be positive".into());
+            return Err(ConfigError::NotPositive);
         }
         if self.space.nearfull_percent > self.space.full_percent {
-            return Err(format!(
-                "--nearfull-percent ({}) must not be above --full-percent ({})",
-                self.space.nearfull_percent, self.space.full_percent
-            ));
+            return Err(ConfigError::Thresholds {
+                nearfull: self.space.nearfull_percent,
+                full: self.space.full_percent,
+            });
         }
         Ok(())
     }
@@ -228,11 +264,15 @@ mod tests {
     fn peers_parse_and_bad_ones_are_named() {
         let peers = parse_peers("1=127.0.0.1:7001, 2=localhost:7002").expect("valid");
         assert_eq!(peers[&2], "localhost:7002");
-        assert!(parse_peers("1=127.0.0.1")
-            .unwrap_err()
-            .contains("HOST:PORT"));
-        assert!(parse_peers("x=127.0.0.1:1").unwrap_err().contains("bad id"));
-        assert!(parse_peers("1=a:1,1=b:2").unwrap_err().contains("twice"));
+        let error = parse_peers("1=127.0.0.1").unwrap_err();
+        assert!(matches!(error, ConfigError::PeerAddr { .. }), "{error:?}");
+        assert!(error.to_string().contains("HOST:PORT"), "{error}");
+        assert_eq!(
+            parse_peers("x=127.0.0.1:1"),
+            Err(ConfigError::PeerId("x=127.0.0.1:1".into()))
+        );
+        assert_eq!(parse_peers("1=a:1,1=b:2"), Err(ConfigError::PeerTwice(1)));
+        assert_eq!(parse_peers(" , "), Err(ConfigError::NoPeers));
     }
 
     #[test]
@@ -243,6 +283,6 @@ mod tests {
         config.raft_config().expect("valid raft config");
         let mut missing = config.clone();
         missing.id = 5;
-        assert!(missing.validate().unwrap_err().contains("own id"));
+        assert_eq!(missing.validate(), Err(ConfigError::NotAPeer(5)));
     }
 }

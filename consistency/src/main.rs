@@ -13,10 +13,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter(filter).init();
     let args = Args::parse();
     let listen = args.listen.clone();
-    let config = args
-        .into_config()
-        .map_err(anyhow::Error::msg)
-        .context("invalid arguments")?;
+    let config = args.into_config().context("invalid arguments")?;
     let listener = TcpListener::bind(&listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;

@@ -27,10 +27,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    config
-        .validate()
-        .map_err(anyhow::Error::msg)
-        .context("checking the configuration")?;
+    config.validate().context("checking the configuration")?;
     let dir = config.data_dir.clone();
     let (mut log, state_machine) =
         store::open(&dir).with_context(|| format!("opening the store in {}", dir.display()))?;
@@ -58,7 +55,6 @@ pub async fn run(
         Vec::new()
     };
     let start = bootstrap::decide(config.id, &config.peers, empty, &replies)
-        .map_err(anyhow::Error::msg)
         .context("deciding how to start")?;
     tracing::info!(id = config.id, ?start, data_dir = %dir.display(), "starting manager");
 

@@ -33,7 +33,8 @@ use clap::{Parser, Subcommand};
 
 use client::managers::{Managers, DEFAULT_REQUEST_TIMEOUT};
 use client::security::Security;
-use client::types::check_name;
+use client::size::SizeError;
+use client::types::{check_name, NameError};
 
 /// Exit codes besides 0 (success).
 pub mod exit {
@@ -163,19 +164,18 @@ fn connect(list: Option<&str>, security: Security) -> anyhow::Result<Arc<Manager
     let list = list.context(
         "no managers given: pass --managers HOST:PORT[,HOST:PORT...] or set VBS_MANAGERS",
     )?;
-    let managers = Managers::parse_secured(list, DEFAULT_REQUEST_TIMEOUT, None, security)
-        .map_err(anyhow::Error::msg)?;
+    let managers = Managers::parse_secured(list, DEFAULT_REQUEST_TIMEOUT, None, security)?;
     Ok(Arc::new(managers))
 }
 
 /// Clap value parser for volume names, so a bad name is refused before any request.
-pub fn volume_name(name: &str) -> Result<String, String> {
+pub fn volume_name(name: &str) -> Result<String, NameError> {
     check_name("volume name", name)?;
     Ok(name.to_string())
 }
 
 /// Clap value parser for sizes (`4k`, `1M`).
-pub fn size(text: &str) -> Result<u64, String> {
+pub fn size(text: &str) -> Result<u64, SizeError> {
     client::size::parse_size(text)
 }
 

@@ -31,7 +31,8 @@ use client::api::{CreateVolumeRequest, ErrorCode, NodeState};
 use client::managers::Managers;
 use client::nbd::Exports;
 use client::security::{Security, Token};
-use client::size::{format_size, parse_size};
+use client::size::{format_size, parse_size, SizeError};
+use client::types::NameError;
 use client::volume::VolumeOptions;
 
 #[derive(Debug, Args)]
@@ -61,18 +62,30 @@ pub struct VolumeSpec {
     pub replicas: u32,
 }
 
-fn parse_volume(text: &str) -> Result<VolumeSpec, String> {
+/// A `--volume` that is not `NAME:SIZE:REPLICAS`.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeSpecError {
+    #[error("volume {0:?} is not NAME:SIZE:REPLICAS (e.g. demo:1G:2)")]
+    Shape(String),
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error(transparent)]
+    Size(#[from] SizeError),
+    #[error("volume {text:?}: replicas {replicas:?} is not a number")]
+    Replicas { text: String, replicas: String },
+}
+
+fn parse_volume(text: &str) -> Result<VolumeSpec, VolumeSpecError> {
     let parts: Vec<&str> = text.split(':').collect();
     let [name, size, replicas] = parts[..] else {
-        return Err(format!(
-            "volume {text:?} is not NAME:SIZE:REPLICAS (e.g. demo:1G:2)"
-        ));
+        return Err(VolumeSpecError::Shape(text.to_string()));
     };
     let name = super::volume_name(name)?;
     let size_bytes = parse_size(size)?;
-    let replicas = replicas
-        .parse()
-        .map_err(|_| format!("volume {text:?}: replicas {replicas:?} is not a number"))?;
+    let replicas = replicas.parse().map_err(|_| VolumeSpecError::Replicas {
+        text: text.to_string(),
+        replicas: replicas.to_string(),
+    })?;
     Ok(VolumeSpec {
         name,
         size_bytes,

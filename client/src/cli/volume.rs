@@ -246,11 +246,15 @@ pub fn render(map: &VolumeMap) -> String {
     out
 }
 
+/// A `--status` that names no status.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a status; use current, not-current, stale, syncing or down")]
+pub struct FilterError(String);
+
 /// Parses `--status`: `current`, `not-current`, `stale`, `syncing` or `down`.
-fn volume_filter(text: &str) -> Result<VolumeFilter, String> {
-    serde_json::from_value(serde_json::Value::String(text.into())).map_err(|_| {
-        format!("{text:?} is not a status; use current, not-current, stale, syncing or down")
-    })
+fn volume_filter(text: &str) -> Result<VolumeFilter, FilterError> {
+    serde_json::from_value(serde_json::Value::String(text.into()))
+        .map_err(|_| FilterError(text.to_string()))
 }
 
 #[cfg(test)]

@@ -64,7 +64,10 @@ pub enum ClientError {
     Managers(#[source] ManagerError),
     /// The managers' volume map contradicts itself; retrying would not help.
     #[error("volume map of {volume:?} is inconsistent: {reason}")]
-    InvalidMap { volume: String, reason: String },
+    InvalidMap {
+        volume: String,
+        reason: super::map::MapError,
+    },
     /// A storage node refused the request for a reason that retrying cannot fix.
     #[error("{op} on unit {unit}: storage node {addr} refused it: {error}")]
     Refused {

@@ -126,10 +126,10 @@ impl MapCache {
             {
                 return self.install(fresh.slices, Some((fresh.size_bytes, geometry)));
             }
-            Ok(geometry) => format!(
-                "the volume went from {} bytes in slices of {} to {} bytes in slices of {}",
-                known.size_bytes, known.slice_bytes, geometry.size_bytes, geometry.slice_bytes
-            ),
+            Ok(geometry) => MapError::Reshaped {
+                from: known,
+                to: geometry,
+            },
             Err(reason) => reason,
         };
         Err(ClientError::InvalidMap {
@@ -183,11 +183,10 @@ impl MapCache {
         if map.slices.len() as u64 != geometry.slice_count() {
             return Err(ClientError::InvalidMap {
                 volume: self.name.clone(),
-                reason: format!(
-                    "{} slices listed for a volume of {} bytes",
-                    map.slices.len(),
-                    geometry.size_bytes
-                ),
+                reason: MapError::SliceCountForSize {
+                    listed: map.slices.len(),
+                    size_bytes: geometry.size_bytes,
+                },
             });
         }
         let snapshot = Arc::new(Snapshot {
@@ -201,25 +200,48 @@ impl MapCache {
     }
 }
 
+/// How a volume map contradicts itself, or the map this client already had.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MapError {
+    #[error("block size {0} is not the {BLOCK_BYTES} bytes this client speaks")]
+    BlockSize(u64),
+    #[error("size {0} is not a positive multiple of {BLOCK_BYTES}")]
+    Size(u64),
+    #[error("slice size {0} is not a positive multiple of {BLOCK_BYTES}")]
+    SliceSize(u64),
+    #[error("{listed} slices listed for {expected} slices of {slice_bytes} bytes")]
+    SliceCount {
+        listed: usize,
+        expected: u64,
+        slice_bytes: u64,
+    },
+    #[error("{listed} slices listed for a volume of {size_bytes} bytes")]
+    SliceCountForSize { listed: usize, size_bytes: u64 },
+    #[error("slice {index} is listed as slice {listed} (unit {unit})")]
+    Misplaced {
+        index: usize,
+        listed: SliceIndex,
+        unit: UnitId,
+    },
+    #[error("slice {index}: primary {primary} is not among its copies")]
+    PrimaryWithoutCopy { index: usize, primary: NodeId },
+    #[error(
+        "the volume went from {} bytes in slices of {} to {} bytes in slices of {}",
+        from.size_bytes, from.slice_bytes, to.size_bytes, to.slice_bytes
+    )]
+    Reshaped { from: Geometry, to: Geometry },
+}
+
 /// The volume's shape, if the map's numbers are consistent.
-fn geometry(map: &VolumeMap) -> Result<Geometry, String> {
+fn geometry(map: &VolumeMap) -> Result<Geometry, MapError> {
     if map.block_bytes != BLOCK_BYTES {
-        return Err(format!(
-            "block size {} is not the {BLOCK_BYTES} bytes this client speaks",
-            map.block_bytes
-        ));
+        return Err(MapError::BlockSize(map.block_bytes));
     }
     if map.size_bytes == 0 || map.size_bytes % BLOCK_BYTES != 0 {
-        return Err(format!(
-            "size {} is not a positive multiple of {BLOCK_BYTES}",
-            map.size_bytes
-        ));
+        return Err(MapError::Size(map.size_bytes));
     }
     if map.slice_bytes == 0 || map.slice_bytes % BLOCK_BYTES != 0 {
-        return Err(format!(
-            "slice size {} is not a positive multiple of {BLOCK_BYTES}",
-            map.slice_bytes
-        ));
+        return Err(MapError::SliceSize(map.slice_bytes));
     }
     let geometry = Geometry {
         size_bytes: map.size_bytes,
@@ -227,17 +249,17 @@ fn geometry(map: &VolumeMap) -> Result<Geometry, String> {
     };
     let expected = geometry.slice_count();
     if expected > MAX_SLICES_PER_VOLUME || map.slices.len() as u64 != expected {
-        return Err(format!(
-            "{} slices listed for {expected} slices of {} bytes",
-            map.slices.len(),
-            map.slice_bytes
-        ));
+        return Err(MapError::SliceCount {
+            listed: map.slices.len(),
+            expected,
+            slice_bytes: map.slice_bytes,
+        });
     }
     Ok(geometry)
 }
 
 /// A route for every slice, in slice order.
-fn routes(map: &VolumeMap) -> Result<Vec<Route>, String> {
+fn routes(map: &VolumeMap) -> Result<Vec<Route>, MapError> {
     map.slices
         .iter()
         .enumerate()
@@ -247,21 +269,20 @@ fn routes(map: &VolumeMap) -> Result<Vec<Route>, String> {
                 slice: SliceIndex(index as u32),
             };
             if slice.index.0 as usize != index || slice.unit != unit {
-                return Err(format!(
-                    "slice {index} is listed as slice {} (unit {})",
-                    slice.index, slice.unit
-                ));
+                return Err(MapError::Misplaced {
+                    index,
+                    listed: slice.index,
+                    unit: slice.unit,
+                });
             }
             let primary = slice
                 .copies
                 .iter()
                 .find(|copy| copy.node == slice.primary)
                 .or_else(|| slice.copies.iter().find(|copy| copy.role == Role::Primary))
-                .ok_or_else(|| {
-                    format!(
-                        "slice {index}: primary {} is not among its copies",
-                        slice.primary
-                    )
+                .ok_or_else(|| MapError::PrimaryWithoutCopy {
+                    index,
+                    primary: slice.primary.clone(),
                 })?;
             Ok(Route {
                 unit,

@@ -38,6 +38,7 @@ use crate::proto::{
 use crate::types::{Generation, Lba, NodeId, SliceIndex, UnitId, Vba, VolumeId, BLOCK_BYTES};
 
 pub use error::{ClientError, Op};
+pub use map::MapError;
 pub use plan::{Geometry, Part};
 pub use retry::{classify, classify_code, Action, MAX_BACKOFF};
 

@@ -83,10 +83,32 @@ impl std::fmt::Debug for Managers {
     }
 }
 
+/// A list of manager addresses that cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ManagersError {
+    #[error("no manager addresses given (use --managers HOST:PORT,... or VBS_MANAGERS)")]
+    Empty,
+    #[error("manager address {0:?} asks for TLS: give the cluster's CA (--tls-ca)")]
+    NeedsTls(String),
+    #[error(
+        "manager address {addr:?}: {given}:// does not fit, this client speaks {scheme}:// \
+         (https:// with --tls-ca)"
+    )]
+    Scheme {
+        addr: String,
+        given: String,
+        scheme: &'static str,
+    },
+    #[error("manager address {0:?} is not HOST:PORT")]
+    NotHostPort(String),
+    #[error("building the HTTP client: {0}")]
+    Client(String),
+}
+
 impl Managers {
     /// `list` is `HOST:PORT[,HOST:PORT...]` (an `http://` prefix is allowed), for an open
     /// cluster in plaintext.
-    pub fn parse(list: &str, timeout: Duration) -> Result<Managers, String> {
+    pub fn parse(list: &str, timeout: Duration) -> Result<Managers, ManagersError> {
         Managers::parse_from(list, timeout, None)
     }
 
@@ -96,7 +118,7 @@ impl Managers {
         list: &str,
         timeout: Duration,
         source: Option<std::net::IpAddr>,
-    ) -> Result<Managers, String> {
+    ) -> Result<Managers, ManagersError> {
         Managers::parse_secured(list, timeout, source, Security::default())
     }
 
@@ -108,7 +130,7 @@ impl Managers {
         timeout: Duration,
         source: Option<std::net::IpAddr>,
         security: Security,
-    ) -> Result<Managers, String> {
+    ) -> Result<Managers, ManagersError> {
         let scheme = security.scheme();
         let addrs: Vec<String> = list
             .split(',')
@@ -116,33 +138,27 @@ impl Managers {
                 let a = a.trim();
                 let bare = match a.split_once("://") {
                     Some((given, rest)) if given == scheme => rest,
-                    Some(("https", _)) => {
-                        return Err(format!(
-                            "manager address {a:?} asks for TLS: give the cluster's CA \
-                             (--tls-ca)"
-                        ))
-                    }
+                    Some(("https", _)) => return Err(ManagersError::NeedsTls(a.to_string())),
                     Some((given, _)) => {
-                        return Err(format!(
-                            "manager address {a:?}: {given}:// does not fit, this client \
-                             speaks {scheme}:// (https:// with --tls-ca)"
-                        ))
+                        return Err(ManagersError::Scheme {
+                            addr: a.to_string(),
+                            given: given.to_string(),
+                            scheme,
+                        })
                     }
                     None => a,
                 };
                 Ok(bare.trim_end_matches('/').to_string())
             })
             .filter(|a| !matches!(a, Ok(a) if a.is_empty()))
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, ManagersError>>()?;
         if addrs.is_empty() {
-            return Err(
-                "no manager addresses given (use --managers HOST:PORT,... or VBS_MANAGERS)".into(),
-            );
+            return Err(ManagersError::Empty);
         }
         for addr in &addrs {
             let port = addr.rsplit_once(':').map(|(_, port)| port.parse::<u16>());
             if !matches!(port, Some(Ok(_))) {
-                return Err(format!("manager address {addr:?} is not HOST:PORT"));
+                return Err(ManagersError::NotHostPort(addr.clone()));
             }
         }
         let builder = reqwest::Client::builder()
@@ -153,7 +169,7 @@ impl Managers {
         let http = security
             .http_client(builder)
             .build()
-            .map_err(|e| format!("building the HTTP client: {e}"))?;
+            .map_err(|e| ManagersError::Client(e.to_string()))?;
         Ok(Managers {
             addrs,
             http,
@@ -462,11 +478,17 @@ mod tests {
         let managers = Managers::parse("http://a:1, b:2/", timeout).unwrap();
         assert_eq!(managers.addrs(), ["a:1", "b:2"]);
         let tls = Managers::parse("https://a:1", timeout).unwrap_err();
-        assert!(tls.contains("--tls-ca"), "{tls}");
+        assert_eq!(tls, ManagersError::NeedsTls("https://a:1".into()));
+        assert!(tls.to_string().contains("--tls-ca"), "{tls}");
         let other = Managers::parse("ftp://a:1", timeout).unwrap_err();
-        assert!(other.contains("ftp://"), "{other}");
+        assert!(matches!(other, ManagersError::Scheme { .. }), "{other:?}");
+        assert!(other.to_string().contains("ftp://"), "{other}");
         let port = Managers::parse("a", timeout).unwrap_err();
-        assert!(port.contains("HOST:PORT"), "{port}");
+        assert_eq!(port, ManagersError::NotHostPort("a".into()));
+        assert_eq!(
+            Managers::parse(" , ", timeout).unwrap_err(),
+            ManagersError::Empty
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

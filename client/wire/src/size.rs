@@ -3,20 +3,40 @@
 
 use std::time::Duration;
 
+/// A size that does not parse.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    #[error("size {0:?} does not start with a number (try 4k, 64M, 1G)")]
+    NoNumber(String),
+    #[error("size {0:?} is too large")]
+    TooLarge(String),
+    #[error("size {text:?} has an unknown suffix {suffix:?} (use k, M, G or T, e.g. 64M)")]
+    UnknownSuffix { text: String, suffix: String },
+}
+
+/// A duration that does not parse.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("duration {0:?} does not start with a number (try 10s, 500ms)")]
+    NoNumber(String),
+    #[error("duration {0:?} is too long")]
+    TooLong(String),
+    #[error("duration {text:?} has an unknown unit {suffix:?} (use ms, s, m, h or d)")]
+    UnknownUnit { text: String, suffix: String },
+}
+
 /// Parses a size such as `4k`, `64M`, `1G` or a plain byte count. Suffixes are binary multiples
 /// and may be written in either case, with an optional trailing `B` or `iB` (`64MiB`).
-pub fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_size(text: &str) -> Result<u64, SizeError> {
     let s = text.trim();
     let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, suffix) = s.split_at(digits_end);
     if digits.is_empty() {
-        return Err(format!(
-            "size {text:?} does not start with a number (try 4k, 64M, 1G)"
-        ));
+        return Err(SizeError::NoNumber(text.to_string()));
     }
     let value: u64 = digits
         .parse()
-        .map_err(|_| format!("size {text:?} is too large"))?;
+        .map_err(|_| SizeError::TooLarge(text.to_string()))?;
     let shift = match suffix.to_ascii_lowercase().as_str() {
         "" | "b" => 0,
         "k" | "kb" | "kib" => 10,
@@ -24,14 +44,15 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "g" | "gb" | "gib" => 30,
         "t" | "tb" | "tib" => 40,
         _ => {
-            return Err(format!(
-                "size {text:?} has an unknown suffix {suffix:?} (use k, M, G or T, e.g. 64M)"
-            ))
+            return Err(SizeError::UnknownSuffix {
+                text: text.to_string(),
+                suffix: suffix.to_string(),
+            })
         }
     };
     value
         .checked_mul(1 << shift)
-        .ok_or_else(|| format!("size {text:?} is too large"))
+        .ok_or_else(|| SizeError::TooLarge(text.to_string()))
 }
 
 /// Formats a byte count with the largest binary suffix that keeps it readable: `1.5G`, `64M`.
@@ -56,22 +77,29 @@ pub fn format_size(bytes: u64) -> String {
 }
 
 /// Parses a duration such as `10s`, `500ms`, `2m`, `1h`, `7d`; a bare number is seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let s = text.trim();
     let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, suffix) = s.split_at(digits_end);
     let value: u64 = digits
         .parse()
-        .map_err(|_| format!("duration {text:?} does not start with a number (try 10s, 500ms)"))?;
+        .map_err(|_| DurationError::NoNumber(text.to_string()))?;
+    let seconds = |unit: u64| {
+        value
+            .checked_mul(unit)
+            .map(Duration::from_secs)
+            .ok_or_else(|| DurationError::TooLong(text.to_string()))
+    };
     match suffix {
-        "" | "s" => Ok(Duration::from_secs(value)),
+        "" | "s" => seconds(1),
         "ms" => Ok(Duration::from_millis(value)),
-        "m" | "min" => Ok(Duration::from_secs(value * 60)),
-        "h" => Ok(Duration::from_secs(value * 3600)),
-        "d" => Ok(Duration::from_secs(value * 24 * 3600)),
-        _ => Err(format!(
-            "duration {text:?} has an unknown unit {suffix:?} (use ms, s, m, h or d)"
-        )),
+        "m" | "min" => seconds(60),
+        "h" => seconds(3600),
+        "d" => seconds(24 * 3600),
+        _ => Err(DurationError::UnknownUnit {
+            text: text.to_string(),
+            suffix: suffix.to_string(),
+        }),
     }
 }
 
@@ -92,13 +120,20 @@ mod tests {
 
     #[test]
     fn bad_sizes_say_what_is_wrong() {
-        assert!(parse_size("1Gx").unwrap_err().contains("unknown suffix"));
-        assert!(parse_size("G")
-            .unwrap_err()
-            .contains("does not start with a number"));
-        assert!(parse_size("99999999999999T")
-            .unwrap_err()
-            .contains("too large"));
+        let error = parse_size("1Gx").unwrap_err();
+        assert!(
+            matches!(error, SizeError::UnknownSuffix { .. }),
+            "{error:?}"
+        );
+        assert!(
+            error.to_string().contains("unknown suffix \"Gx\""),
+            "{error}"
+        );
+        let error = parse_size("G").unwrap_err();
+        assert_eq!(error, SizeError::NoNumber("G".into()));
+        assert!(error.to_string().contains("does not start with a number"));
+        let error = parse_size("99999999999999T").unwrap_err();
+        assert_eq!(error, SizeError::TooLarge("99999999999999T".into()));
     }
 
     #[test]
@@ -115,6 +150,13 @@ mod tests {
         assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("2 days").is_err());
+        assert!(matches!(
+            parse_duration("2 days"),
+            Err(DurationError::UnknownUnit { .. })
+        ));
+        assert_eq!(
+            parse_duration("99999999999999999d"),
+            Err(DurationError::TooLong("99999999999999999d".into()))
+        );
     }
 }

@@ -77,34 +77,59 @@ impl fmt::Display for NodeId {
 
 impl NodeId {
     /// Node names appear in paths, URLs and metrics labels, so they are kept to a safe alphabet.
-    pub fn parse(name: &str) -> Result<NodeId, String> {
+    pub fn parse(name: &str) -> Result<NodeId, NameError> {
         check_name("node id", name)?;
         Ok(NodeId(name.to_string()))
     }
 }
 
+/// A user-chosen name (`what`: "node id", "volume name") outside the safe alphabet.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("{what} must be 1 to 64 characters, got {len}")]
+    Length { what: &'static str, len: usize },
+    #[error("{what} {name:?} must not start with '.' or '-'")]
+    Start { what: &'static str, name: String },
+    #[error("{what} {name:?} has the character {character:?}; use letters, digits, '_', '.', '-'")]
+    Character {
+        what: &'static str,
+        name: String,
+        character: char,
+    },
+}
+
 /// Checks a user-chosen name (node or volume): 1-64 characters of `[A-Za-z0-9_.-]`, not starting
 /// with `.` or `-`.
-pub fn check_name(what: &str, name: &str) -> Result<(), String> {
+pub fn check_name(what: &'static str, name: &str) -> Result<(), NameError> {
     if name.is_empty() || name.len() > 64 {
-        return Err(format!(
-            "{what} must be 1 to 64 characters, got {}",
-            name.len()
-        ));
+        return Err(NameError::Length {
+            what,
+            len: name.len(),
+        });
     }
     if name.starts_with(['.', '-']) {
-        return Err(format!("{what} {name:?} must not start with '.' or '-'"));
+        return Err(NameError::Start {
+            what,
+            name: name.to_string(),
+        });
     }
-    if let Some(c) = name
+    if let Some(character) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || "_.-".contains(*c)))
     {
-        return Err(format!(
-            "{what} {name:?} has the character {c:?}; use letters, digits, '_', '.', '-'"
-        ));
+        return Err(NameError::Character {
+            what,
+            name: name.to_string(),
+            character,
+        });
     }
     Ok(())
 }
+
+/// A unit id that is not `VOLUME_ID.SLICE`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unit id {0:?} is not VOLUME_ID.SLICE (two numbers, e.g. 7.3)")]
+pub struct UnitIdError(pub String);
 
 /// One copy of one slice of a volume, as a storage node holds it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -130,18 +155,13 @@ impl fmt::Display for UnitId {
 }
 
 impl FromStr for UnitId {
-    type Err = String;
+    type Err = UnitIdError;
 
-    fn from_str(s: &str) -> Result<UnitId, String> {
-        let (volume, slice) = s
-            .split_once('.')
-            .ok_or_else(|| format!("unit id {s:?} is not VOLUME_ID.SLICE"))?;
-        let volume = volume
-            .parse()
-            .map_err(|_| format!("unit id {s:?}: bad volume id"))?;
-        let slice = slice
-            .parse()
-            .map_err(|_| format!("unit id {s:?}: bad slice index"))?;
+    fn from_str(s: &str) -> Result<UnitId, UnitIdError> {
+        let bad = || UnitIdError(s.to_string());
+        let (volume, slice) = s.split_once('.').ok_or_else(bad)?;
+        let volume = volume.parse().map_err(|_| bad())?;
+        let slice = slice.parse().map_err(|_| bad())?;
         Ok(UnitId::new(volume, slice))
     }
 }

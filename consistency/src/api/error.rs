@@ -33,8 +33,13 @@ impl ApiFailure {
         }
     }
 
-    pub fn bad_request(error: impl Into<String>) -> ApiFailure {
-        ApiFailure::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, error)
+    /// 400: what was asked is malformed; `error` says what is wrong.
+    pub fn bad_request(error: impl std::fmt::Display) -> ApiFailure {
+        ApiFailure::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            error.to_string(),
+        )
     }
 
     pub fn not_found(error: impl Into<String>) -> ApiFailure {

@@ -39,7 +39,7 @@ pub struct VolumeSpec {
 
 /// Checks a create request on its own, before looking at the cluster.
 pub fn validate(request: &CreateVolumeRequest) -> Result<VolumeSpec, Refusal> {
-    check_name("volume name", &request.name).map_err(Refusal::BadRequest)?;
+    check_name("volume name", &request.name).map_err(|e| Refusal::BadRequest(e.to_string()))?;
     let slice_bytes = request.slice_bytes.unwrap_or(DEFAULT_SLICE_BYTES);
     let replicas = request.replicas.unwrap_or(DEFAULT_REPLICAS);
     for (what, value) in [

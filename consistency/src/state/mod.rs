@@ -231,13 +231,10 @@ impl State {
 
     /// Checks the invariants that tie nodes and volumes together; used by tests and after loading
     /// state from disk.
-    pub fn check_invariants(&self) -> Result<(), String> {
+    pub fn check_invariants(&self) -> Result<(), Inconsistency> {
         for volume in self.volumes.values() {
             if volume.id.0 >= self.next_volume_id {
-                return Err(format!(
-                    "volume {} has an id at or past next_volume_id",
-                    volume.id
-                ));
+                return Err(Inconsistency::VolumeId(volume.id));
             }
             for (i, slice) in volume.slices.iter().enumerate() {
                 let unit = UnitId {
@@ -245,21 +242,28 @@ impl State {
                     slice: SliceIndex(i as u32),
                 };
                 if slice.copy(&slice.primary).is_none() {
-                    return Err(format!(
-                        "unit {unit}: primary {} holds no copy",
-                        slice.primary
-                    ));
+                    return Err(Inconsistency::PrimaryWithoutCopy {
+                        unit,
+                        primary: slice.primary.clone(),
+                    });
                 }
                 let distinct: BTreeSet<&NodeId> = slice.copies.iter().map(|c| &c.node).collect();
                 if distinct.len() != slice.copies.len() {
-                    return Err(format!("unit {unit}: two copies on one node"));
+                    return Err(Inconsistency::TwoCopiesOnOneNode(unit));
                 }
                 for copy in &slice.copies {
-                    let node = self.nodes.get(&copy.node).ok_or_else(|| {
-                        format!("unit {unit}: copy on unknown node {}", copy.node)
-                    })?;
+                    let node =
+                        self.nodes
+                            .get(&copy.node)
+                            .ok_or_else(|| Inconsistency::UnknownNode {
+                                unit,
+                                node: copy.node.clone(),
+                            })?;
                     if !node.units.contains(&unit) {
-                        return Err(format!("unit {unit}: node {} does not list it", node.id));
+                        return Err(Inconsistency::Unlisted {
+                            unit,
+                            node: node.id.clone(),
+                        });
                     }
                 }
             }
@@ -267,15 +271,32 @@ impl State {
         for node in self.nodes.values() {
             for unit in &node.units {
                 if self.slice(*unit).and_then(|s| s.copy(&node.id)).is_none() {
-                    return Err(format!(
-                        "node {} lists unit {unit} that has no copy there",
-                        node.id
-                    ));
+                    return Err(Inconsistency::ListedWithoutCopy {
+                        node: node.id.clone(),
+                        unit: *unit,
+                    });
                 }
             }
         }
         Ok(())
     }
+}
+
+/// A broken tie between nodes and volumes ([`State::check_invariants`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Inconsistency {
+    #[error("volume {0} has an id at or past next_volume_id")]
+    VolumeId(VolumeId),
+    #[error("unit {unit}: primary {primary} holds no copy")]
+    PrimaryWithoutCopy { unit: UnitId, primary: NodeId },
+    #[error("unit {0}: two copies on one node")]
+    TwoCopiesOnOneNode(UnitId),
+    #[error("unit {unit}: copy on unknown node {node}")]
+    UnknownNode { unit: UnitId, node: NodeId },
+    #[error("unit {unit}: node {node} does not list it")]
+    Unlisted { unit: UnitId, node: NodeId },
+    #[error("node {node} lists unit {unit} that has no copy there")]
+    ListedWithoutCopy { node: NodeId, unit: UnitId },
 }
 
 /// Small states for the unit tests of [`apply`] and [`crate::decide`].

@@ -124,9 +124,22 @@ pub(super) fn write(backend: &dyn Backend, mut bytes: Vec<u8>, units: u64) -> Re
     Ok(bytes.len() as u64)
 }
 
+/// Why a checkpoint is not used (the whole log is read instead).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unusable {
+    #[error("the checkpoint is cut short")]
+    CutShort,
+    #[error("not a checkpoint of this version")]
+    Version,
+    #[error("checkpoint checksum mismatch")]
+    Checksum,
+    #[error("the checkpoint's contents do not parse")]
+    Contents,
+}
+
 /// Reads the device's checkpoint. `Ok(None)` when there is none; a checkpoint that does not read
 /// back whole is reported as the reason it is not used.
-pub(super) fn read(backend: &dyn Backend) -> Result<Result<Option<Checkpoint>, String>> {
+pub(super) fn read(backend: &dyn Backend) -> Result<Result<Option<Checkpoint>, Unusable>> {
     let exists = backend
         .exists(CHECKPOINT)
         .map_err(device_err(backend.describe(), "reading the checkpoint"))?;
@@ -139,16 +152,16 @@ pub(super) fn read(backend: &dyn Backend) -> Result<Result<Option<Checkpoint>, S
     Ok(decode(&bytes).map(Some))
 }
 
-fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
+fn decode(bytes: &[u8]) -> Result<Checkpoint, Unusable> {
     if bytes.len() < PREAMBLE_BYTES + 8 {
-        return Err("the checkpoint is cut short".into());
+        return Err(Unusable::CutShort);
     }
     let field = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
     if bytes[0..8] != MAGIC.to_le_bytes() || field(8) != VERSION {
-        return Err("not a checkpoint of this version".into());
+        return Err(Unusable::Version);
     }
     if crc32c::crc32c(&bytes[PREAMBLE_BYTES..]) != field(12) {
-        return Err("checkpoint checksum mismatch".into());
+        return Err(Unusable::Checksum);
     }
     // The unit count is the last field.
     let (body, count) = bytes[PREAMBLE_BYTES..].split_at(bytes.len() - PREAMBLE_BYTES - 8);
@@ -156,7 +169,7 @@ fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
     let mut input = Decoder::new(body);
     decode_body(&mut input, count)
         .filter(|_| input.is_empty())
-        .ok_or_else(|| "the checkpoint's contents do not parse".into())
+        .ok_or(Unusable::Contents)
 }
 
 fn decode_body(input: &mut Decoder<'_>, count: u64) -> Option<Checkpoint> {

@@ -6,13 +6,35 @@ use bytes::BytesMut;
 use tokio::io::AsyncRead;
 use vbs_wire::conn::{read_frame, FrameWriter};
 use vbs_wire::proto::{
-    AuthOk, ErrorCode, Frame, Hello, HelloOk, Response, WireError, AUTH_PROTOCOL_VERSION,
+    AuthOk, ErrorCode, Frame, Hello, HelloOk, PeerKind, Response, WireError, AUTH_PROTOCOL_VERSION,
     MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use vbs_wire::security::token::nonce;
 use vbs_wire::security::Surface;
 
 use super::Node;
+
+/// Why a handshake failed and the connection must be closed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("handshake: {0}")]
+    Read(std::io::Error),
+    #[error("the first frame was not a hello")]
+    NoHello,
+    /// The versions do not meet, or authentication needs a newer one.
+    #[error("{name} ({peer:?}): {}", .refusal.message)]
+    Refused {
+        name: String,
+        peer: PeerKind,
+        refusal: WireError,
+    },
+    #[error("{name} ({peer:?}) did not authenticate: {why}")]
+    NotAuthenticated {
+        name: String,
+        peer: PeerKind,
+        why: String,
+    },
+}
 
 /// Reads the hello, answers it, and checks the connecting side's proof when this node has a
 /// token. `Ok(None)`: the peer closed before saying hello. `Err`: why the connection must be
@@ -22,13 +44,10 @@ pub async fn accept<R: AsyncRead + Unpin>(
     read: &mut R,
     buf: &mut BytesMut,
     writer: &FrameWriter,
-) -> Result<Option<Hello>, String> {
-    let hello = match read_frame(read, buf)
-        .await
-        .map_err(|e| format!("handshake: {e}"))?
-    {
+) -> Result<Option<Hello>, HandshakeError> {
+    let hello = match read_frame(read, buf).await.map_err(HandshakeError::Read)? {
         Some((_, Frame::Hello(hello))) => hello,
-        Some(_) => return Err("the first frame was not a hello".into()),
+        Some(_) => return Err(HandshakeError::NoHello),
         None => return Ok(None),
     };
     let token = node.config.security.token.as_deref();
@@ -38,9 +57,12 @@ pub async fn accept<R: AsyncRead + Unpin>(
             if token.is_some() {
                 node.rejections.count(Surface::Data);
             }
-            let reason = format!("{} ({:?}): {}", hello.name, hello.peer, refusal.message);
-            writer.queue(0, &Frame::Response(Response::Error(refusal)));
-            return Err(reason);
+            writer.queue(0, &Frame::Response(Response::Error(refusal.clone())));
+            return Err(HandshakeError::Refused {
+                name: hello.name,
+                peer: hello.peer,
+                refusal,
+            });
         }
     };
     let challenge = token.map(|_| nonce());
@@ -57,10 +79,11 @@ pub async fn accept<R: AsyncRead + Unpin>(
         node.rejections.count(Surface::Data);
         let refusal = WireError::new(ErrorCode::Unauthorized, "authentication failed");
         writer.queue(0, &Frame::Response(Response::Error(refusal)));
-        format!(
-            "{} ({:?}) did not authenticate: {why}",
-            hello.name, hello.peer
-        )
+        HandshakeError::NotAuthenticated {
+            name: hello.name.clone(),
+            peer: hello.peer,
+            why: why.to_string(),
+        }
     };
     let auth = match read_frame(read, buf).await {
         Ok(Some((_, Frame::Auth(auth)))) => auth,

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 use vbs_wire::api::{CopyStatus, ResyncProgress, Role, UnitGeneration};
 use vbs_wire::conn::DataError;
-use vbs_wire::proto::{ErrorCode, PeerRequest, Request, Response, WireRecord};
+use vbs_wire::managers::ManagerError;
+use vbs_wire::proto::{ErrorCode, PeerRequest, Request, Response, WireError, WireRecord};
 use vbs_wire::types::{Generation, Vba};
 
 use super::catchup::MAX_JOIN_RECORDS;
@@ -58,7 +59,7 @@ pub fn start(node: &Arc<Node>, runtime: &Arc<UnitRuntime>) {
                     .resync_turns
                     .acquire()
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|_| ResyncError::ShuttingDown)?;
                 resync(&node, &runtime, turn).await
             };
             match resynced.await {
@@ -84,8 +85,8 @@ pub fn start(node: &Arc<Node>, runtime: &Arc<UnitRuntime>) {
 }
 
 /// A `stale` copy tells the database it starts catching up, which makes it `syncing`.
-async fn report_syncing(node: &Node, runtime: &UnitRuntime) -> Result<(), String> {
-    let assignment = runtime.assignment().ok_or("not assigned")?;
+async fn report_syncing(node: &Node, runtime: &UnitRuntime) -> Result<(), ResyncError> {
+    let assignment = runtime.assignment().ok_or(ResyncError::NotAssigned)?;
     if assignment.status != CopyStatus::Stale {
         return Ok(());
     }
@@ -97,7 +98,7 @@ async fn report_syncing(node: &Node, runtime: &UnitRuntime) -> Result<(), String
         .reports
         .report(Report::Syncing, unit)
         .await
-        .map_err(|e| format!("reporting syncing: {e}"))?;
+        .map_err(ResyncError::Report)?;
     if let Some(slice) = slice {
         runtime.update_slice(&slice);
     }
@@ -127,6 +128,28 @@ impl Pace {
     }
 }
 
+/// Why a resync stopped before the copy caught up; it is tried again after a pause.
+#[derive(Debug, thiserror::Error)]
+enum ResyncError {
+    #[error("the copy is not assigned here")]
+    NotAssigned,
+    #[error("the slice has no primary")]
+    NoPrimary,
+    #[error("the copy is {}, not syncing", .0.as_str())]
+    NotSyncing(CopyStatus),
+    #[error("reporting syncing: {0}")]
+    Report(ManagerError),
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    #[error("pulling from the primary: {0}")]
+    Pull(DataError),
+    #[error("unexpected answer {0}")]
+    Unexpected(String),
+    /// This copy's engine could not take the records, or drop a tail.
+    #[error("{}", .0.message)]
+    Local(#[from] WireError),
+}
+
 /// How a resync ended.
 enum Resynced {
     CaughtUp,
@@ -146,9 +169,9 @@ async fn resync(
     node: &Arc<Node>,
     runtime: &Arc<UnitRuntime>,
     turn: tokio::sync::SemaphorePermit<'_>,
-) -> Result<Resynced, String> {
+) -> Result<Resynced, ResyncError> {
     let mut turn = Some(turn);
-    let assignment = runtime.assignment().ok_or("not assigned")?;
+    let assignment = runtime.assignment().ok_or(ResyncError::NotAssigned)?;
     let generation = assignment.generation;
     let unit = UnitGeneration {
         unit: runtime.id,
@@ -156,14 +179,11 @@ async fn resync(
     };
     let primary = assignment
         .primary()
-        .ok_or("the slice has no primary")?
+        .ok_or(ResyncError::NoPrimary)?
         .addr
         .clone();
     if assignment.status != CopyStatus::Syncing {
-        return Err(format!(
-            "the copy is {}, not syncing",
-            assignment.status.as_str()
-        ));
+        return Err(ResyncError::NotSyncing(assignment.status));
     }
     let engine = &runtime.engine;
     let start_vba = engine.last_vba();
@@ -214,7 +234,7 @@ async fn resync(
                 probing = true;
                 continue;
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(ResyncError::Pull(e)),
         };
         let Response::Records {
             through,
@@ -226,7 +246,7 @@ async fn resync(
             ..
         } = response
         else {
-            return Err(format!("unexpected answer {response:?}"));
+            return Err(ResyncError::Unexpected(format!("{response:?}")));
         };
         if std::mem::take(&mut probing) {
             // The first pull that agrees with the primary: what this copy holds past `after`
@@ -238,9 +258,7 @@ async fn resync(
                 Agreed::Truncate(truncate) => {
                     let applying = runtime.secondary.applying.lock().await;
                     let what = "a tail the primary does not have";
-                    replica::drop_tail(runtime, &applying, truncate, what)
-                        .await
-                        .map_err(|e| e.message)?;
+                    replica::drop_tail(runtime, &applying, truncate, what).await?;
                 }
                 Agreed::ProbeAt { after: probe } => {
                     after = probe;
@@ -286,7 +304,7 @@ async fn resync(
 }
 
 /// Applies pulled records (skipping any this copy already holds) and waits until durable.
-async fn apply(runtime: &Arc<UnitRuntime>, records: Vec<WireRecord>) -> Result<(), String> {
+async fn apply(runtime: &Arc<UnitRuntime>, records: Vec<WireRecord>) -> Result<(), ResyncError> {
     #[cfg(feature = "bugs")]
     if crate::bugs::enabled(crate::bugs::Bug::ResyncSkipsRecords) {
         return Ok(());
@@ -301,5 +319,5 @@ async fn apply(runtime: &Arc<UnitRuntime>, records: Vec<WireRecord>) -> Result<(
             .map_err(from_engine)
     })
     .await
-    .map_err(|e| e.message)
+    .map_err(ResyncError::Local)
 }

@@ -23,6 +23,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{info, warn};
 use vbs_wire::api::{CopyStatus, ScrubStatus, UnitScrub};
+use vbs_wire::conn::DataError;
 use vbs_wire::proto::{
     ErrorCode, PeerRequest, Request, Response, ScrubEntry, ScrubReport, WireError,
 };
@@ -392,17 +393,14 @@ async fn digest_of(
     addr: &str,
     after: Vba,
     through: Vba,
-) -> Result<Response, String> {
+) -> Result<Response, DataError> {
     let request = Request::Peer(PeerRequest::ScrubRange {
         unit: runtime.id,
         generation,
         after,
         through,
     });
-    node.peers
-        .call(addr, request, RANGE_TIMEOUT)
-        .await
-        .map_err(|e| e.to_string())
+    node.peers.call(addr, request, RANGE_TIMEOUT).await
 }
 
 /// Serves the primary's [`PeerRequest::ScrubRepair`]: each record of `(after, through]` whose VBA

@@ -28,6 +28,7 @@ use vbs_wire::proto::{
 use vbs_wire::security::Surface;
 use vbs_wire::types::NodeId;
 
+use super::handshake::HandshakeError;
 use super::metrics::IoKind;
 use super::{catchup, handshake, primary, repair, replica, scrub, Node};
 
@@ -70,9 +71,28 @@ pub async fn serve(
     }
 }
 
+/// Why the node closed a data-plane connection, when that was not a clean end.
+#[derive(Debug, thiserror::Error)]
+enum Closed {
+    #[error("setting TCP_NODELAY: {0}")]
+    NoDelay(std::io::Error),
+    #[error("TLS handshake: {0}")]
+    Tls(std::io::Error),
+    #[error("no TLS handshake within the handshake timeout")]
+    TlsTimeout,
+    #[error("no hello (or proof) within the handshake timeout")]
+    HandshakeTimeout,
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    #[error("{0}")]
+    Read(std::io::Error),
+    #[error("expected a request, got {0}")]
+    NotARequest(&'static str),
+}
+
 /// Serves one connection. Returns why it was closed when that was not a clean end.
-async fn connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) -> Result<(), String> {
-    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+async fn connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) -> Result<(), Closed> {
+    stream.set_nodelay(true).map_err(Closed::NoDelay)?;
     let write_failed = move |e: std::io::Error| {
         debug!(%peer, error = %e, "could not send responses");
     };
@@ -85,11 +105,11 @@ async fn connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) -> Res
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             node.rejections.count(Surface::Tls);
-            return Err(format!("TLS handshake: {e}"));
+            return Err(Closed::Tls(e));
         }
         Err(_) => {
             node.rejections.count(Surface::Tls);
-            return Err("no TLS handshake within the handshake timeout".into());
+            return Err(Closed::TlsTimeout);
         }
     };
     let (read, write) = tokio::io::split(stream);
@@ -103,7 +123,7 @@ async fn serve_stream<R>(
     mut read: R,
     writer: FrameWriter,
     peer: SocketAddr,
-) -> Result<(), String>
+) -> Result<(), Closed>
 where
     R: AsyncRead + Unpin,
 {
@@ -114,12 +134,12 @@ where
     let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, greeted).await {
         Ok(Ok(Some(hello))) => hello,
         Ok(Ok(None)) => return Ok(()),
-        Ok(Err(reason)) => return Err(reason),
+        Ok(Err(failed)) => return Err(failed.into()),
         Err(_) => {
             if node.config.security.token.is_some() {
                 node.rejections.count(Surface::Data);
             }
-            return Err("no hello (or proof) within the handshake timeout".into());
+            return Err(Closed::HandshakeTimeout);
         }
     };
     debug!(%peer, name = %hello.name, ?hello.peer, "data-plane connection");
@@ -133,11 +153,11 @@ where
         let frame = match read_frame(&mut read, &mut buf).await {
             Ok(Some(frame)) => frame,
             Ok(None) => return Ok(()),
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(Closed::Read(e)),
         };
         let (id, request) = match frame {
             (id, Frame::Request(request)) => (id, request),
-            (_, other) => return Err(format!("expected a request, got {}", frame_name(&other))),
+            (_, other) => return Err(Closed::NotARequest(frame_name(&other))),
         };
         let slot = slots
             .clone()
