@@ -64,7 +64,7 @@ pub struct UnitRuntime {
     /// ([`UnitRuntime::mark_lost`]), so a crash before the report does not undo it.
     lost: AtomicBool,
     /// The node created this unit empty although the database holds the copy current, and does
-    /// not know yet whether the slice was written (see `membership::emptied_copy`): it serves
+    /// not know yet whether the slice was written (see `replication::serving::emptied_copy`): it serves
     /// nothing until it does. Kept in `unit.json` like `lost`.
     undecided: AtomicBool,
     /// The marks as `unit.json` keeps them (the two above, and the generation a loss was found
