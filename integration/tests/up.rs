@@ -30,19 +30,18 @@ impl Drop for Up {
 }
 
 /// Starts `vbs up` and waits for it to say the cluster is up; returns the NBD URL.
-fn up(dir: &std::path::Path, base: u16) -> (Up, String) {
+/// Starts `vbs up` on `dir`, with `--volume` when `volume` is given.
+fn up(dir: &std::path::Path, base: u16, volume: Option<&str>) -> (Up, String) {
     // vbs up finds vbs-manager and vbs-storage next to itself.
     integration::binaries::binary("vbs-manager").unwrap();
     integration::binaries::binary("vbs-storage").unwrap();
-    let mut child = Command::new(integration::binaries::binary("vbs").unwrap())
-        .args([
-            "up",
-            "--volume",
-            "demo:64M:2",
-            "--base-port",
-            &base.to_string(),
-            "--dir",
-        ])
+    let mut command = Command::new(integration::binaries::binary("vbs").unwrap());
+    command.arg("up");
+    if let Some(volume) = volume {
+        command.args(["--volume", volume]);
+    }
+    let mut child = command
+        .args(["--base-port", &base.to_string(), "--dir"])
         .arg(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -120,7 +119,8 @@ fn interrupt(mut up: Up) {
 fn vbs_up_serves_a_volume_stops_on_ctrl_c_and_resumes_with_its_data() {
     let dir = tempfile::tempdir().unwrap();
     let base = free_base();
-    let (first, url) = up(dir.path(), base);
+    let (first, url) = up(dir.path(), base, Some("disk:64M:2"));
+    assert!(url.ends_with("/disk"), "{url}");
     // The cluster's token, made on first start, is for its owner's eyes only.
     let token = std::fs::metadata(dir.path().join("token")).expect("vbs up made a token");
     assert_eq!(
@@ -193,8 +193,13 @@ fn vbs_up_serves_a_volume_stops_on_ctrl_c_and_resumes_with_its_data() {
         );
     }
 
-    let (second, url) = up(dir.path(), base);
+    // Resumed without --volume: the first start's volume, with its data, and no other made.
+    let (second, url) = up(dir.path(), base, None);
+    assert!(url.ends_with("/disk"), "{url}");
     qemu_io_ok(&url, &["read -P 0x3c 0 2M"]);
+    let volumes = http_get(dir.path(), base + 1, "/v1/volumes");
+    assert!(volumes.contains("\"name\":\"disk\""), "{volumes}");
+    assert!(!volumes.contains("\"name\":\"demo\""), "{volumes}");
     interrupt(second);
 }
 
@@ -269,7 +274,7 @@ fn vbs_up_says_which_process_failed_and_why_then_stops_the_rest() {
 fn a_storage_node_killed_once_the_cluster_is_up_leaves_the_rest_serving() {
     let dir = tempfile::tempdir().unwrap();
     let base = free_base();
-    let (up, url) = up(dir.path(), base);
+    let (up, url) = up(dir.path(), base, Some("demo:64M:2"));
     let node_dir = dir.path().join("node-1");
     let node = processes_in(&node_dir);
     assert_eq!(
@@ -292,7 +297,7 @@ fn a_storage_node_killed_once_the_cluster_is_up_leaves_the_rest_serving() {
 fn the_cluster_does_not_outlive_a_killed_vbs_up() {
     let dir = tempfile::tempdir().unwrap();
     let base = free_base();
-    let (mut up, _url) = up(dir.path(), base);
+    let (mut up, _url) = up(dir.path(), base, Some("demo:64M:2"));
     assert!(
         processes_in(dir.path()).len() >= 6,
         "the cluster's processes run"

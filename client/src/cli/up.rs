@@ -46,9 +46,10 @@ pub struct UpArgs {
     /// Storage nodes.
     #[arg(long = "nodes", default_value_t = 3)]
     pub nodes: u32,
-    /// The volume to create and export: NAME:SIZE:REPLICAS.
-    #[arg(long, default_value = "demo:1G:2", value_parser = parse_volume)]
-    pub volume: VolumeSpec,
+    /// The volume to create and export: NAME:SIZE:REPLICAS. Default: demo:1G:2 on the first
+    /// start; on a resume, the volume of the first start, with its data.
+    #[arg(long, value_parser = parse_volume)]
+    pub volume: Option<VolumeSpec>,
     /// First port: managers listen on BASE+1.., storage nodes on BASE+101.. (their metrics on
     /// BASE+201..), NBD on BASE+809.
     #[arg(long, default_value_t = 7000)]
@@ -93,6 +94,31 @@ fn parse_volume(text: &str) -> Result<VolumeSpec, VolumeSpecError> {
     })
 }
 
+/// The volume `vbs up` creates when none is named on the first start.
+const DEFAULT_VOLUME: &str = "demo:1G:2";
+
+fn default_volume() -> VolumeSpec {
+    parse_volume(DEFAULT_VOLUME).expect("the default volume parses")
+}
+
+/// The volume a start creates (if it is not there yet) and exports by default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Export {
+    Create(VolumeSpec),
+    /// A resume without `--volume`: the volume of the first start, as it is.
+    Resume(String),
+}
+
+/// `named` is `--volume`; `recorded` the volume the layout kept from the first start (none in
+/// layouts written before it was kept, which get the default as they did).
+fn export(named: Option<&VolumeSpec>, recorded: Option<&str>) -> Export {
+    match (named, recorded) {
+        (Some(spec), _) => Export::Create(spec.clone()),
+        (None, Some(name)) => Export::Resume(name.to_string()),
+        (None, None) => Export::Create(default_volume()),
+    }
+}
+
 /// What `vbs up` started, kept so a restart on the same directory resumes the same cluster.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Layout {
@@ -101,6 +127,9 @@ struct Layout {
     /// Where each storage node serves `/metrics`.
     node_metrics: Vec<String>,
     nbd: String,
+    /// The volume the first start created, exported by default on a resume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    volume: Option<String>,
 }
 
 impl Layout {
@@ -121,6 +150,7 @@ impl Layout {
                 .map(|n| port(200 + n))
                 .collect::<anyhow::Result<_>>()?,
             nbd: port(809)?,
+            volume: Some(args.volume.clone().unwrap_or_else(default_volume).name),
         })
     }
 
@@ -349,6 +379,29 @@ where
     }
 }
 
+/// Creates the volume `spec`, or finds it there from an earlier start.
+async fn create_volume(managers: &Managers, spec: &VolumeSpec) -> anyhow::Result<()> {
+    let request = CreateVolumeRequest {
+        name: spec.name.clone(),
+        size_bytes: spec.size_bytes,
+        replicas: Some(spec.replicas),
+        slice_bytes: None,
+    };
+    match managers.create_volume(&request).await {
+        Ok(_) => eprintln!(
+            "vbs: created volume {} ({}, {} replicas)",
+            spec.name,
+            format_size(spec.size_bytes),
+            spec.replicas
+        ),
+        Err(e) if e.code() == Some(ErrorCode::AlreadyExists) => {
+            eprintln!("vbs: volume {} exists; resuming with its data", spec.name)
+        }
+        Err(e) => return Err(e).context("creating the volume"),
+    }
+    Ok(())
+}
+
 fn load_layout(dir: &Path, args: &UpArgs) -> anyhow::Result<Layout> {
     let path = dir.join("cluster.json");
     match std::fs::read(&path) {
@@ -417,11 +470,11 @@ async fn start_and_serve(
             args.manager_count
         );
     }
-    if args.nodes < args.volume.replicas {
+    let replicas = args.volume.as_ref().map_or(0, |v| v.replicas);
+    if args.nodes < replicas {
         bail!(
-            "--nodes {} is fewer than the volume's {} replicas",
-            args.nodes,
-            args.volume.replicas
+            "--nodes {} is fewer than the volume's {replicas} replicas",
+            args.nodes
         );
     }
     let manager_bin = sibling("vbs-manager")?;
@@ -505,34 +558,25 @@ async fn start_and_serve(
     })
     .await?;
 
-    let spec = &args.volume;
-    let request = CreateVolumeRequest {
-        name: spec.name.clone(),
-        size_bytes: spec.size_bytes,
-        replicas: Some(spec.replicas),
-        slice_bytes: None,
-    };
-    match managers.create_volume(&request).await {
-        Ok(_) => eprintln!(
-            "vbs: created volume {} ({}, {} replicas)",
-            spec.name,
-            format_size(spec.size_bytes),
-            spec.replicas
-        ),
-        Err(e) if e.code() == Some(ErrorCode::AlreadyExists) => {
-            eprintln!("vbs: volume {} exists; resuming with its data", spec.name)
+    let name = match export(args.volume.as_ref(), layout.volume.as_deref()) {
+        Export::Create(spec) => {
+            create_volume(&managers, &spec).await?;
+            spec.name
         }
-        Err(e) => return Err(e).context("creating the volume"),
-    }
+        Export::Resume(name) => {
+            eprintln!("vbs: resuming with volume {name} and its data");
+            name
+        }
+    };
     let exports = Arc::new(Exports::new(
         managers.clone(),
         VolumeOptions::default(),
-        Some(spec.name.clone()),
+        Some(name.clone()),
     ));
     exports
-        .open(&spec.name)
+        .open(&name)
         .await
-        .with_context(|| format!("exporting volume {}", spec.name))?;
+        .with_context(|| format!("exporting volume {name}"))?;
     let listener = tokio::net::TcpListener::bind(&layout.nbd)
         .await
         .with_context(|| format!("listening for NBD on {}", layout.nbd))?;
@@ -542,7 +586,7 @@ async fn start_and_serve(
         layout.managers_arg(),
         token_path.display()
     );
-    let url = format!("nbd://{}/{}", layout.nbd, spec.name);
+    let url = format!("nbd://{}/{}", layout.nbd, name);
     children.up.store(true, Ordering::SeqCst);
     println!(
         "vbs is up: {} managers, {} storage nodes, data in {}",
@@ -570,10 +614,7 @@ async fn start_and_serve(
     println!("try:");
     println!("  qemu-io -f raw {url} -c 'write -P 0xab 0 1M' -c 'read -P 0xab 0 1M'");
     println!("  {env} vbs status");
-    println!(
-        "  {env} vbs bench {} --rw randwrite --iodepth 32 --runtime 10s",
-        spec.name
-    );
+    println!("  {env} vbs bench {name} --rw randwrite --iodepth 32 --runtime 10s");
     println!(
         "Ctrl-C stops the cluster; vbs up --dir {} resumes it.",
         dir.display()
@@ -594,7 +635,16 @@ async fn start_and_serve(
 
 #[cfg(test)]
 mod tests {
-    use super::last_error;
+    use super::{default_volume, export, last_error, parse_volume, Export};
+
+    #[test]
+    fn a_resume_without_a_volume_exports_the_first_starts_and_creates_none() {
+        let big = parse_volume("big:2G:2").expect("parses");
+        assert_eq!(export(None, None), Export::Create(default_volume()));
+        assert_eq!(export(Some(&big), None), Export::Create(big.clone()));
+        assert_eq!(export(None, Some("big")), Export::Resume("big".into()));
+        assert_eq!(export(Some(&big), Some("demo")), Export::Create(big));
+    }
 
     #[test]
     fn the_last_error_report_is_read_with_its_causes() {
