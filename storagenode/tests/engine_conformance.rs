@@ -282,7 +282,7 @@ mod cases {
         let lost = Marks {
             lost: true,
             undecided: false,
-            lost_in: G1,
+            lost_in: Some(G1),
         };
         let other = UnitId::new(UNIT.volume.0, UNIT.slice.0 + 1);
         {

@@ -69,12 +69,13 @@ pub struct Marks {
     /// slice was written is not known yet.
     #[serde(default)]
     pub undecided: bool,
-    /// With `lost`: the newest generation of the slice the node knew when it marked the copy
-    /// lost. An operator's acceptance of a loss made at a later generation serves the copy
-    /// again; one made at this generation or before predates this loss and does not. 0 in
-    /// marks written before this was kept: any acceptance then serves the copy.
-    #[serde(default)]
-    pub lost_in: Generation,
+    /// With `lost`: the slice's generation the node knew when it found the loss. An operator's
+    /// acceptance of a loss made at a later generation serves the copy again; one made at this
+    /// generation or before predates this loss and does not. `None`: found before the node
+    /// heard the slice's generation (at registration, or in marks written before this was
+    /// kept); the next heartbeat reply's generation is taken for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_in: Option<Generation>,
 }
 
 impl Marks {
@@ -178,7 +179,7 @@ mod tests {
             marks: Marks {
                 lost: true,
                 undecided: false,
-                lost_in: Generation(3),
+                lost_in: Some(Generation(3)),
             },
             ..meta
         };

@@ -162,20 +162,6 @@ async fn apply(node: &Arc<Node>, sent: Instant, reply: HeartbeatResponse) {
                 None => continue,
             },
         };
-        let decided = serving::on_assignment(
-            unit,
-            &node.id,
-            serving::Local {
-                marks: runtime.marks(),
-                torn: runtime.take_torn(),
-                held: runtime.engine.last_vba(),
-                restarted: restarted(node, unit.unit),
-            },
-        );
-        for event in &decided.events {
-            log_serving(unit, event);
-        }
-        runtime.set_marks(decided.marks);
         if runtime.engine.size_bytes() < unit.unit_bytes {
             // The volume grew past this unit's end: a last slice grew, or a unit made before
             // units took their slice's whole span.
@@ -192,6 +178,23 @@ async fn apply(node: &Arc<Node>, sent: Instant, reply: HeartbeatResponse) {
                     continue;
                 }
             }
+        }
+        // Decided once the unit can serve its whole slice (a unit that cannot grow keeps its
+        // marks), and under the marks' lock, so that a mark set meanwhile is not written over.
+        let (torn, held) = (runtime.take_torn(), runtime.engine.last_vba());
+        let just_restarted = restarted(node, unit.unit);
+        let events = runtime.decide_marks(|marks| {
+            let local = serving::Local {
+                marks,
+                torn,
+                held,
+                restarted: just_restarted,
+            };
+            let decided = serving::on_assignment(unit, &node.id, local);
+            (decided.marks, decided.events)
+        });
+        for event in &events {
+            log_serving(unit, event);
         }
         let before = runtime.assignment();
         let assignment = Assignment::from_assigned(unit);

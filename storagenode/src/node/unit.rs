@@ -186,24 +186,29 @@ impl UnitRuntime {
         *lock(&self.marks)
     }
 
-    /// Sets both marks at once (`replication::serving` decides them).
-    pub fn set_marks(&self, marks: Marks) {
-        self.change_marks(|m| *m = marks);
-    }
-
-    /// Marks this copy as having lost records the database counts on, found in the newest
-    /// generation of the slice this node knows.
+    /// Marks this copy as having lost records the database counts on, found in the generation
+    /// of its assignment (none before the first heartbeat reply: the reply's is taken then).
     pub fn mark_lost(&self) {
-        let generation = self
-            .assignment()
-            .map_or(Generation(0), |a| a.generation)
-            .max(self.engine.generation());
+        let generation = self.assignment().map(|a| a.generation);
         self.change_marks(|m| {
             if !m.lost {
                 m.lost = true;
                 m.lost_in = generation;
             }
         });
+    }
+
+    /// Decides the marks from what they are, under the lock that orders every change of them,
+    /// so that a mark set meanwhile (a primary finding its history diverged) is not written
+    /// over; `decide` returns the new marks and what else the caller wants back.
+    pub fn decide_marks<T>(&self, decide: impl FnOnce(Marks) -> (Marks, T)) -> T {
+        let mut result = None;
+        self.change_marks(|m| {
+            let (marks, other) = decide(*m);
+            *m = marks;
+            result = Some(other);
+        });
+        result.expect("change_marks runs its closure")
     }
 
     /// Changes the marks: at once in memory, so the copy stops (or resumes) serving now, then
@@ -570,18 +575,19 @@ mod tests {
                 .expect("created");
             let runtime = UnitRuntime::new(engine, node.clone());
             assert!(runtime.is_undecided());
-            runtime.set_marks(Marks {
+            let lost = Marks {
                 lost: true,
                 undecided: false,
-                lost_in: Generation(1),
-            });
+                lost_in: Some(Generation(1)),
+            };
+            runtime.decide_marks(|_| (lost, ()));
         }
         // After a crash: the copy still knows it lost records, and serves nothing.
         let device = open(&backend);
         let runtime = UnitRuntime::new(device.unit(unit).expect("found"), node.clone());
         assert!(runtime.is_lost() && !runtime.is_undecided());
-        assert_eq!(runtime.marks().lost_in, Generation(1));
-        runtime.set_marks(Marks::default());
+        assert_eq!(runtime.marks().lost_in, Some(Generation(1)));
+        runtime.decide_marks(|_| (Marks::default(), ()));
         drop(runtime);
         drop(device);
         let device = open(&backend);

@@ -11,7 +11,7 @@
 //! of exactly what it lacks.
 
 use vbs_wire::api::{AssignedUnit, CopyInfo, CopyStatus, Role};
-use vbs_wire::types::{Generation, NodeId, Vba};
+use vbs_wire::types::{NodeId, Vba};
 
 use crate::engine::meta::Marks;
 
@@ -69,6 +69,11 @@ pub enum Emptied {
 pub fn on_assignment(unit: &AssignedUnit, me: &NodeId, local: Local) -> Decision {
     let mut marks = local.marks;
     let mut events = Vec::new();
+    // A loss found before the node heard the slice's generation is taken as found in this one:
+    // an acceptance already made at it came before.
+    if marks.lost && marks.lost_in.is_none() {
+        marks.lost_in = Some(unit.generation);
+    }
     if marks.undecided {
         match emptied_copy(unit, me) {
             Emptied::Lost => {
@@ -103,7 +108,7 @@ pub fn on_assignment(unit: &AssignedUnit, me: &NodeId, local: Local) -> Decision
     // loss was found: a copy that lost records again since, at this generation (its disk wiped
     // after it served from the acceptance), waits for an operator to accept that loss too.
     if marks.lost
-        && marks.lost_in < unit.generation
+        && marks.lost_in.is_some_and(|found| found < unit.generation)
         && unit.status == CopyStatus::Current
         && unit.loss_accepted_vba == Some(local.held)
         && recorded == local.held
@@ -111,7 +116,7 @@ pub fn on_assignment(unit: &AssignedUnit, me: &NodeId, local: Local) -> Decision
     {
         events.push(Event::LossAccepted);
         marks.lost = false;
-        marks.lost_in = Generation(0);
+        marks.lost_in = None;
     }
     // A primary that restarted with a log ending below the VBA the database recorded for its
     // copy lost records it had held (a disk that lost a torn tail, or writes it had synced), some
@@ -134,7 +139,7 @@ pub fn on_assignment(unit: &AssignedUnit, me: &NodeId, local: Local) -> Decision
     // this node hears of the change it would still serve as a current copy.
     if unit.status != CopyStatus::Current {
         marks.lost = false;
-        marks.lost_in = Generation(0);
+        marks.lost_in = None;
     }
     Decision { marks, events }
 }
@@ -143,7 +148,7 @@ pub fn on_assignment(unit: &AssignedUnit, me: &NodeId, local: Local) -> Decision
 fn lose(marks: &mut Marks, unit: &AssignedUnit) {
     if !marks.lost {
         marks.lost = true;
-        marks.lost_in = unit.generation;
+        marks.lost_in = Some(unit.generation);
     }
 }
 

@@ -55,7 +55,7 @@ fn local((lost, undecided): Flags, held: u64) -> Local {
         marks: Marks {
             lost,
             undecided,
-            lost_in: Generation(0),
+            lost_in: lost.then_some(Generation(0)),
         },
         torn: false,
         held: Vba(held),
@@ -328,7 +328,7 @@ fn a_loss_found_after_an_accepted_one_waits_for_its_own_acceptance() {
     };
     let decided = on_assignment(&assigned, &me(), local(UNDECIDED, 0));
     assert_eq!(flags(decided.marks), LOST);
-    assert_eq!(decided.marks.lost_in, Generation(2));
+    assert_eq!(decided.marks.lost_in, Some(Generation(2)));
     assert_eq!(decided.events, [Event::EmptiedOverWrites]);
     // The next reply still carries the old acceptance: the copy stays lost.
     let next = Local {
@@ -344,6 +344,46 @@ fn a_loss_found_after_an_accepted_one_waits_for_its_own_acceptance() {
     let decided = on_assignment(&accepted_again, &me(), next);
     assert_eq!(flags(decided.marks), SERVING);
     assert_eq!(decided.events, [Event::LossAccepted]);
+}
+
+#[test]
+fn a_loss_found_before_the_first_reply_takes_that_replys_generation() {
+    use CopyStatus::{Current, Stale};
+    // Marked lost at registration (a data directory the managers did not know), before the
+    // node heard the slice's generation; an acceptance at generation 2 is already there.
+    let assigned = AssignedUnit {
+        generation: Generation(2),
+        loss_accepted_vba: Some(Vba(5)),
+        ..unit(
+            Current,
+            vec![copy("a", Current, 5, None), copy("b", Stale, 3, None)],
+        )
+    };
+    let found_early = Local {
+        marks: Marks {
+            lost: true,
+            undecided: false,
+            lost_in: None,
+        },
+        ..local(SERVING, 5)
+    };
+    let decided = on_assignment(&assigned, &me(), found_early);
+    assert_eq!(flags(decided.marks), LOST);
+    assert_eq!(decided.marks.lost_in, Some(Generation(2)));
+    // An acceptance made after it serves the copy.
+    let accepted_later = AssignedUnit {
+        generation: Generation(3),
+        ..assigned
+    };
+    let decided = on_assignment(
+        &accepted_later,
+        &me(),
+        Local {
+            marks: decided.marks,
+            ..found_early
+        },
+    );
+    assert_eq!(flags(decided.marks), SERVING);
 }
 
 fn status() -> impl Strategy<Value = CopyStatus> {
@@ -403,7 +443,7 @@ fn case() -> impl Strategy<Value = (AssignedUnit, Local)> {
                     marks: Marks {
                         lost,
                         undecided,
-                        lost_in: Generation(if lost { lost_in } else { 0 }),
+                        lost_in: (lost && lost_in > 0).then_some(Generation(lost_in)),
                     },
                     torn,
                     held: Vba(held),
@@ -427,7 +467,7 @@ proptest! {
         let accepted_here = assigned.loss_accepted_vba == Some(local.held)
             && recorded == local.held
             && !another_current
-            && local.marks.lost_in < assigned.generation;
+            && local.marks.lost_in.unwrap_or(assigned.generation) < assigned.generation;
         // Nothing becomes undecided; a copy the database does not hold current never stays lost.
         prop_assert!(!decided.marks.undecided || local.marks.undecided);
         prop_assert!(current || !decided.marks.lost);
