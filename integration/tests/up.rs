@@ -306,3 +306,28 @@ fn the_cluster_does_not_outlive_a_killed_vbs_up() {
     up.0.wait().unwrap();
     wait_for_none_in(dir.path(), Duration::from_secs(20));
 }
+
+#[test]
+fn vbs_up_refuses_fewer_nodes_than_the_volumes_replicas_before_starting_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(integration::binaries::binary("vbs").unwrap())
+        .args([
+            "up",
+            "--nodes",
+            "1",
+            "--base-port",
+            &free_base().to_string(),
+            "--dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("vbs up runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("fewer than volume demo's 2 replicas"),
+        "{stderr}"
+    );
+    // Nothing was started, so a later start is a first start again.
+    assert!(!dir.path().join("cluster.json").exists());
+}

@@ -56,7 +56,7 @@ pub struct UpArgs {
     pub base_port: u16,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeSpec {
     pub name: String,
     pub size_bytes: u64,
@@ -101,22 +101,11 @@ fn default_volume() -> VolumeSpec {
     parse_volume(DEFAULT_VOLUME).expect("the default volume parses")
 }
 
-/// The volume a start creates (if it is not there yet) and exports by default.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Export {
-    Create(VolumeSpec),
-    /// A resume without `--volume`: the volume of the first start, as it is.
-    Resume(String),
-}
-
-/// `named` is `--volume`; `recorded` the volume the layout kept from the first start (none in
-/// layouts written before it was kept, which get the default as they did).
-fn export(named: Option<&VolumeSpec>, recorded: Option<&str>) -> Export {
-    match (named, recorded) {
-        (Some(spec), _) => Export::Create(spec.clone()),
-        (None, Some(name)) => Export::Resume(name.to_string()),
-        (None, None) => Export::Create(default_volume()),
-    }
+/// The volume a start creates (or finds there from an earlier start) and exports by default:
+/// `--volume` (`named`), else the one the first start recorded, else the default. Layouts
+/// written before the volume was recorded get the default, as they did.
+fn volume_to_serve(named: Option<&VolumeSpec>, recorded: Option<&VolumeSpec>) -> VolumeSpec {
+    named.or(recorded).cloned().unwrap_or_else(default_volume)
 }
 
 /// What `vbs up` started, kept so a restart on the same directory resumes the same cluster.
@@ -127,13 +116,14 @@ struct Layout {
     /// Where each storage node serves `/metrics`.
     node_metrics: Vec<String>,
     nbd: String,
-    /// The volume the first start created, exported by default on a resume.
+    /// The volume of the first start, created (if it is not there) and exported on a resume
+    /// without `--volume`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    volume: Option<String>,
+    volume: Option<VolumeSpec>,
 }
 
 impl Layout {
-    fn new(args: &UpArgs) -> anyhow::Result<Layout> {
+    fn new(args: &UpArgs, volume: &VolumeSpec) -> anyhow::Result<Layout> {
         let port = |offset: u32| -> anyhow::Result<String> {
             let port = u16::try_from(u32::from(args.base_port) + offset)
                 .context("--base-port leaves no room for the cluster's ports")?;
@@ -150,7 +140,7 @@ impl Layout {
                 .map(|n| port(200 + n))
                 .collect::<anyhow::Result<_>>()?,
             nbd: port(809)?,
-            volume: Some(args.volume.clone().unwrap_or_else(default_volume).name),
+            volume: Some(volume.clone()),
         })
     }
 
@@ -402,32 +392,43 @@ async fn create_volume(managers: &Managers, spec: &VolumeSpec) -> anyhow::Result
     Ok(())
 }
 
-fn load_layout(dir: &Path, args: &UpArgs) -> anyhow::Result<Layout> {
+/// The layout an earlier start left in `dir`, if any.
+fn read_layout(dir: &Path) -> anyhow::Result<Option<Layout>> {
     let path = dir.join("cluster.json");
     match std::fs::read(&path) {
-        Ok(bytes) => {
-            let layout: Layout = serde_json::from_slice(&bytes)
-                .with_context(|| format!("{} is not a vbs up layout", path.display()))?;
-            if layout.managers.len() != args.manager_count as usize
-                || layout.nodes.len() != args.nodes as usize
-            {
-                eprintln!(
-                    "vbs: {} holds a cluster of {} managers and {} nodes; resuming it as it was",
-                    dir.display(),
-                    layout.managers.len(),
-                    layout.nodes.len()
-                );
-            }
-            Ok(layout)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let layout = Layout::new(args)?;
-            std::fs::write(&path, serde_json::to_vec_pretty(&layout)?)
-                .with_context(|| format!("writing {}", path.display()))?;
-            Ok(layout)
-        }
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .with_context(|| format!("{} is not a vbs up layout", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
+}
+
+/// The layout to start: the earlier one, as it was, or a new one (written to `dir`).
+fn settle_layout(
+    dir: &Path,
+    args: &UpArgs,
+    earlier: Option<Layout>,
+    volume: &VolumeSpec,
+) -> anyhow::Result<Layout> {
+    if let Some(layout) = earlier {
+        if layout.managers.len() != args.manager_count as usize
+            || layout.nodes.len() != args.nodes as usize
+        {
+            eprintln!(
+                "vbs: {} holds a cluster of {} managers and {} nodes; resuming it as it was",
+                dir.display(),
+                layout.managers.len(),
+                layout.nodes.len()
+            );
+        }
+        return Ok(layout);
+    }
+    let layout = Layout::new(args, volume)?;
+    let path = dir.join("cluster.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&layout)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(layout)
 }
 
 /// The cluster's token: the file given, else `DIR/token`, created on first start.
@@ -470,19 +471,27 @@ async fn start_and_serve(
             args.manager_count
         );
     }
-    let replicas = args.volume.as_ref().map_or(0, |v| v.replicas);
-    if args.nodes < replicas {
+    let dir = args.dir.clone();
+    let earlier = read_layout(&dir)?;
+    let volume = volume_to_serve(
+        args.volume.as_ref(),
+        earlier.as_ref().and_then(|l| l.volume.as_ref()),
+    );
+    let nodes = earlier
+        .as_ref()
+        .map_or(args.nodes as usize, |l| l.nodes.len());
+    if nodes < volume.replicas as usize {
         bail!(
-            "--nodes {} is fewer than the volume's {replicas} replicas",
-            args.nodes
+            "{nodes} storage nodes (--nodes) are fewer than volume {}'s {} replicas",
+            volume.name,
+            volume.replicas
         );
     }
     let manager_bin = sibling("vbs-manager")?;
     let storage_bin = sibling("vbs-storage")?;
-    let dir = args.dir.clone();
     let logs = dir.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-    let layout = load_layout(&dir, &args)?;
+    let layout = settle_layout(&dir, &args, earlier, &volume)?;
     let (token_path, token) = token(&dir, token_file)?;
     let token_arg = ["--token-file".to_string(), token_path.display().to_string()];
 
@@ -558,16 +567,8 @@ async fn start_and_serve(
     })
     .await?;
 
-    let name = match export(args.volume.as_ref(), layout.volume.as_deref()) {
-        Export::Create(spec) => {
-            create_volume(&managers, &spec).await?;
-            spec.name
-        }
-        Export::Resume(name) => {
-            eprintln!("vbs: resuming with volume {name} and its data");
-            name
-        }
-    };
+    create_volume(&managers, &volume).await?;
+    let name = volume.name;
     let exports = Arc::new(Exports::new(
         managers.clone(),
         VolumeOptions::default(),
@@ -635,15 +636,16 @@ async fn start_and_serve(
 
 #[cfg(test)]
 mod tests {
-    use super::{default_volume, export, last_error, parse_volume, Export};
+    use super::{default_volume, last_error, parse_volume, volume_to_serve};
 
     #[test]
-    fn a_resume_without_a_volume_exports_the_first_starts_and_creates_none() {
+    fn a_resume_without_a_volume_serves_the_first_starts() {
         let big = parse_volume("big:2G:2").expect("parses");
-        assert_eq!(export(None, None), Export::Create(default_volume()));
-        assert_eq!(export(Some(&big), None), Export::Create(big.clone()));
-        assert_eq!(export(None, Some("big")), Export::Resume("big".into()));
-        assert_eq!(export(Some(&big), Some("demo")), Export::Create(big));
+        let demo = default_volume();
+        assert_eq!(volume_to_serve(None, None), demo);
+        assert_eq!(volume_to_serve(Some(&big), None), big);
+        assert_eq!(volume_to_serve(None, Some(&big)), big);
+        assert_eq!(volume_to_serve(Some(&demo), Some(&big)), demo);
     }
 
     #[test]

@@ -128,8 +128,14 @@ pub fn check_name(what: &'static str, name: &str) -> Result<(), NameError> {
 
 /// A unit id that is not `VOLUME_ID.SLICE`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unit id {0:?} is not VOLUME_ID.SLICE (two numbers, e.g. 7.3)")]
-pub struct UnitIdError(pub String);
+pub enum UnitIdError {
+    #[error("unit id {0:?} is not VOLUME_ID.SLICE")]
+    Shape(String),
+    #[error("unit id {0:?}: bad volume id")]
+    Volume(String),
+    #[error("unit id {0:?}: bad slice index")]
+    Slice(String),
+}
 
 /// One copy of one slice of a volume, as a storage node holds it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -158,10 +164,15 @@ impl FromStr for UnitId {
     type Err = UnitIdError;
 
     fn from_str(s: &str) -> Result<UnitId, UnitIdError> {
-        let bad = || UnitIdError(s.to_string());
-        let (volume, slice) = s.split_once('.').ok_or_else(bad)?;
-        let volume = volume.parse().map_err(|_| bad())?;
-        let slice = slice.parse().map_err(|_| bad())?;
+        let (volume, slice) = s
+            .split_once('.')
+            .ok_or_else(|| UnitIdError::Shape(s.to_string()))?;
+        let volume = volume
+            .parse()
+            .map_err(|_| UnitIdError::Volume(s.to_string()))?;
+        let slice = slice
+            .parse()
+            .map_err(|_| UnitIdError::Slice(s.to_string()))?;
         Ok(UnitId::new(volume, slice))
     }
 }
@@ -175,8 +186,15 @@ mod tests {
         let unit = UnitId::new(7, 3);
         assert_eq!(unit.to_string(), "7.3");
         assert_eq!("7.3".parse::<UnitId>(), Ok(unit));
-        assert!("7".parse::<UnitId>().is_err());
-        assert!("x.3".parse::<UnitId>().is_err());
+        assert_eq!("7".parse::<UnitId>(), Err(UnitIdError::Shape("7".into())));
+        assert_eq!(
+            "x.3".parse::<UnitId>(),
+            Err(UnitIdError::Volume("x.3".into()))
+        );
+        assert_eq!(
+            "7.y".parse::<UnitId>(),
+            Err(UnitIdError::Slice("7.y".into()))
+        );
     }
 
     #[test]
