@@ -82,6 +82,20 @@ impl Marks {
     pub fn is_clear(&self) -> bool {
         !self.lost && !self.undecided
     }
+
+    /// Marks the copy lost, found in `generation`; a copy lost already keeps when it was found.
+    pub fn lose(&mut self, generation: Option<Generation>) {
+        if !self.lost {
+            self.lost = true;
+            self.lost_in = generation;
+        }
+    }
+
+    /// The copy serves again as far as its loss goes.
+    pub fn clear_lost(&mut self) {
+        self.lost = false;
+        self.lost_in = None;
+    }
 }
 
 impl UnitMeta {

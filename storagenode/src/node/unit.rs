@@ -190,38 +190,31 @@ impl UnitRuntime {
     /// of its assignment (none before the first heartbeat reply: the reply's is taken then).
     pub fn mark_lost(&self) {
         let generation = self.assignment().map(|a| a.generation);
-        self.change_marks(|m| {
-            if !m.lost {
-                m.lost = true;
-                m.lost_in = generation;
-            }
-        });
+        self.change_marks(|m| m.lose(generation));
     }
 
     /// Decides the marks from what they are, under the lock that orders every change of them,
     /// so that a mark set meanwhile (a primary finding its history diverged) is not written
     /// over; `decide` returns the new marks and what else the caller wants back.
     pub fn decide_marks<T>(&self, decide: impl FnOnce(Marks) -> (Marks, T)) -> T {
-        let mut result = None;
         self.change_marks(|m| {
             let (marks, other) = decide(*m);
             *m = marks;
-            result = Some(other);
-        });
-        result.expect("change_marks runs its closure")
+            other
+        })
     }
 
     /// Changes the marks: at once in memory, so the copy stops (or resumes) serving now, then
     /// in `unit.json`. The write blocks the calling thread; marks change only when a copy
     /// turns out lost or wiped, or is resolved, and what they guard must hold across a crash
     /// from then on.
-    fn change_marks(&self, change: impl FnOnce(&mut Marks)) {
+    fn change_marks<T>(&self, change: impl FnOnce(&mut Marks) -> T) -> T {
         let mut kept = lock(&self.marks);
         let before = *kept;
         let mut marks = before;
-        change(&mut marks);
+        let result = change(&mut marks);
         if marks == before {
-            return;
+            return result;
         }
         *kept = marks;
         self.lost.store(marks.lost, Ordering::Relaxed);
@@ -230,6 +223,7 @@ impl UnitRuntime {
             tracing::error!(unit = %self.id, error = %e, lost = marks.lost, undecided = marks.undecided,
                 "cannot keep this copy's marks on disk; they hold in memory until the node restarts");
         }
+        result
     }
 
     pub fn assignment(&self) -> Option<Assignment> {

@@ -78,7 +78,7 @@ pub fn on_assignment(unit: &AssignedUnit, me: &NodeId, local: Local) -> Decision
         match emptied_copy(unit, me) {
             Emptied::Lost => {
                 events.push(Event::EmptiedOverWrites);
-                lose(&mut marks, unit);
+                marks.lose(Some(unit.generation));
                 marks.undecided = false;
             }
             Emptied::Unwritten => marks.undecided = false,
@@ -94,7 +94,7 @@ pub fn on_assignment(unit: &AssignedUnit, me: &NodeId, local: Local) -> Decision
     // its shorter log would give those VBAs to other writes, and its reads would miss them.
     if local.torn && unit.role == Role::Primary && another_current {
         events.push(Event::TornTailStepsDown);
-        lose(&mut marks, unit);
+        marks.lose(Some(unit.generation));
     }
     let recorded = unit
         .copies
@@ -115,8 +115,7 @@ pub fn on_assignment(unit: &AssignedUnit, me: &NodeId, local: Local) -> Decision
         && !another_current
     {
         events.push(Event::LossAccepted);
-        marks.lost = false;
-        marks.lost_in = None;
+        marks.clear_lost();
     }
     // A primary that restarted with a log ending below the VBA the database recorded for its
     // copy lost records it had held (a disk that lost a torn tail, or writes it had synced), some
@@ -132,24 +131,15 @@ pub fn on_assignment(unit: &AssignedUnit, me: &NodeId, local: Local) -> Decision
             held: local.held,
             recorded,
         });
-        lose(&mut marks, unit);
+        marks.lose(Some(unit.generation));
     }
     // A copy reported as having lost records serves again only once the database no longer
     // holds it current (it resyncs first): the report being accepted is not enough, since until
     // this node hears of the change it would still serve as a current copy.
     if unit.status != CopyStatus::Current {
-        marks.lost = false;
-        marks.lost_in = None;
+        marks.clear_lost();
     }
     Decision { marks, events }
-}
-
-/// Marks the copy lost, found in the reply's generation (kept if it was lost already).
-fn lose(marks: &mut Marks, unit: &AssignedUnit) {
-    if !marks.lost {
-        marks.lost = true;
-        marks.lost_in = Some(unit.generation);
-    }
 }
 
 /// Whether a restarted node's copy of `unit` may have missed writes it must report: a secondary
